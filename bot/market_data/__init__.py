@@ -1,0 +1,1 @@
+"""Market data sources: the simulated market, ccxt REST polling, (later) websockets and replay."""

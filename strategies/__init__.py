@@ -1,0 +1,6 @@
+"""Quoting strategies. One strategy object runs unchanged in backtest, paper and live."""
+
+from strategies.base import QuoteLevel, Quotes, Strategy
+from strategies.market_maker import MarketMaker, build_strategy
+
+__all__ = ["QuoteLevel", "Quotes", "Strategy", "MarketMaker", "build_strategy"]

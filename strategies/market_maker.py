@@ -1,0 +1,77 @@
+"""The market-making strategy: a pricing model (Avellaneda-Stoikov or GLFT) plus controls.
+
+Per update (see :meth:`MarketMaker.on_update`):
+    mid s from the book -> sigma (forecast, fixed, or EWMA of the mid) -> drift (forecast or 0)
+    -> model bid/ask -> :func:`strategies.quoting.build_levels` -> :class:`Quotes`.
+
+The drift forecast shifts the centre of the quotes by ``drift_weight * drift`` (quote per
+base); a volatility forecast replaces sigma. A crossed or one-sided book gives no quotes.
+"""
+
+from __future__ import annotations
+
+from bot.market import MarketInfo
+from bot.orderbook import OrderBook
+from models.forecast import Forecast
+from strategies import avellaneda_stoikov as AS
+from strategies import glft
+from strategies.base import Quotes
+from strategies.params import StrategyParams
+from strategies.quoting import build_levels
+from strategies.volatility import EwmaVolatility
+
+
+class MarketMaker:
+    def __init__(self, params: StrategyParams, market: MarketInfo) -> None:
+        self.params = params
+        self.p = params.pricing
+        self.c = params.controls
+        self.market = market
+        self.vol = EwmaVolatility(self.p.vol_halflife_s, self.p.vol_sample_s, self.p.initial_sigma)
+        self.end_ns: int | None = None
+
+    def begin(self, now_ns: int) -> None:
+        """Start a session: the finite AS horizon ends ``tau_s`` seconds from now."""
+        self.end_ns = now_ns + int(self.p.tau_s * 1e9)
+
+    def sigma(self, forecast: Forecast | None) -> float:
+        if forecast is not None and forecast.sigma is not None and self.p.use_forecast_sigma:
+            return forecast.sigma
+        if self.p.sigma is not None:
+            return self.p.sigma
+        return self.vol.sigma()
+
+    def on_update(self, book: OrderBook, inventory: float, now_ns: int, forecast: Forecast | None = None) -> Quotes:
+        bb, ba = book.bids.best_price(), book.asks.best_price()
+        if bb is None or ba is None:
+            return Quotes(note="one-sided book")
+        if bb >= ba:
+            return Quotes(note="crossed book")
+        s = 0.5 * (bb + ba)
+        self.vol.update(s, now_ns)
+        p = self.p
+        sigma = self.sigma(forecast)
+        drift = 0.0
+        if forecast is not None and forecast.drift is not None:
+            drift = p.drift_weight * forecast.drift
+        q = inventory
+        if p.model == "glft":
+            db, da = glft.half_spreads(q, p.gamma, sigma, p.A, p.k, self.c.order_size)
+            r = s + drift - 0.5 * (db - da)
+            bid, ask = s + drift - db, s + drift + da
+        else:
+            if p.horizon == "finite":
+                if self.end_ns is None:
+                    self.begin(now_ns)
+                tau = max(self.end_ns - now_ns, 0) * 1e-9  # type: ignore[operator]
+            else:
+                tau = p.tau_s
+            r = AS.reservation_price(s, q, p.gamma, sigma, tau) + drift
+            half = 0.5 * AS.optimal_spread(p.gamma, sigma, tau, p.k)
+            bid, ask = r - half, r + half
+        bids, asks = build_levels(bid, ask, s, q, self.market, self.c, bb, ba)
+        return Quotes(bids, asks, s, r, s - bid, ask - s, sigma, drift)
+
+
+def build_strategy(params: StrategyParams, market: MarketInfo) -> MarketMaker:
+    return MarketMaker(params, market)

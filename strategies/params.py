@@ -1,0 +1,63 @@
+"""Strategy parameters, validated (pydantic). Units are in each field's description."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelParams(_Strict):
+    """Which pricing model and its parameters."""
+
+    model: Literal["avellaneda_stoikov", "glft"] = Field("avellaneda_stoikov", description="pricing model")
+    gamma: float = Field(0.1, gt=0, description="risk aversion, 1/quote currency")
+    k: float = Field(1.5, gt=0, description="fill-intensity decay, 1/(quote per base)")
+    A: float = Field(140.0, gt=0, description="fill intensity at zero distance, fills/second (GLFT)")
+    horizon: Literal["finite", "rolling"] = Field(
+        "rolling", description="AS only: 'finite' = T-t to session end; 'rolling' = constant tau (24/7 markets)"
+    )
+    tau_s: float = Field(1.0, gt=0, description="AS rolling horizon, seconds (also the finite session length if end is unset)")
+    sigma: float | None = Field(
+        None, ge=0, description="fixed volatility, quote per base per sqrt(s); None = EWMA estimate of the mid"
+    )
+    vol_halflife_s: float = Field(60.0, gt=0, description="EWMA volatility half-life, seconds")
+    vol_sample_s: float = Field(1.0, gt=0, description="EWMA volatility sampling interval, seconds")
+    initial_sigma: float = Field(0.0, ge=0, description="sigma used until the estimator has warmed up")
+    drift_weight: float = Field(1.0, ge=0, description="multiplier on a forecast's drift when shifting the reservation price")
+    use_forecast_sigma: bool = Field(True, description="a forecast's sigma replaces the estimator's")
+
+
+class QuoteControls(_Strict):
+    """Controls applied after the model: sizes, levels, limits, rounding, refresh."""
+
+    order_size: float = Field(1.0, gt=0, description="base order size at level 0, base units")
+    levels: int = Field(1, ge=1, le=50, description="orders per side")
+    level_spacing_ticks: int = Field(1, ge=1, description="distance between consecutive levels, ticks")
+    level_size_growth: float = Field(1.0, gt=0, description="size multiplier from one level to the next")
+    max_inventory: float = Field(10.0, gt=0, description="stop quoting the side that would push |inventory| above this, base units")
+    inventory_size_shape: float = Field(
+        0.0, ge=0, description="eta: the side that grows |q| gets size * exp(-eta * |q| / max_inventory)"
+    )
+    min_spread_bps: float = Field(0.0, ge=0, description="minimum total spread, basis points of the mid")
+    min_edge_bps: float = Field(0.0, ge=0, description="minimum edge per side beyond the maker fee, basis points of the mid")
+    post_only: bool = Field(True, description="quotes never cross the book (bid < best ask, ask > best bid)")
+    refresh_tolerance_ticks: int = Field(
+        0, ge=0, description="keep a working order if the new price is within this many ticks and size unchanged"
+    )
+    max_order_age_s: float | None = Field(None, gt=0, description="cancel and re-place orders older than this, seconds")
+
+    @model_validator(mode="after")
+    def _check(self) -> "QuoteControls":
+        if self.order_size > self.max_inventory:
+            raise ValueError(f"order_size ({self.order_size}) exceeds max_inventory ({self.max_inventory})")
+        return self
+
+
+class StrategyParams(_Strict):
+    pricing: ModelParams = Field(default_factory=ModelParams)
+    controls: QuoteControls = Field(default_factory=QuoteControls)
