@@ -1,0 +1,63 @@
+"""Wiring: build the market source, exchange, strategy and store of a run from a Config."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from bot.config import Config
+from bot.engine import Engine
+from bot.errors import ConfigError
+from bot.inventory import Inventory
+from bot.market_data.base import MarketSource
+from bot.persistence.store import Store
+from paper_trading.fees import MakerTakerFees
+from paper_trading.fill_models import IntensityFillModel
+from paper_trading.paper_exchange import PaperExchange
+from paper_trading.sim_market import SimulatedMarket
+from strategies.market_maker import build_strategy
+
+
+def _decimal(field: str, value: str) -> Decimal:
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        raise ConfigError(f"invalid config: {field}: not a decimal number (got {value!r})") from None
+    if not d.is_finite() or d <= 0:
+        raise ConfigError(f"invalid config: {field}: must be a positive number (got {value!r})")
+    return d
+
+
+def build_source(cfg: Config) -> MarketSource:
+    if cfg.exchange == "sim":
+        s = cfg.sim
+        return SimulatedMarket(
+            symbol=cfg.symbol, s0=s.s0, sigma=s.sigma, dt_s=s.dt_s, duration_s=cfg.duration_s or 3600.0,
+            tick=_decimal("sim.tick", s.tick), lot=_decimal("sim.lot", s.lot), spread_ticks=s.spread_ticks,
+            depth_levels=s.depth_levels, seed=s.seed, speed=s.speed,
+            maker_fee=cfg.paper.maker_fee, taker_fee=cfg.paper.taker_fee,
+        )
+    from bot.market_data.ccxt_poll import CcxtPollingSource
+
+    md = cfg.market_data
+    return CcxtPollingSource(
+        cfg.exchange, cfg.symbol, depth=md.depth, poll_interval_s=md.poll_interval_s,
+        rate_limit_per_s=md.rate_limit_per_s, api_url=md.api_url, duration_s=cfg.duration_s,
+    )
+
+
+def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: bool = True) -> Engine:
+    """A paper run: the configured market source, the paper exchange, the configured strategy."""
+    source = build_source(cfg)
+    p = cfg.paper
+    base, quote = Decimal(repr(p.initial_base)), Decimal(repr(p.initial_quote))
+    exchange = PaperExchange(
+        IntensityFillModel(p.A or cfg.sim.A, p.k or cfg.sim.k, seed=cfg.sim.seed + 1),
+        MakerTakerFees(p.maker_fee, p.taker_fee), base, quote,
+    )
+    c = cfg.strategy.controls
+    return Engine(
+        source, exchange, lambda market: build_strategy(cfg.strategy, market), store, mode="paper",
+        config_snapshot=cfg.model_dump(mode="json"), inventory=Inventory(base=base, cash=quote),
+        tolerance_ticks=c.refresh_tolerance_ticks, max_order_age_s=c.max_order_age_s, post_only=c.post_only,
+        pnl_interval_s=cfg.pnl_snapshot_interval_s, on_tick=on_tick, handle_signals=handle_signals,
+    )

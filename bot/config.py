@@ -1,0 +1,137 @@
+"""Configuration: YAML validated by pydantic. Every field states its unit.
+
+``load_config(path)`` raises :class:`~bot.errors.ConfigError` with a message naming the
+file, the field (dotted path) and the problem. Unknown fields are errors (a typo must not
+silently fall back to a default). Secrets are never read from config files: API keys come
+from the environment or a key file (see the README).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot.errors import ConfigError
+from strategies.params import StrategyParams
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimConfig(_Strict):
+    """The simulated Avellaneda-Stoikov market (exchange: sim)."""
+
+    s0: float = Field(100.0, gt=0, description="initial mid, quote per base")
+    sigma: float = Field(0.26, ge=0, description="mid volatility, quote per base per sqrt(second)")
+    dt_s: float = Field(0.05, gt=0, description="simulation step, seconds")
+    tick: str = Field("0.01", description="price tick, quote per base (decimal string)")
+    lot: str = Field("1", description="size lot, base units (decimal string)")
+    spread_ticks: int = Field(2, ge=1, description="other participants' spread, ticks")
+    depth_levels: int = Field(5, ge=1, description="levels per side of the synthetic book")
+    A: float = Field(2.33, gt=0, description="fill intensity at zero distance, fills/second")
+    k: float = Field(1.5, gt=0, description="fill-intensity decay, 1/(quote per base)")
+    speed: float = Field(10.0, ge=0, description="simulated seconds per wall second; 0 = as fast as possible")
+    seed: int = Field(7, description="random seed of the market and the fill model")
+
+
+class MarketDataConfig(_Strict):
+    """Live public data through ccxt (exchange: any ccxt id)."""
+
+    poll_interval_s: float = Field(1.0, gt=0, description="REST polling interval, seconds")
+    rate_limit_per_s: float = Field(5.0, gt=0, description="max REST requests per second")
+    depth: int = Field(20, ge=1, description="order-book levels requested per side")
+    api_url: str | None = Field(None, description="override the exchange's REST base URL (tests, testnets)")
+
+
+class PaperConfig(_Strict):
+    fill_model: Literal["intensity"] = Field("intensity", description="paper fill model")
+    A: float | None = Field(None, gt=0, description="intensity-model A, fills/second (default: sim.A)")
+    k: float | None = Field(None, gt=0, description="intensity-model k, 1/(quote per base) (default: sim.k)")
+    maker_fee: float = Field(0.0, description="maker fee rate, fraction of notional (negative = rebate)")
+    taker_fee: float = Field(0.0, description="taker fee rate, fraction of notional")
+    initial_base: float = Field(0.0, description="starting inventory, base units")
+    initial_quote: float = Field(0.0, description="starting cash, quote currency")
+
+
+class DatabaseConfig(_Strict):
+    url: str = Field("sqlite:///runs/mmbot.db", description="SQLAlchemy URL or a file path (SQLite, WAL mode)")
+
+
+class UiConfig(_Strict):
+    live: bool = Field(True, description="show the live status panel when stdout is a terminal")
+    refresh_per_s: float = Field(4.0, gt=0, description="status panel refresh rate, per second")
+
+
+class Config(_Strict):
+    exchange: str = Field("sim", description="'sim' = the simulated market, else a ccxt exchange id")
+    symbol: str = Field("SIM/USD", description="ccxt unified symbol")
+    duration_s: float | None = Field(60.0, gt=0, description="run length: simulated seconds (sim) or wall seconds; null = until stopped")
+    pnl_snapshot_interval_s: float = Field(1.0, gt=0, description="PnL snapshot interval, seconds of market time")
+    sim: SimConfig = Field(default_factory=SimConfig)
+    market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
+    paper: PaperConfig = Field(default_factory=PaperConfig)
+    strategy: StrategyParams = Field(default_factory=StrategyParams)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
+
+
+def _format_errors(where: str, e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        inp = err.get("input")
+        shown = "" if isinstance(inp, dict) or err["type"] == "missing" else f" (got {inp!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return f"invalid config {where}: " + "; ".join(parts)
+
+
+def config_from_dict(data: Any, where: str = "(options)") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {where}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(where, e)) from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate a YAML config; ``None`` gives the built-in defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {p}:{at} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    return config_from_dict(data, str(p))
+
+
+def with_overrides(cfg: Config, **dotted: Any) -> Config:
+    """A copy of ``cfg`` with ``{"a.b": value}`` overrides applied and re-validated."""
+    data = cfg.model_dump()
+    for key, value in dotted.items():
+        if value is None:
+            continue
+        node = data
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return config_from_dict(data, "(command-line options)")

@@ -1,0 +1,267 @@
+"""The engine: one asyncio loop that drives a strategy in paper, live and replay alike.
+
+Per market event::
+
+    source.next() -> exchange.on_market(event)   (a simulated venue matches here)
+                  -> fills drained: order states, inventory, database
+                  -> forecaster.update(book)      (optional)
+                  -> strategy.on_update(book, q, t, forecast) -> desired quotes
+                  -> order manager diff -> cancels, then placements
+                  -> PnL snapshot every ``pnl_interval_s`` of market time
+                  -> database commit
+
+The clock is the event's timestamp (simulated time in simulation and replay, exchange
+time live), so a strategy sees the same time base in every mode.
+
+Shutdown (end of feed, SIGINT/SIGTERM, or an error): cancel all open orders, drain the last
+fills, write a final PnL snapshot, mark the run completed / interrupted / failed with its
+summary, commit, close the source and the exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from bot.errors import MmbotError
+from bot.exchanges.base import Exchange
+from bot.inventory import Inventory
+from bot.market import MarketInfo
+from bot.market_data.base import MarketEvent, MarketSource
+from bot.order_manager import OrderManager
+from bot.orders import OrderState
+from bot.persistence.store import Store
+from models.forecast import Forecaster
+from strategies.base import Quotes, Strategy
+
+
+@dataclass
+class EngineState:
+    """What the status panel shows; updated every event."""
+
+    ts_ns: int = 0
+    mid: float = float("nan")
+    quotes: Quotes | None = None
+    events: int = 0
+    placed: int = 0
+    canceled: int = 0
+    rejected: int = 0
+    pnl: float = 0.0
+
+
+class Engine:
+    def __init__(
+        self,
+        source: MarketSource,
+        exchange: Exchange,
+        strategy_factory: Callable[[MarketInfo], Strategy],
+        store: Store,
+        *,
+        mode: str = "paper",
+        config_snapshot: dict | None = None,
+        forecaster: Forecaster | None = None,
+        inventory: Inventory | None = None,
+        tolerance_ticks: int = 0,
+        max_order_age_s: float | None = None,
+        post_only: bool = True,
+        pnl_interval_s: float = 1.0,
+        on_tick: Callable[["Engine"], None] | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.source, self.exchange, self.store = source, exchange, store
+        self.strategy_factory = strategy_factory
+        self.mode = mode
+        self.config_snapshot = config_snapshot or {}
+        self.forecaster = forecaster
+        self.inventory = inventory or Inventory()
+        self.om_args = dict(tolerance_ticks=tolerance_ticks, max_age_s=max_order_age_s, post_only=post_only)
+        self.pnl_interval_ns = int(pnl_interval_s * 1e9)
+        self.on_tick = on_tick
+        self.handle_signals = handle_signals
+        self.state = EngineState()
+        self._stop = asyncio.Event()
+        self.stop_reason = ""
+        self.strategy: Strategy | None = None
+        self.om: OrderManager | None = None
+        self.market: MarketInfo | None = None
+        self.mid0: float | None = None
+        self._next_pnl_ns = 0
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to finish after the current event (thread-safe from signal handlers)."""
+        self.stop_reason = self.stop_reason or reason
+        self._stop.set()
+
+    # -- main loop -------------------------------------------------------------------------
+    async def run(self) -> dict:
+        loop = asyncio.get_running_loop()
+        installed = []
+        if self.handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self.stop, signal.Signals(sig).name)
+                    installed.append(sig)
+        status = "completed"
+        error: BaseException | None = None
+        started = False
+        try:
+            self.market = await self.source.start()
+            await self.exchange.start(self.market)
+            self.strategy = self.strategy_factory(self.market)
+            self.om = OrderManager(self.market, on_change=self.store.record_order, **self.om_args)  # type: ignore[arg-type]
+            self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot)
+            started = True
+            book = self.source.book
+            t0 = book.ts_ns or time.time_ns()
+            if hasattr(self.strategy, "begin"):
+                self.strategy.begin(t0)  # type: ignore[attr-defined]
+            self.mid0 = book.mid()
+            self._snapshot(t0, force=True)
+            self.store.commit()
+            next_task: asyncio.Task | None = None
+            stop_task = asyncio.ensure_future(self._stop.wait())
+            try:
+                while not self._stop.is_set():
+                    next_task = asyncio.ensure_future(self.source.next())
+                    done, _ = await asyncio.wait({next_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                    if next_task not in done:
+                        break
+                    ev = next_task.result()
+                    next_task = None
+                    if ev is None:
+                        self.stop_reason = self.stop_reason or "end of market data"
+                        break
+                    await self.step(ev)
+            finally:
+                stop_task.cancel()
+                if next_task is not None:
+                    next_task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await next_task
+            if self.stop_reason in ("SIGINT", "SIGTERM"):
+                status = "interrupted"
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status = "interrupted"
+            self.stop_reason = self.stop_reason or "interrupted"
+        except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
+            status, error = "failed", e
+            self.stop_reason = f"error: {e}"
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            summary = await self._shutdown(status, started)
+            await self.source.close()
+            await self.exchange.close()
+        if error is not None:
+            raise error
+        return summary
+
+    def exchange_name(self) -> str:
+        return getattr(self.exchange, "name", "exchange")
+
+    async def step(self, ev: MarketEvent) -> None:
+        """Process one market event (public so that tests and backtests can drive it)."""
+        st = self.state
+        st.events += 1
+        st.ts_ns = ev.ts_ns
+        await self.exchange.on_market(ev)
+        self._drain_fills()
+        book = ev.book
+        mid = book.mid()
+        if mid is not None:
+            st.mid = mid
+            if self.mid0 is None:
+                self.mid0 = mid
+        forecast = self.forecaster.update(book, ev.ts_ns) if self.forecaster is not None else None
+        quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
+        st.quotes = quotes
+        await self._reconcile(quotes, ev.ts_ns)
+        self._drain_fills()
+        self._snapshot(ev.ts_ns)
+        self.store.commit()
+        if self.on_tick is not None:
+            self.on_tick(self)
+
+    async def _reconcile(self, quotes: Quotes, now_ns: int) -> None:
+        om = self.om
+        cancels, places = om.plan(quotes, now_ns)  # type: ignore[union-attr]
+        for o in cancels:
+            om.on_ack(await self.exchange.cancel(o, now_ns))  # type: ignore[union-attr]
+            self.state.canceled += 1
+        for o in places:
+            om.submitted(o)  # type: ignore[union-attr]
+            ack = await self.exchange.place(o, now_ns)
+            om.on_ack(ack)  # type: ignore[union-attr]
+            if ack.state is OrderState.REJECTED:
+                self.state.rejected += 1
+            else:
+                self.state.placed += 1
+
+    def _drain_fills(self) -> None:
+        q = self.exchange.fills
+        while not q.empty():
+            fill = q.get_nowait()
+            if not self.store.record_fill(fill):
+                continue  # already recorded: a replayed fill must not move inventory twice
+            self.om.on_fill(fill)  # type: ignore[union-attr]
+            self.inventory.apply(fill)
+
+    def _snapshot(self, ts_ns: int, force: bool = False) -> None:
+        mid = self.state.mid if self.state.mid == self.state.mid else self.source.book.mid()
+        if mid is None or mid != mid:
+            return
+        if not force and ts_ns < self._next_pnl_ns:
+            self.state.pnl = self.inventory.pnl(mid, self.mid0 or mid)
+            return
+        self._next_pnl_ns = ts_ns + self.pnl_interval_ns
+        self.state.pnl = self.inventory.pnl(mid, self.mid0 or mid)
+        self.store.record_pnl(ts_ns, mid, self.inventory, self.state.pnl)
+
+    async def _shutdown(self, status: str, started: bool) -> dict:
+        summary: dict = {}
+        if not started:
+            return summary
+        now = self.state.ts_ns or time.time_ns()
+        try:
+            if self.market is not None and self.om is not None:
+                for ack in await self.exchange.cancel_all(self.market.symbol, now):
+                    self.om.on_ack(ack)
+                self._drain_fills()
+                # anything the venue did not report is still ours to close out
+                for o in list(self.om.working.values()):
+                    if o.state is OrderState.NEW:
+                        o.transition(OrderState.CANCELED, now, "shutdown")
+                        self.om.working.pop(o.client_id, None)
+                        self.store.record_order(o)
+        except MmbotError as e:
+            self.stop_reason += f"; cancel-all failed: {e}"
+        self._snapshot(now, force=True)
+        summary = self.summary()
+        summary["status"] = status
+        summary["stop_reason"] = self.stop_reason
+        self.store.end_run(status, summary)
+        return summary
+
+    def summary(self) -> dict:
+        inv, st = self.inventory, self.state
+        mid = st.mid
+        return {
+            "run_id": self.store.run_id,
+            "events": st.events,
+            "orders_placed": st.placed,
+            "orders_canceled": st.canceled,
+            "orders_rejected": st.rejected,
+            "fills": inv.n_fills,
+            "volume_quote": float(inv.volume),
+            "final_mid": mid,
+            "inventory": float(inv.base),
+            "max_abs_inventory": float(inv.max_abs_base),
+            "pnl": st.pnl,
+            "spread_capture": inv.spread_capture,
+            "fees": float(inv.fees_paid),
+        }
+

@@ -1,0 +1,1 @@
+"""Exchange adapters behind one interface (:class:`bot.exchanges.base.Exchange`)."""

@@ -1,0 +1,124 @@
+"""The order manager: turns desired quotes into the fewest cancels and placements, and
+keeps every order's state from exchange acknowledgements and fills.
+
+Diffing rule, per side: each desired level (best first) is matched to an unmatched working
+order on that side whose size equals the level's size and whose price is within
+``tolerance_ticks`` of it (exact price preferred), and which is not older than
+``max_age_ns``. Matched orders are left working (they keep their queue position);
+unmatched working orders are cancelled; unmatched desired levels become new orders.
+
+Every state change is reported to ``on_change(order)`` (the engine persists it).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Callable
+
+from bot.exchanges.base import OrderAck
+from bot.market import MarketInfo
+from bot.orders import Fill, Order, OrderState, Side
+from strategies.base import QuoteLevel, Quotes
+
+
+class OrderManager:
+    def __init__(
+        self,
+        market: MarketInfo,
+        tolerance_ticks: int = 0,
+        max_age_s: float | None = None,
+        post_only: bool = True,
+        on_change: Callable[[Order], None] | None = None,
+    ) -> None:
+        self.market = market
+        self.tol = Decimal(tolerance_ticks) * market.tick
+        self.max_age_ns = None if max_age_s is None else int(max_age_s * 1e9)
+        self.post_only = post_only
+        self.on_change = on_change or (lambda o: None)
+        self.working: dict[str, Order] = {}  # client_id -> non-terminal order
+        self.orders: dict[str, Order] = {}  # every order of the run, by client id
+
+    # -- diffing ----------------------------------------------------------------------
+    def plan(self, quotes: Quotes, now_ns: int) -> tuple[list[Order], list[Order]]:
+        """(orders to cancel, new orders to place) that make the book match ``quotes``."""
+        cancels: list[Order] = []
+        places: list[Order] = []
+        for side, levels in ((Side.BUY, quotes.bids), (Side.SELL, quotes.asks)):
+            mine = [o for o in self.working.values() if o.side is side]
+            c, p = self._plan_side(side, levels, mine, now_ns)
+            cancels += c
+            places += p
+        return cancels, places
+
+    def _plan_side(self, side: Side, levels: list[QuoteLevel], mine: list[Order], now_ns: int) -> tuple[list[Order], list[Order]]:
+        free = [o for o in mine if o.state is not OrderState.NEW and
+                (self.max_age_ns is None or now_ns - o.created_ns < self.max_age_ns)]
+        stale = [o for o in mine if o not in free and o.state is not OrderState.NEW]
+        places: list[Order] = []
+        for i, lv in enumerate(levels):
+            best, best_d = None, None
+            for o in free:
+                if o.size != lv.size:
+                    continue
+                d = abs(o.price - lv.price)
+                if d <= self.tol and (best_d is None or d < best_d):
+                    best, best_d = o, d
+                    if d == 0:
+                        break
+            if best is not None:
+                free.remove(best)
+            else:
+                places.append(Order(self.market.symbol, side, lv.price, lv.size, post_only=self.post_only, level=i, created_ns=now_ns, updated_ns=now_ns))
+        return stale + free, places
+
+    # -- state keeping ------------------------------------------------------------------
+    def submitted(self, order: Order) -> None:
+        """Register a new order before it is sent (state ``new``)."""
+        self.orders[order.client_id] = order
+        self.working[order.client_id] = order
+        self.on_change(order)
+
+    def on_ack(self, ack: OrderAck) -> Order | None:
+        """Apply the exchange's answer to place/cancel. Unknown client ids are ignored."""
+        o = self.orders.get(ack.client_id)
+        if o is None:
+            return None
+        if ack.exchange_id and not o.exchange_id:
+            o.exchange_id = ack.exchange_id
+        if ack.state is not o.state and ack.state in _NEXT[o.state]:
+            o.transition(ack.state, ack.ts_ns, ack.reason)
+            if o.state.terminal:
+                self.working.pop(o.client_id, None)
+            self.on_change(o)
+        return o
+
+    def on_fill(self, fill: Fill) -> Order | None:
+        """Apply an execution to its order; returns the order (None if not ours)."""
+        o = self.orders.get(fill.client_id)
+        if o is None:
+            return None
+        if o.state is OrderState.NEW:  # fill raced ahead of the ack
+            o.transition(OrderState.OPEN, fill.ts_ns)
+        if o.state.terminal and o.state is not OrderState.CANCELED:
+            return o
+        if o.state is OrderState.CANCELED:
+            # a fill that arrives after our cancel ack: the venue traded first. Record the
+            # fill (the money moved) but keep the order's terminal state.
+            o.filled += fill.size
+            self.on_change(o)
+            return o
+        o.apply_fill(min(fill.size, o.remaining), fill.ts_ns)
+        if o.state.terminal:
+            self.working.pop(o.client_id, None)
+        self.on_change(o)
+        return o
+
+
+_NEXT = {
+    OrderState.NEW: {OrderState.OPEN, OrderState.REJECTED, OrderState.CANCELED},
+    OrderState.OPEN: {OrderState.CANCELED},
+    OrderState.PARTIALLY_FILLED: {OrderState.CANCELED},
+    OrderState.FILLED: set(),
+    OrderState.CANCELED: set(),
+    OrderState.REJECTED: set(),
+}

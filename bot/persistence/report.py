@@ -1,0 +1,107 @@
+"""`mmbot report`: a run's results computed from the database alone.
+
+PnL attribution (quote currency), with inventory starting at the run's first snapshot:
+    total          = final mark-to-market - initial mark-to-market
+    spread capture = sum over fills of (mid_at_fill - price) * size for buys,
+                     (price - mid_at_fill) * size for sells
+    fees           = sum of fees paid (rebates negative)
+    inventory PnL  = total - spread capture + fees   (what holding inventory earned or lost)
+so that total = spread capture + inventory PnL - fees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy.orm import Session
+
+from bot.errors import ConfigError
+from bot.persistence.schema import FillRow, OrderRow, PnlSnapshot, Run
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    mode: str
+    exchange: str
+    symbol: str
+    status: str
+    started_ns: int
+    ended_ns: int | None
+    orders: int
+    fills: int
+    buys: int
+    sells: int
+    volume_base: float
+    volume_quote: float
+    final_inventory: float
+    max_abs_inventory: float
+    final_mid: float
+    total_pnl: float
+    spread_capture: float
+    inventory_pnl: float
+    fees: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _open(db: str) -> Session:
+    url = db if "://" in db else f"sqlite:///{db}"
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise ConfigError(f"database {db} does not exist")
+    eng = create_engine(url)
+    if not inspect(eng).has_table("runs"):
+        raise ConfigError(f"database {db} holds no mmbot runs (no 'runs' table)")
+    return Session(eng)
+
+
+def build_report(db: str, run_id: int | None = None) -> RunReport:
+    with _open(db) as s:
+        run = s.get(Run, run_id) if run_id is not None else s.scalars(select(Run).order_by(Run.id.desc()).limit(1)).first()
+        if run is None:
+            raise ConfigError(f"database {db} has no run {run_id}" if run_id is not None else f"database {db} has no runs")
+        fills = s.scalars(select(FillRow).where(FillRow.run_id == run.id).order_by(FillRow.ts_ns, FillRow.id)).all()
+        n_orders = s.scalar(select(func.count(OrderRow.id)).where(OrderRow.run_id == run.id)) or 0
+        snaps = s.scalars(select(PnlSnapshot).where(PnlSnapshot.run_id == run.id).order_by(PnlSnapshot.ts_ns, PnlSnapshot.id)).all()
+
+    cash = Decimal(0)
+    fees = Decimal(0)
+    vol_b = Decimal(0)
+    vol_q = Decimal(0)
+    spread = 0.0
+    # the engine writes a snapshot when the run starts, before any fill: it holds q0 and mid0
+    q0 = snaps[0].inventory if snaps else Decimal(0)
+    q = q0
+    max_q = abs(q0)
+    for f in fills:
+        sign = 1 if f.side == "buy" else -1
+        q += sign * f.size
+        cash -= sign * f.price * f.size + f.fee
+        fees += f.fee
+        vol_b += f.size
+        vol_q += f.price * f.size
+        spread += (f.mid - float(f.price)) * float(f.size) * sign
+        max_q = max(max_q, abs(q))
+    if snaps:
+        final_mid = snaps[-1].mid
+        mid0 = snaps[0].mid
+    elif fills:
+        final_mid = mid0 = fills[-1].mid
+    else:
+        final_mid = mid0 = float("nan")
+    # holding the initial inventory q0 from mid0 to final_mid is inventory PnL too
+    total = float(cash) + float(q) * final_mid - float(q0) * mid0 if (fills or snaps) else 0.0
+    if snaps:
+        max_q = max(max_q, max(abs(sn.inventory) for sn in snaps))
+    return RunReport(
+        run_id=run.id, mode=run.mode, exchange=run.exchange, symbol=run.symbol, status=run.status,
+        started_ns=run.started_ns, ended_ns=run.ended_ns, orders=n_orders, fills=len(fills),
+        buys=sum(1 for f in fills if f.side == "buy"), sells=sum(1 for f in fills if f.side == "sell"),
+        volume_base=float(vol_b), volume_quote=float(vol_q), final_inventory=float(q), max_abs_inventory=float(max_q),
+        final_mid=final_mid, total_pnl=total, spread_capture=spread, inventory_pnl=total - spread + float(fees),
+        fees=float(fees),
+    )

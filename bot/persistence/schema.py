@@ -1,0 +1,109 @@
+"""Database tables. Money and sizes are stored as exact decimal strings (``DecimalText``);
+timestamps as integer ns since the epoch; prices quote per base, sizes base units, cash
+and fees quote currency."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class DecimalText(TypeDecorator):
+    """Exact Decimal stored as text (SQLite has no decimal type)."""
+
+    impl = String(40)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else str(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else Decimal(value)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))  # paper | live | backtest
+    exchange: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(32))
+    config_json: Mapped[str] = mapped_column(Text)  # snapshot of the validated config (no secrets)
+    started_ns: Mapped[int] = mapped_column(BigInteger)
+    ended_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|completed|interrupted|failed
+    summary_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class OrderRow(Base):
+    """Current state of each order (one row per order)."""
+
+    __tablename__ = "orders"
+    __table_args__ = (UniqueConstraint("run_id", "client_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(40))
+    exchange_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    price: Mapped[Decimal] = mapped_column(DecimalText)
+    size: Mapped[Decimal] = mapped_column(DecimalText)
+    filled: Mapped[Decimal] = mapped_column(DecimalText)
+    state: Mapped[str] = mapped_column(String(20))
+    post_only: Mapped[bool] = mapped_column(default=True)
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    created_ns: Mapped[int] = mapped_column(BigInteger)
+    updated_ns: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(200), default="")
+
+
+class OrderEvent(Base):
+    """Every state transition of every order, timestamped."""
+
+    __tablename__ = "order_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(40), index=True)
+    ts_ns: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(20))
+    filled: Mapped[Decimal] = mapped_column(DecimalText)
+    reason: Mapped[str] = mapped_column(String(200), default="")
+
+
+class FillRow(Base):
+    __tablename__ = "fills"
+    __table_args__ = (UniqueConstraint("exchange", "trade_id", name="uq_fill_exchange_trade"), Index("ix_fills_run_ts", "run_id", "ts_ns"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    exchange: Mapped[str] = mapped_column(String(32))
+    trade_id: Mapped[str] = mapped_column(String(64))
+    client_id: Mapped[str] = mapped_column(String(40))
+    symbol: Mapped[str] = mapped_column(String(32))
+    side: Mapped[str] = mapped_column(String(4))
+    price: Mapped[Decimal] = mapped_column(DecimalText)
+    size: Mapped[Decimal] = mapped_column(DecimalText)
+    fee: Mapped[Decimal] = mapped_column(DecimalText)
+    liquidity: Mapped[str] = mapped_column(String(5))
+    ts_ns: Mapped[int] = mapped_column(BigInteger)
+    mid: Mapped[float] = mapped_column(Float)  # mid at fill time, quote per base
+
+
+class PnlSnapshot(Base):
+    __tablename__ = "pnl_snapshots"
+    __table_args__ = (Index("ix_pnl_run_ts", "run_id", "ts_ns"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    ts_ns: Mapped[int] = mapped_column(BigInteger)
+    mid: Mapped[float] = mapped_column(Float)
+    inventory: Mapped[Decimal] = mapped_column(DecimalText)  # base units
+    cash: Mapped[Decimal] = mapped_column(DecimalText)  # quote currency, fees subtracted
+    mtm: Mapped[float] = mapped_column(Float)  # cash + inventory * mid
+    pnl: Mapped[float] = mapped_column(Float)  # mtm change since the run started
+    fees_paid: Mapped[Decimal] = mapped_column(DecimalText)
+    spread_capture: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,72 @@
+"""The live status panel (rich) and the final summary table."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from bot.engine import Engine
+
+
+def _fmt_levels(levels) -> str:
+    return ", ".join(f"{lv.size}@{lv.price}" for lv in levels) or "-"
+
+
+def status_table(engine: Engine) -> Table:
+    st, inv = engine.state, engine.inventory
+    q = st.quotes
+    t = Table(title=f"mmbot {engine.mode} - {engine.market.symbol if engine.market else ''}", show_header=False, min_width=60)
+    t.add_column(style="bold cyan")
+    t.add_column()
+    ts = datetime.fromtimestamp(st.ts_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if st.ts_ns else "-"
+    t.add_row("market time (UTC)", ts)
+    t.add_row("mid", f"{st.mid:.6g}")
+    if q is not None:
+        t.add_row("bids", _fmt_levels(q.bids))
+        t.add_row("asks", _fmt_levels(q.asks))
+        t.add_row("reservation / sigma", f"{q.reservation:.6g} / {q.sigma:.4g}" + (f"  ({q.note})" if q.note else ""))
+    t.add_row("inventory (base)", f"{inv.base}")
+    t.add_row("cash (quote)", f"{inv.cash:.4f}")
+    t.add_row("PnL (quote)", f"{st.pnl:.4f}")
+    t.add_row("fills / volume (quote)", f"{inv.n_fills} / {float(inv.volume):.2f}")
+    t.add_row("orders placed / canceled / rejected", f"{st.placed} / {st.canceled} / {st.rejected}")
+    t.add_row("events", f"{st.events}")
+    return t
+
+
+class LivePanel:
+    """Refreshes the panel at most ``refresh_per_s`` times a second from the engine's on_tick hook."""
+
+    def __init__(self, console: Console, refresh_per_s: float = 4.0) -> None:
+        self.console = console
+        self.min_dt = 1.0 / refresh_per_s
+        self._last = 0.0
+        self.live: Live | None = None
+
+    def __enter__(self) -> "LivePanel":
+        self.live = Live(console=self.console, auto_refresh=False, transient=False)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def __call__(self, engine: Engine) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.min_dt and self.live is not None:
+            self._last = now
+            self.live.update(status_table(engine), refresh=True)
+
+
+def summary_table(summary: dict, title: str = "Run summary") -> Table:
+    t = Table(title=title, show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    for k, v in summary.items():
+        t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    return t

@@ -1,0 +1,1 @@
+"""Paper trading: the simulated exchange, fill models, simulated markets, replay and backtest."""
