@@ -6,7 +6,8 @@ sample contributes (delta mid)^2 / delta t to an exponentially weighted mean of 
 variance rate, with the weight given by a half-life in seconds:
 
     w = 1 - exp(-ln 2 * dt / halflife_s)
-    var_rate <- (1 - w) * var_rate + w * (dmid^2 / dt)
+    acc <- (1 - w) * acc + w * (dmid^2 / dt);   norm <- (1 - w) * norm + w
+    var_rate = acc / norm      (bias-corrected: a plain weighted mean of the samples so far)
 
 ``sigma()`` returns sqrt(var_rate): quote currency per base unit per sqrt(second), the
 unit the Avellaneda-Stoikov and GLFT formulas take. Until ``min_samples`` samples have
@@ -19,7 +20,7 @@ import math
 
 
 class EwmaVolatility:
-    __slots__ = ("sample_ns", "halflife_s", "initial_sigma", "min_samples", "_last_t", "_last_mid", "_var", "n")
+    __slots__ = ("sample_ns", "halflife_s", "initial_sigma", "min_samples", "_last_t", "_last_mid", "_acc", "_norm", "n")
 
     def __init__(self, halflife_s: float = 60.0, sample_s: float = 1.0, initial_sigma: float = 0.0, min_samples: int = 10) -> None:
         if halflife_s <= 0 or sample_s <= 0:
@@ -30,7 +31,8 @@ class EwmaVolatility:
         self.min_samples = min_samples
         self._last_t: int | None = None
         self._last_mid = 0.0
-        self._var = 0.0
+        self._acc = 0.0
+        self._norm = 0.0
         self.n = 0
 
     def update(self, mid: float, now_ns: int) -> None:
@@ -45,11 +47,12 @@ class EwmaVolatility:
         d = mid - self._last_mid
         w = 1.0 - math.exp(-math.log(2.0) * dt / self.halflife_s)
         rate = d * d / dt
-        self._var = rate if self.n == 0 else (1.0 - w) * self._var + w * rate
+        self._acc = (1.0 - w) * self._acc + w * rate
+        self._norm = (1.0 - w) * self._norm + w
         self.n += 1
         self._last_t, self._last_mid = now_ns, mid
 
     def sigma(self) -> float:
         if self.n < self.min_samples:
             return self.initial_sigma
-        return math.sqrt(self._var)
+        return math.sqrt(self._acc / self._norm)

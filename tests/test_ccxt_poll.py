@@ -8,6 +8,7 @@ caps ccxt at ~20 depth requests/s; poll intervals below are chosen with that in 
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import ccxt
@@ -236,3 +237,14 @@ async def test_fake_order_endpoints_with_signature(fake_binance: FakeBinance) ->
     finally:
         await ex.close()
         await bad.close()
+
+
+async def test_close_while_polling_ends_feed(fake_binance: FakeBinance) -> None:
+    src = CcxtPollingSource("binance", SYMBOL, api_url=fake_binance.base_url, poll_interval_s=0.02,
+                            rate_limit_per_s=50)
+    await src.start()
+    fake_binance.latency_s = 0.3  # the next request is in flight when close() runs
+    task = asyncio.ensure_future(src.next())
+    await asyncio.sleep(0.1)
+    await src.close()
+    assert await asyncio.wait_for(task, 2.0) is None

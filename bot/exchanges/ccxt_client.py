@@ -58,13 +58,16 @@ _MAX_REASON = 200
 
 
 # -- helpers ---------------------------------------------------------------------------
-def short_reason(exc: BaseException, limit: int = _MAX_REASON) -> str:
+def short_reason(exc: BaseException, exchange_id: str | None = None, limit: int = _MAX_REASON) -> str:
     """One-line, bounded description of ``exc`` (and of its cause, for ccxt network errors).
 
     ccxt network errors carry only ``"<id> <METHOD> <url>"``; the useful part (connection
-    refused, timeout, HTTP 503) is in the message tail or in ``__cause__``.
+    refused, timeout, HTTP 503) is in the message tail or in ``__cause__``. ccxt's leading
+    ``"<exchange_id> "`` is dropped when ``exchange_id`` is given (the caller names it).
     """
     text = " ".join(str(exc).split())  # collapse newlines / runs of spaces
+    if exchange_id and text.startswith(exchange_id + " "):
+        text = text[len(exchange_id) + 1 :]
     cause = exc.__cause__ or exc.__context__
     if cause is not None and not isinstance(cause, ccxt.BaseError):
         ctext = " ".join(str(cause).split()) or type(cause).__name__
@@ -115,6 +118,14 @@ def _rewrite_urls(node: Any, api_url: str) -> Any:
     return node
 
 
+def _redact(url: str) -> str:
+    """``url`` without user:password (for logs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 # -- public API ------------------------------------------------------------------------
 def create_ccxt_exchange(
     exchange_id: str,
@@ -156,17 +167,21 @@ def create_ccxt_exchange(
     try:
         exchange = getattr(ccxt_async, eid)(config)
     except ccxt.BaseError as e:
-        raise ExchangeError(f"cannot create ccxt client for {eid}: {short_reason(e)}") from None
+        raise ExchangeError(f"cannot create ccxt client for {eid}: {short_reason(e, eid)}") from None
 
     if api_url:
         if "://" not in api_url:
             raise ExchangeError(f"api_url {api_url!r} must look like 'http://host:port'")
         exchange.urls = dict(exchange.urls)
         exchange.urls["api"] = _rewrite_urls(exchange.urls.get("api"), api_url)
+        if urlsplit(api_url).scheme == "http":
+            # ccxt's close() sleeps timeout_on_exit (250 ms) so TLS connections can shut
+            # down cleanly; plain-HTTP endpoints (local fakes, proxies) need no such wait.
+            exchange.timeout_on_exit = 0
     log.info(
         "ccxt client %s created (api_url=%s, authenticated=%s)",
         eid,
-        api_url or "default",
+        _redact(api_url) if api_url else "default",
         bool(credentials and credentials.get("apiKey")),
     )
     return exchange
@@ -177,10 +192,10 @@ def map_ccxt_error(exc: BaseException, exchange_id: str, symbol: str | None = No
     if isinstance(exc, ccxt.BadSymbol) and symbol is not None:
         return ExchangeError(f"unknown symbol {symbol!r} on {exchange_id}")
     if isinstance(exc, ccxt.NetworkError):
-        return ExchangeError(f"cannot reach {exchange_id}: {short_reason(exc)}")
+        return ExchangeError(f"cannot reach {exchange_id}: {short_reason(exc, exchange_id)}")
     if isinstance(exc, ccxt.BaseError):
-        return ExchangeError(f"{exchange_id} answered an error: {short_reason(exc)}")
-    return ExchangeError(f"{exchange_id}: unexpected {type(exc).__name__}: {short_reason(exc)}")
+        return ExchangeError(f"{exchange_id} answered an error: {short_reason(exc, exchange_id)}")
+    return ExchangeError(f"{exchange_id}: unexpected {type(exc).__name__}: {short_reason(exc, exchange_id)}")
 
 
 async def load_market(exchange: "ccxt_async.Exchange", symbol: str) -> MarketInfo:

@@ -83,7 +83,7 @@ class CcxtPollingSource(MarketSource):
             raise ValueError("rate_limit_per_s must be > 0")
         if max_consecutive_errors < 1:
             raise ValueError("max_consecutive_errors must be >= 1")
-        self.exchange_id = exchange_id
+        self.exchange_id = exchange_id.strip().lower()  # ccxt ids are lower case
         self.symbol = symbol
         self.depth = int(depth)
         self.poll_interval_s = float(poll_interval_s)
@@ -190,16 +190,23 @@ class CcxtPollingSource(MarketSource):
                 self._next_poll = now
             try:
                 raw = await self._fetch()
+            except ExchangeError:
+                if self._closed:  # close() ran while the request was in flight
+                    return None
+                raise
             except ccxt.NetworkError as e:
+                if self._closed:
+                    return None
                 errors += 1
                 if errors >= self.max_consecutive_errors:
+                    reason = short_reason(e, self.exchange_id)
                     raise ExchangeError(
-                        f"cannot reach {self.exchange_id}: {errors} failures in a row, last: {short_reason(e)}"
+                        f"cannot reach {self.exchange_id}: {errors} failures in a row, last: {reason}"
                     ) from None
                 delay = min(self.max_backoff_s, self.retry_backoff_s * 2 ** (errors - 1))
                 log.warning(
                     "%s order book poll failed (%d/%d), retrying in %.2fs: %s",
-                    self.exchange_id, errors, self.max_consecutive_errors, delay, short_reason(e),
+                    self.exchange_id, errors, self.max_consecutive_errors, delay, short_reason(e, self.exchange_id),
                 )
                 self._next_poll = loop.time() + delay
                 continue

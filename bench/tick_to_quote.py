@@ -1,0 +1,98 @@
+"""Tick-to-quote latency: from a book update arriving to the quotes decided.
+
+Per update we time (time.perf_counter_ns): applying the level diff to the L2 book,
+[the forecaster's update, when one is configured], and the strategy's on_update (model,
+controls, rounding). A second figure adds the order manager's diff against working orders.
+Updates are a synthetic random walk of a 20-level book (one bid and one ask level change
+per update, the best levels moving with the mid), so the figure measures our code, not I/O.
+
+Prints one JSON line: {"n": ..., "model": ..., "p50_us": ..., "p99_us": ..., ...}.
+Usage: python bench/tick_to_quote.py [--n 200000] [--model avellaneda_stoikov|glft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bot.exchanges.base import OrderAck  # noqa: E402
+from bot.market import MarketInfo  # noqa: E402
+from bot.order_manager import OrderManager  # noqa: E402
+from bot.orderbook import OrderBook  # noqa: E402
+from bot.orders import OrderState  # noqa: E402
+from strategies.market_maker import MarketMaker  # noqa: E402
+from strategies.params import ModelParams, QuoteControls, StrategyParams  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--model", default="avellaneda_stoikov")
+    ap.add_argument("--levels", type=int, default=1)
+    args = ap.parse_args()
+
+    mkt = MarketInfo("BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.00001"), maker_fee=0.0)
+    params = StrategyParams(
+        pricing=ModelParams(model=args.model, gamma=0.05, k=0.5, A=5.0, horizon="rolling", tau_s=1.0, initial_sigma=1.0),
+        controls=QuoteControls(order_size=0.01, max_inventory=1.0, levels=args.levels, refresh_tolerance_ticks=2),
+    )
+    strat = MarketMaker(params, mkt)
+    om = OrderManager(mkt, tolerance_ticks=2)
+    rng = np.random.default_rng(0)
+    n = args.n
+    steps = rng.choice([-1, 0, 0, 1], size=n)
+    sizes = rng.uniform(0.001, 2.0, size=(n, 2))
+    book = OrderBook("BTC/USDT")
+    mid_t = 6_000_000  # mid in ticks (60000.00)
+    book.apply_snapshot([((mid_t - 1 - j) / 100, 1.0) for j in range(20)], [((mid_t + 1 + j) / 100, 1.0) for j in range(20)])
+    t_quote = np.empty(n, dtype=np.int64)
+    t_orders = np.empty(n, dtype=np.int64)
+    ts = 1_700_000_000_000_000_000
+    q = 0.0
+    pc = time.perf_counter_ns
+    for i in range(n):
+        # the update as it arrives from a feed: new best levels after a mid move
+        mid_t += int(steps[i])
+        bid_px, ask_px = (mid_t - 1) / 100, (mid_t + 1) / 100
+        ts += 10_000_000
+        t0 = pc()
+        book.apply_diff(((bid_px, sizes[i, 0]),), ((ask_px, sizes[i, 1]),), ts)
+        quotes = strat.on_update(book, q, ts)
+        t1 = pc()
+        cancels, places = om.plan(quotes, ts)
+        t2 = pc()
+        t_quote[i] = t1 - t0
+        t_orders[i] = t2 - t0
+        # acknowledge outside the timed region, keep the book consistent
+        for o in cancels:
+            om.on_ack(OrderAck(o.client_id, OrderState.CANCELED, ts))
+        for o in places:
+            om.submitted(o)
+            om.on_ack(OrderAck(o.client_id, OrderState.OPEN, ts))
+        # remove levels that are now inside the spread (the book moved)
+        for p in [p for p in book.bids.sizes if p > bid_px]:
+            book.bids.set(p, 0.0)
+        for p in [p for p in book.asks.sizes if p < ask_px]:
+            book.asks.set(p, 0.0)
+        q = math.sin(i / 1000.0) * 0.5
+    us = lambda a, p: float(np.percentile(a, p)) / 1000.0
+    print(json.dumps({
+        "bench": "tick_to_quote", "n": n, "model": args.model, "levels": args.levels, "forecaster": None,
+        "p50_us": round(us(t_quote, 50), 2), "p99_us": round(us(t_quote, 99), 2), "mean_us": round(t_quote.mean() / 1000, 2),
+        "with_order_diff_p50_us": round(us(t_orders, 50), 2), "with_order_diff_p99_us": round(us(t_orders, 99), 2),
+        "python": platform.python_version(), "machine": platform.machine(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

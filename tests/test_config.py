@@ -1,0 +1,71 @@
+"""Config loading: the shipped file is valid, and bad input names the field and the problem."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import Config, load_config, with_overrides
+from bot.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_loads_and_differs_from_defaults_only_where_documented():
+    cfg = load_config(ROOT / "config" / "paper.yaml")
+    assert cfg.exchange == "sim" and cfg.strategy.pricing.model == "avellaneda_stoikov"
+    assert cfg.sim.sigma == pytest.approx(2 / 60 ** 0.5, rel=0.01)  # the AS paper rescaled to 60 s
+    assert cfg.sim.A * cfg.duration_s == pytest.approx(140, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "yaml_text,expected",
+    [
+        ("strategy:\n  pricing:\n    gamma: -1\n", r"strategy\.pricing\.gamma: Input should be greater than 0 \(got -1\)"),
+        ("strategy:\n  pricing:\n    model: magic\n", r"strategy\.pricing\.model: .*'avellaneda_stoikov' or 'glft'"),
+        ("sim:\n  sigmaa: 1\n", r"sim\.sigmaa: unknown field"),
+        ("duration_s: soon\n", r"duration_s: .*number"),
+        ("strategy:\n  controls:\n    order_size: 50\n", r"strategy\.controls: .*exceeds max_inventory"),
+        ("- a\n- b\n", r"top level must be a mapping"),
+        ("sim: [unclosed\n", r"line \d+, column \d+ is not valid YAML"),
+    ],
+)
+def test_bad_config_names_field_and_problem(tmp_path, yaml_text, expected):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=expected) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/mmbot.yaml")
+
+
+def test_overrides_are_validated():
+    assert with_overrides(Config(), **{"sim.seed": 3}).sim.seed == 3
+    with pytest.raises(ConfigError, match=r"sim\.dt_s"):
+        with_overrides(Config(), **{"sim.dt_s": -1})
+
+
+def test_bad_decimal_tick_is_reported(tmp_path):
+    from bot.app import build_source
+
+    cfg = with_overrides(Config(), **{"sim.tick": "abc"})
+    with pytest.raises(ConfigError, match=r"sim\.tick: not a decimal number"):
+        build_source(cfg)
+
+
+def test_cli_bad_config_is_one_line_and_nonzero(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("strategy:\n  pricing:\n    gamma: 0\n")
+    db = tmp_path / "never.db"
+    out = subprocess.run([sys.executable, "-m", "bot.cli", "paper", "--config", str(p), "--db", str(db)],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "strategy.pricing.gamma" in out.stderr
+    assert not db.exists()  # nothing half-written

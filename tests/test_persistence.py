@@ -1,0 +1,90 @@
+"""The SQLite record: round trip, idempotent fills, WAL mode, and the report's PnL split."""
+
+from decimal import Decimal as D
+
+import pytest
+from sqlalchemy import select, text
+
+from bot.errors import ConfigError
+from bot.inventory import Inventory
+from bot.orders import Fill, Order, OrderState, Side
+from bot.persistence.report import build_report
+from bot.persistence.schema import FillRow, OrderEvent, OrderRow
+from bot.persistence.store import open_store
+
+
+def fill(tid, side, px, sz, mid, fee="0"):
+    return Fill("paper", tid, "c1", "X/Y", side, D(px), D(sz), D(fee), "maker", int(tid) * 10, mid)
+
+
+def test_round_trip_and_idempotent_fills(tmp_path):
+    db = tmp_path / "r.db"
+    st = open_store(str(db))
+    st.start_run("paper", "paper", "X/Y", {"gamma": 0.1})
+    o = Order("X/Y", Side.BUY, D("99.01"), D("2"), client_id="c1", created_ns=1, updated_ns=1)
+    st.record_order(o)
+    o.transition(OrderState.OPEN, 2)
+    st.record_order(o)
+    f = fill("1", Side.BUY, "99.01", "2", 100.0, "0.01")
+    assert st.record_fill(f) is True
+    assert st.record_fill(f) is False  # replayed: stored once
+    o.apply_fill(D("2"), 3)
+    st.record_order(o)
+    st.commit()
+    with st.engine.connect() as c:
+        assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    st.close()
+
+    st2 = open_store(str(db))
+    rows = st2.session.scalars(select(FillRow)).all()
+    assert len(rows) == 1 and rows[0].price == D("99.01") and rows[0].fee == D("0.01")
+    orow = st2.session.scalars(select(OrderRow)).one()
+    assert orow.state == "filled" and orow.filled == D("2") and orow.price == D("99.01")
+    states = [e.state for e in st2.session.scalars(select(OrderEvent).order_by(OrderEvent.id))]
+    assert states == ["new", "open", "filled"]
+    # another run on the same database cannot store the same exchange trade again
+    st2.start_run("paper", "paper", "X/Y", {})
+    assert st2.record_fill(f) is False
+    st2.close()
+
+
+def test_report_pnl_split_from_the_database_alone(tmp_path):
+    db = str(tmp_path / "p.db")
+    st = open_store(db)
+    st.start_run("paper", "paper", "X/Y", {})
+    inv = Inventory()
+    st.record_pnl(0, 100.0, inv, 0.0)  # start snapshot: q0 = 0 at mid 100
+    fills = [fill("1", Side.BUY, "99", "1", 100.0, "0.1"), fill("2", Side.SELL, "102", "1", 101.0, "0.1"),
+             fill("3", Side.BUY, "100", "2", 101.0, "0.2")]
+    for f in fills:
+        st.record_fill(f)
+        inv.apply(f)
+    st.record_pnl(100, 99.0, inv, inv.pnl(99.0, 100.0))  # final mid 99
+    st.end_run("completed", {})
+    st.close()
+    r = build_report(db)
+    assert r.fills == 3 and r.buys == 2 and r.sells == 1
+    assert r.volume_base == 4.0 and r.volume_quote == pytest.approx(99 + 102 + 200)
+    # cash = -99 + 102 - 200 - 0.4 = -197.4 ; q = 2 ; total = -197.4 + 2*99 = 0.6
+    assert r.total_pnl == pytest.approx(0.6)
+    assert r.spread_capture == pytest.approx(1 + 1 + 2)  # (100-99) + (102-101) + (101-100)*2
+    assert r.fees == pytest.approx(0.4)
+    assert r.inventory_pnl == pytest.approx(0.6 - 4 + 0.4)
+    assert r.total_pnl == pytest.approx(r.spread_capture + r.inventory_pnl - r.fees)
+    assert r.max_abs_inventory == 2.0 and r.final_inventory == 2.0
+
+
+def test_report_errors_are_specific(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_report(str(tmp_path / "nope.db"))
+    empty = tmp_path / "empty.db"
+    import sqlite3
+
+    sqlite3.connect(empty).execute("create table t(x)").connection.commit()
+    with pytest.raises(ConfigError, match="no mmbot runs"):
+        build_report(str(empty))
+    st = open_store(str(tmp_path / "one.db"))
+    st.start_run("paper", "paper", "X/Y", {})
+    st.close()
+    with pytest.raises(ConfigError, match="no run 7"):
+        build_report(str(tmp_path / "one.db"), 7)
