@@ -41,18 +41,23 @@ class IntensityFillModel:
     probability min(1, lambda*dt), independently per order; each trade executes
     ``unit_size`` base units (the AS "one unit per fill"; ``None`` = the whole remainder),
     at our limit price. The reference is ``event.fair`` (the simulated latent mid) when
-    present, else the book mid. There is no queue: this is a model of a stylised market,
-    not of a real order book.
+    present, else the book mid. The step is ``event.dt_s`` when the source sets it (the
+    simulated market), else the time since the previous event (live or replayed books).
+    There is no queue: this is a model of a stylised market, not of a real order book.
     """
 
     def __init__(self, A: float, k: float, seed: int = 0, unit_size: Decimal | None = None) -> None:
         self.A, self.k = A, k
         self.unit_size = unit_size
         self.rng = np.random.default_rng(seed)
+        self._last_ts: int | None = None
 
     def match(self, event: MarketEvent, orders: Iterable[Order]) -> list[Execution]:
         ref = event.fair if event.fair is not None else event.book.mid()
         dt = event.dt_s
+        if dt <= 0.0:
+            dt = 0.0 if self._last_ts is None else max(event.ts_ns - self._last_ts, 0) * 1e-9
+        self._last_ts = event.ts_ns
         if ref is None or dt <= 0:
             return []
         out: list[Execution] = []
