@@ -46,6 +46,7 @@ class LivePanel:
         self.min_dt = 1.0 / refresh_per_s
         self._last = 0.0
         self.live: Live | None = None
+        self._engine: Engine | None = None
 
     def __enter__(self) -> "LivePanel":
         self.live = Live(console=self.console, auto_refresh=False, transient=False)
@@ -54,9 +55,12 @@ class LivePanel:
 
     def __exit__(self, *exc) -> None:
         if self.live is not None:
+            if self._engine is not None:  # the final state, not the last throttled frame
+                self.live.update(status_table(self._engine), refresh=True)
             self.live.__exit__(*exc)
 
     def __call__(self, engine: Engine) -> None:
+        self._engine = engine
         now = time.monotonic()
         if now - self._last >= self.min_dt and self.live is not None:
             self._last = now
