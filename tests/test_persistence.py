@@ -4,6 +4,7 @@ from decimal import Decimal as D
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from bot.errors import ConfigError
 from bot.inventory import Inventory
@@ -36,11 +37,12 @@ def test_round_trip_and_idempotent_fills(tmp_path):
     st.close()
 
     st2 = open_store(str(db))
-    rows = st2.session.scalars(select(FillRow)).all()
-    assert len(rows) == 1 and rows[0].price == D("99.01") and rows[0].fee == D("0.01")
-    orow = st2.session.scalars(select(OrderRow)).one()
-    assert orow.state == "filled" and orow.filled == D("2") and orow.price == D("99.01")
-    states = [e.state for e in st2.session.scalars(select(OrderEvent).order_by(OrderEvent.id))]
+    with Session(st2.engine) as s:
+        rows = s.scalars(select(FillRow)).all()
+        assert len(rows) == 1 and rows[0].price == D("99.01") and rows[0].fee == D("0.01")
+        orow = s.scalars(select(OrderRow)).one()
+        assert orow.state == "filled" and orow.filled == D("2") and orow.price == D("99.01")
+        states = [e.state for e in s.scalars(select(OrderEvent).order_by(OrderEvent.id))]
     assert states == ["new", "open", "filled"]
     # another run on the same database cannot store the same exchange trade again
     st2.start_run("paper", "paper", "X/Y", {})
