@@ -57,6 +57,23 @@ class PaperConfig(_Strict):
     initial_quote: float = Field(0.0, description="starting cash, quote currency")
 
 
+class ReplayConfig(_Strict):
+    """Replaying a recording (``mmbot backtest`` and ``mmbot paper --replay``): the simulated
+    venue's realism models. See docs/fill_models.md for what each assumes."""
+
+    interval_s: float = Field(0.1, gt=0, description="strategy decision interval, seconds of recorded time")
+    warmup_s: float = Field(1.0, ge=0, description="recorded time replayed before the first decision, seconds")
+    queue_model: Literal["conservative", "prob"] = Field("prob", description="queue-position model")
+    queue_power: float = Field(2.0, gt=0, description="n of the power probabilistic queue model")
+    latency_mode: Literal["constant", "recorded"] = Field(
+        "constant", description="order-entry latency: constant, or the recorded feed delay times latency_multiplier plus entry_latency_ms"
+    )
+    entry_latency_ms: float = Field(5.0, ge=0, description="order-entry (and cancel) latency, milliseconds")
+    latency_multiplier: float = Field(1.0, ge=0, description="multiplier on the recorded feed delay (latency_mode: recorded)")
+    speed: float = Field(1.0, ge=0, description="paper --replay: recorded seconds per wall second (0 = as fast as possible)")
+    report_dir: str = Field("runs/backtest", description="where mmbot backtest writes report.html and PNGs")
+
+
 class DatabaseConfig(_Strict):
     url: str = Field("sqlite:///runs/mmbot.db", description="SQLAlchemy URL or a file path (SQLite, WAL mode)")
 
@@ -74,6 +91,7 @@ class Config(_Strict):
     sim: SimConfig = Field(default_factory=SimConfig)
     market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
     paper: PaperConfig = Field(default_factory=PaperConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
     strategy: StrategyParams = Field(default_factory=StrategyParams)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     ui: UiConfig = Field(default_factory=UiConfig)

@@ -71,6 +71,7 @@ class Engine:
         pnl_interval_s: float = 1.0,
         on_tick: Callable[["Engine"], None] | None = None,
         handle_signals: bool = True,
+        commit_interval_s: float = 0.0,
     ) -> None:
         self.source, self.exchange, self.store = source, exchange, store
         self.strategy_factory = strategy_factory
@@ -82,8 +83,12 @@ class Engine:
         self.pnl_interval_ns = int(pnl_interval_s * 1e9)
         self.on_tick = on_tick
         self.handle_signals = handle_signals
+        self.commit_interval_s = commit_interval_s  # 0 = commit after every event (paper, live)
+        self._last_commit = 0.0
         self.state = EngineState()
         self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._waiting = False
         self.stop_reason = ""
         self.strategy: Strategy | None = None
         self.om: OrderManager | None = None
@@ -92,9 +97,17 @@ class Engine:
         self._next_pnl_ns = 0
 
     def stop(self, reason: str = "stopped") -> None:
-        """Ask the loop to finish after the current event (thread-safe from signal handlers)."""
+        """Ask the loop to finish after the current event; a wait for market data (which may
+        be long on a polled feed) is interrupted at once."""
         self.stop_reason = self.stop_reason or reason
         self._stop.set()
+        if self._waiting and self._task is not None:
+            self._task.cancel()
+
+    def _uncancel(self) -> None:
+        if self._task is not None:
+            while self._task.cancelling():
+                self._task.uncancel()
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> dict:
@@ -122,26 +135,22 @@ class Engine:
             self.mid0 = book.mid()
             self._snapshot(t0, force=True)
             self.store.commit()
-            next_task: asyncio.Task | None = None
-            stop_task = asyncio.ensure_future(self._stop.wait())
-            try:
-                while not self._stop.is_set():
-                    next_task = asyncio.ensure_future(self.source.next())
-                    done, _ = await asyncio.wait({next_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-                    if next_task not in done:
-                        break
-                    ev = next_task.result()
-                    next_task = None
-                    if ev is None:
-                        self.stop_reason = self.stop_reason or "end of market data"
-                        break
-                    await self.step(ev)
-            finally:
-                stop_task.cancel()
-                if next_task is not None:
-                    next_task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await next_task
+            self._task = asyncio.current_task()
+            while not self._stop.is_set():
+                self._waiting = True
+                try:
+                    ev = await self.source.next()
+                except asyncio.CancelledError:
+                    if not self._stop.is_set():
+                        raise
+                    self._uncancel()
+                    break
+                finally:
+                    self._waiting = False
+                if ev is None:
+                    self.stop_reason = self.stop_reason or "end of market data"
+                    break
+                await self.step(ev)
             if self.stop_reason in ("SIGINT", "SIGTERM"):
                 status = "interrupted"
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -182,7 +191,13 @@ class Engine:
         await self._reconcile(quotes, ev.ts_ns)
         self._drain_fills()
         self._snapshot(ev.ts_ns)
-        self.store.commit()
+        if self.commit_interval_s <= 0.0:
+            self.store.commit()
+        else:  # backtests: commit in batches of wall time; the end of the run always commits
+            now = time.monotonic()
+            if now - self._last_commit >= self.commit_interval_s:
+                self.store.commit()
+                self._last_commit = now
         if self.on_tick is not None:
             self.on_tick(self)
 
@@ -190,6 +205,7 @@ class Engine:
         om = self.om
         cancels, places = om.plan(quotes, now_ns)  # type: ignore[union-attr]
         for o in cancels:
+            o.cancel_requested = True
             om.on_ack(await self.exchange.cancel(o, now_ns))  # type: ignore[union-attr]
             self.state.canceled += 1
         for o in places:
@@ -202,6 +218,7 @@ class Engine:
                 self.state.placed += 1
 
     def _drain_fills(self) -> None:
+        """Apply fills, then late order-state updates (see :class:`Exchange`)."""
         q = self.exchange.fills
         while not q.empty():
             fill = q.get_nowait()
@@ -209,6 +226,12 @@ class Engine:
                 continue  # already recorded: a replayed fill must not move inventory twice
             self.om.on_fill(fill)  # type: ignore[union-attr]
             self.inventory.apply(fill)
+        u = self.exchange.order_updates
+        while not u.empty():
+            ack = u.get_nowait()
+            self.om.on_ack(ack)  # type: ignore[union-attr]
+            if ack.state is OrderState.REJECTED:
+                self.state.rejected += 1
 
     def _snapshot(self, ts_ns: int, force: bool = False) -> None:
         mid = self.state.mid if self.state.mid == self.state.mid else self.source.book.mid()

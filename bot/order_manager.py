@@ -6,6 +6,8 @@ order on that side whose size equals the level's size and whose price is within
 ``tolerance_ticks`` of it (exact price preferred), and which is not older than
 ``max_age_ns``. Matched orders are left working (they keep their queue position);
 unmatched working orders are cancelled; unmatched desired levels become new orders.
+Orders still in flight (state ``new``: sent, not yet accepted) count as working; orders
+with a cancel in flight are neither matched nor cancelled again.
 
 Every state change is reported to ``on_change(order)`` (the engine persists it).
 """
@@ -51,9 +53,12 @@ class OrderManager:
         return cancels, places
 
     def _plan_side(self, side: Side, levels: list[QuoteLevel], mine: list[Order], now_ns: int) -> tuple[list[Order], list[Order]]:
-        free = [o for o in mine if o.state is not OrderState.NEW and
-                (self.max_age_ns is None or now_ns - o.created_ns < self.max_age_ns)]
-        stale = [o for o in mine if o not in free and o.state is not OrderState.NEW]
+        live = [o for o in mine if not o.cancel_requested]
+        if self.max_age_ns is None:
+            free, stale = live, []
+        else:
+            free = [o for o in live if now_ns - o.created_ns < self.max_age_ns]
+            stale = [o for o in live if now_ns - o.created_ns >= self.max_age_ns]
         places: list[Order] = []
         for i, lv in enumerate(levels):
             best, best_d = None, None

@@ -84,6 +84,7 @@ class Order:
     created_ns: int = 0
     updated_ns: int = 0
     reason: str = ""  # why rejected / canceled
+    cancel_requested: bool = False  # a cancel was sent and not yet confirmed
 
     @property
     def remaining(self) -> Decimal:

@@ -14,8 +14,8 @@ from bot.persistence.schema import FillRow, OrderEvent, OrderRow
 from bot.persistence.store import open_store
 
 
-def fill(tid, side, px, sz, mid, fee="0"):
-    return Fill("paper", tid, "c1", "X/Y", side, D(px), D(sz), D(fee), "maker", int(tid) * 10, mid)
+def fill(tid, side, px, sz, mid, fee="0", exchange="paper"):
+    return Fill(exchange, tid, "c1", "X/Y", side, D(px), D(sz), D(fee), "maker", int(tid) * 10, mid)
 
 
 def test_round_trip_and_idempotent_fills(tmp_path):
@@ -26,7 +26,7 @@ def test_round_trip_and_idempotent_fills(tmp_path):
     st.record_order(o)
     o.transition(OrderState.OPEN, 2)
     st.record_order(o)
-    f = fill("1", Side.BUY, "99.01", "2", 100.0, "0.01")
+    f = fill("1", Side.BUY, "99.01", "2", 100.0, "0.01", exchange="binance")
     assert st.record_fill(f) is True
     assert st.record_fill(f) is False  # replayed: stored once
     o.apply_fill(D("2"), 3)
@@ -45,8 +45,17 @@ def test_round_trip_and_idempotent_fills(tmp_path):
         states = [e.state for e in s.scalars(select(OrderEvent).order_by(OrderEvent.id))]
     assert states == ["new", "open", "filled"]
     # another run on the same database cannot store the same exchange trade again
-    st2.start_run("paper", "paper", "X/Y", {})
+    st2.start_run("live", "binance", "X/Y", {})
     assert st2.record_fill(f) is False
+    # even a paper fill forced in twice is stored once (ON CONFLICT DO NOTHING)
+    pf = fill("9", Side.SELL, "100", "1", 100.0)
+    st2.record_fill(pf)
+    st2.commit()
+    st2._fill_keys.clear()
+    assert st2.record_fill(pf) is True
+    st2.commit()
+    with st2.engine.connect() as c:
+        assert c.execute(text("select count(*) from fills where trade_id='9'")).scalar() == 1
     st2.close()
 
 

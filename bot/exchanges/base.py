@@ -5,6 +5,10 @@ order manager); the exchange answers with an :class:`OrderAck` and never mutates
 Executions arrive as :class:`bot.orders.Fill` objects on :attr:`Exchange.fills`, an
 ``asyncio.Queue`` the engine drains after every market event (a live adapter fills it from
 a websocket or polling task; the paper exchange fills it while matching market data).
+Order state changes that happen later than the request's answer (an order accepted after
+an entry latency, rejected on arrival, a cancel taking effect) arrive as
+:class:`OrderAck` objects on :attr:`Exchange.order_updates`; the engine drains fills first,
+then updates, so that a fill before a cancel is applied in that order.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Exchange(abc.ABC):
 
     def __init__(self) -> None:
         self.fills: asyncio.Queue[Fill] = asyncio.Queue()
+        self.order_updates: asyncio.Queue[OrderAck] = asyncio.Queue()
 
     async def start(self, market: MarketInfo) -> None:
         """Called once by the engine after the market source has started (connect, load

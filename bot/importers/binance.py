@@ -69,6 +69,7 @@ from __future__ import annotations
 import re
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,23 +293,23 @@ def scan_binance(buf, nlines_cap, lvl_cap, sym, ref_ndig, line_offset):
     Returns the tables (see the unpacking in binance.py) and (nlines, lvl_n).
     """
     n = buf.shape[0]
-    mtype = np.zeros(nlines_cap, np.int8)
+    mtype = np.empty(nlines_cap, np.int8)
     lstart = np.empty(nlines_cap, np.int64)
     lend = np.empty(nlines_cap, np.int64)
-    local = np.full(nlines_cap, -1, np.int64)
-    exch = np.full(nlines_cap, -1, np.int64)
-    uid_first = np.full(nlines_cap, -1, np.int64)
-    uid_last = np.full(nlines_cap, -1, np.int64)
-    uid_prev = np.full(nlines_cap, -1, np.int64)
-    f_px = np.zeros(nlines_cap, np.float64)
-    f_qty = np.zeros(nlines_cap, np.float64)
-    f_px2 = np.zeros(nlines_cap, np.float64)
-    f_qty2 = np.zeros(nlines_cap, np.float64)
-    flag = np.zeros(nlines_cap, np.int8)
-    bstart = np.zeros(nlines_cap, np.int64)
-    nbid = np.zeros(nlines_cap, np.int64)
-    astart = np.zeros(nlines_cap, np.int64)
-    nask = np.zeros(nlines_cap, np.int64)
+    local = np.empty(nlines_cap, np.int64)
+    exch = np.empty(nlines_cap, np.int64)
+    uid_first = np.empty(nlines_cap, np.int64)
+    uid_last = np.empty(nlines_cap, np.int64)
+    uid_prev = np.empty(nlines_cap, np.int64)
+    f_px = np.empty(nlines_cap, np.float64)
+    f_qty = np.empty(nlines_cap, np.float64)
+    f_px2 = np.empty(nlines_cap, np.float64)
+    f_qty2 = np.empty(nlines_cap, np.float64)
+    flag = np.empty(nlines_cap, np.int8)
+    bstart = np.empty(nlines_cap, np.int64)
+    nbid = np.empty(nlines_cap, np.int64)
+    astart = np.empty(nlines_cap, np.int64)
+    nask = np.empty(nlines_cap, np.int64)
     lvl_px = np.empty(lvl_cap, np.float64)
     lvl_qty = np.empty(lvl_cap, np.float64)
     pow10 = _POW10
@@ -337,6 +338,22 @@ def scan_binance(buf, nlines_cap, lvl_cap, sym, ref_ndig, line_offset):
             le -= 1
         row = li
         li += 1
+        # every field of every row is written (the tables are np.empty: untouched pages of an
+        # over-estimated capacity then cost nothing)
+        local[row] = -1
+        exch[row] = -1
+        uid_first[row] = -1
+        uid_last[row] = -1
+        uid_prev[row] = -1
+        f_px[row] = 0.0
+        f_qty[row] = 0.0
+        f_px2[row] = 0.0
+        f_qty2[row] = 0.0
+        flag[row] = 0
+        bstart[row] = 0
+        nbid[row] = 0
+        astart[row] = 0
+        nask[row] = 0
         nextpos = e + 1
         if le == pos:
             mtype[row] = M_BLANK
@@ -869,6 +886,7 @@ class ImportStats:
     synced_at_end: bool = False
     nonmonotonic_local_ts: int = 0
     elapsed_s: float = 0.0
+    timings_s: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -940,15 +958,28 @@ def _i(d: dict, key: str, what: str) -> int:
     return v
 
 
-def _levels(v: Any, what: str) -> list[tuple[float, float]]:
+def _levels(v: Any, what: str) -> np.ndarray:
+    """[[price, qty], ...] (strings or numbers) -> float array (n, 2); validated."""
     if not isinstance(v, list):
         raise _LineError(f"{what}: expected a list of [price, qty]")
-    out = []
-    for lv in v:
-        if not isinstance(lv, list) or len(lv) < 2:
-            raise _LineError(f"{what}: bad level {lv!r}")
-        out.append((_f(lv[0], what + " price", positive=True), _f(lv[1], what + " qty")))
-    return out
+    if not v:
+        return np.empty((0, 2), np.float64)
+    try:
+        arr = np.array(v, dtype=np.float64)
+        good = arr.ndim == 2 and arr.shape[1] == 2
+    except (ValueError, TypeError):
+        good = False
+    if not good or not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for lv in v for x in lv):
+        for lv in v:  # find the culprit for the message
+            if not isinstance(lv, list) or len(lv) != 2:
+                raise _LineError(f"{what}: bad level {lv!r}")
+            _f(lv[0], what + " price", positive=True)
+            _f(lv[1], what + " qty")
+        raise _LineError(f"{what}: bad levels")
+    if not (np.all(np.isfinite(arr)) and np.all(arr[:, 0] > 0) and np.all(arr[:, 1] >= 0)):
+        bad = int(np.flatnonzero(~(np.isfinite(arr).all(axis=1) & (arr[:, 0] > 0) & (arr[:, 1] >= 0)))[0])
+        raise _LineError(f"{what}: level out of range: {v[bad]!r}")
+    return arr
 
 
 def _slow_line(line: bytes, ndig: int, sym: str):
@@ -1051,32 +1082,73 @@ def _first_line_info(data: bytes, path: Path) -> tuple[int, str]:
     return nd, sym
 
 
-def _scan_file(path: Path, data: bytes, sym: str, lenient: bool, stats: ImportStats) -> _FileTable:
-    ndig, fsym = _first_line_info(data, path)
-    if sym and fsym and fsym.lower() != sym.lower():
-        raise DataError(f"{path}: stream symbol {fsym!r} differs from the first file's {sym!r}")
-    sym = sym or fsym
-    buf = np.frombuffer(data, dtype=np.uint8)
-    nlines = data.count(b"\n") + 1
-    nlvl = data.count(b"[") + 1
-    res = scan_binance(buf, nlines, nlvl, np.frombuffer(sym.encode(), dtype=np.uint8), ndig, 0)
+_PARALLEL_MIN_BYTES = 4 << 20
+_N_THREADS = 2
+
+
+def _scan_part(buf: np.ndarray, sym_arr: np.ndarray, ndig: int):
+    """Run the numba scanner on one part (whole lines) of a file; retry with exact capacity
+    if the line-count estimate was too small (files of very short lines)."""
+    cap = buf.shape[0] // 48 + 64
+    lvl_cap = buf.shape[0] // 9 + 2  # a level '["1","0"]' takes >= 9 bytes
+    res = scan_binance(buf, cap, lvl_cap, sym_arr, ndig, 0)
+    if res[-2] < 0:
+        cap = int(np.count_nonzero(buf == 10)) + 1
+        res = scan_binance(buf, cap, lvl_cap, sym_arr, ndig, 0)
     (mtype, lstart, lend, local, exch, uid_first, uid_last, uid_prev, f_px, f_qty, f_px2, f_qty2, flag,
      bstart, nbid, astart, nask, lvl_px, lvl_qty, nrows, lvl_n) = res
-    if nrows < 0:  # cannot happen: nlines counts every line
-        raise RuntimeError("line table overflow")
     cols = {
         "mtype": mtype[:nrows], "local": local[:nrows], "exch": exch[:nrows], "uid_first": uid_first[:nrows],
         "uid_last": uid_last[:nrows], "uid_prev": uid_prev[:nrows], "f_px": f_px[:nrows], "f_qty": f_qty[:nrows],
         "f_px2": f_px2[:nrows], "f_qty2": f_qty2[:nrows], "flag": flag[:nrows], "bstart": bstart[:nrows],
         "nbid": nbid[:nrows], "astart": astart[:nrows], "nask": nask[:nrows],
     }
-    lvl_px = lvl_px[:lvl_n]
-    lvl_qty = lvl_qty[:lvl_n]
+    return cols, lvl_px[:lvl_n], lvl_qty[:lvl_n], lstart[:nrows], lend[:nrows]
+
+
+def _scan_bytes(data: bytes, sym_arr: np.ndarray, ndig: int):
+    """Scan a whole file; files above a few MB are split at a line boundary and the parts
+    scanned in parallel threads (the numba kernel releases the GIL), then merged."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    n = buf.shape[0]
+    bounds = [0]
+    if n >= _PARALLEL_MIN_BYTES:
+        for k in range(1, _N_THREADS):
+            cut = data.find(b"\n", n * k // _N_THREADS)
+            if cut < 0 or cut + 1 >= n or cut + 1 <= bounds[-1]:
+                break
+            bounds.append(cut + 1)
+    bounds.append(n)
+    if len(bounds) == 2:
+        return _scan_part(buf, sym_arr, ndig)
+    with ThreadPoolExecutor(max_workers=len(bounds) - 1) as ex:
+        parts = list(ex.map(lambda ab: _scan_part(buf[ab[0] : ab[1]], sym_arr, ndig), zip(bounds[:-1], bounds[1:])))
+    lvl_off = np.cumsum([0] + [pt[1].shape[0] for pt in parts[:-1]])
+    cols = {}
+    for name in _TABLE_FIELDS:
+        cs = [pt[0][name] + off if name in ("bstart", "astart") else pt[0][name] for pt, off in zip(parts, lvl_off)]
+        cols[name] = np.concatenate(cs)
+    lvl_px = np.concatenate([pt[1] for pt in parts])
+    lvl_qty = np.concatenate([pt[2] for pt in parts])
+    lstart = np.concatenate([pt[3] + b for pt, b in zip(parts, bounds[:-1])])
+    lend = np.concatenate([pt[4] + b for pt, b in zip(parts, bounds[:-1])])
+    return cols, lvl_px, lvl_qty, lstart, lend
+
+
+
+def _scan_file(path: Path, data: bytes, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
+    ndig, fsym = _first_line_info(data, path)
+    if sym and fsym and fsym.lower() != sym.lower():
+        raise DataError(f"{path}: stream symbol {fsym!r} differs from the first file's {sym!r}")
+    sym = sym or fsym
+    cols, lvl_px, lvl_qty, lstart, lend = _scan_bytes(data, np.frombuffer(sym.encode(), dtype=np.uint8), ndig)
+    lvl_n = lvl_px.shape[0]
     # lines the fast path declined
     fb = np.flatnonzero(cols["mtype"] == M_FALLBACK)
     stats.fallback_lines += int(fb.size)
-    extra_px: list[float] = []
-    extra_qty: list[float] = []
+    extra_px: list[np.ndarray] = []
+    extra_qty: list[np.ndarray] = []
+    n_extra = 0
     for row in fb.tolist():
         line = data[int(lstart[row]) : int(lend[row])].rstrip(b"\r ")
         try:
@@ -1094,17 +1166,16 @@ def _scan_file(path: Path, data: bytes, sym: str, lenient: bool, stats: ImportSt
         cols["local"][row] = v["local"]
         cols["exch"][row] = v.get("exch", -1)
         if typ in (M_DEPTH, M_SNAPSHOT):
-            base = lvl_n + len(extra_px)
+            base = lvl_n + n_extra
+            nb_, na_ = v["bids"].shape[0], v["asks"].shape[0]
             cols["bstart"][row] = base
-            cols["nbid"][row] = len(v["bids"])
-            cols["astart"][row] = base + len(v["bids"])
-            cols["nask"][row] = len(v["asks"])
-            for p, q in v["bids"]:
-                extra_px.append(p)
-                extra_qty.append(q)
-            for p, q in v["asks"]:
-                extra_px.append(p)
-                extra_qty.append(q)
+            cols["nbid"][row] = nb_
+            cols["astart"][row] = base + nb_
+            cols["nask"][row] = na_
+            for side_arr in (v["bids"], v["asks"]):
+                extra_px.append(side_arr[:, 0])
+                extra_qty.append(side_arr[:, 1])
+            n_extra += nb_ + na_
             if typ == M_DEPTH:
                 cols["uid_first"][row] = v["U"]
                 cols["uid_last"][row] = v["u"]
@@ -1124,8 +1195,8 @@ def _scan_file(path: Path, data: bytes, sym: str, lenient: bool, stats: ImportSt
             cols["f_px2"][row] = v["a"]
             cols["f_qty2"][row] = v["A"]
     if extra_px:
-        lvl_px = np.concatenate([lvl_px, np.asarray(extra_px, np.float64)])
-        lvl_qty = np.concatenate([lvl_qty, np.asarray(extra_qty, np.float64)])
+        lvl_px = np.concatenate([lvl_px] + extra_px)
+        lvl_qty = np.concatenate([lvl_qty] + extra_qty)
     return _FileTable(path, cols, lvl_px, lvl_qty), sym
 
 
@@ -1167,6 +1238,7 @@ def import_binance(
     Returns the :class:`ImportStats` (also stored in ``meta.json["stats"]``).
     """
     t0 = time.perf_counter()
+    tim: dict[str, float] = {}
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no input files")
@@ -1175,8 +1247,12 @@ def import_binance(
     tables: list[_FileTable] = []
     sym = symbol.lower() if symbol else ""
     for p in paths:
+        t = time.perf_counter()
         data = _read_bytes(p, lenient, stats)
+        t1 = time.perf_counter()
         tab, sym = _scan_file(p, data, sym, lenient, stats)
+        tim["read"] = tim.get("read", 0.0) + t1 - t
+        tim["parse"] = tim.get("parse", 0.0) + time.perf_counter() - t1
         tables.append(tab)
         del data
     # concatenate per-file tables
@@ -1218,18 +1294,16 @@ def import_binance(
     # held-back diffs can be written once more after a mid-stream snapshot: bound by 2x
     out_cap = stats.trade_messages + 2 * n_lvl_depth + n_lvl_snap + 2 * stats.snapshots + 16
     gap_cap = 10_000
+    t = time.perf_counter()
     (o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last, nrow, gaps, ngap, counters) = sync_and_emit(
         mtype, cols["local"], cols["exch"], cols["uid_first"], cols["uid_last"], cols["uid_prev"],
         cols["f_px"], cols["f_qty"], cols["flag"], cols["bstart"], cols["nbid"], cols["astart"], cols["nask"],
         lvl_px, lvl_qty, futures, has_snapshot, out_cap, gap_cap,
     )
-    events = np.empty(nrow, dtype=EVENT_DTYPE)
-    for name, col in zip(
-        ("kind", "side", "exch_ts", "local_ts", "px", "qty", "first_id", "last_id"),
-        (o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last),
-    ):
-        events[name] = col[:nrow]
-    del o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last
+    ev_cols = {
+        "kind": o_kind[:nrow], "side": o_side[:nrow], "exch_ts": o_exch[:nrow], "local_ts": o_local[:nrow],
+        "px": o_px[:nrow], "qty": o_qty[:nrow], "first_id": o_first[:nrow], "last_id": o_last[:nrow],
+    }
 
     stats.depth_applied = int(counters[C_APPLIED])
     stats.depth_dropped_stale = int(counters[C_STALE])
@@ -1277,7 +1351,7 @@ def import_binance(
     stats.synced_at_end = bool(has_snapshot and not any(u["to_local_ts"] is None for u in stats.unsynced))
     del last_local
 
-    lt = events["local_ts"]
+    lt = ev_cols["local_ts"]
     stats.nonmonotonic_local_ts = int(np.count_nonzero(lt[1:] < lt[:-1])) if nrow > 1 else 0
     stats.events = int(nrow)
 
@@ -1302,13 +1376,19 @@ def import_binance(
         "importer": "bot.importers.binance",
     }
     kw = {"chunk_rows": chunk_rows} if chunk_rows else {}
+    tim["sync"] = time.perf_counter() - t
+    t = time.perf_counter()
     writer = RecordingWriter(out_dir, meta, overwrite=overwrite, **kw)
-    writer.append(events)
-    writer.write_aux("bookticker", bt)
-    counts_k = np.bincount(events["kind"], minlength=5)
+    with ThreadPoolExecutor(max_workers=1) as ex:  # both writes spend their time in arrow (no GIL)
+        fut = ex.submit(writer.write_aux, "bookticker", bt)
+        writer.append_columns(ev_cols)
+        fut.result()
+    counts_k = np.bincount(ev_cols["kind"], minlength=5)
     stats.rows_by_kind = {"depth": int(counts_k[1]), "trade": int(counts_k[2]),
                           "snapshot": int(counts_k[3]), "clear": int(counts_k[4])}
-    stats.elapsed_s = time.perf_counter() - t0
+    stats.elapsed_s = time.perf_counter() - t0  # without the final meta.json write
+    tim["write"] = time.perf_counter() - t
+    stats.timings_s = {k: round(v, 6) for k, v in tim.items()}
     writer.close(stats=stats.as_dict())
     return stats
 

@@ -65,6 +65,14 @@ class Store:
         self._fills: list[dict] = []
         self._pnl: list[dict] = []
         self._fill_keys: set[tuple[str, str]] = set()
+        # a fill already in the database is never inserted twice (belt and braces: the
+        # unique constraint on (exchange, trade_id) plus ON CONFLICT DO NOTHING)
+        dialect = engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            mod = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
+            self._fill_insert = mod.insert(FillRow).on_conflict_do_nothing(index_elements=["exchange", "trade_id"])
+        else:
+            self._fill_insert = insert(FillRow)
 
     # -- runs ----------------------------------------------------------------------------
     def start_run(self, mode: str, exchange: str, symbol: str, config: dict, started_ns: int | None = None) -> int:
@@ -102,16 +110,21 @@ class Store:
         self._events.append(dict(run_id=self.run_id, client_id=cid, ts_ns=ts, state=state, filled=str(o.filled), reason=o.reason))
 
     def record_fill(self, f: Fill) -> bool:
-        """Store a fill once; False if (exchange, trade_id) is already recorded."""
+        """Store a fill once; False if (exchange, trade_id) is already recorded.
+
+        Fills of simulated venues (exchange ``"paper"``) carry a random per-run trade-id
+        prefix, so only this run can have recorded them: they are checked in memory. Fills
+        of real venues are also checked against the database (a restart may replay them)."""
         key = (f.exchange, f.trade_id)
         if key in self._fill_keys:
             return False
-        exists = self.conn.execute(
-            select(FillRow.id).where(FillRow.exchange == f.exchange, FillRow.trade_id == f.trade_id)
-        ).first()
         self._fill_keys.add(key)
-        if exists is not None:
-            return False
+        if f.exchange != "paper":
+            exists = self.conn.execute(
+                select(FillRow.id).where(FillRow.exchange == f.exchange, FillRow.trade_id == f.trade_id)
+            ).first()
+            if exists is not None:
+                return False
         self._fills.append(dict(run_id=self.run_id, exchange=f.exchange, trade_id=f.trade_id, client_id=f.client_id,
                                 symbol=f.symbol, side=f.side.value, price=str(f.price), size=str(f.size), fee=str(f.fee),
                                 liquidity=f.liquidity, ts_ns=f.ts_ns, mid=f.mid))
@@ -144,7 +157,7 @@ class Store:
             if self._events:
                 c.execute(insert(OrderEvent), self._events)
             if self._fills:
-                c.execute(insert(FillRow), self._fills)
+                c.execute(self._fill_insert, self._fills)
             if self._pnl:
                 c.execute(insert(PnlSnapshot), self._pnl)
             c.commit()

@@ -43,16 +43,15 @@ def build_levels(events: np.ndarray, tick_size: float | None = None) -> BookLeve
     kind = events["kind"]
     is_book = (kind == DEPTH) | (kind == SNAPSHOT)
     px = events["px"]
-    if tick_size:
-        keys = np.rint(px / tick_size)
-        keys[~is_book] = np.nan
-    else:
-        keys = np.where(is_book, px, np.nan)
-    uniq = np.unique(keys[is_book])
-    level = np.searchsorted(uniq, keys).astype(np.int64)
-    level[~is_book] = -1
-    prices = uniq * tick_size if tick_size else uniq
-    return BookLevels(level=level, prices=prices.astype(np.float64))
+    book_px = px[is_book]
+    keys = np.rint(book_px / tick_size) if tick_size else book_px
+    uniq, first = np.unique(keys, return_index=True)
+    level = np.full(px.shape[0], -1, dtype=np.int64)
+    level[is_book] = np.searchsorted(uniq, keys)
+    # report each level at a price the data actually used (not key * tick, which can be off
+    # by an ulp), so prices compare equal to the exchange's own numbers
+    prices = book_px[first]
+    return BookLevels(level=level, prices=np.ascontiguousarray(prices, dtype=np.float64))
 
 
 @nb.njit(cache=True, nogil=True)

@@ -79,16 +79,19 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def _table_from_struct(arr: np.ndarray) -> pa.Table:
-    cols = {name: pa.array(np.ascontiguousarray(arr[name])) for name in arr.dtype.names}
-    return pa.table(cols)
+def _as_columns(arr) -> dict[str, np.ndarray]:
+    if isinstance(arr, dict):
+        return arr
+    return {name: arr[name] for name in arr.dtype.names}
 
 
-def _write_parquet_atomic(path: Path, arr: np.ndarray, compression: str) -> None:
+def _write_parquet_atomic(path: Path, arr, compression: str) -> None:
+    """Write a structured array or a dict of columns as one parquet row group (tmp + rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    table = _table_from_struct(arr)
+    cols = _as_columns(arr)
+    table = pa.table({name: pa.array(np.ascontiguousarray(c)) for name, c in cols.items()})
     pq.write_table(
-        table, tmp, compression=compression, row_group_size=max(len(arr), 1),
+        table, tmp, compression=compression, row_group_size=max(table.num_rows, 1),
         write_statistics=False,
     )
     os.replace(tmp, path)
@@ -130,7 +133,7 @@ class RecordingWriter:
             if not overwrite:
                 raise FileExistsError(f"{self.path}: already holds a recording (overwrite=False)")
             self._remove_old()
-        self._pending: list[np.ndarray] = []
+        self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
         self._chunks: list[dict] = []
         self._aux: dict[str, dict] = {}
@@ -159,58 +162,79 @@ class RecordingWriter:
     # -- writing ------------------------------------------------------------------------
     def append(self, events: np.ndarray) -> None:
         """Queue events (an array of :data:`EVENT_DTYPE`, or one with the same field names);
-        every full chunk is written to disk immediately."""
+        every full chunk is written to disk immediately. The writer may keep references to
+        the array until its chunk is written: do not modify it afterwards."""
+        events = np.asarray(events)
+        if events.dtype.names is None or set(events.dtype.names) != set(EVENT_FIELDS):
+            raise TypeError(f"events must have fields {EVENT_FIELDS}, got {events.dtype}")
+        events = events.reshape(-1)
+        self.append_columns({name: events[name] for name in EVENT_FIELDS})
+
+    def append_columns(self, columns: dict[str, np.ndarray]) -> None:
+        """Queue events given as one 1-d array per field of :data:`EVENT_DTYPE` (same length,
+        cast to the field's type). Contiguous arrays of the right type are not copied; the
+        writer keeps references until their chunk is written: do not modify them."""
         if self._closed:
             raise ValueError("RecordingWriter is closed")
-        events = np.asarray(events)
-        if events.dtype != EVENT_DTYPE:
-            if events.dtype.names is None or set(events.dtype.names) != set(EVENT_FIELDS):
-                raise TypeError(f"events must have fields {EVENT_FIELDS}, got {events.dtype}")
-            conv = np.empty(events.shape, EVENT_DTYPE)
-            for name in EVENT_FIELDS:
-                conv[name] = events[name]
-            events = conv
-        events = events.reshape(-1)
-        if events.size == 0:
+        missing = set(EVENT_FIELDS) - set(columns)
+        if missing:
+            raise TypeError(f"missing event columns {sorted(missing)}")
+        cols = {}
+        n = None
+        for name in EVENT_FIELDS:
+            c = np.asarray(columns[name]).reshape(-1)
+            want = EVENT_DTYPE.fields[name][0]
+            if c.dtype != want:
+                c = c.astype(want)
+            if n is None:
+                n = c.shape[0]
+            elif c.shape[0] != n:
+                raise ValueError(f"column {name!r} has {c.shape[0]} rows, expected {n}")
+            cols[name] = c
+        if not n:
             return
-        self._pending.append(events)
-        self._pending_rows += events.size
+        self._pending.append(cols)
+        self._pending_rows += n
         while self._pending_rows >= self.chunk_rows:
             self._flush_chunk(self.chunk_rows)
 
-    def _take(self, n: int) -> np.ndarray:
-        """Remove and return the first n pending rows."""
-        out_parts = []
+    def _take(self, n: int) -> dict[str, np.ndarray]:
+        """Remove and return the first n pending rows as contiguous columns."""
+        parts: list[dict[str, np.ndarray]] = []
         need = n
         while need:
             head = self._pending[0]
-            if head.size <= need:
-                out_parts.append(head)
+            m = head["kind"].shape[0]
+            if m <= need:
+                parts.append(head)
                 self._pending.pop(0)
-                need -= head.size
+                need -= m
             else:
-                out_parts.append(head[:need])
-                self._pending[0] = head[need:]
+                parts.append({k: v[:need] for k, v in head.items()})
+                self._pending[0] = {k: v[need:] for k, v in head.items()}
                 need = 0
         self._pending_rows -= n
-        return out_parts[0] if len(out_parts) == 1 else np.concatenate(out_parts)
+        if len(parts) == 1:
+            return {k: np.ascontiguousarray(v) for k, v in parts[0].items()}
+        return {k: np.concatenate([p[k] for p in parts]) for k in EVENT_FIELDS}
 
     def _flush_chunk(self, n: int) -> None:
-        chunk = self._take(n)
+        cols = self._take(n)
         idx = len(self._chunks)
         name = CHUNK_PATTERN.format(idx)
-        _write_parquet_atomic(self.path / name, chunk, self.compression)
-        self._account(chunk)
-        self._chunks.append({"file": name, "rows": int(chunk.size)})
+        _write_parquet_atomic(self.path / name, cols, self.compression)
+        self._account(cols)
+        self._chunks.append({"file": name, "rows": int(n)})
         _write_json_atomic(self.path / META_FILE, self._meta_dict(complete=False))
 
-    def _account(self, chunk: np.ndarray) -> None:
-        self._rows += chunk.size
-        counts = np.bincount(chunk["kind"], minlength=5)
+    def _account(self, cols: dict[str, np.ndarray]) -> None:
+        kind = cols["kind"]
+        self._rows += kind.shape[0]
+        counts = np.bincount(kind, minlength=5)
         for k in np.flatnonzero(counts).tolist():
             self._kind_counts[k] = self._kind_counts.get(k, 0) + int(counts[k])
-        lt = chunk["local_ts"]
-        et = chunk["exch_ts"]
+        lt = cols["local_ts"]
+        et = cols["exch_ts"]
         if self._first_local is None:
             self._first_local = int(lt[0])
         self._last_local = int(lt[-1])
@@ -219,11 +243,12 @@ class RecordingWriter:
             lo, hi = int(et_valid.min()), int(et_valid.max())
             self._first_exch = lo if self._first_exch is None else min(self._first_exch, lo)
             self._last_exch = hi if self._last_exch is None else max(self._last_exch, hi)
-        book = chunk[chunk["kind"] != CLEAR]
-        if book.size:
-            step = max(1, book.size // _SAMPLE_PER_CHUNK)
-            self._px_samples.append(np.unique(book["px"][::step]))
-            q = book["qty"][::step]
+        book_idx = np.flatnonzero(kind != CLEAR)
+        if book_idx.size:
+            step = max(1, book_idx.size // _SAMPLE_PER_CHUNK)
+            idx = book_idx[::step]
+            self._px_samples.append(np.unique(cols["px"][idx]))
+            q = cols["qty"][idx]
             self._qty_samples.append(np.unique(q[q > 0]))
 
     def write_aux(self, name: str, array: np.ndarray) -> None:
