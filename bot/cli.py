@@ -22,6 +22,7 @@ simulate_app = typer.Typer(no_args_is_help=True, help="Stylised market simulatio
 app.add_typer(simulate_app, name="simulate")
 
 DEFAULT_CONFIG = Path("config/paper.yaml")
+DEFAULT_BACKTEST_CONFIG = Path("config/backtest.yaml")
 
 
 def _console() -> Console:
@@ -38,9 +39,11 @@ def paper(
     speed: Optional[float] = typer.Option(None, help="sim only: simulated seconds per wall second (0 = as fast as possible)"),
     seed: Optional[int] = typer.Option(None, help="sim only: random seed"),
     live: Optional[bool] = typer.Option(None, "--live/--no-live", help="show the live status panel"),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="replay a recording directory (mmbot import / mmbot record) instead"),
+    replay_speed: Optional[float] = typer.Option(None, "--replay-speed", help="with --replay: recorded seconds per wall second (0 = as fast as possible)"),
     json_out: bool = typer.Option(False, "--json", help="print the final summary as one JSON object"),
 ) -> None:
-    """Paper-trade: simulated fills on the simulated market (default) or on live public data."""
+    """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
     from bot.config import load_config, with_overrides
     from bot.persistence.store import open_store
@@ -55,10 +58,21 @@ def paper(
         raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     console = _console()
     use_live = cfg.ui.live and console.is_terminal and not json_out
+    events_meta = None
+    if replay is not None:
+        from paper_trading.backtest import load_recording
+
+        events_meta = load_recording(replay)  # a bad recording fails before the database is touched
     store = open_store(cfg.database.url)
     try:
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_live else None
-        engine = build_paper_engine(cfg, store, on_tick=panel)
+        if replay is not None:
+            from paper_trading.backtest import build_replay_engine
+
+            speed_ = replay_speed if replay_speed is not None else cfg.replay.speed
+            engine, _ = build_replay_engine(replay, cfg, store, mode="paper", speed=speed_, on_tick=panel, events_meta=events_meta)
+        else:
+            engine = build_paper_engine(cfg, store, on_tick=panel)
         if panel is not None:
             with panel:
                 summary = asyncio.run(engine.run())
@@ -101,6 +115,79 @@ def simulate_as2008(
         t.add_column(k.replace("_", " "), justify="right")
     t.add_row(*(f"{getattr(r, k):.3f}" for k in keys))
     _console().print(t)
+
+
+@app.command()
+def backtest(
+    data: Path = typer.Option(..., "--data", help="recording directory (from mmbot import or mmbot record)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: config/backtest.yaml if present)"),
+    db: Optional[str] = typer.Option(None, help="database file or SQLAlchemy URL"),
+    out: Optional[Path] = typer.Option(None, "--out", help="report directory (default: replay.report_dir)"),
+    variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated pricing models to compare on the same data: avellaneda_stoikov,glft,symmetric"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
+    json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+) -> None:
+    """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
+    from bot.config import load_config, with_overrides
+    from bot.persistence.store import open_store
+    from bot.status import summary_table
+    from paper_trading.backtest import load_recording, run_backtest
+
+    if config is None and DEFAULT_BACKTEST_CONFIG.exists():
+        config = DEFAULT_BACKTEST_CONFIG
+    cfg = with_overrides(load_config(config), **{"database.url": db})
+    load_recording(data)  # validate before touching the database
+    report_dir = out or Path(cfg.replay.report_dir)
+    console = _console()
+    if variants:
+        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console)
+        return
+    store = open_store(cfg.database.url)
+    try:
+        summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir)
+    finally:
+        store.close()
+    if json_out:
+        print(json.dumps(summary, default=str))
+        return
+    metrics = summary.pop("metrics", {})
+    console.print(summary_table(summary, "Backtest summary"))
+    if metrics:
+        console.print(summary_table({k: v for k, v in metrics.items() if k not in ("run_id",)}, "Metrics"))
+
+
+def _compare(data, cfg, names, report_dir, json_out, console) -> None:
+    """One backtest per variant on the same recording and database; a table side by side."""
+    from bot.config import with_overrides
+    from bot.persistence.store import open_store
+    from paper_trading.backtest import run_backtest
+
+    rows = {}
+    for name in names:
+        vcfg = with_overrides(cfg, **{"strategy.pricing.model": name})
+        store = open_store(vcfg.database.url)
+        try:
+            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name)
+        finally:
+            store.close()
+        m = s.get("metrics", {})
+        rows[name] = {"run_id": s["run_id"], "pnl": s["pnl"], "spread_capture": m.get("spread_capture"),
+                      "inventory_pnl": m.get("inventory_pnl"), "fees": m.get("fees"), "fills": s["fills"],
+                      "max_abs_inventory": s["max_abs_inventory"], "sharpe": m.get("sharpe"),
+                      "share_quoted_both": m.get("share_quoted_both"), "report": s.get("report")}
+    if json_out:
+        print(json.dumps(rows, default=str))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"Variants on {data}")
+    keys = list(next(iter(rows.values())).keys())
+    t.add_column("variant")
+    for k in keys:
+        t.add_column(k, justify="right")
+    for name, r in rows.items():
+        t.add_row(name, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys))
+    console.print(t)
 
 
 @app.command()

@@ -161,18 +161,20 @@ def _plots(d: RunData, out_dir: Path) -> list[Path]:
             x, y = decimate(x, y)
             ax.plot(x, y, drawstyle="steps-post", color=color, lw=0.9, alpha=0.8, label=f"our best {side}")
     buys = d.fill_sign > 0
+    n_fills = int(d.fill_ts.size)
+    ms = 28.0 if n_fills <= 500 else max(3.0, 28.0 * math.sqrt(500.0 / n_fills))  # every fill drawn, smaller if many
     if buys.any():
-        ax.scatter(tx(d.fill_ts[buys]), d.fill_price[buys], marker="^", s=28, color="green",
-                   edgecolors="darkgreen", linewidths=0.5, zorder=5, label=f"buy fills ({int(buys.sum())})")
+        ax.scatter(tx(d.fill_ts[buys]), d.fill_price[buys], marker="^", s=ms, color="green",
+                   edgecolors="darkgreen", linewidths=0.4, zorder=5, label=f"buy fills ({int(buys.sum())})")
     if (~buys).any():
-        ax.scatter(tx(d.fill_ts[~buys]), d.fill_price[~buys], marker="v", s=28, color="red",
-                   edgecolors="darkred", linewidths=0.5, zorder=5, label=f"sell fills ({int((~buys).sum())})")
+        ax.scatter(tx(d.fill_ts[~buys]), d.fill_price[~buys], marker="v", s=ms, color="red",
+                   edgecolors="darkred", linewidths=0.4, zorder=5, label=f"sell fills ({int((~buys).sum())})")
     ax.set_xlim(0, max(t_end_x, 1e-9))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"price [{quote} per {base}]")
     ax.set_title(f"Mid, our best quotes and fills - {title}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best" if n_fills + d.snap_ts.size < 5000 else "upper left", fontsize=8, framealpha=0.85)
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     fig.tight_layout()
     paths.append(out_dir / PNG_NAMES[0])
@@ -223,7 +225,7 @@ def _plots(d: RunData, out_dir: Path) -> list[Path]:
     ax.set_ylabel(f"PnL [{quote}]")
     ax.set_title(f"PnL and its split - {title}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best" if n_fills + d.snap_ts.size < 5000 else "upper left", fontsize=8, framealpha=0.85)
     fig.tight_layout()
     paths.append(out_dir / PNG_NAMES[2])
     fig.savefig(paths[-1])
@@ -304,6 +306,8 @@ def _html(d: RunData, m: dict, pngs: list[Path]) -> str:
     parts.append('<p class="note">total = spread capture + inventory PnL - fees. Sharpe = mean/std (ddof 1) of the '
                  "PnL changes on a 1-minute grid (last value) x sqrt(525600); n/a under 3 minutes. Shares of time "
                  "quoted: an order works from its open event to its terminal event.</p>")
+    parts.append("<h2>Run config</h2>")
+    parts.append(f"<pre>{esc(json.dumps(d.config, indent=2, sort_keys=True, default=str))}</pre>")
     captions = {"mid_quotes_fills.png": "Mid price, our best working bid / ask, fills",
                 "inventory.png": "Inventory", "pnl.png": "PnL split"}
     parts.append("<h2>Plots</h2>")
@@ -328,8 +332,6 @@ def _html(d: RunData, m: dict, pngs: list[Path]) -> str:
             f'<td class="num">{d.fill_mid[i]:.10g}</td><td class="num">{sc[i]:.6g}</td>'
             f"<td>{esc(d.fill_client_id[i])}</td><td>{esc(d.fill_trade_id[i])}</td></tr>")
     parts.append("</table>")
-    parts.append("<h2>Run config</h2>")
-    parts.append(f"<pre>{esc(json.dumps(d.config, indent=2, sort_keys=True, default=str))}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

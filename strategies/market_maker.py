@@ -1,4 +1,5 @@
-"""The market-making strategy: a pricing model (Avellaneda-Stoikov or GLFT) plus controls.
+"""The market-making strategy: a pricing model (Avellaneda-Stoikov, GLFT, or the symmetric
+baseline: the AS spread centred on the mid) plus controls.
 
 Per update (see :meth:`MarketMaker.on_update`):
     mid s from the book -> sigma (forecast, fixed, or EWMA of the mid) -> drift (forecast or 0)
@@ -66,7 +67,7 @@ class MarketMaker:
                 tau = max(self.end_ns - now_ns, 0) * 1e-9  # type: ignore[operator]
             else:
                 tau = p.tau_s
-            r = AS.reservation_price(s, q, p.gamma, sigma, tau) + drift
+            r = (s if p.model == "symmetric" else AS.reservation_price(s, q, p.gamma, sigma, tau)) + drift
             half = 0.5 * AS.optimal_spread(p.gamma, sigma, tau, p.k)
             bid, ask = r - half, r + half
         bids, asks = build_levels(bid, ask, s, q, self.market, self.c, bb, ba)

@@ -14,7 +14,10 @@ class _Strict(BaseModel):
 class ModelParams(_Strict):
     """Which pricing model and its parameters."""
 
-    model: Literal["avellaneda_stoikov", "glft"] = Field("avellaneda_stoikov", description="pricing model")
+    model: Literal["avellaneda_stoikov", "glft", "symmetric"] = Field(
+        "avellaneda_stoikov",
+        description="pricing model; 'symmetric' = the AS spread centred on the mid, no inventory skew (a baseline)",
+    )
     gamma: float = Field(0.1, gt=0, description="risk aversion, 1/quote currency")
     k: float = Field(1.5, gt=0, description="fill-intensity decay, 1/(quote per base)")
     A: float = Field(140.0, gt=0, description="fill intensity at zero distance, fills/second (GLFT)")
