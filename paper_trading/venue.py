@@ -91,6 +91,43 @@ def _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, kind, oid, ts, px, 
 
 
 @nb.njit(cache=True, nogil=True)
+def _lifecycle(t, bid, ask, bb, ba, o_status, o_side, o_level, o_qty, o_ahead, o_t_act, o_t_cancel, o_id, o_post, o_n,
+               next_t, tick, base, rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep):
+    """Activate orders whose entry time has come (post-only check, join the queue) and
+    complete cancels that are due, at local time ``t``."""
+    nlev = bid.shape[0]
+    nt = INT64_MAX
+    for m in range(o_n[0]):
+        st = o_status[m]
+        if st == 0:
+            continue
+        if st == 1 and o_t_act[m] <= t and o_t_act[m] <= o_t_cancel[m]:
+            j = o_level[m]
+            crosses = (o_side[m] > 0 and ba < nlev and j >= ba) or (o_side[m] < 0 and bb >= 0 and j <= bb)
+            if crosses:
+                o_status[m] = 0
+                if o_post[m]:
+                    nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 2, o_id[m], o_t_act[m], 0.0, 0.0)
+                else:
+                    px = (base + (ba if o_side[m] > 0 else bb)) * tick
+                    nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 5, o_id[m], o_t_act[m], px, o_qty[m])
+                continue
+            o_status[m] = 2
+            o_ahead[m] = bid[j] if o_side[m] > 0 else ask[j]
+            nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 1, o_id[m], o_t_act[m], 0.0, 0.0)
+        if o_t_cancel[m] <= t:
+            o_status[m] = 0
+            nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 3, o_id[m], o_t_cancel[m], 0.0, o_qty[m])
+            continue
+        if o_status[m] == 1 and o_t_act[m] < nt:
+            nt = o_t_act[m]
+        if o_t_cancel[m] < nt:
+            nt = o_t_cancel[m]
+    next_t[0] = nt
+    return nrep
+
+
+@nb.njit(cache=True, nogil=True)
 def advance(
     kind, side, local_ts, level, qty, i0, i1, t_stop,
     bid, ask, best,  # book: best[0] = best bid level (-1 empty), best[1] = best ask level (n empty)
@@ -113,34 +150,8 @@ def advance(
             break
         # 1. order lifecycle due before this row
         if t >= next_t[0]:
-            nt = INT64_MAX
-            for m in range(o_n[0]):
-                st = o_status[m]
-                if st == 0:
-                    continue
-                if o_t_cancel[m] <= t:
-                    o_status[m] = 0
-                    nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 3, o_id[m], o_t_cancel[m], 0.0, o_qty[m])
-                    continue
-                if st == 1 and o_t_act[m] <= t:
-                    j = o_level[m]
-                    crosses = (o_side[m] > 0 and ba < nlev and j >= ba) or (o_side[m] < 0 and bb >= 0 and j <= bb)
-                    if crosses:
-                        o_status[m] = 0
-                        if o_post[m]:
-                            nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 2, o_id[m], o_t_act[m], 0.0, 0.0)
-                        else:
-                            px = (base + (ba if o_side[m] > 0 else bb)) * tick
-                            nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 5, o_id[m], o_t_act[m], px, o_qty[m])
-                        continue
-                    o_status[m] = 2
-                    o_ahead[m] = bid[j] if o_side[m] > 0 else ask[j]
-                    nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep, 1, o_id[m], o_t_act[m], 0.0, 0.0)
-                if o_status[m] == 1 and o_t_act[m] < nt:
-                    nt = o_t_act[m]
-                if o_t_cancel[m] < nt:
-                    nt = o_t_cancel[m]
-            next_t[0] = nt
+            nrep = _lifecycle(t, bid, ask, bb, ba, o_status, o_side, o_level, o_qty, o_ahead, o_t_act, o_t_cancel, o_id,
+                              o_post, o_n, next_t, tick, base, rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep)
         # 2. the row
         k = kind[i]
         s = side[i]
@@ -229,6 +240,10 @@ def advance(
                     ask[j] = 0.0
                 ba = nlev
         i += 1
+    # actions due by t_stop with no row left before it
+    if t_stop >= next_t[0]:
+        nrep = _lifecycle(t_stop, bid, ask, bb, ba, o_status, o_side, o_level, o_qty, o_ahead, o_t_act, o_t_cancel, o_id,
+                          o_post, o_n, next_t, tick, base, rep_kind, rep_id, rep_ts, rep_px, rep_qty, nrep)
     best[0] = bb
     best[1] = ba
     return i, nrep

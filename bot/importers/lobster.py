@@ -240,6 +240,7 @@ def _rebuild(t_ns, mtype, oid, msize, mprice, mdir, book, N, out_cap, max_report
     o_qty = np.empty(out_cap, np.int64)
     o_id = np.empty(out_cap, np.int64)
     status = np.zeros(n, np.int8)
+    msg_end = np.zeros(n, np.int64)
     counters = np.zeros(6, np.int64)
     report = np.zeros((max_report, 5), np.int64)
     nrep = 0
@@ -255,7 +256,7 @@ def _rebuild(t_ns, mtype, oid, msize, mprice, mdir, book, N, out_cap, max_report
     nb_ = 0
     na_ = 0
     if n == 0:
-        return o_kind, o_side, o_ts, o_px, o_qty, o_id, w, status, counters, report, nrep
+        return o_kind, o_side, o_ts, o_px, o_qty, o_id, w, status, counters, report, nrep, msg_end
     # row 0 -> snapshot (after message 0's trade row, if message 0 is an execution)
     for i in range(n):
         typ = mtype[i]
@@ -339,6 +340,7 @@ def _rebuild(t_ns, mtype, oid, msize, mprice, mdir, book, N, out_cap, max_report
                 o_qty[w] = vasz[k]
                 o_id[w] = -1
                 w += 1
+            msg_end[i] = w
             continue
         # reconcile both sides
         st = 0
@@ -431,7 +433,8 @@ def _rebuild(t_ns, mtype, oid, msize, mprice, mdir, book, N, out_cap, max_report
             else:
                 na_ = vn
         status[i] = st
-    return o_kind, o_side, o_ts, o_px, o_qty, o_id, w, status, counters, report, nrep
+        msg_end[i] = w
+    return o_kind, o_side, o_ts, o_px, o_qty, o_id, w, status, counters, report, nrep, msg_end
 
 
 def _run(path: Path, message_path=None, orderbook_path=None, max_report: int = 20):
@@ -466,7 +469,7 @@ def _run(path: Path, message_path=None, orderbook_path=None, max_report: int = 2
 
 
 def _fill_stats(stats: LobsterStats, n: int, res) -> None:
-    (_k, _s, _t, _p, _q, _i, w, status, counters, report, nrep) = res
+    (_k, _s, _t, _p, _q, _i, w, status, counters, report, nrep, _m) = res
     stats.messages = int(n)
     stats.events = int(w)
     stats.rows_exact = int(np.count_nonzero(status == 0))
@@ -516,7 +519,7 @@ def import_lobster(
     ticker, date, levels, srcs, n, res = _run(path, mp, op)
     stats = LobsterStats(source=f"{srcs[0]} + {srcs[1]}", symbol=ticker, date=date, levels=levels)
     _fill_stats(stats, n, res)
-    (o_kind, o_side, o_ts, o_px, o_qty, o_id, w, *_rest) = res
+    (o_kind, o_side, o_ts, o_px, o_qty, o_id, w, *_rest, msg_end) = res
     cols = {
         "kind": o_kind[:w], "side": o_side[:w], "exch_ts": o_ts[:w], "local_ts": o_ts[:w],
         "px": o_px[:w] / PRICE_SCALE, "qty": o_qty[:w].astype(np.float64), "first_id": o_id[:w], "last_id": o_id[:w],
@@ -538,6 +541,11 @@ def import_lobster(
     }
     writer = RecordingWriter(out_dir, meta, overwrite=overwrite)
     writer.append_columns(cols)
+    # LOBSTER line i (1-based) -> the recording's book after event row end-1 is order-book row i
+    idx = np.empty(n, dtype=[("line", np.int64), ("event_end", np.int64)])
+    idx["line"] = np.arange(1, n + 1)
+    idx["event_end"] = msg_end
+    writer.write_aux("message_index", idx)
     stats.elapsed_s = time.perf_counter() - t0
     writer.close(stats=stats.as_dict())
     return stats

@@ -173,3 +173,90 @@ def message_ends(events: np.ndarray) -> np.ndarray:
         same &= k[:-1] != 2  # every trade row is its own message
         end[:-1] = ~same
     return end
+
+
+@nb.njit(cache=True, nogil=True)
+def _depth_kernel(kind, side, level, qty, prices, at, nlevels, o_bpx, o_bq, o_apx, o_aq):
+    nlev = prices.shape[0]
+    bid = np.zeros(nlev, np.float64)
+    ask = np.zeros(nlev, np.float64)
+    bb = -1
+    ba = nlev
+    m = 0
+    nat = at.shape[0]
+    n = kind.shape[0]
+    for i in range(n):
+        if m >= nat:
+            break
+        k = kind[i]
+        if k == 1 or k == 3:
+            j = level[i]
+            q = qty[i]
+            if side[i] > 0:
+                bid[j] = q
+                if q > 0.0:
+                    if j > bb:
+                        bb = j
+                elif j == bb:
+                    while bb >= 0 and bid[bb] <= 0.0:
+                        bb -= 1
+            else:
+                ask[j] = q
+                if q > 0.0:
+                    if j < ba:
+                        ba = j
+                elif j == ba:
+                    while ba < nlev and ask[ba] <= 0.0:
+                        ba += 1
+        elif k == 4:
+            if side[i] > 0:
+                for j in range(0, bb + 1):
+                    bid[j] = 0.0
+                bb = -1
+            else:
+                for j in range(ba, nlev):
+                    ask[j] = 0.0
+                ba = nlev
+        while m < nat and at[m] == i:
+            c = 0
+            j = bb
+            while j >= 0 and c < nlevels:
+                if bid[j] > 0.0:
+                    o_bpx[m, c] = prices[j]
+                    o_bq[m, c] = bid[j]
+                    c += 1
+                j -= 1
+            c = 0
+            j = ba
+            while j < nlev and c < nlevels:
+                if ask[j] > 0.0:
+                    o_apx[m, c] = prices[j]
+                    o_aq[m, c] = ask[j]
+                    c += 1
+                j += 1
+            m += 1
+    return m
+
+
+def replay_depth(events: np.ndarray, at: np.ndarray, n_levels: int, tick_size: float | None = None,
+                 levels: BookLevels | None = None) -> dict[str, np.ndarray]:
+    """The top ``n_levels`` of each side after each event index in ``at`` (non-decreasing).
+
+    Returns arrays of shape ``(len(at), n_levels)``: ``bid_px``, ``bid_qty`` (best first),
+    ``ask_px``, ``ask_qty``; missing levels are NaN price and 0 size."""
+    at = np.asarray(at, dtype=np.int64)
+    if at.size and (np.any(np.diff(at) < 0) or at[0] < 0 or at[-1] >= events.shape[0]):
+        raise ValueError("'at' must be non-decreasing event indices")
+    if levels is None:
+        levels = build_levels(events, tick_size)
+    m = at.shape[0]
+    out = {
+        "bid_px": np.full((m, n_levels), np.nan), "bid_qty": np.zeros((m, n_levels)),
+        "ask_px": np.full((m, n_levels), np.nan), "ask_qty": np.zeros((m, n_levels)),
+    }
+    _depth_kernel(
+        np.ascontiguousarray(events["kind"]), np.ascontiguousarray(events["side"]), levels.level,
+        np.ascontiguousarray(events["qty"]), levels.prices, at, n_levels,
+        out["bid_px"], out["bid_qty"], out["ask_px"], out["ask_qty"],
+    )
+    return out
