@@ -194,18 +194,24 @@ def _compare(data, cfg, names, report_dir, json_out, console) -> None:
 def report(
     db: str = typer.Option(..., "--db", help="database file or SQLAlchemy URL"),
     run: Optional[int] = typer.Option(None, "--run", help="run id (default: the latest)"),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write report.html and PNG plots into this directory"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object"),
 ) -> None:
     """Results of a run, computed from the database alone."""
     from bot.persistence.report import build_report
     from bot.status import summary_table
+    from paper_trading.metrics import compute_metrics
 
     r = build_report(db, run)
+    m = compute_metrics(db, r.run_id)
+    if html is not None:
+        from paper_trading.report_html import write_report
+
+        m["report"] = str(write_report(db, r.run_id, html))
     if json_out:
-        print(json.dumps(r.as_dict()))
+        print(json.dumps(m, default=str))
         return
-    d = r.as_dict()
-    _console().print(summary_table(d, f"Run {r.run_id} ({r.mode}, {r.exchange} {r.symbol}, {r.status})"))
+    _console().print(summary_table(m, f"Run {r.run_id} ({r.mode}, {r.exchange} {r.symbol}, {r.status})"))
 
 
 def main() -> None:

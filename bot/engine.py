@@ -185,7 +185,7 @@ class Engine:
             st.mid = mid
             if self.mid0 is None:
                 self.mid0 = mid
-        forecast = self.forecaster.update(book, ev.ts_ns) if self.forecaster is not None else None
+        forecast = self.forecaster.update(book, ev.ts_ns, ev.trades) if self.forecaster is not None else None
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
         st.quotes = quotes
         await self._reconcile(quotes, ev.ts_ns)

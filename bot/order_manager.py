@@ -104,6 +104,7 @@ class OrderManager:
             return None
         if o.state is OrderState.NEW:  # fill raced ahead of the ack
             o.transition(OrderState.OPEN, fill.ts_ns)
+            self.on_change(o)
         if o.state.terminal and o.state is not OrderState.CANCELED:
             return o
         if o.state is OrderState.CANCELED:

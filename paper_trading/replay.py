@@ -17,12 +17,15 @@ import asyncio
 import itertools
 import time
 import uuid
+
+import numpy as np
 from decimal import Decimal
 
 from bot.errors import DataError
 from bot.exchanges.base import Exchange, OrderAck
 from bot.market import MarketInfo
-from bot.market_data.base import MarketEvent, MarketSource
+from bot.market_data.base import MarketEvent, MarketSource, Trade
+from bot.recording.schema import TRADE
 from bot.orders import Fill, Order, OrderState, Side
 from paper_trading.fees import MakerTakerFees
 from paper_trading.venue import R_ACTIVE, R_CANCELED, R_FILL, R_REJECT, R_TAKER_FILL, ArrayBookView, Venue
@@ -82,10 +85,25 @@ class ReplaySource(MarketSource):
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+        i0 = self.venue.i
         self.reports += self.venue.advance_to(self.t)
         if self.on_progress is not None:
             self.on_progress(self.venue.i)
-        return MarketEvent(self.book, self.t, self.t)  # type: ignore[arg-type]
+        return MarketEvent(self.book, self.t, self.t, self._trades(i0, self.venue.i))  # type: ignore[arg-type]
+
+    def _trades(self, i0: int, i1: int) -> list[Trade]:
+        """Public trades among rows i0..i1-1 (aggressor side 'buy'/'sell'; 0 = unknown -> '')."""
+        v = self.venue
+        idx = np.flatnonzero(v.kind[i0:i1] == TRADE)
+        if len(idx) == 0:
+            return []
+        ev = v.events
+        out = []
+        for j in idx + i0:
+            s = int(v.side[j])
+            out.append(Trade(int(v.local_ts[j]), float(ev["px"][j]), float(v.qty[j]), "buy" if s > 0 else "sell" if s < 0 else "",
+                             str(int(ev["last_id"][j]))))
+        return out
 
 
 class ReplayExchange(Exchange):

@@ -24,7 +24,7 @@ def test_shipped_config_loads_and_differs_from_defaults_only_where_documented():
     "yaml_text,expected",
     [
         ("strategy:\n  pricing:\n    gamma: -1\n", r"strategy\.pricing\.gamma: Input should be greater than 0 \(got -1\)"),
-        ("strategy:\n  pricing:\n    model: magic\n", r"strategy\.pricing\.model: .*'avellaneda_stoikov' or 'glft'"),
+        ("strategy:\n  pricing:\n    model: magic\n", r"strategy\.pricing\.model: .*'avellaneda_stoikov', 'glft' or 'symmetric'"),
         ("sim:\n  sigmaa: 1\n", r"sim\.sigmaa: unknown field"),
         ("duration_s: soon\n", r"duration_s: .*number"),
         ("strategy:\n  controls:\n    order_size: 50\n", r"strategy\.controls: .*exceeds max_inventory"),
