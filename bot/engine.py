@@ -185,6 +185,8 @@ class Engine:
             st.mid = mid
             if self.mid0 is None:
                 self.mid0 = mid
+        if ev.trades:
+            self.strategy.on_trades(ev.trades, ev.ts_ns)  # type: ignore[union-attr]
         forecast = self.forecaster.update(book, ev.ts_ns, ev.trades) if self.forecaster is not None else None
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
         st.quotes = quotes

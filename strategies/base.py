@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from collections.abc import Sequence
 from typing import Protocol
 
+from bot.market_data.base import Trade
 from bot.orderbook import OrderBook
 from models.forecast import Forecast
 
@@ -44,3 +46,6 @@ class Quotes:
 
 class Strategy(Protocol):
     def on_update(self, book: OrderBook, inventory: float, now_ns: int, forecast: Forecast | None = None) -> Quotes: ...
+
+    def on_trades(self, trades: Sequence[Trade], now_ns: int) -> None:
+        """Public trades that arrived with the update (called before ``on_update``)."""

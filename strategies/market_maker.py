@@ -5,18 +5,25 @@ Per update (see :meth:`MarketMaker.on_update`):
     mid s from the book -> sigma (forecast, fixed, or EWMA of the mid) -> drift (forecast or 0)
     -> model bid/ask -> :func:`strategies.quoting.build_levels` -> :class:`Quotes`.
 
+With ``calibrate_intensity`` the strategy refits A and k from public trades
+(:meth:`MarketMaker.on_trades`, called by the engine before ``on_update``).
+
 The drift forecast shifts the centre of the quotes by ``drift_weight * drift`` (quote per
 base); a volatility forecast replaces sigma. A crossed or one-sided book gives no quotes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bot.market import MarketInfo
+from bot.market_data.base import Trade
 from bot.orderbook import OrderBook
 from models.forecast import Forecast
 from strategies import avellaneda_stoikov as AS
 from strategies import glft
 from strategies.base import Quotes
+from strategies.intensity import IntensityEstimator
 from strategies.params import StrategyParams
 from strategies.quoting import build_levels
 from strategies.volatility import EwmaVolatility
@@ -30,10 +37,33 @@ class MarketMaker:
         self.market = market
         self.vol = EwmaVolatility(self.p.vol_halflife_s, self.p.vol_sample_s, self.p.initial_sigma)
         self.end_ns: int | None = None
+        self.A, self.k = self.p.A, self.p.k  # current intensity parameters (calibrated if enabled)
+        self.intensity: IntensityEstimator | None = None
+        if self.p.calibrate_intensity:
+            self.intensity = IntensityEstimator(self.p.intensity_window_s, self.p.intensity_depth_step, self.p.intensity_n_depths)
+        self._next_fit_ns = 0
+        self._mid: float | None = None
 
     def begin(self, now_ns: int) -> None:
         """Start a session: the finite AS horizon ends ``tau_s`` seconds from now."""
         self.end_ns = now_ns + int(self.p.tau_s * 1e9)
+
+    def on_trades(self, trades: Sequence[Trade], now_ns: int) -> None:
+        """Public trades since the last update (aggressor side), for the A/k estimator.
+
+        Depth is measured from the mid of the previous decision (the book before the trades)."""
+        est = self.intensity
+        if est is None or not trades or self._mid is None:
+            return
+        mid = self._mid
+        for t in trades:
+            if t.side:
+                est.update(t.ts_ns, t.price, t.size, t.side, mid)
+        if now_ns >= self._next_fit_ns and est.n_trades >= self.p.intensity_min_trades:
+            self._next_fit_ns = now_ns + int(self.p.intensity_refresh_s * 1e9)
+            fit = est.estimate(now_ns)
+            if fit is not None:
+                self.A, self.k = fit
 
     def sigma(self, forecast: Forecast | None) -> float:
         if forecast is not None and forecast.sigma is not None and self.p.use_forecast_sigma:
@@ -49,6 +79,7 @@ class MarketMaker:
         if bb >= ba:
             return Quotes(note="crossed book")
         s = 0.5 * (bb + ba)
+        self._mid = s
         self.vol.update(s, now_ns)
         p = self.p
         sigma = self.sigma(forecast)
@@ -57,7 +88,7 @@ class MarketMaker:
             drift = p.drift_weight * forecast.drift
         q = inventory
         if p.model == "glft":
-            db, da = glft.half_spreads(q, p.gamma, sigma, p.A, p.k, self.c.order_size)
+            db, da = glft.half_spreads(q, p.gamma, sigma, self.A, self.k, self.c.order_size)
             r = s + drift - 0.5 * (db - da)
             bid, ask = s + drift - db, s + drift + da
         else:
@@ -68,7 +99,7 @@ class MarketMaker:
             else:
                 tau = p.tau_s
             r = (s if p.model == "symmetric" else AS.reservation_price(s, q, p.gamma, sigma, tau)) + drift
-            half = 0.5 * AS.optimal_spread(p.gamma, sigma, tau, p.k)
+            half = 0.5 * AS.optimal_spread(p.gamma, sigma, tau, self.k)
             bid, ask = r - half, r + half
         bids, asks = build_levels(bid, ask, s, q, self.market, self.c, bb, ba)
         return Quotes(bids, asks, s, r, s - bid, ask - s, sigma, drift)

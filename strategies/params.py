@@ -31,6 +31,14 @@ class ModelParams(_Strict):
     vol_halflife_s: float = Field(60.0, gt=0, description="EWMA volatility half-life, seconds")
     vol_sample_s: float = Field(1.0, gt=0, description="EWMA volatility sampling interval, seconds")
     initial_sigma: float = Field(0.0, ge=0, description="sigma used until the estimator has warmed up")
+    calibrate_intensity: bool = Field(
+        False, description="estimate A and k online from public trades (strategies/intensity.py); A and k above are the start values"
+    )
+    intensity_window_s: float = Field(300.0, gt=0, description="trade window of the A/k estimator, seconds")
+    intensity_depth_step: float = Field(0.5, gt=0, description="depth grid step of the A/k estimator, quote per base")
+    intensity_n_depths: int = Field(20, ge=3, description="depth grid points of the A/k estimator")
+    intensity_refresh_s: float = Field(5.0, gt=0, description="refit A and k at most this often, seconds")
+    intensity_min_trades: int = Field(50, ge=3, description="trades in the window before the estimate is used")
     drift_weight: float = Field(1.0, ge=0, description="multiplier on a forecast's drift when shifting the reservation price")
     use_forecast_sigma: bool = Field(True, description="a forecast's sigma replaces the estimator's")
 

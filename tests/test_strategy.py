@@ -148,3 +148,20 @@ def test_finite_horizon_spread_shrinks_toward_the_end():
 def test_order_size_above_max_inventory_is_a_config_error():
     with pytest.raises(ValueError, match="max_inventory"):
         QuoteControls(order_size=5.0, max_inventory=1.0)
+
+
+def test_intensity_calibration_from_trades_moves_k():
+    from bot.market_data.base import Trade
+
+    rng = np.random.default_rng(0)
+    s = mm(model="glft", A=1.0, k=100.0, calibrate_intensity=True, intensity_window_s=1000.0,
+           intensity_depth_step=0.05, intensity_n_depths=20, intensity_refresh_s=1.0, intensity_min_trades=50)
+    s.on_update(book(), 0.0, 0)
+    t = 0
+    for step in range(400):  # 400 s of trades: rate 5/s, depths ~ exponential with k = 4
+        t += 1_000_000_000
+        depths = rng.exponential(1 / 4.0, size=rng.poisson(5))
+        trades = [Trade(t, 100.0 + d, 0.1, "buy") for d in depths]
+        s.on_trades(trades, t)
+        s.on_update(book(), 0.0, t)
+    assert s.k == pytest.approx(4.0, rel=0.15) and s.A == pytest.approx(5.0, rel=0.2)
