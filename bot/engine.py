@@ -86,6 +86,8 @@ class Engine:
         self.commit_interval_s = commit_interval_s  # 0 = commit after every event (paper, live)
         self._last_commit = 0.0
         self.state = EngineState()
+        self._orders_changed = True
+        self._age_limited = max_order_age_s is not None
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._waiting = False
@@ -189,8 +191,12 @@ class Engine:
             self.strategy.on_trades(ev.trades, ev.ts_ns)  # type: ignore[union-attr]
         forecast = self.forecaster.update(book, ev.ts_ns, ev.trades) if self.forecaster is not None else None
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
-        st.quotes = quotes
-        await self._reconcile(quotes, ev.ts_ns)
+        # the same Quotes object means the same desired orders: with no order activity since
+        # the last reconcile (and no age limit) there is nothing to change
+        if quotes is not st.quotes or self._orders_changed or self._age_limited:
+            st.quotes = quotes
+            self._orders_changed = False
+            await self._reconcile(quotes, ev.ts_ns)
         self._drain_fills()
         self._snapshot(ev.ts_ns)
         if self.commit_interval_s <= 0.0:
@@ -228,10 +234,12 @@ class Engine:
                 continue  # already recorded: a replayed fill must not move inventory twice
             self.om.on_fill(fill)  # type: ignore[union-attr]
             self.inventory.apply(fill)
+            self._orders_changed = True
         u = self.exchange.order_updates
         while not u.empty():
             ack = u.get_nowait()
             self.om.on_ack(ack)  # type: ignore[union-attr]
+            self._orders_changed = True
             if ack.state is OrderState.REJECTED:
                 self.state.rejected += 1
 

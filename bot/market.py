@@ -51,6 +51,8 @@ class MarketInfo:
             raise ExchangeError(f"market {self.symbol}: tick ({self.tick}) and lot ({self.lot}) must be positive")
         object.__setattr__(self, "tick_f", float(self.tick))
         object.__setattr__(self, "lot_f", float(self.lot))
+        object.__setattr__(self, "_px_cache", {})  # ticks -> Decimal price (hot path)
+        object.__setattr__(self, "_sz_cache", {})  # lots -> Decimal size
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -110,13 +112,27 @@ class MarketInfo:
         return math.floor(x + 1e-9) if side == "buy" else math.ceil(x - 1e-9)
 
     def ticks_to_price(self, ticks: int) -> Decimal:
-        return (ticks * self.tick).normalize() if ticks else Decimal(0)
+        cache = self._px_cache  # type: ignore[attr-defined]
+        d = cache.get(ticks)
+        if d is None:
+            d = (ticks * self.tick).normalize() if ticks else Decimal(0)
+            if len(cache) > 100_000:
+                cache.clear()
+            cache[ticks] = d
+        return d
 
     def size_lots(self, size: float) -> int:
         return max(0, math.floor(size / self.lot_f + 1e-9))  # type: ignore[attr-defined]
 
     def lots_to_size(self, lots: int) -> Decimal:
-        return (lots * self.lot).normalize() if lots else Decimal(0)
+        cache = self._sz_cache  # type: ignore[attr-defined]
+        d = cache.get(lots)
+        if d is None:
+            d = (lots * self.lot).normalize() if lots else Decimal(0)
+            if len(cache) > 100_000:
+                cache.clear()
+            cache[lots] = d
+        return d
 
     def is_tradeable(self, price: Decimal, size: Decimal) -> bool:
         """True when the order passes the minimum size and minimum notional."""

@@ -72,14 +72,16 @@ def market_from_meta(meta: dict, cfg: Config) -> MarketInfo:
 
 
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
-                        on_progress=None, events_meta=None) -> tuple[Engine, ReplaySource]:
+                        on_progress=None, events_meta=None, forecaster=None) -> tuple[Engine, ReplaySource]:
     events, meta = events_meta if events_meta is not None else load_recording(data)
+    with_trades = forecaster is not None
     market = market_from_meta(meta, cfg)
     r = cfg.replay
     venue = Venue(events, float(market.tick), float(market.lot), VenueParams(
         queue_model=r.queue_model, queue_power=r.queue_power, entry_latency_ns=int(r.entry_latency_ms * 1e6),
         latency_mode=r.latency_mode, latency_multiplier=r.latency_multiplier))
-    source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, warmup_s=r.warmup_s, on_progress=on_progress)
+    source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, warmup_s=r.warmup_s, on_progress=on_progress,
+                          with_trades=with_trades or cfg.strategy.pricing.calibrate_intensity)
     exchange = ReplayExchange(source, MakerTakerFees(cfg.paper.maker_fee, cfg.paper.taker_fee))
     c = cfg.strategy.controls
     snapshot = cfg.model_dump(mode="json")
@@ -90,6 +92,7 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
         inventory=Inventory(base=Decimal(repr(cfg.paper.initial_base)), cash=Decimal(repr(cfg.paper.initial_quote))),
         tolerance_ticks=c.refresh_tolerance_ticks, max_order_age_s=c.max_order_age_s, post_only=c.post_only,
         pnl_interval_s=cfg.pnl_snapshot_interval_s, on_tick=on_tick, commit_interval_s=1.0 if speed == 0 else 0.0,
+        forecaster=forecaster,
     )
     return engine, source
 

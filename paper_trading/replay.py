@@ -42,6 +42,7 @@ class ReplaySource(MarketSource):
         end_ns: int | None = None,
         warmup_s: float = 1.0,
         on_progress=None,
+        with_trades: bool = True,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -60,6 +61,7 @@ class ReplaySource(MarketSource):
         self.t = self.start_ns
         self.reports: list[tuple[int, int, int, float, float]] = []
         self.on_progress = on_progress
+        self.with_trades = with_trades  # attach public trades to events (A/k estimation, forecaster)
         self._wall0 = 0.0
 
     async def start(self) -> MarketInfo:
@@ -89,7 +91,8 @@ class ReplaySource(MarketSource):
         self.reports += self.venue.advance_to(self.t)
         if self.on_progress is not None:
             self.on_progress(self.venue.i)
-        return MarketEvent(self.book, self.t, self.t, self._trades(i0, self.venue.i))  # type: ignore[arg-type]
+        trades = self._trades(i0, self.venue.i) if self.with_trades else []
+        return MarketEvent(self.book, self.t, self.t, trades)  # type: ignore[arg-type]
 
     def _trades(self, i0: int, i1: int) -> list[Trade]:
         """Public trades among rows i0..i1-1 (aggressor side 'buy'/'sell'; 0 = unknown -> '')."""
@@ -97,13 +100,11 @@ class ReplaySource(MarketSource):
         idx = np.flatnonzero(v.kind[i0:i1] == TRADE)
         if len(idx) == 0:
             return []
+        idx += i0
         ev = v.events
-        out = []
-        for j in idx + i0:
-            s = int(v.side[j])
-            out.append(Trade(int(v.local_ts[j]), float(ev["px"][j]), float(v.qty[j]), "buy" if s > 0 else "sell" if s < 0 else "",
-                             str(int(ev["last_id"][j]))))
-        return out
+        names = {1: "buy", -1: "sell"}
+        return [Trade(t, px, q, names.get(sd, ""), str(tid)) for t, px, q, sd, tid in zip(
+            v.local_ts[idx].tolist(), ev["px"][idx].tolist(), v.qty[idx].tolist(), v.side[idx].tolist(), ev["last_id"][idx].tolist())]
 
 
 class ReplayExchange(Exchange):

@@ -43,6 +43,8 @@ class MarketMaker:
             self.intensity = IntensityEstimator(self.p.intensity_window_s, self.p.intensity_depth_step, self.p.intensity_n_depths)
         self._next_fit_ns = 0
         self._mid: float | None = None
+        self._last_key: tuple | None = None
+        self._last_quotes: Quotes | None = None
 
     def begin(self, now_ns: int) -> None:
         """Start a session: the finite AS horizon ends ``tau_s`` seconds from now."""
@@ -87,22 +89,30 @@ class MarketMaker:
         if forecast is not None and forecast.drift is not None:
             drift = p.drift_weight * forecast.drift
         q = inventory
-        if p.model == "glft":
-            db, da = glft.half_spreads(q, p.gamma, sigma, self.A, self.k, self.c.order_size)
-            r = s + drift - 0.5 * (db - da)
-            bid, ask = s + drift - db, s + drift + da
-        else:
+        tau = 0.0
+        if p.model != "glft":
             if p.horizon == "finite":
                 if self.end_ns is None:
                     self.begin(now_ns)
                 tau = max(self.end_ns - now_ns, 0) * 1e-9  # type: ignore[operator]
             else:
                 tau = p.tau_s
+        # the quotes are a pure function of these inputs: reuse the last result when unchanged
+        key = (bb, ba, q, sigma, drift, self.A, self.k, tau)
+        if key == self._last_key:
+            return self._last_quotes  # type: ignore[return-value]
+        if p.model == "glft":
+            db, da = glft.half_spreads(q, p.gamma, sigma, self.A, self.k, self.c.order_size)
+            r = s + drift - 0.5 * (db - da)
+            bid, ask = s + drift - db, s + drift + da
+        else:
             r = (s if p.model == "symmetric" else AS.reservation_price(s, q, p.gamma, sigma, tau)) + drift
             half = 0.5 * AS.optimal_spread(p.gamma, sigma, tau, self.k)
             bid, ask = r - half, r + half
         bids, asks = build_levels(bid, ask, s, q, self.market, self.c, bb, ba)
-        return Quotes(bids, asks, s, r, s - bid, ask - s, sigma, drift)
+        self._last_key = key
+        self._last_quotes = Quotes(bids, asks, s, r, s - bid, ask - s, sigma, drift)
+        return self._last_quotes
 
 
 def build_strategy(params: StrategyParams, market: MarketInfo) -> MarketMaker:
