@@ -15,6 +15,7 @@ numba kernel, and Python runs once per decision interval.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -111,11 +112,18 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         task = bar.add_task("bt", total=n)
         cb = lambda i: bar.update(task, completed=i)  # noqa: E731
     engine, source = build_replay_engine(data, cfg, store, mode="backtest", speed=0.0, on_progress=cb, events_meta=events_meta)
-    if bar is not None:
-        with bar:
+    # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
+    # long-lived ones (modules, config, arrays) at every collection
+    gc.collect()
+    gc.freeze()
+    try:
+        if bar is not None:
+            with bar:
+                summary = asyncio.run(engine.run())
+        else:
             summary = asyncio.run(engine.run())
-    else:
-        summary = asyncio.run(engine.run())
+    finally:
+        gc.unfreeze()
     elapsed = time.perf_counter() - t0
     summary["events_replayed"] = int(source.venue.i)
     summary["elapsed_s"] = round(elapsed, 3)
