@@ -20,6 +20,64 @@ from bot.errors import MmbotError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmbot: an automated market maker (paper, live, backtest).")
 simulate_app = typer.Typer(no_args_is_help=True, help="Stylised market simulations.")
 app.add_typer(simulate_app, name="simulate")
+import_app = typer.Typer(no_args_is_help=True, help="Import raw market data into mmbot's recording format.")
+app.add_typer(import_app, name="import")
+
+
+def _print_stats(stats, json_out: bool, title: str) -> None:
+    d = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+    if json_out:
+        print(json.dumps(d, default=str))
+        return
+    from bot.status import summary_table
+
+    shown = {k: v for k, v in d.items() if not isinstance(v, (list, dict)) or k in ("rows_by_kind",)}
+    _console().print(summary_table({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in shown.items()}, title))
+
+
+def _existing(paths: list[Path]) -> list[Path]:
+    for p in paths:
+        if not p.exists():
+            raise MmbotError(f"input file {p} does not exist")
+    return paths
+
+
+@import_app.command("binance")
+def import_binance_cmd(
+    files: list[Path] = typer.Argument(..., help="capture files of ONE market, in time order (e.g. btcusdt_20240808.gz btcusdt_20240809.gz)"),
+    out: Path = typer.Option(..., "--out", help="recording directory to write"),
+    lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Binance raw websocket captures (combined-stream depth diffs, trades, bookTicker, REST snapshot)."""
+    from bot.importers.binance import import_binance
+
+    _print_stats(import_binance(_existing(files), out, lenient=lenient), json_out, f"Imported into {out}")
+
+
+@import_app.command("bitstamp")
+def import_bitstamp_cmd(
+    file: Path = typer.Argument(..., help="Bitstamp 2015 log, e.g. 2015-05-01.log.bz2"),
+    out: Path = typer.Option(..., "--out", help="recording directory to write"),
+    lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Bitstamp 2015 order events and top-20 snapshots."""
+    from bot.importers.bitstamp import import_bitstamp
+
+    _print_stats(import_bitstamp(_existing([file])[0], out, lenient=lenient), json_out, f"Imported into {out}")
+
+
+@import_app.command("lobster")
+def import_lobster_cmd(
+    file: Path = typer.Argument(..., help="LOBSTER sample zip (message + orderbook files)"),
+    out: Path = typer.Option(..., "--out", help="recording directory to write"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """LOBSTER message and order-book files (NASDAQ samples)."""
+    from bot.importers.lobster import import_lobster
+
+    _print_stats(import_lobster(_existing([file])[0], out), json_out, f"Imported into {out}")
 
 DEFAULT_CONFIG = Path("config/paper.yaml")
 DEFAULT_BACKTEST_CONFIG = Path("config/backtest.yaml")
