@@ -175,6 +175,15 @@ def simulate_as2008(
     _console().print(t)
 
 
+def _register_record() -> None:
+    from bot.market_data.record_cli import record_command
+
+    app.command("record", help="Record live L2 depth and trades (ccxt websockets; REST polling otherwise) into a recording.")(record_command)
+
+
+_register_record()
+
+
 @app.command()
 def backtest(
     data: Path = typer.Option(..., "--data", help="recording directory (from mmbot import or mmbot record)"),
