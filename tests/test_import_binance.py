@@ -161,6 +161,22 @@ def test_lenient_mode_counts_and_skips(tmp_path):
 
 
 @needs_data
+def test_line_numbers_across_inflate_blocks(tmp_path):
+    """Big files are parsed block by block while they inflate; errors still name the line."""
+    with gzip.open(SPOT[1], "rb") as fh:
+        lines = fh.read().split(b"\n")
+    assert len(lines) > 50_000
+    for idx in (35_123, 58_000):
+        bad = list(lines)
+        bad[idx] = bad[idx][:-7]
+        f = _write_gz(tmp_path / f"b{idx}" / "spot" / "btcusdt_20240809.gz", bad)
+        with pytest.raises(DataError, match=f"{f}:{idx + 1}: invalid JSON"):
+            import_binance([f], tmp_path / "out")
+    stats = import_binance([f], tmp_path / "out", lenient=True)
+    assert stats.lines_skipped == 1 and stats.skipped[0].startswith(f"{f}:{58_001}:")
+
+
+@needs_data
 def test_truncated_gzip(tmp_path):
     lines = _head(SPOT[0], 400)
     raw = gzip.compress(b"\n".join(lines) + b"\n")
@@ -239,6 +255,31 @@ def test_futures_gap_uses_pu(tmp_path):
     g = stats.gaps[0]
     assert g["line"] == depth[41]
     assert g["pu"] == orjson.loads(lines[drop].split(b" ", 1)[1])["data"]["u"] != g["previous_u"]
+
+
+@needs_data
+def test_futures_first_diff_must_cover_snapshot(tmp_path):
+    """Drop the held-back diff that contains lastUpdateId: the next one cannot connect."""
+    lines = _head(USDM[0], 600)
+    snap = next(i for i, l in enumerate(lines) if b"lastUpdateId" in l)
+    L = orjson.loads(lines[snap].split(b" ", 1)[1])["lastUpdateId"]
+    covering = [i for i in range(snap) if b"depthUpdate" in lines[i]
+                and orjson.loads(lines[i].split(b" ", 1)[1])["data"]["u"] >= L]
+    assert len(covering) >= 1
+    ok = import_binance([_write_gz(tmp_path / "ok" / "usdm" / "btcusdt_20240718.gz", lines)], tmp_path / "ok_rec")
+    assert ok.gaps_found == 0 and ok.depth_dropped_before_snapshot > 0
+    bad = [l for i, l in enumerate(lines) if i != covering[0]]
+    f = _write_gz(tmp_path / "bad" / "usdm" / "btcusdt_20240718.gz", bad)
+    stats = import_binance([f], tmp_path / "bad_rec")
+    assert stats.gaps_found == 1
+    g = stats.gaps[0]
+    assert g["reason"] == "first diff after snapshot does not connect"
+    assert g["snapshot_last_update_id"] == L and g["pu"] > L
+    assert g["resynced_at"] is None and not stats.synced_at_end
+    # detected at the first diff after the snapshot line (line numbers of the edited file)
+    first_after = next(i for i in range(snap, len(bad)) if b"depthUpdate" in bad[i])
+    assert g["line"] == first_after + 1
+    assert stats.unsynced[0]["from_local_ts"] == g["local_ts"] == int(bad[first_after].split(b" ", 1)[0])
 
 
 # -- real captures -------------------------------------------------------------------------

@@ -3,7 +3,6 @@ for row (through writer, reader and the numba replay); corrupt files name file a
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 

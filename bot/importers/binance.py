@@ -55,10 +55,13 @@ with ``lenient=True`` they are counted and skipped (``stats["lines_skipped"]``, 
 examples in ``stats["skipped"]``). A truncated gzip stream is an error, or, when lenient,
 is read up to the damage.
 
-Speed: the common line shape is parsed by a numba kernel straight from the decompressed
-bytes (no per-message Python objects); only lines it declines (the snapshot, odd lines) go
-through orjson. The sync pass and row emission are a second numba kernel. Files are held in
-memory whole (decompressed), which is fine for captures of a few hundred MB.
+Speed: a producer thread inflates gzip input in ~4 MB blocks (zlib-ng when installed)
+while a numba kernel parses the previous block straight from its bytes, split over two
+threads (no per-message Python objects); only lines it declines (the snapshot, odd lines) go
+through orjson. The sync pass and row emission are a second numba kernel, and the parquet
+writes of events and bookTicker run concurrently. The inflated text is not kept, but the
+per-line message table and the parsed levels of all input files are (about 16 bytes per
+level plus ~120 bytes per line), which bounds the input to a few GB per call.
 
 Units: prices quote/base; sizes base units, except COIN-M (``cm``) where Binance sizes are
 contracts (``meta["qty_unit"] == "contracts"``); timestamps int ns since the epoch.
@@ -66,7 +69,9 @@ contracts (``meta["qty_unit"] == "contracts"``); timestamps int ns since the epo
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -80,12 +85,14 @@ import orjson
 
 from bot.errors import DataError
 from bot.recording.io import RecordingWriter, open_recording
-from bot.recording.schema import BOOKTICKER_DTYPE, EVENT_DTYPE
+from bot.recording.schema import BOOKTICKER_DTYPE
 
 try:  # zlib-ng is ~3x faster than zlib at inflating; optional
     from zlib_ng import gzip_ng as _gzip_fast
+    from zlib_ng import zlib_ng as _zlib_fast
 except ImportError:  # pragma: no cover - depends on the environment
     _gzip_fast = None
+    _zlib_fast = None
 
 # ---------------------------------------------------------------------------------------
 # numba kernels
@@ -114,46 +121,37 @@ K_OTHER = 0
 K_e, K_E, K_T, K_U, K_u, K_pu, K_b, K_a, K_B, K_A, K_t, K_p, K_q, K_m = range(1, 15)
 
 
-@nb.njit(cache=True, inline="always")
-def _is_digit(c):
-    return 48 <= c <= 57
-
-
 @nb.njit(cache=True)
 def _parse_dec(buf, p, end, pow10):
     """Parse a decimal string body starting at p up to the closing quote.
     Returns (value, position after the closing quote, ok)."""
     mant = 0
-    scale = 0
-    ndig = 0
-    seen_dot = False
+    nd = 0
+    dot = -1
     start = p
     while p < end:
-        c = buf[p]
-        if 48 <= c <= 57:
-            if ndig > 0 or c != 48:
-                ndig += 1
-            if ndig > 18:
-                return 0.0, p, False
-            mant = mant * 10 + (c - 48)
-            if seen_dot:
-                scale += 1
-        elif c == 46 and not seen_dot:  # '.'
-            seen_dot = True
-        elif c == 34:  # '"'
-            break
+        d = np.int64(buf[p]) - 48
+        if 0 <= d <= 9:
+            mant = mant * 10 + d
+            nd += 1
+            p += 1
+        elif d == -2 and dot < 0:  # '.'
+            dot = nd
+            p += 1
         else:
+            break
+    if p >= end or buf[p] != 34 or nd == 0 or nd > 18 or dot == 0 or dot == nd:
+        return 0.0, p, False  # no closing quote, empty, too long, ".5" or "1.": let Python decide
+    scale = nd - dot if dot > 0 else 0
+    if mant >= _MAX_MANT:
+        while scale > 0 and mant % 10 == 0:  # "1.50000000000000000" style
+            mant //= 10
+            scale -= 1
+        if mant >= _MAX_MANT:
             return 0.0, p, False
-        p += 1
-    if p >= end or p == start:
+    if scale > 22:
         return 0.0, p, False
-    if buf[p - 1] == 46 or buf[start] == 46:  # "1." or ".5": let Python decide
-        return 0.0, p, False
-    while scale > 0 and mant % 10 == 0:
-        mant //= 10
-        scale -= 1
-    if mant >= _MAX_MANT or scale > 22:
-        return 0.0, p, False
+    # exact mantissa < 2**53 and exact 10**scale: one correctly rounded division
     return mant / pow10[scale], p + 1, True
 
 
@@ -279,7 +277,7 @@ def _skip_scalar(buf, p, end):
 
 
 @nb.njit(cache=True, nogil=True)
-def scan_binance(buf, nlines_cap, lvl_cap, sym, ref_ndig, line_offset):
+def scan_binance(buf, nlines_cap, lvl_cap, sym, ref_ndig):
     """Parse a decompressed capture (uint8 array). One table row per line.
 
     Args:
@@ -288,7 +286,6 @@ def scan_binance(buf, nlines_cap, lvl_cap, sym, ref_ndig, line_offset):
         lvl_cap: level array size (>= number of '[' in buf).
         sym: the expected stream symbol prefix (bytes before '@'), uint8 array.
         ref_ndig: digits of the local timestamp (all lines of a file must agree).
-        line_offset: unused placeholder for chunked scans (0).
 
     Returns the tables (see the unpacking in binance.py) and (nlines, lvl_n).
     """
@@ -649,7 +646,7 @@ def _emit_depth(i, lt, bstart, nbid, astart, nask, lvl_px, lvl_qty, exch, uid_fi
 
 
 @nb.njit(cache=True)
-def _process_depth(i, lt, state, L, prev_u, futures, counters, gaps, ngap,
+def _process_depth(i, pos, lt, state, L, prev_u, futures, counters, gaps, ngap,
                    bstart, nbid, astart, nask, lvl_px, lvl_qty, exch, uid_first, uid_last, uid_prev,
                    o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last, w):
     """Apply the sync rule to depth message i. Returns (state, prev_u, ngap, w)."""
@@ -711,6 +708,7 @@ def _process_depth(i, lt, state, L, prev_u, futures, counters, gaps, ngap,
             gaps[ngap, 3] = U
             gaps[ngap, 4] = u
             gaps[ngap, 5] = pu
+            gaps[ngap, 6] = pos
         ngap += 1
     if apply:
         counters[C_APPLIED] += 1
@@ -726,7 +724,8 @@ def sync_and_emit(mtype, local, exch, uid_first, uid_last, uid_prev, f_px, f_qty
     """Run the diff-sync state machine over all messages in order and write event rows.
 
     Returns (kind, side, exch_ts, local_ts, px, qty, first_id, last_id, n_rows,
-    gaps[ngap_stored, 6], ngap_total, counters, snap_rows[nsnap, 2])."""
+    gaps[ngap_stored, 7] (message, reason, expected id, U, u, pu, position in the input where
+    it was applied: the snapshot line for diffs re-applied after it), ngap_total, counters)."""
     o_kind = np.empty(out_cap, np.uint8)
     o_side = np.empty(out_cap, np.int8)
     o_exch = np.empty(out_cap, np.int64)
@@ -735,7 +734,7 @@ def sync_and_emit(mtype, local, exch, uid_first, uid_last, uid_prev, f_px, f_qty
     o_qty = np.empty(out_cap, np.float64)
     o_first = np.empty(out_cap, np.int64)
     o_last = np.empty(out_cap, np.int64)
-    gaps = np.zeros((gap_cap, 6), np.int64)
+    gaps = np.zeros((gap_cap, 7), np.int64)
     counters = np.zeros(N_COUNTERS, np.int64)
     n = mtype.shape[0]
     state = S_NO_BOOK if has_snapshot else S_UNSYNCED
@@ -755,7 +754,7 @@ def sync_and_emit(mtype, local, exch, uid_first, uid_last, uid_prev, f_px, f_qty
                 counters[C_HELD] += 1
                 continue
             state, prev_u, ngap, w = _process_depth(
-                i, local[i], state, L, prev_u, futures, counters, gaps, ngap,
+                i, i, local[i], state, L, prev_u, futures, counters, gaps, ngap,
                 bstart, nbid, astart, nask, lvl_px, lvl_qty, exch, uid_first, uid_last, uid_prev,
                 o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last, w)
         elif t == M_TRADE:
@@ -831,7 +830,7 @@ def sync_and_emit(mtype, local, exch, uid_first, uid_last, uid_prev, f_px, f_qty
                 else:
                     counters[C_REEMIT] += 1
                 state, prev_u, ngap, w = _process_depth(
-                    back[k], lt, state, L, prev_u, futures, counters, gaps, ngap,
+                    back[k], i, lt, state, L, prev_u, futures, counters, gaps, ngap,
                     bstart, nbid, astart, nask, lvl_px, lvl_qty, exch, uid_first, uid_last, uid_prev,
                     o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last, w)
             prev_snap = i
@@ -1082,7 +1081,7 @@ def _first_line_info(data: bytes, path: Path) -> tuple[int, str]:
     return nd, sym
 
 
-_PARALLEL_MIN_BYTES = 4 << 20
+_PARALLEL_MIN_BYTES = 1 << 20
 _N_THREADS = 2
 
 
@@ -1091,10 +1090,10 @@ def _scan_part(buf: np.ndarray, sym_arr: np.ndarray, ndig: int):
     if the line-count estimate was too small (files of very short lines)."""
     cap = buf.shape[0] // 48 + 64
     lvl_cap = buf.shape[0] // 9 + 2  # a level '["1","0"]' takes >= 9 bytes
-    res = scan_binance(buf, cap, lvl_cap, sym_arr, ndig, 0)
+    res = scan_binance(buf, cap, lvl_cap, sym_arr, ndig)
     if res[-2] < 0:
         cap = int(np.count_nonzero(buf == 10)) + 1
-        res = scan_binance(buf, cap, lvl_cap, sym_arr, ndig, 0)
+        res = scan_binance(buf, cap, lvl_cap, sym_arr, ndig)
     (mtype, lstart, lend, local, exch, uid_first, uid_last, uid_prev, f_px, f_qty, f_px2, f_qty2, flag,
      bstart, nbid, astart, nask, lvl_px, lvl_qty, nrows, lvl_n) = res
     cols = {
@@ -1106,16 +1105,18 @@ def _scan_part(buf: np.ndarray, sym_arr: np.ndarray, ndig: int):
     return cols, lvl_px[:lvl_n], lvl_qty[:lvl_n], lstart[:nrows], lend[:nrows]
 
 
-def _scan_bytes(data: bytes, sym_arr: np.ndarray, ndig: int):
-    """Scan a whole file; files above a few MB are split at a line boundary and the parts
+def _scan_bytes(buf: np.ndarray, sym_arr: np.ndarray, ndig: int):
+    """Scan whole lines; buffers above a few MB are split at a line boundary and the parts
     scanned in parallel threads (the numba kernel releases the GIL), then merged."""
-    buf = np.frombuffer(data, dtype=np.uint8)
     n = buf.shape[0]
     bounds = [0]
     if n >= _PARALLEL_MIN_BYTES:
         for k in range(1, _N_THREADS):
-            cut = data.find(b"\n", n * k // _N_THREADS)
-            if cut < 0 or cut + 1 >= n or cut + 1 <= bounds[-1]:
+            nl = np.flatnonzero(buf[n * k // _N_THREADS : n * k // _N_THREADS + (1 << 20)] == 10)
+            if nl.size == 0:
+                break
+            cut = n * k // _N_THREADS + int(nl[0])
+            if cut + 1 >= n or cut + 1 <= bounds[-1]:
                 break
             bounds.append(cut + 1)
     bounds.append(n)
@@ -1137,11 +1138,20 @@ def _scan_bytes(data: bytes, sym_arr: np.ndarray, ndig: int):
 
 
 def _scan_file(path: Path, data: bytes, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
+    """Parse a whole decompressed file held in memory."""
     ndig, fsym = _first_line_info(data, path)
     if sym and fsym and fsym.lower() != sym.lower():
         raise DataError(f"{path}: stream symbol {fsym!r} differs from the first file's {sym!r}")
     sym = sym or fsym
-    cols, lvl_px, lvl_qty, lstart, lend = _scan_bytes(data, np.frombuffer(sym.encode(), dtype=np.uint8), ndig)
+    cols, lvl_px, lvl_qty = _process_block(path, data, len(data), 0, sym, ndig, lenient, stats)
+    return _FileTable(path, cols, lvl_px, lvl_qty), sym
+
+
+def _process_block(path: Path, data: bytes, end: int, row_base: int, sym: str, ndig: int, lenient: bool,
+                   stats: ImportStats):
+    """Parse ``data[:end]`` (whole lines); line numbers in errors are ``row_base + row + 1``."""
+    buf = np.frombuffer(data, dtype=np.uint8, count=end)
+    cols, lvl_px, lvl_qty, lstart, lend = _scan_bytes(buf, np.frombuffer(sym.encode(), dtype=np.uint8), ndig)
     lvl_n = lvl_px.shape[0]
     # lines the fast path declined
     fb = np.flatnonzero(cols["mtype"] == M_FALLBACK)
@@ -1154,7 +1164,7 @@ def _scan_file(path: Path, data: bytes, sym: str, lenient: bool, stats: ImportSt
         try:
             typ, v = _slow_line(line, ndig, sym)
         except _LineError as e:
-            msg = f"{path}:{row + 1}: {e}"
+            msg = f"{path}:{row_base + row + 1}: {e}"
             if not lenient:
                 raise DataError(msg) from None
             cols["mtype"][row] = M_SKIPPED
@@ -1197,7 +1207,133 @@ def _scan_file(path: Path, data: bytes, sym: str, lenient: bool, stats: ImportSt
     if extra_px:
         lvl_px = np.concatenate([lvl_px] + extra_px)
         lvl_qty = np.concatenate([lvl_qty] + extra_qty)
-    return _FileTable(path, cols, lvl_px, lvl_qty), sym
+    return cols, lvl_px, lvl_qty
+
+
+_IN_PIECE = 1 << 19  # compressed bytes per inflate call (~4 MB out)
+_DONE = object()
+
+
+def _inflate_pieces(raw: bytes, q: "queue.Queue") -> None:
+    """Producer thread: inflate (multi-member) gzip ``raw`` piece by piece into ``q``; ends
+    with ``_DONE``, or ``("truncated", reason)`` / an exception object on damage."""
+    try:
+        mod = _zlib_fast or zlib
+        d = mod.decompressobj(wbits=47)
+        pos = 0
+        n = len(raw)
+        while pos < n:
+            data = raw[pos : pos + _IN_PIECE]
+            pos += _IN_PIECE
+            while data:
+                out = d.decompress(data)
+                if out:
+                    q.put(out)
+                if not d.eof:
+                    break
+                data = d.unused_data
+                if data[:2] != b"\x1f\x8b" and not (len(data) < 2 and pos < n):
+                    if data or pos < n:
+                        rest = data + raw[pos:]
+                        if rest.strip(b"\x00"):
+                            q.put(("truncated", "data after the end of the gzip stream"))
+                            return
+                    q.put(_DONE)
+                    return
+                d = mod.decompressobj(wbits=47)
+        if not d.eof:
+            q.put(("truncated", "compressed stream ends before the end-of-stream marker"))
+            return
+        q.put(_DONE)
+    except Exception as e:  # noqa: BLE001 - handed to the consumer
+        q.put(e)
+
+
+def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
+    """Inflate in a producer thread while the numba scanner parses the previous block."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    q: queue.Queue = queue.Queue(maxsize=16)
+    th = threading.Thread(target=_inflate_pieces, args=(raw, q), daemon=True)
+    th.start()
+    parts = []
+    carry = b""
+    row_base = 0
+    ndig = None
+    truncated = None
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                break
+            if isinstance(item, tuple):
+                truncated = item[1]
+                break
+            if isinstance(item, Exception):
+                truncated = f"{type(item).__name__}: {item}"
+                break
+            data = carry + item if carry else item
+            k = data.rfind(b"\n")
+            if k < 0:
+                carry = data
+                continue
+            if ndig is None:
+                ndig, fsym = _first_line_info(data, path)
+                if sym and fsym and fsym.lower() != sym.lower():
+                    raise DataError(f"{path}: stream symbol {fsym!r} differs from the first file's {sym!r}")
+                sym = sym or fsym
+            cols, lp, lq = _process_block(path, data, k + 1, row_base, sym, ndig, lenient, stats)
+            parts.append((cols, lp, lq))
+            row_base += cols["mtype"].shape[0]
+            carry = data[k + 1 :]
+    finally:
+        if truncated is None and th.is_alive():
+            # consumer failed: drain so the producer can finish
+            while th.is_alive():
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+        th.join()
+    if truncated is not None:
+        if not lenient:
+            raise DataError(f"{path}: corrupt or truncated gzip stream: {truncated}")
+        stats.truncated_files.append(str(path))
+    if carry:
+        if ndig is None:
+            ndig, fsym = _first_line_info(carry, path)
+            sym = sym or fsym
+        cols, lp, lq = _process_block(path, carry, len(carry), row_base, sym, ndig, lenient, stats)
+        parts.append((cols, lp, lq))
+    if not parts:
+        empty = {k: np.empty(0, np.int64) for k in _TABLE_FIELDS}
+        empty["mtype"] = np.empty(0, np.int8)
+        return _FileTable(path, empty, np.empty(0), np.empty(0)), sym
+    if len(parts) == 1:
+        cols, lp, lq = parts[0]
+        return _FileTable(path, cols, lp, lq), sym
+    lvl_off = np.cumsum([0] + [pt[1].shape[0] for pt in parts[:-1]])
+    cols = {}
+    for name in _TABLE_FIELDS:
+        cs = [pt[0][name] + off if name in ("bstart", "astart") else pt[0][name] for pt, off in zip(parts, lvl_off)]
+        cols[name] = np.concatenate(cs)
+    return _FileTable(path, cols, np.concatenate([pt[1] for pt in parts]), np.concatenate([pt[2] for pt in parts])), sym
+
+
+def _scan_path(path: Path, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if magic == b"\x1f\x8b":
+        return _scan_gz_streaming(path, sym, lenient, stats)
+    data = _read_bytes(path, lenient, stats)
+    return _scan_file(path, data, sym, lenient, stats)
+
+
 
 
 def _infer_market(paths: list[Path], symbol: str, futures_ids: bool) -> str:
@@ -1248,13 +1384,9 @@ def import_binance(
     sym = symbol.lower() if symbol else ""
     for p in paths:
         t = time.perf_counter()
-        data = _read_bytes(p, lenient, stats)
-        t1 = time.perf_counter()
-        tab, sym = _scan_file(p, data, sym, lenient, stats)
-        tim["read"] = tim.get("read", 0.0) + t1 - t
-        tim["parse"] = tim.get("parse", 0.0) + time.perf_counter() - t1
+        tab, sym = _scan_path(p, sym, lenient, stats)
+        tim["read_parse"] = tim.get("read_parse", 0.0) + time.perf_counter() - t
         tables.append(tab)
-        del data
     # concatenate per-file tables
     if len(tables) == 1:
         cols = tables[0].cols
@@ -1318,18 +1450,19 @@ def import_binance(
         return str(tables[k].path), int(msg_idx - row_off[k] + 1)
 
     snap_idx = np.flatnonzero(is_snap)
+    # (details and unsynced spans for the first gap_cap gaps; gaps_found counts all)
     for g in gaps[: min(ngap, gap_cap)]:
-        i, reason, expected, gU, gu, gpu = (int(x) for x in g)
+        i, reason, expected, gU, gu, gpu, pos = (int(x) for x in g)
         f, ln = where(i)
         rec = {"file": f, "line": ln, "reason": _GAP_REASONS.get(reason, str(reason)),
-               "local_ts": int(cols["local"][i]), "U": gU, "u": gu}
+               "local_ts": int(cols["local"][pos]), "U": gU, "u": gu}
         if reason == G_FIRST:
             rec["snapshot_last_update_id"] = expected
         else:
             rec["previous_u"] = expected
         if gpu >= 0:
             rec["pu"] = gpu
-        later = snap_idx[snap_idx > i]
+        later = snap_idx[snap_idx > pos]
         if later.size:
             sf, sl = where(int(later[0]))
             rec["resynced_at"] = f"{sf}:{sl}"
@@ -1337,19 +1470,17 @@ def import_binance(
             rec["resynced_at"] = None
         stats.gaps.append(rec)
     # unsynced spans (local time): from each gap to the next snapshot (or end)
-    last_local = int(cols["local"][mtype != M_BLANK].max()) if stats.lines else -1
     if not has_snapshot and stats.depth_messages:
         stats.unsynced.append({"from_local_ts": int(cols["local"][is_depth][0]), "to_local_ts": None,
                                "reason": "no depth snapshot in the input: book built from diffs only"})
     for g in gaps[: min(ngap, gap_cap)]:
-        i = int(g[0])
+        i = int(g[6])
         later = snap_idx[snap_idx > i]
         to = int(cols["local"][later[0]]) if later.size else None
         if stats.unsynced and stats.unsynced[-1]["to_local_ts"] == to and stats.unsynced[-1]["reason"] == "gap":
             continue  # same span
         stats.unsynced.append({"from_local_ts": int(cols["local"][i]), "to_local_ts": to, "reason": "gap"})
     stats.synced_at_end = bool(has_snapshot and not any(u["to_local_ts"] is None for u in stats.unsynced))
-    del last_local
 
     lt = ev_cols["local_ts"]
     stats.nonmonotonic_local_ts = int(np.count_nonzero(lt[1:] < lt[:-1])) if nrow > 1 else 0
@@ -1382,6 +1513,7 @@ def import_binance(
     with ThreadPoolExecutor(max_workers=1) as ex:  # both writes spend their time in arrow (no GIL)
         fut = ex.submit(writer.write_aux, "bookticker", bt)
         writer.append_columns(ev_cols)
+        writer.flush()
         fut.result()
     counts_k = np.bincount(ev_cols["kind"], minlength=5)
     stats.rows_by_kind = {"depth": int(counts_k[1]), "trade": int(counts_k[2]),

@@ -1,10 +1,11 @@
 """Replay an event array into an array-based L2 book (numba) and report the top of book.
 
-Price levels are mapped to dense integer indices before the loop: with a tick size, to
-``round(px / tick)``; without one, to the exact float price (values parsed from the same
-exchange string are bit-identical). The sorted distinct prices of the recording form the
-index space, so the book is two float64 arrays (bid size, ask size) as long as the number of
-distinct prices, whatever the price range. The best bid is the highest index with a bid
+Price levels are mapped to increasing integer indices before the loop: with a tick size,
+``round(px / tick)`` offset into a dense band of ticks around the median price (O(n), no
+sort), with the few far-away prices outside the band ranked separately; without a tick
+size, the rank among the distinct exact float prices (values parsed from the same exchange
+string are bit-identical). The book is two float64 arrays (bid size, ask size) over that
+index, so a best-price move is an index scan to the next non-empty level. The best bid is the highest index with a bid
 size > 0, the best ask the lowest with an ask size > 0; a deletion at the best scans to the
 next occupied index.
 
@@ -44,12 +45,32 @@ def build_levels(events: np.ndarray, tick_size: float | None = None) -> BookLeve
     is_book = (kind == DEPTH) | (kind == SNAPSHOT)
     px = events["px"]
     book_px = px[is_book]
-    keys = np.rint(book_px / tick_size) if tick_size else book_px
-    uniq, first = np.unique(keys, return_index=True)
     level = np.full(px.shape[0], -1, dtype=np.int64)
-    level[is_book] = np.searchsorted(uniq, keys)
-    # report each level at a price the data actually used (not key * tick, which can be off
-    # by an ulp), so prices compare equal to the exchange's own numbers
+    if tick_size and book_px.size:
+        ticks = np.rint(book_px / tick_size).astype(np.int64)
+        # a dense tick band around the median price (O(n), no sort), plus the sorted distinct
+        # ticks outside it (far-away levels of deep snapshots); unused ticks of the band keep
+        # a NaN price, never read because their sizes stay 0
+        width = max(ticks.size // 2, 1 << 16)
+        mid = int(np.partition(ticks, ticks.size // 2)[ticks.size // 2])
+        lo, hi = mid - width // 2, mid + width // 2
+        low_m, high_m = ticks < lo, ticks > hi
+        low_u, low_first = np.unique(ticks[low_m], return_index=True)
+        high_u, high_first = np.unique(ticks[high_m], return_index=True)
+        in_m = ~(low_m | high_m)
+        band_lo = int(ticks[in_m].min()) if in_m.any() else lo
+        band_hi = int(ticks[in_m].max()) if in_m.any() else lo - 1
+        nb = band_hi - band_lo + 1
+        idx = np.empty(ticks.size, dtype=np.int64)
+        idx[low_m] = np.searchsorted(low_u, ticks[low_m])
+        idx[in_m] = ticks[in_m] - band_lo + low_u.size
+        idx[high_m] = np.searchsorted(high_u, ticks[high_m]) + low_u.size + nb
+        prices = np.full(low_u.size + nb + high_u.size, np.nan)
+        prices[idx] = book_px  # every row of a tick carries the same exchange price
+        level[is_book] = idx
+        return BookLevels(level=level, prices=prices)
+    uniq, first = np.unique(book_px, return_index=True)
+    level[is_book] = np.searchsorted(uniq, book_px)
     prices = book_px[first]
     return BookLevels(level=level, prices=np.ascontiguousarray(prices, dtype=np.float64))
 

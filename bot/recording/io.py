@@ -198,6 +198,14 @@ class RecordingWriter:
         while self._pending_rows >= self.chunk_rows:
             self._flush_chunk(self.chunk_rows)
 
+    def flush(self) -> None:
+        """Write the pending rows now, as a (possibly short) chunk. Later rows start a new
+        chunk. Lets a caller control when the parquet encoding happens."""
+        if self._closed:
+            raise ValueError("RecordingWriter is closed")
+        if self._pending_rows:
+            self._flush_chunk(self._pending_rows)
+
     def _take(self, n: int) -> dict[str, np.ndarray]:
         """Remove and return the first n pending rows as contiguous columns."""
         parts: list[dict[str, np.ndarray]] = []

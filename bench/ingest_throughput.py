@@ -1,0 +1,102 @@
+"""Ingest and replay throughput of the recording pipeline; prints one JSON line.
+
+* ingest: ``import_binance`` of ``../shared/data/binance/usdm/btcusdt_20240808.gz`` (gzip
+  read + inflate, parse, diff-sync, parquet write of events and bookTicker, meta), after one
+  warm-up run (numba JIT / cache load), median of ``--runs`` runs. messages/s counts every
+  input line (depth, trade, bookTicker, snapshot); events/s counts written event rows.
+* replay: the numba book replay (:mod:`bot.recording.book_replay`) over the imported
+  recording: ``replay_kernel_events_per_s`` is the loop alone on prepared columns,
+  ``replay_with_level_map_events_per_s`` includes mapping prices to level indices.
+
+Usage: ``python bench/ingest_throughput.py [--runs 3] [--file PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_FILE = ROOT.parent / "shared" / "data" / "binance" / "usdm" / "btcusdt_20240808.gz"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--file", type=Path, default=DEFAULT_FILE)
+    args = ap.parse_args()
+    if not args.file.exists():
+        print(json.dumps({"skipped": f"{args.file} not found (../shared/data is not part of the repository)"}))
+        return 0
+
+    import numpy as np
+
+    from bot.importers.binance import import_binance
+    from bot.recording import open_recording
+    from bot.recording.book_replay import build_levels, replay_kernel_only
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmbot-bench-"))
+    try:
+        out = tmp / "rec"
+        import_binance([args.file], out)  # warm-up: JIT/cache load, page cache
+        times, stages = [], []
+        stats = None
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            stats = import_binance([args.file], out)
+            times.append(time.perf_counter() - t0)
+            stages.append(stats.timings_s)
+        t_ing = statistics.median(times)
+
+        rec = open_recording(out)
+        t0 = time.perf_counter()
+        ev = rec.events()
+        t_read = time.perf_counter() - t0
+        kind = np.ascontiguousarray(ev["kind"])
+        side = np.ascontiguousarray(ev["side"])
+        qty = np.ascontiguousarray(ev["qty"])
+        lv = build_levels(ev, rec.tick_size)
+        replay_kernel_only(kind, side, lv.level, qty, lv.prices)  # JIT/cache load
+        rk, rl = [], []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            replay_kernel_only(kind, side, lv.level, qty, lv.prices)
+            rk.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            lv2 = build_levels(ev, rec.tick_size)
+            replay_kernel_only(kind, side, lv2.level, qty, lv2.prices)
+            rl.append(time.perf_counter() - t0)
+        n_ev = int(ev.shape[0])
+        res = {
+            "bench": "ingest_throughput",
+            "file": str(args.file),
+            "runs": args.runs,
+            "messages": stats.messages,
+            "events": stats.events,
+            "ingest_s_median": round(t_ing, 4),
+            "ingest_s_all": [round(t, 4) for t in times],
+            "ingest_messages_per_s": round(stats.messages / t_ing),
+            "ingest_events_per_s": round(stats.events / t_ing),
+            "ingest_stage_s_median": {k: round(statistics.median(s[k] for s in stages), 4) for k in stages[0]},
+            "read_recording_events_per_s": round(n_ev / t_read),
+            "replay_kernel_events_per_s": round(n_ev / statistics.median(rk)),
+            "replay_with_level_map_events_per_s": round(n_ev / statistics.median(rl)),
+            "cpus": os.cpu_count(),
+        }
+        print(json.dumps(res))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
