@@ -68,6 +68,19 @@ def import_bitstamp_cmd(
     _print_stats(import_bitstamp(_existing([file])[0], out, lenient=lenient), json_out, f"Imported into {out}")
 
 
+@import_app.command("hyperliquid")
+def import_hyperliquid_cmd(
+    files: list[Path] = typer.Argument(..., help="Hyperliquid l2Book/trades capture files of one coin, in time order"),
+    out: Path = typer.Option(..., "--out", help="recording directory to write"),
+    lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Hyperliquid websocket captures (l2Book snapshots diffed into level updates, trades)."""
+    from bot.importers.hyperliquid import import_hyperliquid
+
+    _print_stats(import_hyperliquid(_existing(files), out, lenient=lenient), json_out, f"Imported into {out}")
+
+
 @import_app.command("lobster")
 def import_lobster_cmd(
     file: Path = typer.Argument(..., help="LOBSTER sample zip (message + orderbook files)"),
