@@ -114,7 +114,6 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
     engine, source = build_replay_engine(data, cfg, store, mode="backtest", speed=0.0, on_progress=cb, events_meta=events_meta)
     # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
     # long-lived ones (modules, config, arrays) at every collection
-    gc.collect()
     gc.freeze()
     try:
         if bar is not None:

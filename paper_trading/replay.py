@@ -24,7 +24,7 @@ from decimal import Decimal
 from bot.errors import DataError
 from bot.exchanges.base import Exchange, OrderAck
 from bot.market import MarketInfo
-from bot.market_data.base import MarketEvent, MarketSource, Trade
+from bot.market_data.base import MarketEvent, MarketSource, TradeArrays
 from bot.recording.schema import TRADE
 from bot.orders import Fill, Order, OrderState, Side
 from paper_trading.fees import MakerTakerFees
@@ -94,17 +94,15 @@ class ReplaySource(MarketSource):
         trades = self._trades(i0, self.venue.i) if self.with_trades else []
         return MarketEvent(self.book, self.t, self.t, trades)  # type: ignore[arg-type]
 
-    def _trades(self, i0: int, i1: int) -> list[Trade]:
-        """Public trades among rows i0..i1-1 (aggressor side 'buy'/'sell'; 0 = unknown -> '')."""
+    def _trades(self, i0: int, i1: int) -> TradeArrays | list:
+        """Public trades among rows i0..i1-1, as arrays (aggressor side +1/-1, 0 unknown)."""
         v = self.venue
         idx = np.flatnonzero(v.kind[i0:i1] == TRADE)
         if len(idx) == 0:
             return []
         idx += i0
         ev = v.events
-        names = {1: "buy", -1: "sell"}
-        return [Trade(t, px, q, names.get(sd, ""), str(tid)) for t, px, q, sd, tid in zip(
-            v.local_ts[idx].tolist(), ev["px"][idx].tolist(), v.qty[idx].tolist(), v.side[idx].tolist(), ev["last_id"][idx].tolist())]
+        return TradeArrays(v.local_ts[idx], ev["px"][idx], v.qty[idx], v.side[idx], ev["last_id"][idx])
 
 
 class ReplayExchange(Exchange):

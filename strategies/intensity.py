@@ -183,6 +183,35 @@ class IntensityEstimator:
         self._q.append((ts, b))
         self._counts[b] += 1
 
+    def update_many(self, ts_ns: np.ndarray, price: np.ndarray, side: np.ndarray, mid: float) -> None:
+        """Add many trade messages measured from one mid (vectorized :meth:`update`): int ns
+        times (non-decreasing), prices, aggressor sides +1/-1 (0 = unknown: skipped)."""
+        side = np.asarray(side)
+        keep = side != 0
+        if not keep.all():
+            ts_ns, price, side = np.asarray(ts_ns)[keep], np.asarray(price)[keep], side[keep]
+        if len(side) == 0:
+            return
+        delta = (np.asarray(price, dtype=np.float64) - mid) * side
+        if np.isnan(delta).any():
+            ok = ~np.isnan(delta)
+            ts_ns, delta = np.asarray(ts_ns)[ok], delta[ok]
+            if len(delta) == 0:
+                return
+        b = np.floor(np.maximum(delta, 0.0) / self.depth_step + _EPS).astype(np.int64)
+        np.minimum(b, self.n_depths - 1, out=b)
+        # the online rule: a time earlier than one already seen counts as the latest seen
+        ts = np.maximum.accumulate(np.asarray(ts_ns, dtype=np.int64))
+        if self._now_ns is not None:
+            ts = np.maximum(ts, self._now_ns)
+        if self._first_ns is None:
+            self._first_ns = int(ts[0])
+        self._q.extend(zip(ts.tolist(), b.tolist()))
+        counts = self._counts
+        for j, c in zip(*np.unique(b, return_counts=True)):
+            counts[int(j)] += int(c)
+        self._advance(int(ts[-1]))  # expire what left the window by the last trade
+
     def lambdas(self, now_ns: int | None = None) -> np.ndarray | None:
         """lambda_j (trades per second reaching depth >= delta_j) at ``now_ns`` (default: the
         last trade's time); None before any trade or with a zero-length observation."""

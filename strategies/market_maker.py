@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot.market import MarketInfo
-from bot.market_data.base import Trade
+from bot.market_data.base import Trade, TradeArrays
 from bot.orderbook import OrderBook
 from models.forecast import Forecast
 from strategies import avellaneda_stoikov as AS
@@ -58,9 +58,12 @@ class MarketMaker:
         if est is None or not trades or self._mid is None:
             return
         mid = self._mid
-        for t in trades:
-            if t.side:
-                est.update(t.ts_ns, t.price, t.size, t.side, mid)
+        if isinstance(trades, TradeArrays):
+            est.update_many(trades.ts_ns, trades.price, trades.side, mid)
+        else:
+            for t in trades:
+                if t.side:
+                    est.update(t.ts_ns, t.price, t.size, t.side, mid)
         if now_ns >= self._next_fit_ns and est.n_trades >= self.p.intensity_min_trades:
             self._next_fit_ns = now_ns + int(self.p.intensity_refresh_s * 1e9)
             fit = est.estimate(now_ns)

@@ -140,3 +140,18 @@ def test_online_and_batch_agree_on_a_long_stream():
     a, k = estimate_batch(ts, price, side, mid, 30.0, 0.01, 20)
     r = est.estimate()
     assert r[0] == pytest.approx(a[-1], rel=1e-12) and r[1] == pytest.approx(k[-1], rel=1e-12)
+
+
+def test_update_many_equals_sequential_updates():
+    ts, price, side, mid = simulate(5.0, 10.0, 200.0, seed=11)
+    a = IntensityEstimator(window_s=20.0, depth_step=0.05, n_depths=10)
+    b = IntensityEstimator(window_s=20.0, depth_step=0.05, n_depths=10)
+    m = 100.0  # one mid per batch, as the strategy measures from the previous decision's mid
+    sides = np.where(np.asarray(side) > 0, 1, -1) if np.asarray(side).dtype.kind in "iuf" else np.array([1 if s == "buy" else -1 for s in side])
+    for lo in range(0, len(ts), 37):
+        hi = lo + 37
+        for t, p, s in zip(ts[lo:hi].tolist(), price[lo:hi].tolist(), sides[lo:hi].tolist()):
+            a.update(t, p, 1.0, s, m)
+        b.update_many(ts[lo:hi], price[lo:hi], sides[lo:hi], m)
+        assert a.n_trades == b.n_trades
+        assert a.estimate() == b.estimate()

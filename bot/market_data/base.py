@@ -8,7 +8,10 @@ A source owns one :class:`~bot.orderbook.OrderBook` and updates it in place; eac
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from bot.market import MarketInfo
 from bot.orderbook import OrderBook
@@ -25,6 +28,28 @@ class Trade:
     trade_id: str = ""
 
 
+class TradeArrays(Sequence[Trade]):
+    """Public trades held as numpy arrays (replays: no Python object per trade unless asked).
+
+    A ``Sequence[Trade]``: indexing builds a :class:`Trade`. ``side`` is +1 buy aggressor,
+    -1 sell, 0 unknown; ``ts_ns`` int ns; ``price`` quote/base; ``size`` base units."""
+
+    __slots__ = ("ts_ns", "price", "size", "side", "trade_id")
+
+    def __init__(self, ts_ns: np.ndarray, price: np.ndarray, size: np.ndarray, side: np.ndarray, trade_id: np.ndarray) -> None:
+        self.ts_ns, self.price, self.size, self.side, self.trade_id = ts_ns, price, size, side, trade_id
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        s = int(self.side[i])
+        return Trade(int(self.ts_ns[i]), float(self.price[i]), float(self.size[i]),
+                     "buy" if s > 0 else "sell" if s < 0 else "", str(int(self.trade_id[i])))
+
+
 @dataclass(slots=True)
 class MarketEvent:
     """One market update.
@@ -33,7 +58,8 @@ class MarketEvent:
         book: the source's book after the update (same object every time: copy to keep).
         ts_ns: exchange (or simulated) time of the update, ns since epoch.
         recv_ns: local receive time, ns since epoch (equal to ``ts_ns`` in simulation).
-        trades: public trades that arrived with this update.
+        trades: public trades that arrived with this update (a list of :class:`Trade`, or a
+            :class:`TradeArrays` in replays).
         fair: simulation only: the latent "true" mid s_t of the simulated market (quote per
             base), which the intensity fill model measures distances from. None elsewhere.
         dt_s: simulation only: length of the step this event closes, seconds.
@@ -42,7 +68,7 @@ class MarketEvent:
     book: OrderBook
     ts_ns: int
     recv_ns: int
-    trades: list[Trade] = field(default_factory=list)
+    trades: Sequence[Trade] = field(default_factory=list)
     fair: float | None = None
     dt_s: float = 0.0
 
