@@ -6,8 +6,16 @@ controls, rounding). A second figure adds the order manager's diff against worki
 Updates are a synthetic random walk of a 20-level book (one bid and one ask level change
 per update, the best levels moving with the mid), so the figure measures our code, not I/O.
 
+With ``--forecaster PATH|default`` the LSTM forecaster (models/forecaster.py) runs inside the
+timed region: ``forecaster.update(book, ts, trades)`` before the strategy, its forecast
+passed to the strategy. Updates come every 10 ms of simulated time, so with the model's
+1 s grid one update in 100 runs an LSTM step (features + one LSTMCell step); those are
+also reported separately (``grid_step_p50_us``/``grid_step_p99_us``). About one update in
+ten carries a synthetic public trade (made outside the timed region).
+
 Prints one JSON line: {"n": ..., "model": ..., "p50_us": ..., "p99_us": ..., ...}.
 Usage: python bench/tick_to_quote.py [--n 200000] [--model avellaneda_stoikov|glft]
+       [--forecaster PATH|default] [--backend numba|torchscript]
 """
 
 from __future__ import annotations
@@ -39,7 +47,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--model", default="avellaneda_stoikov")
     ap.add_argument("--levels", type=int, default=1)
+    ap.add_argument("--forecaster", default=None, help="model file or 'default' (the shipped model): time the forecaster too")
+    ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript")
     args = ap.parse_args()
+
+    fc = None
+    if args.forecaster:
+        import torch
+
+        from bot.market_data.base import Trade
+        from models.forecaster import GuardConfig, load_forecaster
+
+        torch.set_num_threads(1)
+        fc = load_forecaster(args.forecaster, backend=args.backend, guard=GuardConfig())
 
     mkt = MarketInfo("BTC/USDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.00001"), maker_fee=0.0)
     params = StrategyParams(
@@ -57,6 +77,8 @@ def main() -> None:
     book.apply_snapshot([((mid_t - 1 - j) / 100, 1.0) for j in range(20)], [((mid_t + 1 + j) / 100, 1.0) for j in range(20)])
     t_quote = np.empty(n, dtype=np.int64)
     t_orders = np.empty(n, dtype=np.int64)
+    grid = np.zeros(n, dtype=bool)
+    trade_at = rng.random(n) < 0.1
     ts = 1_700_000_000_000_000_000
     q = 0.0
     pc = time.perf_counter_ns
@@ -65,10 +87,16 @@ def main() -> None:
         mid_t += int(steps[i])
         bid_px, ask_px = (mid_t - 1) / 100, (mid_t + 1) / 100
         ts += 10_000_000
+        trades = [Trade(ts - 1_000_000, ask_px if steps[i] >= 0 else bid_px, 0.01, "buy" if steps[i] >= 0 else "sell")] if (
+            fc is not None and trade_at[i]) else ()
+        rows0 = fc.rows if fc is not None else 0
         t0 = pc()
         book.apply_diff(((bid_px, sizes[i, 0]),), ((ask_px, sizes[i, 1]),), ts)
-        quotes = strat.on_update(book, q, ts)
+        forecast = fc.update(book, ts, trades) if fc is not None else None
+        quotes = strat.on_update(book, q, ts, forecast)
         t1 = pc()
+        if fc is not None:
+            grid[i] = fc.rows != rows0
         cancels, places = om.plan(quotes, ts)
         t2 = pc()
         t_quote[i] = t1 - t0
@@ -86,11 +114,18 @@ def main() -> None:
             book.asks.set(p, 0.0)
         q = math.sin(i / 1000.0) * 0.5
     us = lambda a, p: float(np.percentile(a, p)) / 1000.0
+    extra = {}
+    if fc is not None:
+        g = t_quote[grid]
+        extra = {"backend": args.backend, "sample_s": fc.fcfg.sample_s, "grid_steps": int(grid.sum()),
+                 "grid_step_p50_us": round(us(g, 50), 2) if len(g) else None,
+                 "grid_step_p99_us": round(us(g, 99), 2) if len(g) else None,
+                 "forecast_source": forecast.source if forecast is not None else None}
     print(json.dumps({
-        "bench": "tick_to_quote", "n": n, "model": args.model, "levels": args.levels, "forecaster": None,
+        "bench": "tick_to_quote", "n": n, "model": args.model, "levels": args.levels, "forecaster": args.forecaster,
         "p50_us": round(us(t_quote, 50), 2), "p99_us": round(us(t_quote, 99), 2), "mean_us": round(t_quote.mean() / 1000, 2),
         "with_order_diff_p50_us": round(us(t_orders, 50), 2), "with_order_diff_p99_us": round(us(t_orders, 99), 2),
-        "python": platform.python_version(), "machine": platform.machine(),
+        "python": platform.python_version(), "machine": platform.machine(), **extra,
     }))
 
 

@@ -21,6 +21,17 @@ def _dec(x: Any) -> Decimal:
     return x if isinstance(x, Decimal) else Decimal(str(x))
 
 
+def _cached_multiple(cache: dict[int, Decimal], n: int, unit: Decimal) -> Decimal:
+    """n * unit as an exact, normalized Decimal, memoized (the hot path reuses few values)."""
+    d = cache.get(n)
+    if d is None:
+        d = (n * unit).normalize() if n else Decimal(0)
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[n] = d
+    return d
+
+
 @dataclass(frozen=True)
 class MarketInfo:
     """Static facts of one market.
@@ -112,27 +123,13 @@ class MarketInfo:
         return math.floor(x + 1e-9) if side == "buy" else math.ceil(x - 1e-9)
 
     def ticks_to_price(self, ticks: int) -> Decimal:
-        cache = self._px_cache  # type: ignore[attr-defined]
-        d = cache.get(ticks)
-        if d is None:
-            d = (ticks * self.tick).normalize() if ticks else Decimal(0)
-            if len(cache) > 100_000:
-                cache.clear()
-            cache[ticks] = d
-        return d
+        return _cached_multiple(self._px_cache, ticks, self.tick)  # type: ignore[attr-defined]
 
     def size_lots(self, size: float) -> int:
         return max(0, math.floor(size / self.lot_f + 1e-9))  # type: ignore[attr-defined]
 
     def lots_to_size(self, lots: int) -> Decimal:
-        cache = self._sz_cache  # type: ignore[attr-defined]
-        d = cache.get(lots)
-        if d is None:
-            d = (lots * self.lot).normalize() if lots else Decimal(0)
-            if len(cache) > 100_000:
-                cache.clear()
-            cache[lots] = d
-        return d
+        return _cached_multiple(self._sz_cache, lots, self.lot)  # type: ignore[attr-defined]
 
     def is_tradeable(self, price: Decimal, size: Decimal) -> bool:
         """True when the order passes the minimum size and minimum notional."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from bot.orderbook import OrderBook
+
+if TYPE_CHECKING:
+    from bot.market_data.base import Trade
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,11 @@ class Forecast:
 
 
 class Forecaster(Protocol):
-    """Called once per market update, before the strategy; must be O(1) per call."""
+    """Called once per strategy decision, before the strategy; must be O(1) per call.
 
-    def update(self, book: OrderBook, now_ns: int) -> Forecast | None: ...
+    ``book`` is the OrderBook read interface at ``now_ns`` (ns since epoch); ``trades`` are the
+    public trades received since the previous call (possibly none). The LSTM forecaster
+    (:func:`models.forecaster.load_forecaster`) works on a fixed sampling grid: it runs one
+    model step when a grid time is crossed and otherwise returns its latest forecast."""
+
+    def update(self, book: OrderBook, now_ns: int, trades: "Sequence[Trade]" = ()) -> Forecast | None: ...
