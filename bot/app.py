@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from bot.config import Config
+from bot.config import Config, build_forecaster
 from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.inventory import Inventory
@@ -57,6 +57,7 @@ def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: 
     c = cfg.strategy.controls
     return Engine(
         source, exchange, lambda market: build_strategy(cfg.strategy, market), store, mode="paper",
+        forecaster=build_forecaster(cfg),
         config_snapshot=cfg.model_dump(mode="json"), inventory=Inventory(base=base, cash=quote),
         tolerance_ticks=c.refresh_tolerance_ticks, max_order_age_s=c.max_order_age_s, post_only=c.post_only,
         pnl_interval_s=cfg.pnl_snapshot_interval_s, on_tick=on_tick, handle_signals=handle_signals,

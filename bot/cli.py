@@ -188,13 +188,16 @@ def simulate_as2008(
     _console().print(t)
 
 
-def _register_record() -> None:
+def _register_commands() -> None:
+    """Commands whose code lives beside what they drive (recorder, models)."""
     from bot.market_data.record_cli import record_command
+    from models.cli import train
 
     app.command("record", help="Record live L2 depth and trades (ccxt websockets; REST polling otherwise) into a recording.")(record_command)
+    app.command("train", help="Train the LSTM forecaster with walk-forward validation against baselines; writes a model and a report.")(train)
 
 
-_register_record()
+_register_commands()
 
 
 @app.command()
@@ -203,7 +206,7 @@ def backtest(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: config/backtest.yaml if present)"),
     db: Optional[str] = typer.Option(None, help="database file or SQLAlchemy URL"),
     out: Optional[Path] = typer.Option(None, "--out", help="report directory (default: replay.report_dir)"),
-    variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated pricing models to compare on the same data: avellaneda_stoikov,glft,symmetric"),
+    variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated variants on the same data: lstm (configured model + forecaster), glft, avellaneda_stoikov, symmetric (no forecaster)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
@@ -244,7 +247,13 @@ def _compare(data, cfg, names, report_dir, json_out, console) -> None:
 
     rows = {}
     for name in names:
-        vcfg = with_overrides(cfg, **{"strategy.pricing.model": name})
+        if name == "lstm":  # the configured pricing model, skewed by the forecaster
+            over = {"forecaster.model": cfg.forecaster.model if cfg.forecaster.model != "none" else "default"}
+        elif name in ("glft", "avellaneda_stoikov", "symmetric"):
+            over = {"strategy.pricing.model": name, "forecaster.model": "none"}
+        else:
+            raise MmbotError(f"--compare: unknown variant {name!r} (lstm, glft, avellaneda_stoikov, symmetric)")
+        vcfg = with_overrides(cfg, **over)
         store = open_store(vcfg.database.url)
         try:
             s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name)

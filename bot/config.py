@@ -26,15 +26,15 @@ class SimConfig(_Strict):
     """The simulated Avellaneda-Stoikov market (exchange: sim)."""
 
     s0: float = Field(100.0, gt=0, description="initial mid, quote per base")
-    sigma: float = Field(0.26, ge=0, description="mid volatility, quote per base per sqrt(second)")
+    sigma: float = Field(0.0816, ge=0, description="mid volatility, quote per base per sqrt(second)")
     dt_s: float = Field(0.05, gt=0, description="simulation step, seconds")
     tick: str = Field("0.01", description="price tick, quote per base (decimal string)")
     lot: str = Field("1", description="size lot, base units (decimal string)")
     spread_ticks: int = Field(2, ge=1, description="other participants' spread, ticks")
     depth_levels: int = Field(5, ge=1, description="levels per side of the synthetic book")
-    A: float = Field(2.33, gt=0, description="fill intensity at zero distance, fills/second")
+    A: float = Field(0.2333, gt=0, description="fill intensity at zero distance, fills/second")
     k: float = Field(1.5, gt=0, description="fill-intensity decay, 1/(quote per base)")
-    speed: float = Field(10.0, ge=0, description="simulated seconds per wall second; 0 = as fast as possible")
+    speed: float = Field(60.0, ge=0, description="simulated seconds per wall second; 0 = as fast as possible")
     seed: int = Field(7, description="random seed of the market and the fill model")
 
 
@@ -74,6 +74,22 @@ class ReplayConfig(_Strict):
     report_dir: str = Field("runs/backtest", description="where mmbot backtest writes report.html and PNGs")
 
 
+class ForecasterConfig(_Strict):
+    """The LSTM forecaster (models/): drift and volatility forecasts for the strategy.
+    See docs/forecaster.md."""
+
+    model: str = Field("default", description="'default' (the shipped pretrained model), 'none', or a model file path")
+    backend: Literal["numba", "torchscript"] = Field(
+        "numba", description="one-step inference: numba (weights read from the TorchScript artifact) or TorchScript"
+    )
+    guard: bool = Field(True, description="fall back to the EWMA/zero-drift baseline while the model does worse")
+    guard_window: int = Field(600, ge=10, description="guard: rolling window, scored forecasts (grid steps)")
+    guard_min_obs: int = Field(120, ge=1, description="guard: forecasts scored before it may switch")
+    guard_enter: float = Field(0.02, ge=0, description="guard: fall back when the model's loss exceeds the baseline's by this fraction")
+    guard_exit: float = Field(0.02, ge=0, description="guard: return when the model's loss is below the baseline's by this fraction")
+    guard_drift: bool = Field(True, description="guard the drift head too (against a zero-drift forecast)")
+
+
 class DatabaseConfig(_Strict):
     url: str = Field("sqlite:///runs/mmbot.db", description="SQLAlchemy URL or a file path (SQLite, WAL mode)")
 
@@ -86,15 +102,29 @@ class UiConfig(_Strict):
 class Config(_Strict):
     exchange: str = Field("sim", description="'sim' = the simulated market, else a ccxt exchange id")
     symbol: str = Field("SIM/USD", description="ccxt unified symbol")
-    duration_s: float | None = Field(60.0, gt=0, description="run length: simulated seconds (sim) or wall seconds; null = until stopped")
+    duration_s: float | None = Field(600.0, gt=0, description="run length: simulated seconds (sim) or wall seconds; null = until stopped")
     pnl_snapshot_interval_s: float = Field(1.0, gt=0, description="PnL snapshot interval, seconds of market time")
     sim: SimConfig = Field(default_factory=SimConfig)
     market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
     paper: PaperConfig = Field(default_factory=PaperConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     strategy: StrategyParams = Field(default_factory=StrategyParams)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+
+
+def build_forecaster(cfg: "Config"):
+    """The configured forecaster, or None for ``forecaster.model: none``. A missing or
+    mismatched model file raises DataError naming it."""
+    f = cfg.forecaster
+    if f.model.lower() == "none":
+        return None
+    from models.forecaster import GuardConfig, load_forecaster
+
+    guard = GuardConfig(enabled=f.guard, window=f.guard_window, min_obs=f.guard_min_obs, enter=f.guard_enter,
+                        exit=f.guard_exit, drift=f.guard_drift)
+    return load_forecaster(f.model, backend=f.backend, guard=guard)
 
 
 def _format_errors(where: str, e: ValidationError) -> str:

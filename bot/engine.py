@@ -46,6 +46,7 @@ class EngineState:
     ts_ns: int = 0
     mid: float = float("nan")
     quotes: Quotes | None = None
+    forecast_source: str = ""
     events: int = 0
     placed: int = 0
     canceled: int = 0
@@ -190,6 +191,8 @@ class Engine:
         if ev.trades:
             self.strategy.on_trades(ev.trades, ev.ts_ns)  # type: ignore[union-attr]
         forecast = self.forecaster.update(book, ev.ts_ns, ev.trades) if self.forecaster is not None else None
+        if forecast is not None:
+            st.forecast_source = forecast.source
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
         # the same Quotes object means the same desired orders: with no order activity since
         # the last reconcile (and no age limit) there is nothing to change
@@ -296,5 +299,6 @@ class Engine:
             "pnl": st.pnl,
             "spread_capture": inv.spread_capture,
             "fees": float(inv.fees_paid),
+            **({"forecaster": self.forecaster.status()} if hasattr(self.forecaster, "status") else {}),
         }
 

@@ -29,6 +29,8 @@ def status_table(engine: Engine) -> Table:
         t.add_row("bids", _fmt_levels(q.bids))
         t.add_row("asks", _fmt_levels(q.asks))
         t.add_row("reservation / sigma", f"{q.reservation:.6g} / {q.sigma:.4g}" + (f"  ({q.note})" if q.note else ""))
+    if st.forecast_source:
+        t.add_row("forecast", st.forecast_source)
     t.add_row("inventory (base)", f"{inv.base}")
     t.add_row("cash (quote)", f"{inv.cash:.4f}")
     t.add_row("PnL (quote)", f"{st.pnl:.4f}")
@@ -72,5 +74,7 @@ def summary_table(summary: dict, title: str = "Run summary") -> Table:
     t.add_column(style="bold")
     t.add_column(justify="right")
     for k, v in summary.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items())
         t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
     return t

@@ -20,7 +20,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from bot.config import Config
+from bot.config import Config, build_forecaster
 from bot.engine import Engine
 from bot.errors import DataError
 from bot.inventory import Inventory
@@ -73,8 +73,9 @@ def market_from_meta(meta: dict, cfg: Config) -> MarketInfo:
 
 
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
-                        on_progress=None, events_meta=None, forecaster=None) -> tuple[Engine, ReplaySource]:
+                        on_progress=None, events_meta=None) -> tuple[Engine, ReplaySource]:
     events, meta = events_meta if events_meta is not None else load_recording(data)
+    forecaster = build_forecaster(cfg)
     with_trades = forecaster is not None
     market = market_from_meta(meta, cfg)
     r = cfg.replay

@@ -20,17 +20,17 @@ class ModelParams(_Strict):
     )
     gamma: float = Field(0.1, gt=0, description="risk aversion, 1/quote currency")
     k: float = Field(1.5, gt=0, description="fill-intensity decay, 1/(quote per base)")
-    A: float = Field(140.0, gt=0, description="fill intensity at zero distance, fills/second (GLFT)")
+    A: float = Field(0.2333, gt=0, description="fill intensity at zero distance, fills/second (GLFT)")
     horizon: Literal["finite", "rolling"] = Field(
-        "rolling", description="AS only: 'finite' = T-t to session end; 'rolling' = constant tau (24/7 markets)"
+        "finite", description="AS only: 'finite' = T-t to session end; 'rolling' = constant tau (24/7 markets)"
     )
-    tau_s: float = Field(1.0, gt=0, description="AS rolling horizon, seconds (also the finite session length if end is unset)")
+    tau_s: float = Field(600.0, gt=0, description="AS rolling horizon, seconds (also the finite session length if end is unset)")
     sigma: float | None = Field(
         None, ge=0, description="fixed volatility, quote per base per sqrt(s); None = EWMA estimate of the mid"
     )
     vol_halflife_s: float = Field(60.0, gt=0, description="EWMA volatility half-life, seconds")
     vol_sample_s: float = Field(1.0, gt=0, description="EWMA volatility sampling interval, seconds")
-    initial_sigma: float = Field(0.0, ge=0, description="sigma used until the estimator has warmed up")
+    initial_sigma: float = Field(0.0816, ge=0, description="sigma used until the estimator has warmed up")
     calibrate_intensity: bool = Field(
         False, description="estimate A and k online from public trades (strategies/intensity.py); A and k above are the start values"
     )
@@ -48,7 +48,7 @@ class QuoteControls(_Strict):
 
     order_size: float = Field(1.0, gt=0, description="base order size at level 0, base units")
     levels: int = Field(1, ge=1, le=50, description="orders per side")
-    level_spacing_ticks: int = Field(1, ge=1, description="distance between consecutive levels, ticks")
+    level_spacing_ticks: int = Field(5, ge=1, description="distance between consecutive levels, ticks")
     level_size_growth: float = Field(1.0, gt=0, description="size multiplier from one level to the next")
     max_inventory: float = Field(10.0, gt=0, description="stop quoting the side that would push |inventory| above this, base units")
     inventory_size_shape: float = Field(
@@ -58,7 +58,7 @@ class QuoteControls(_Strict):
     min_edge_bps: float = Field(0.0, ge=0, description="minimum edge per side beyond the maker fee, basis points of the mid")
     post_only: bool = Field(True, description="quotes never cross the book (bid < best ask, ask > best bid)")
     refresh_tolerance_ticks: int = Field(
-        0, ge=0, description="keep a working order if the new price is within this many ticks and size unchanged"
+        2, ge=0, description="keep a working order if the new price is within this many ticks and size unchanged"
     )
     max_order_age_s: float | None = Field(None, gt=0, description="cancel and re-place orders older than this, seconds")
 
@@ -70,5 +70,7 @@ class QuoteControls(_Strict):
 
 
 class StrategyParams(_Strict):
+    """Defaults are those of config/paper.yaml (the simulated AS market; a test keeps them equal)."""
+
     pricing: ModelParams = Field(default_factory=ModelParams)
     controls: QuoteControls = Field(default_factory=QuoteControls)

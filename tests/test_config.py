@@ -13,11 +13,19 @@ from bot.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_shipped_config_loads_and_differs_from_defaults_only_where_documented():
+def test_shipped_config_equals_the_built_in_defaults():
+    """`mmbot paper` outside a checkout (no config/paper.yaml) runs exactly the documented file."""
     cfg = load_config(ROOT / "config" / "paper.yaml")
+    assert cfg == Config()
     assert cfg.exchange == "sim" and cfg.strategy.pricing.model == "avellaneda_stoikov"
-    assert cfg.sim.sigma == pytest.approx(2 / 60 ** 0.5, rel=0.01)  # the AS paper rescaled to 60 s
+    assert cfg.sim.sigma == pytest.approx(2 / 600 ** 0.5, rel=0.01)  # the AS paper rescaled to 600 s
     assert cfg.sim.A * cfg.duration_s == pytest.approx(140, rel=0.01)
+    assert cfg.strategy.pricing.tau_s == cfg.duration_s
+
+
+def test_backtest_config_loads():
+    cfg = load_config(ROOT / "config" / "backtest.yaml")
+    assert cfg.strategy.pricing.model == "glft" and cfg.strategy.pricing.calibrate_intensity
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_paper(db, **over):
-    cfg = with_overrides(Config(), **{"database.url": str(db), "sim.speed": 0.0, "duration_s": 30.0, **over})
+    cfg = with_overrides(Config(), **{"database.url": str(db), "sim.speed": 0.0, **over})
     store = open_store(cfg.database.url)
     try:
         return asyncio.run(build_paper_engine(cfg, store, handle_signals=False).run())
@@ -39,8 +39,9 @@ def run_paper(db, **over):
 
 def test_engine_run_writes_database_that_report_reads(tmp_path):
     db = tmp_path / "e2e.db"
-    summary = run_paper(db)
-    assert summary["status"] == "completed" and summary["events"] == 600
+    summary = run_paper(db)  # the defaults: 600 s of the AS market, the LSTM forecaster
+    assert summary["status"] == "completed" and summary["events"] == 12000
+    assert summary["forecaster"]["rows"] >= 590 and summary["forecaster"]["warmed_up"]
     assert summary["fills"] > 10  # the AS market at these settings fills dozens of times
     r = build_report(str(db))
     assert r.fills == summary["fills"] and r.status == "completed"
@@ -59,9 +60,9 @@ def test_engine_run_writes_database_that_report_reads(tmp_path):
 
 
 def test_same_seed_same_result(tmp_path):
-    a = run_paper(tmp_path / "a.db")
-    b = run_paper(tmp_path / "b.db")
-    c = run_paper(tmp_path / "c.db", **{"sim.seed": 8})
+    a = run_paper(tmp_path / "a.db", **{"forecaster.model": "none"})
+    b = run_paper(tmp_path / "b.db", **{"forecaster.model": "none"})
+    c = run_paper(tmp_path / "c.db", **{"sim.seed": 8, "forecaster.model": "none"})
     assert (a["fills"], a["pnl"]) == (b["fills"], b["pnl"])
     assert (a["fills"], a["pnl"]) != (c["fills"], c["pnl"])
 

@@ -1,0 +1,339 @@
+"""``mmbot train``: features, walk-forward evaluation against the baselines, optional Optuna
+search, the final model, its export, the registry entry and the report.
+
+The lead registers :func:`train` as a typer command (``app.command("train")(train)``); it
+can also be called as a plain function (tests do). Raw captures are accepted as well as
+recordings: a Bitstamp ``.log``/``.log.bz2`` file or Binance capture files are imported to a
+temporary recording first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from bot.errors import DataError, MmbotError
+
+_DUR_RE = re.compile(r"^-?\s*(\d+(?:\.\d+)?)\s*([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str | None, data_start_ns: int, data_end_ns: int) -> int | None:
+    """ISO 8601 time (UTC if no zone) or a duration like ``6h`` / ``-6h`` (= 6 hours before
+    the end of the data), as ns since epoch."""
+    if text is None or text == "":
+        return None
+    m = _DUR_RE.match(text.strip())
+    if m:
+        return int(data_end_ns - float(m.group(1)) * _UNITS[m.group(2)] * 1e9)
+    try:
+        t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise MmbotError(f"invalid time {text!r}: use ISO 8601 (2015-05-01T12:00) or a duration before the data end (6h)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return int(t.timestamp() * 1e9)
+
+
+def _import_raw(paths: list[Path], tmp: Path, log) -> Path:
+    """Import raw capture files into a temporary recording; returns its directory."""
+    out = tmp / "recording"
+    names = [p.name for p in paths]
+    if len(paths) == 1 and (names[0].endswith((".log", ".log.bz2")) or "bitstamp" in str(paths[0]).lower()):
+        from bot.importers.bitstamp import import_bitstamp
+
+        log(f"importing Bitstamp log {paths[0]} ...")
+        import_bitstamp(paths[0], out)
+    else:
+        from bot.importers.binance import import_binance
+
+        log(f"importing Binance capture {', '.join(names)} ...")
+        import_binance(paths, out)
+    return out
+
+
+def _unfold_net(module, meta: dict):
+    """Training network, normaliser and scales of a saved model (to fine-tune it)."""
+    import torch
+
+    from models.features import Normalizer
+    from models.lstm import net_from_params
+    from models.train import Scales
+
+    net, _, _ = net_from_params(list(module.params()), meta["arch"])
+    sc = meta.get("scales") or {"drift_scale": 1.0, "var_scale": 1.0}
+    with torch.no_grad():
+        net.head.weight[0] /= sc["drift_scale"]
+        net.head.bias[0] /= sc["drift_scale"]
+        net.head.bias[1] -= math.log(sc["var_scale"])
+        if net.skip is not None:
+            net.skip.weight[0] /= sc["drift_scale"]
+    norm = Normalizer.from_dict(meta["normalization"])  # float64, as fitted (the module holds float32)
+    return net, norm, Scales(float(sc["drift_scale"]), float(sc["var_scale"]), float(meta.get("var_floor_bp2", 0.0)))
+
+
+def train(
+    data: Annotated[list[Path], typer.Argument(help="a recording directory (mmbot import), or raw capture files (Bitstamp .log.bz2; Binance .gz of one symbol)")],
+    horizon: Annotated[str, typer.Option(help="forecast horizon: seconds ('10s') or mid-change events ('50ev')")] = "10s",
+    sample_s: Annotated[float, typer.Option("--sample-s", help="sampling grid interval, seconds")] = 1.0,
+    n_levels: Annotated[int, typer.Option("--levels", help="book levels for the imbalance features")] = 5,
+    rv_windows: Annotated[str, typer.Option("--rv-windows", help="realised-volatility windows, grid rows, comma separated")] = "10,60,300",
+    hidden: Annotated[int, typer.Option(help="LSTM hidden size")] = 32,
+    layers: Annotated[int, typer.Option(help="LSTM layers")] = 1,
+    dropout: Annotated[float, typer.Option(help="dropout before the heads (and between layers)")] = 0.1,
+    lookback: Annotated[int, typer.Option(help="truncated-BPTT length, grid rows (also part of the warm-up)")] = 64,
+    batch: Annotated[int, typer.Option(help="parallel training streams")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 3e-3,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay")] = 1e-4,
+    max_epochs: Annotated[int, typer.Option("--max-epochs")] = 60,
+    patience: Annotated[int, typer.Option(help="early-stopping patience, epochs")] = 8,
+    drift_weight: Annotated[float, typer.Option("--drift-weight", help="weight of the drift loss against QLIKE")] = 1.0,
+    skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
+    folds: Annotated[int, typer.Option(help="walk-forward test folds (0 = no evaluation)")] = 4,
+    scheme: Annotated[str, typer.Option(help="walk-forward training window: expanding | rolling")] = "expanding",
+    initial_frac: Annotated[float, typer.Option("--initial-frac", help="share of rows in the first training window")] = 0.5,
+    trials: Annotated[int, typer.Option(help="Optuna TPE trials over hidden, lookback, lr, dropout, weight decay, horizon (0 = no search)")] = 0,
+    horizons: Annotated[str, typer.Option(help="horizons the search may pick, comma separated (default: --horizon)")] = "",
+    tune_epochs: Annotated[int, typer.Option("--tune-epochs", help="max epochs per search trial")] = 20,
+    tune_timeout: Annotated[Optional[float], typer.Option("--tune-timeout", help="stop the search after this many seconds")] = None,
+    since: Annotated[Optional[str], typer.Option(help="use data from this time on: ISO 8601 (UTC) or a duration before the data end ('6h')")] = None,
+    until: Annotated[Optional[str], typer.Option(help="use data up to this time (ISO 8601 or duration before the end)")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="fine-tune this model (registry version, 'latest', 'default' or a .pt path) instead of training from scratch")] = None,
+    registry: Annotated[Path, typer.Option(help="model registry directory")] = Path("runs/models"),
+    out: Annotated[Optional[Path], typer.Option(help="also write the model, metadata, report and plots into this directory")] = None,
+    name: Annotated[str, typer.Option(help="model name (file name under --out)")] = "model",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+) -> dict:
+    """Train the LSTM forecaster, evaluate it walk-forward against the baselines, export it, register it, write the report."""
+    from rich.console import Console
+
+    from models import calibrate as cal
+    from models.export import iso, load_model, save_model
+    from models.features import FeatureConfig, offline_features, schema
+    from models.registry import Registry
+    from models.targets import Horizon
+    from models.train import TrainConfig, fit
+
+    console = Console(stderr=True)
+    say = (lambda s: console.print(s)) if not json_out else (lambda s: None)
+    t_all = time.perf_counter()
+    args = dict(locals())
+    if scheme not in ("expanding", "rolling"):
+        raise MmbotError(f"--scheme must be 'expanding' or 'rolling', got {scheme!r}")
+    try:
+        hz = Horizon.parse(horizon)
+        hz_list = [str(Horizon.parse(h)) for h in horizons.split(",") if h.strip()] or [str(hz)]
+        rvw = tuple(int(w) for w in rv_windows.split(",") if w.strip())
+        fcfg = FeatureConfig(sample_s=sample_s, n_levels=n_levels, rv_windows=rvw)
+        for h in hz_list:
+            if Horizon.parse(h).unit == "s":
+                Horizon.parse(h).steps(sample_s)
+    except ValueError as e:
+        raise MmbotError(str(e)) from None
+    cfg = TrainConfig(hidden=hidden, layers=layers, dropout=dropout, lookback=lookback, batch=batch, lr=lr,
+                      weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, drift_weight=drift_weight,
+                      skip=skip, seed=seed, threads=threads)
+    init = None
+    parent = None
+    reg = Registry(registry)
+    if init_from:
+        from models.forecaster import resolve_model_path
+
+        p = resolve_model_path(init_from) if init_from == "default" else reg.resolve(init_from)
+        module, pmeta = load_model(p)
+        fcfg = FeatureConfig.from_dict(pmeta["features"]["config"])
+        hz = Horizon.parse(pmeta["horizon"])
+        hz_list = [str(hz)]
+        a = pmeta["arch"]
+        cfg = replace(cfg, hidden=int(a["hidden"]), layers=int(a["layers"]), skip=bool(a.get("skip", False)))
+        init = _unfold_net(module, pmeta)
+        parent = init_from
+        trials = 0
+        say(f"fine-tuning {p} (horizon {hz}, grid {fcfg.sample_s} s, hidden {cfg.hidden})")
+
+    tmp = None
+    try:
+        paths = [Path(p) for p in data]
+        for p in paths:
+            if not p.exists():
+                raise DataError(f"{p}: not found")
+        if len(paths) == 1 and paths[0].is_dir():
+            rec_dir = paths[0]
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix="mmbot-train-"))
+            rec_dir = _import_raw(paths, tmp, say)
+        events, rmeta = cal.load_events(rec_dir)
+        lts = events["local_ts"]
+        since_ns = parse_time(since, int(lts[0]), int(lts[-1]))
+        until_ns = parse_time(until, int(lts[0]), int(lts[-1]))
+        t0 = time.perf_counter()
+        ff = offline_features(events, fcfg, rmeta.get("tick_size"), t_start_ns=since_ns, t_end_ns=until_ns)
+        if len(ff) == 0:
+            raise DataError(f"{rec_dir}: no grid rows with a valid book in the selected span")
+        say(f"features: {len(ff):,} rows x {ff.X.shape[1]} on a {fcfg.sample_s} s grid in {time.perf_counter() - t0:.1f} s")
+        trial_rows = None
+        if trials > 0:
+            say(f"Optuna TPE search: {trials} trials over hidden, lookback, lr, dropout, horizon {hz_list} ...")
+            cfg, best_h, trial_rows = cal.tune(events, rmeta, fcfg, cfg, hz_list, trials, initial_frac=initial_frac,
+                                               tune_epochs=tune_epochs, seed=seed, ff=ff, log=say, timeout_s=tune_timeout)
+            hz = Horizon.parse(best_h)
+            say(f"best: horizon {hz}, hidden {cfg.hidden}, lookback {cfg.lookback}, lr {cfg.lr:.2e}, dropout {cfg.dropout:.2f}, "
+                f"weight decay {cfg.weight_decay:.2e}")
+        warmup = max(max(fcfg.rv_windows), cfg.lookback)
+        ds = cal.build_dataset(events, rmeta, fcfg, hz, warmup, ff=ff)
+        if ds.usable().sum() < 50:
+            raise DataError(f"{rec_dir}: too few usable rows ({int(ds.usable().sum())}) for horizon {hz} and warm-up {warmup}")
+        results: list = []
+        if folds > 0 and init is None:
+            try:
+                results = cal.walk_forward(ds, cfg, folds, initial_frac, scheme, progress=progress and not json_out, log=say)
+            except ValueError as e:
+                raise DataError(f"{rec_dir}: walk-forward impossible: {e}") from None
+        # the final model: all rows, the last val_frac for early stopping
+        use = np.flatnonzero(ds.usable())
+        a, b = int(use[0]), int(use[-1]) + 1
+        v0 = b - int((b - a) * cfg.val_frac)
+        idx = np.arange(ds.n)
+        u = ds.usable()
+        tr = u & (idx < v0) & (ds.end_row < v0)
+        va = u & (idx >= v0)
+        from models.targets import variance_floor
+
+        floor = variance_floor(ds.tg.var[tr]) if init is None else init[2].var_floor
+        final = fit(ds.ff.X, ds.tg.drift, ds.tg.var, tr, va, v0, cfg, floor, warmup=warmup,
+                    progress=progress and not json_out, label="final", init=init)
+        say(f"final model: best epoch {final.best_epoch}, validation loss {final.best_val:.4f}, {final.seconds:.1f} s")
+        # baseline the online guard compares with: EWMA with the half-life fitted on the training rows
+        from models import baselines as bl
+
+        r2 = ds.ff.ret_bp ** 2
+        init_r2 = float(np.mean(r2[warmup:v0])) if v0 > warmup else float(np.mean(r2))
+        hl = bl.fit_ewma_halflife(r2, ds.tg.var, tr, ds.H, fcfg.sample_s, floor, init_r2)
+        summary = cal.summarize(results) if results else {}
+        data_meta = {"source": str(data[0]) if len(data) == 1 else [str(p) for p in data],
+                     "exchange": rmeta.get("exchange"), "symbol": rmeta.get("symbol"), "market": rmeta.get("market"),
+                     "start_ns": int(ds.ff.ts_ns[0]), "end_ns": int(ds.ff.ts_ns[-1]),
+                     "start": iso(int(ds.ff.ts_ns[0])), "end": iso(int(ds.ff.ts_ns[-1])), "rows": int(ds.n)}
+        command = _command(args, hz, cfg, trials)
+        meta = {
+            "format": "mmbot-forecaster", "format_version": 1, "name": name,
+            "features": schema(fcfg), "normalization": final.normalizer.to_dict(),
+            "horizon": str(hz), "horizon_s": float(ds.horizon_s), "horizon_steps": int(ds.H), "sample_s": fcfg.sample_s,
+            "warmup_steps": int(warmup), "arch": final.net.arch(), "train": cfg.to_dict(),
+            "train_result": {"best_epoch": final.best_epoch, "best_val_loss": final.best_val, "seconds": final.seconds,
+                             "rows_train": int(tr.sum()), "rows_val": int(va.sum())},
+            "scales": {"drift_scale": final.scales.drift_scale, "var_scale": final.scales.var_scale},
+            "var_floor_bp2": float(floor),
+            "baseline": {"kind": "ewma", "halflife_s": hl, "lambda_per_row": bl.lambda_from_halflife(hl, fcfg.sample_s),
+                         "init_r2_bp2": init_r2},
+            "data": data_meta,
+            "metrics": {"scheme": scheme, "folds": len(results), "walk_forward_mean": summary,
+                        "per_fold": [{"fold": r.fold.index, "test_rows": list(r.fold.test), "metrics": r.metrics} for r in results],
+                        "summary_short": ({"lstm_qlike": summary["lstm"]["qlike"], "best_baseline_qlike": min(
+                            summary[m]["qlike"] for m in cal.VOL_MODELS if m != "lstm"), "lstm_r2": summary["lstm"]["r2"]}
+                            if summary else None)},
+            "parent": parent, "command": command,
+        }
+        if trial_rows:
+            meta["optuna"] = {"trials": trial_rows}
+        version, vdir = reg.new_dir()
+        meta["version"] = version
+        mpath = save_model(final.step_module(), meta, vdir / "model.pt")
+        _, meta_saved = load_model(mpath)  # round trip: what was written is loadable
+        notes = [
+            "QLIKE = mean(v/h - log(v/h) - 1) of the realised variance v against the forecast h (0 = perfect); it "
+            "penalises under-prediction of variance much more than over-prediction, as a market maker should.",
+            "The drift target is mostly 0 on short horizons of a tick-sized market (the mid does not move), so R^2 is small "
+            "for every model; 'dir. acc.' counts rows where the mid moved.",
+            "The online misspecification guard compares the model with the fitted-half-life EWMA "
+            f"(half-life {hl:.0f} s) and falls back to it when the model's rolling QLIKE is worse.",
+        ]
+        title = f"Forecaster training report: {name} ({version})"
+        rpath = cal.write_report(vdir, title=title, command=command, meta=meta_saved, results=results, final=final,
+                                 trials=trial_rows, notes=notes)
+        reg.register(version, meta_saved, parent=parent)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mpath, out / f"{name}.pt")
+            shutil.copyfile(mpath.with_suffix(".json"), out / f"{name}.json")
+            for f in vdir.iterdir():
+                if f.suffix in (".md", ".png"):
+                    shutil.copyfile(f, out / (f"{name}_report.md" if f.name == "report.md" else f.name))
+        result = {"version": version, "model": str(mpath), "report": str(rpath), "horizon": str(hz),
+                  "sample_s": fcfg.sample_s, "rows": int(ds.n), "seconds": round(time.perf_counter() - t_all, 1),
+                  "walk_forward_mean": summary, "verdict": cal.verdict(results) if results else []}
+        if out is not None:
+            result["out"] = str(out / f"{name}.pt")
+        if json_out:
+            print(json.dumps(result, default=float))
+        else:
+            for line in result["verdict"]:
+                say(line)
+            say(f"model {version}: {mpath}\nreport: {rpath}\ntotal {result['seconds']} s")
+        return result
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _command(args: dict, hz, cfg, trials: int) -> str:
+    """The exact command that reproduces this training run."""
+    parts = ["mmbot", "train"] + [str(p) for p in args["data"]]
+    opts = [("--horizon", str(hz) if trials == 0 else args["horizon"]), ("--sample-s", args["sample_s"]),
+            ("--levels", args["n_levels"]), ("--rv-windows", args["rv_windows"]), ("--hidden", args["hidden"]),
+            ("--layers", args["layers"]), ("--dropout", args["dropout"]), ("--lookback", args["lookback"]),
+            ("--batch", args["batch"]), ("--lr", args["lr"]), ("--weight-decay", args["weight_decay"]),
+            ("--max-epochs", args["max_epochs"]), ("--patience", args["patience"]),
+            ("--drift-weight", args["drift_weight"]), ("--seed", args["seed"]), ("--threads", args["threads"]),
+            ("--folds", args["folds"]), ("--scheme", args["scheme"]), ("--initial-frac", args["initial_frac"])]
+    if trials:
+        opts += [("--trials", trials), ("--tune-epochs", args["tune_epochs"])]
+        if args["horizons"]:
+            opts.append(("--horizons", args["horizons"]))
+        if args["tune_timeout"]:
+            opts.append(("--tune-timeout", args["tune_timeout"]))
+    for k in ("since", "until"):
+        if args[k]:
+            opts.append((f"--{k}", args[k]))
+    if args["init_from"]:
+        opts.append(("--init-from", args["init_from"]))
+    opts += [("--registry", args["registry"])]
+    if args["out"] is not None:
+        opts += [("--out", args["out"]), ("--name", args["name"])]
+    for k, v in opts:
+        parts += [k, str(v)]
+    if not args["skip"]:
+        parts.append("--no-skip")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+if __name__ == "__main__":  # python -m models.cli train ...
+    app = typer.Typer(add_completion=False)
+    app.command("train")(train)
+
+    @app.callback()
+    def _main() -> None:
+        """mmbot model tools."""
+
+    try:
+        app()
+    except MmbotError as e:
+        import sys
+
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None

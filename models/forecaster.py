@@ -1,0 +1,265 @@
+"""The forecaster the engine runs: grid features -> one LSTM step -> :class:`Forecast`, with a
+misspecification guard that falls back to the baselines when the model does worse.
+
+Per call of :meth:`LstmForecaster.update` (every strategy decision, O(1) between grid
+times): the trades are queued; for each grid time ``t_k = k * sample_s`` crossed since the
+previous call, the feature row is computed from the book (:class:`models.features.
+OnlineFeatures`), one LSTM step runs carrying (h, c), the EWMA baseline is updated, the guard
+scores the forecast made ``H`` rows earlier against what happened, and a new
+:class:`Forecast` is made. Between grid times the latest forecast is returned as it is.
+
+Units of the forecast (see :mod:`models.forecast`): the model predicts the mid log return
+mu (bp) and the realised variance V (bp^2) over the horizon; with m the mid at the grid
+time, drift = m * expm1(mu / 1e4) (quote per base over ``horizon_s``) and
+sigma = m * sqrt(V / 1e8 / horizon_s) (quote per base per sqrt(second)). Until the model has
+seen ``warmup_steps`` grid rows the forecast has drift=None and sigma=None (the strategy then
+uses its own estimator).
+
+Misspecification guard (:class:`GuardConfig`). Each forecast is scored ``H`` grid rows
+later, when its outcome is known: the variance forecast by QLIKE against the EWMA baseline
+(RiskMetrics recursion with the decay fitted on the training data, stored in the model's
+metadata), the drift by squared error against the zero forecast. Over the last ``window``
+scored rows: when the model's mean QLIKE exceeds the baseline's by more than ``enter``
+(relative), sigma comes from the EWMA baseline (source ``ewma``) until the model's is
+below the baseline's by ``exit``; likewise the drift falls back to 0 (``zero``). Each switch
+is logged (logger ``mmbot.forecaster``) and kept in :attr:`LstmForecaster.switches`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from models.export import load_model
+from models.features import BP, OnlineFeatures, _Q
+from models.forecast import Forecast
+from models.inference import BACKENDS, StatefulPredictor
+
+log = logging.getLogger("mmbot.forecaster")
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_MODEL = PRETRAINED_DIR / "default.pt"
+
+
+@dataclass
+class GuardConfig:
+    """Misspecification guard. ``window``/``min_obs`` in scored grid rows; ``enter``/``exit``
+    relative margins of the model's mean loss over the baseline's (hysteresis)."""
+
+    enabled: bool = True
+    window: int = 600
+    min_obs: int = 120
+    enter: float = 0.02
+    exit: float = 0.02
+    drift: bool = True
+
+
+class _Rolling:
+    """Rolling mean of (model loss, baseline loss) over the last ``n`` observations."""
+
+    __slots__ = ("n", "q", "sm", "sb")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.q: deque = deque()
+        self.sm = 0.0
+        self.sb = 0.0
+
+    def add(self, lm: float, lb: float) -> None:
+        self.q.append((lm, lb))
+        self.sm += lm
+        self.sb += lb
+        if len(self.q) > self.n:
+            a, b = self.q.popleft()
+            self.sm -= a
+            self.sb -= b
+
+    def __len__(self) -> int:
+        return len(self.q)
+
+
+def _ratio(r: _Rolling) -> float:
+    """Model loss over baseline loss (inf when only the baseline is perfect, 1 when both are)."""
+    if r.sb > 0.0:
+        return r.sm / r.sb
+    return math.inf if r.sm > 0.0 else 1.0
+
+
+class MisspecificationGuard:
+    """Scores forecasts against outcomes and decides model vs baseline, per head."""
+
+    def __init__(self, cfg: GuardConfig, floor: float) -> None:
+        self.cfg = cfg
+        self.floor = floor
+        self.vol = _Rolling(cfg.window)
+        self.drift = _Rolling(cfg.window)
+        self.vol_fallback = False
+        self.drift_fallback = False
+
+    def score(self, v_real: float, y_real: float, var_model: float, var_base: float, mu_model: float) -> None:
+        v = v_real + self.floor
+        x, xb = v / var_model, v / var_base
+        self.vol.add(x - math.log(x) - 1.0, xb - math.log(xb) - 1.0)
+        self.drift.add((y_real - mu_model) ** 2, y_real * y_real)
+
+    def _decide(self, r: _Rolling, state: bool) -> bool:
+        c = self.cfg
+        if not c.enabled or len(r) < c.min_obs:
+            return state
+        ratio = _ratio(r)
+        if not state and ratio > 1.0 + c.enter:
+            return True
+        if state and ratio < 1.0 - c.exit:
+            return False
+        return state
+
+    def update(self) -> list[tuple[str, bool, float]]:
+        """Apply the rules; returns the switches made: (head, fallback?, loss ratio)."""
+        out = []
+        nv = self._decide(self.vol, self.vol_fallback)
+        if nv != self.vol_fallback:
+            self.vol_fallback = nv
+            out.append(("vol", nv, _ratio(self.vol)))
+        if self.cfg.drift:
+            nd = self._decide(self.drift, self.drift_fallback)
+            if nd != self.drift_fallback:
+                self.drift_fallback = nd
+                out.append(("drift", nd, _ratio(self.drift)))
+        return out
+
+
+class LstmForecaster:
+    """:class:`models.forecast.Forecaster` running an exported LSTM (see module docstring)."""
+
+    def __init__(self, module, meta: dict, path: str | Path = "", backend: str = "numba",
+                 guard: GuardConfig | None = None, max_gap_rows: int | None = None) -> None:
+        from models.export import check_schema
+
+        self.path = str(path)
+        self.meta = meta
+        self.fcfg = check_schema(meta, self.path or "model")
+        self.S = self.fcfg.sample_ns
+        self.H = int(meta["horizon_steps"])
+        self.horizon_s = float(meta["horizon_s"])
+        self.warmup = int(meta["warmup_steps"])
+        self.floor = float(meta.get("var_floor_bp2", 0.0))
+        base = meta.get("baseline", {})
+        self.lam = float(base.get("lambda_per_row", 0.94 ** self.fcfg.sample_s))
+        self.base_init = float(base.get("init_r2_bp2", 1.0))
+        self.predictor = StatefulPredictor(module, meta["arch"], float(meta["normalization"].get("clip", 10.0)), backend)
+        self.feats = OnlineFeatures(self.fcfg)
+        self.feats.track_window(self.H)
+        self.guard_cfg = guard or GuardConfig()
+        self.max_gap_rows = max_gap_rows if max_gap_rows is not None else max(10 * self.H, 600)
+        self.switches: list[tuple[int, str, bool, float]] = []
+        self.name = str(meta.get("name", "lstm"))
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.feats.reset()
+        self.predictor.reset()
+        self.guard = MisspecificationGuard(self.guard_cfg, self.floor)
+        self.last_g: int | None = None
+        self.ewma = self.base_init
+        self.pending: deque = deque()  # (var_model, var_base, mu_model, mid) of the last H rows
+        self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
+        self.last_model: tuple[float, float] | None = None  # (drift bp, variance bp^2) of the last step
+
+    @property
+    def rows(self) -> int:
+        return self.feats.rows
+
+    @property
+    def warmed_up(self) -> bool:
+        return self.feats.rows >= self.warmup
+
+    # -- the Forecaster interface -----------------------------------------------------------
+    def update(self, book, now_ns: int, trades: Sequence = ()) -> Forecast | None:
+        if trades:
+            self.feats.add_trades(trades)
+        g = now_ns // self.S
+        last = self.last_g
+        if last is None:
+            last = g - 1
+        elif g - last > self.max_gap_rows:
+            log.info("forecaster: %d grid rows without an update; state reset (warm-up again)", g - last)
+            pend = self.feats.pending
+            self.reset()
+            self.feats.pending = pend
+            last = g - 1
+        if g <= last:
+            return self.forecast
+        for j in range(last + 1, g + 1):
+            self._grid_step(book, j * self.S)
+        self.last_g = g
+        return self.forecast
+
+    def _grid_step(self, book, t_ns: int) -> None:
+        x = self.feats.step(book, t_ns)
+        if x is None:
+            return
+        mid = self.feats.mid
+        mu, logv = self.predictor.step(x)
+        var_m = math.exp(logv)
+        r = x[0]
+        self.ewma = self.lam * self.ewma + (1.0 - self.lam) * r * r
+        var_b = self.H * self.ewma + self.floor
+        # score the forecast made H rows ago
+        pend = self.pending
+        if len(pend) >= self.H:
+            vm, vb, mm, mid0 = pend.popleft()
+            v_real = self.feats.rv_units(self.H) * _Q
+            y_real = math.log(mid / mid0) * BP
+            self.guard.score(v_real, y_real, vm, vb, mm)
+            for head, fb, ratio in self.guard.update():
+                self.switches.append((t_ns, head, fb, ratio))
+                if fb:
+                    log.warning("forecaster %s: LSTM %s worse than the %s baseline over the last %d forecasts "
+                                "(loss ratio %.3f): falling back to the baseline", self.name, head,
+                                "EWMA" if head == "vol" else "zero-drift", len(self.guard.vol), ratio)
+                else:
+                    log.warning("forecaster %s: LSTM %s recovered (loss ratio %.3f): using the model again",
+                                self.name, head, ratio)
+        pend.append((var_m, var_b, mu, mid))
+        self.last_model = (mu, var_m)
+        if self.feats.rows < self.warmup:
+            self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
+            return
+        vol_src = "ewma" if self.guard.vol_fallback else "lstm"
+        drift_src = "zero" if self.guard.drift_fallback else "lstm"
+        var = var_b if self.guard.vol_fallback else var_m
+        drift = 0.0 if self.guard.drift_fallback else mid * math.expm1(mu / BP)
+        sigma = mid * math.sqrt(var / (BP * BP) / self.horizon_s)
+        src = "lstm" if vol_src == drift_src == "lstm" else f"vol:{vol_src},drift:{drift_src}"
+        self.forecast = Forecast(drift, sigma, self.horizon_s, src)
+
+    def status(self) -> dict:
+        g = self.guard
+        return {"rows": self.rows, "warmed_up": self.warmed_up, "source": self.forecast.source,
+                "vol_fallback": g.vol_fallback, "drift_fallback": g.drift_fallback,
+                "vol_loss_ratio": _ratio(g.vol) if len(g.vol) else None,
+                "drift_loss_ratio": _ratio(g.drift) if len(g.drift) else None}
+
+
+def resolve_model_path(path_or_default: str | Path) -> Path:
+    if str(path_or_default) in ("default", ""):
+        return DEFAULT_MODEL
+    return Path(path_or_default)
+
+
+def load_forecaster(path_or_default: str | Path = "default", *, backend: str = "numba",
+                    guard: GuardConfig | None = None) -> LstmForecaster:
+    """Load a model file (or ``"default"``: the shipped pretrained model) as a forecaster.
+
+    Raises :class:`~bot.errors.DataError` naming the file when it is missing, corrupt, of
+    another format, or its feature schema does not match this code."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    path = resolve_model_path(path_or_default)
+    module, meta = load_model(path)
+    return LstmForecaster(module, meta, path, backend=backend, guard=guard)

@@ -1,0 +1,254 @@
+"""The LSTM: a training network (``nn.LSTM`` over sequences) and the exported one-step module
+(``nn.LSTMCell`` per layer, TorchScript) with the same weights.
+
+Two heads on the last layer's hidden state (one ``Linear(hidden, 2)``):
+
+* drift: the expected mid log return over the horizon, in units of the training drift
+  scale (so the loss is O(1)); the exported module outputs basis points;
+* variance: the log of the realised variance over the horizon, relative to the training
+  variance scale; trained with QLIKE (``v / exp(s) + s``, minimised at ``exp(s) = E[v]``, the
+  loss consistent for variance forecasts of Patton 2011); the exported module outputs
+  ``log(variance in bp^2)``.
+
+Inputs of the training network are normalised features (:class:`models.features.Normalizer`
+applied outside); the exported module normalises raw features itself, with the training
+statistics baked in as buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import numba as nb
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class LSTMNet(nn.Module):
+    """Sequence model for training: ``forward(z [B, T, F], state) -> (out [B, T, 2], state)``."""
+
+    def __init__(self, n_features: int, hidden: int = 32, layers: int = 1, dropout: float = 0.1, skip: bool = True) -> None:
+        super().__init__()
+        self.n_features, self.hidden, self.layers, self.dropout_p, self.use_skip = n_features, hidden, layers, dropout, skip
+        self.lstm = nn.LSTM(n_features, hidden, num_layers=layers, batch_first=True,
+                            dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, 2)
+        # linear skip path from the (normalised) features to both heads: the LSTM learns the
+        # nonlinear, recurrent correction to a log-linear (HAR-like) model
+        self.skip = nn.Linear(n_features, 2, bias=False) if skip else None
+        with torch.no_grad():  # start both heads at the unconditional answer
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+            if self.skip is not None:
+                self.skip.weight.zero_()
+
+    def forward(self, z: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, state = self.lstm(z, state)
+        y = self.head(self.drop(out))
+        if self.skip is not None:
+            y = y + self.skip(z)
+        return y, state
+
+    def arch(self) -> dict:
+        return {"n_features": self.n_features, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout_p,
+                "skip": self.use_skip}
+
+
+class StepModule(nn.Module):
+    """The exported model: raw features in, (drift bp, log variance bp^2) out, one grid step
+    per call with the recurrent state passed in and out.
+
+    ``forward(x [F] float32, h [L, H], c [L, H]) -> (y [2], h', c')``; ``forward_seq(X [T, F],
+    h, c) -> (Y [T, 2], h', c')`` runs the very same step in a loop (so a backtest's batch
+    forecasts equal the online ones); ``params()`` returns the weights in a fixed order (for
+    fine-tuning and the numba backend)."""
+
+    def __init__(self, net: LSTMNet, mean: np.ndarray, std: np.ndarray, clip: float, drift_scale: float,
+                 var_scale: float) -> None:
+        super().__init__()
+        F, H, L = net.n_features, net.hidden, net.layers
+        self.register_buffer("mean", torch.tensor(np.asarray(mean), dtype=torch.float32))
+        self.register_buffer("inv_std", torch.tensor(1.0 / np.asarray(std), dtype=torch.float32))
+        self.clip = float(clip)
+        self.cells = nn.ModuleList([nn.LSTMCell(F if i == 0 else H, H) for i in range(L)])
+        self.head = nn.Linear(H, 2)
+        self.skip = nn.Linear(F, 2, bias=False)  # zero when the network has no skip path
+        with torch.no_grad():
+            self.skip.weight.zero_()
+            if net.skip is not None:
+                ws = net.skip.weight.detach().clone()
+                ws[0] *= drift_scale
+                self.skip.weight.copy_(ws)
+            for i, cell in enumerate(self.cells):
+                cell.weight_ih.copy_(getattr(net.lstm, f"weight_ih_l{i}"))
+                cell.weight_hh.copy_(getattr(net.lstm, f"weight_hh_l{i}"))
+                cell.bias_ih.copy_(getattr(net.lstm, f"bias_ih_l{i}"))
+                cell.bias_hh.copy_(getattr(net.lstm, f"bias_hh_l{i}"))
+            # fold the output scaling into the head: y0 * drift_scale, y1 + log(var_scale)
+            w = net.head.weight.detach().clone()
+            b = net.head.bias.detach().clone()
+            w[0] *= drift_scale
+            b[0] *= drift_scale
+            b[1] += math.log(var_scale)
+            self.head.weight.copy_(w)
+            self.head.bias.copy_(b)
+        self.n_layers = L
+        self.hidden = H
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        z = torch.clamp((x - self.mean) * self.inv_std, -self.clip, self.clip).unsqueeze(0)
+        if self.n_layers == 1:
+            h1, c1 = self.cells[0](z, (h, c))
+            return (self.head(h1) + self.skip(z))[0], h1, c1
+        hs: List[Tensor] = []
+        cs: List[Tensor] = []
+        inp = z
+        i = 0
+        for cell in self.cells:
+            h1, c1 = cell(inp, (h[i : i + 1], c[i : i + 1]))
+            hs.append(h1)
+            cs.append(c1)
+            inp = h1
+            i += 1
+        return (self.head(inp) + self.skip(z))[0], torch.cat(hs, 0), torch.cat(cs, 0)
+
+    @torch.jit.export
+    def forward_seq(self, X: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        out: List[Tensor] = []
+        for t in range(X.shape[0]):
+            y, h, c = self.forward(X[t], h, c)
+            out.append(y)
+        if len(out) == 0:
+            return torch.zeros(0, 2), h, c
+        return torch.stack(out, 0), h, c
+
+    @torch.jit.export
+    def params(self) -> List[Tensor]:
+        """[mean, inv_std, (w_ih, w_hh, b_ih, b_hh) per layer, head_w, head_b, skip_w]."""
+        out: List[Tensor] = [self.mean, self.inv_std]
+        for cell in self.cells:
+            out += [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        out += [self.head.weight, self.head.bias, self.skip.weight]
+        return out
+
+
+def net_from_params(params: list[Tensor], arch: dict) -> tuple[LSTMNet, np.ndarray, np.ndarray]:
+    """Rebuild a training network (output scaling folded into its head as exported) and the
+    normalisation (mean, std) from :meth:`StepModule.params`, e.g. to fine-tune a model."""
+    L = int(arch["layers"])
+    net = LSTMNet(int(arch["n_features"]), int(arch["hidden"]), L, float(arch.get("dropout", 0.0)), bool(arch.get("skip", False)))
+    mean = params[0].detach().double().numpy()
+    std = 1.0 / params[1].detach().double().numpy()
+    with torch.no_grad():
+        for i in range(L):
+            w_ih, w_hh, b_ih, b_hh = params[2 + 4 * i : 6 + 4 * i]
+            getattr(net.lstm, f"weight_ih_l{i}").copy_(w_ih)
+            getattr(net.lstm, f"weight_hh_l{i}").copy_(w_hh)
+            getattr(net.lstm, f"bias_ih_l{i}").copy_(b_ih)
+            getattr(net.lstm, f"bias_hh_l{i}").copy_(b_hh)
+        net.head.weight.copy_(params[2 + 4 * L])
+        net.head.bias.copy_(params[3 + 4 * L])
+        if net.skip is not None:
+            net.skip.weight.copy_(params[4 + 4 * L])
+    return net, mean, std
+
+
+# ----------------------------------------------------------------------------------------
+# numba backend: the same step on a flat float32 weight buffer
+# ----------------------------------------------------------------------------------------
+def pack_params(params: list[Tensor], layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten :meth:`StepModule.params` for :func:`nb_step`: (weights float32, layout int64)
+    layout = [F, H, L, off_mean, off_inv_std, (off_wih, off_whh, off_b) per layer, off_hw, off_hb, off_skip]
+    (the two LSTM biases are summed)."""
+    arrs: list[np.ndarray] = []
+    offs: list[int] = []
+    pos = 0
+
+    def add(a: np.ndarray) -> None:
+        nonlocal pos
+        a = np.ascontiguousarray(a, dtype=np.float32).ravel()
+        offs.append(pos)
+        arrs.append(a)
+        pos += a.size
+
+    p = [t.detach().float().numpy() for t in params]
+    F = p[0].shape[0]
+    H = p[3].shape[1]
+    add(p[0])
+    add(p[1])
+    for i in range(layers):
+        w_ih, w_hh, b_ih, b_hh = p[2 + 4 * i : 6 + 4 * i]
+        add(w_ih)
+        add(w_hh)
+        add(b_ih + b_hh)
+    add(p[2 + 4 * layers])
+    add(p[3 + 4 * layers])
+    add(p[4 + 4 * layers] if len(p) > 4 + 4 * layers else np.zeros((2, F), np.float32))
+    layout = np.array([F, H, layers] + offs, dtype=np.int64)
+    return np.concatenate(arrs), layout
+
+
+@nb.njit(cache=True, nogil=True, fastmath=False)
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@nb.njit(cache=True, nogil=True)
+def nb_step(x, W, layout, clip, h, c, out, buf):
+    """One step in float32: x float64[F] raw features; h, c float32[L, H] updated in place;
+    out float32[2] = (drift bp, log variance bp^2); buf float32[4H + max(F, H) + F] scratch."""
+    F = layout[0]
+    H = layout[1]
+    L = layout[2]
+    om = layout[3]
+    oi = layout[4]
+    inp = buf[4 * H :]
+    z0 = buf[4 * H + max(F, H) :]
+    for j in range(F):
+        z = np.float32((np.float32(x[j]) - W[om + j]) * W[oi + j])
+        if z > clip:
+            z = np.float32(clip)
+        elif z < -clip:
+            z = np.float32(-clip)
+        inp[j] = z
+        z0[j] = z
+    n_in = F
+    g = buf[: 4 * H]
+    for layer in range(L):
+        owi = layout[5 + 3 * layer]
+        owh = layout[6 + 3 * layer]
+        ob = layout[7 + 3 * layer]
+        for r in range(4 * H):
+            acc = W[ob + r]
+            base = owi + r * n_in
+            for j in range(n_in):
+                acc += W[base + j] * inp[j]
+            base = owh + r * H
+            for j in range(H):
+                acc += W[base + j] * h[layer, j]
+            g[r] = acc
+        for j in range(H):
+            ig = _sigmoid(g[j])
+            fg = _sigmoid(g[H + j])
+            gg = np.tanh(g[2 * H + j])
+            og = _sigmoid(g[3 * H + j])
+            cn = fg * c[layer, j] + ig * gg
+            c[layer, j] = cn
+            h[layer, j] = og * np.tanh(cn)
+        for j in range(H):
+            inp[j] = h[layer, j]
+        n_in = H
+    ohw = layout[5 + 3 * L]
+    ohb = layout[6 + 3 * L]
+    osk = layout[7 + 3 * L]
+    for r in range(2):
+        acc = W[ohb + r]
+        for j in range(H):
+            acc += W[ohw + r * H + j] * h[L - 1, j]
+        sk = np.float32(0.0)
+        for j in range(F):
+            sk += W[osk + r * F + j] * z0[j]
+        out[r] = acc + sk

@@ -1,0 +1,84 @@
+"""Shared helpers for tests/test_models_*.py: real-data slices (skipped when ../shared/data is
+absent), a replay driver for the online feature path, a synthetic book."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.market_data.base import Trade
+from bot.orderbook import OrderBook
+from bot.recording.schema import TRADE
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BINANCE_SPOT = [DATA / "binance/spot/btcusdt_20240808.gz", DATA / "binance/spot/btcusdt_20240809.gz"]
+BITSTAMP = DATA / "bitstamp_2015/2015-05-01.log.bz2"
+
+
+def need(*paths: Path) -> None:
+    for p in paths:
+        if not p.exists():
+            pytest.skip(f"real data {p} not available (../shared/data is absent in this checkout)")
+
+
+def binance_recording(out: Path) -> Path:
+    need(*BINANCE_SPOT)
+    from bot.importers.binance import import_binance
+
+    import_binance(BINANCE_SPOT, out)
+    return out
+
+
+def bitstamp_recording(out: Path, max_lines: int = 60_000) -> Path:
+    need(BITSTAMP)
+    from bot.importers.bitstamp import import_bitstamp
+
+    import_bitstamp(BITSTAMP, out, max_lines=max_lines)
+    return out
+
+
+def replay_online(events: np.ndarray, tick: float, lot: float, grid: np.ndarray, step):
+    """Advance a replay venue to each grid time and call ``step(book, t, trades)`` with the
+    trades received since the previous grid time (as the engine's replay source would)."""
+    from paper_trading.venue import ArrayBookView, Venue
+
+    v = Venue(events, tick, lot)
+    book = ArrayBookView(v)
+    kind, lts, px, qty, side = events["kind"], events["local_ts"], events["px"], events["qty"], events["side"]
+    names = {1: "buy", -1: "sell"}
+    i_prev = 0
+    out = []
+    for t in grid:
+        v.advance_to(int(t))
+        idx = np.flatnonzero(kind[i_prev : v.i] == TRADE) + i_prev
+        i_prev = v.i
+        trades = [Trade(int(lts[j]), float(px[j]), float(qty[j]), names.get(int(side[j]), "")) for j in idx]
+        out.append(step(book, int(t), trades))
+    return out
+
+
+class SyntheticMarket:
+    """A 10-level book whose mid does a random walk in ticks; ``vol`` = probability of a move
+    per grid step (the volatility regime)."""
+
+    def __init__(self, seed: int = 0, mid: float = 100.0, tick: float = 0.01) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.tick = tick
+        self.m = int(round(mid / tick))
+        self.book = OrderBook("SYN/USD")
+        self._set()
+
+    def _set(self) -> None:
+        r = self.rng
+        bids = [((self.m - 1 - j) * self.tick, float(r.uniform(0.5, 3.0))) for j in range(10)]
+        asks = [((self.m + 1 + j) * self.tick, float(r.uniform(0.5, 3.0))) for j in range(10)]
+        self.book.apply_snapshot(bids, asks)
+
+    def step(self, vol: float, jump: int = 1) -> list[Trade]:
+        r = self.rng
+        if r.random() < vol:
+            self.m += jump * (1 if r.random() < 0.5 else -1)
+        self._set()
+        return []
