@@ -69,6 +69,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from bot.market_data.base import TradeArrays
+
 FEATURE_SCHEMA_VERSION = 1
 BP = 1e4  # basis points per unit of log return
 _Q = 1e-9  # fixed-point unit of squared returns, bp^2
@@ -179,7 +181,12 @@ class OnlineFeatures:
 
     def add_trades(self, trades: Iterable) -> None:
         """Queue public trades (:class:`bot.market_data.base.Trade` or ``(ts_ns, price, size,
-        side)`` tuples; side 'buy'/'sell' (or +1/-1), anything else = unknown)."""
+        side)`` tuples; side 'buy'/'sell' (or +1/-1), anything else = unknown), or a
+        :class:`bot.market_data.base.TradeArrays` (replays; no per-trade objects)."""
+        if isinstance(trades, TradeArrays):
+            self.pending.extend(zip(trades.ts_ns.tolist(), trades.price.tolist(), trades.size.tolist(),
+                                    trades.side.astype(np.int64).tolist()))
+            return
         for tr in trades:
             if isinstance(tr, tuple):
                 ts, px, sz, sd = tr

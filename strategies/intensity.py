@@ -130,7 +130,7 @@ class IntensityEstimator:
         self.n_depths = int(n_depths)
         self._win_ns = int(round(self.window_s * NS_PER_S))
         self._depths = np.arange(self.n_depths) * self.depth_step
-        self._counts = [0] * self.n_depths  # trades in the window per depth bucket
+        self._counts = np.zeros(self.n_depths, dtype=np.int64)  # trades in the window per depth bucket
         self._q: deque[tuple[int, int]] = deque()
         self._first_ns = None if start_ns is None else int(start_ns)
         self._now_ns: int | None = None
@@ -207,9 +207,7 @@ class IntensityEstimator:
         if self._first_ns is None:
             self._first_ns = int(ts[0])
         self._q.extend(zip(ts.tolist(), b.tolist()))
-        counts = self._counts
-        for j, c in zip(*np.unique(b, return_counts=True)):
-            counts[int(j)] += int(c)
+        self._counts += np.bincount(b, minlength=self.n_depths)
         self._advance(int(ts[-1]))  # expire what left the window by the last trade
 
     def lambdas(self, now_ns: int | None = None) -> np.ndarray | None:
@@ -221,7 +219,7 @@ class IntensityEstimator:
         length_s = min(self._win_ns, now - self._first_ns) / NS_PER_S  # type: ignore[operator]
         if length_s <= 0:
             return None
-        cum = np.cumsum(np.asarray(self._counts[::-1], dtype=np.float64))[::-1]
+        cum = np.cumsum(self._counts[::-1].astype(np.float64))[::-1]
         return cum / length_s
 
     def estimate(self, now_ns: int | None = None) -> tuple[float, float] | None:
