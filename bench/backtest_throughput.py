@@ -3,11 +3,13 @@
 An event = one price-level update or one trade (one row of the recording). Figures:
 * replay_only: the venue kernel applying every row to the array book (no orders), in one
   call and in 100 ms decision steps;
-* full_strategy: ``mmbot backtest`` on the default config (config/backtest.yaml: GLFT,
-  queue model, latency, fees, the engine, order manager and SQLite record), events divided
+* full_strategy: ``mmbot backtest`` on the default config (config/backtest.yaml: GLFT with
+  online A/k calibration, the LSTM forecaster, queue model, latency, fees, the engine, order
+  manager and SQLite record), events divided
   by the wall time of ``run_backtest`` (loading the recording included, report not);
   ``cold`` is the first run in a fresh process (numba cache load, imports), the median
-  is over the following runs.
+  is over the following runs; ``glft_no_forecaster_no_calibration`` is the same without the
+  forecaster and the A/k estimator.
 
 Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5]
 Prints one JSON line. The raw capture is imported once into bench/out/ (not committed).
@@ -69,19 +71,26 @@ def main() -> None:
         stepped.append(time.perf_counter() - t)
     one, stepped = one[1:], stepped[1:]  # the first includes numba's cache load
 
-    cfg = load_config(ROOT / "config" / "backtest.yaml")
-    full = []
-    decisions = fills = 0
-    with tempfile.TemporaryDirectory() as d:
-        for r in range(args.runs + 1):
-            store = open_store(str(Path(d) / f"bt{r}.db"))
-            t = time.perf_counter()
-            s = run_backtest(rec, cfg, store)
-            full.append(time.perf_counter() - t - 0.0)
-            store.close()
-            decisions, fills = s["events"], s["fills"]
-    cold, warm = full[0], full[1:]
+    from bot.config import with_overrides
+
     med = statistics.median
+    cfg = load_config(ROOT / "config" / "backtest.yaml")
+
+    def timed(c):
+        times = []
+        with tempfile.TemporaryDirectory() as d:
+            for r in range(args.runs + 1):
+                store = open_store(str(Path(d) / f"bt{r}.db"))
+                t = time.perf_counter()
+                s = run_backtest(rec, c, store)
+                times.append(time.perf_counter() - t)
+                store.close()
+        return times, s
+
+    full, s = timed(cfg)
+    decisions, fills = s["events"], s["fills"]
+    cold, warm = full[0], full[1:]
+    plain, _ = timed(with_overrides(cfg, **{"forecaster.model": "none", "strategy.pricing.calibrate_intensity": False}))
     print(json.dumps({
         "bench": "backtest_throughput", "data": str(args.data.relative_to(ROOT.parent)) if args.data.is_relative_to(ROOT.parent) else str(args.data),
         "events": n, "runs": args.runs,
@@ -90,6 +99,7 @@ def main() -> None:
         "full_strategy_events_per_s": round(n / med(warm)),
         "full_strategy_cold_events_per_s": round(n / cold),
         "full_strategy_median_s": round(med(warm), 4),
+        "glft_no_forecaster_no_calibration_events_per_s": round(n / med(plain[1:])),
         "decisions": decisions, "fills": fills,
     }))
 
