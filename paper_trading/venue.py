@@ -50,8 +50,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from bot.recording.book_replay import apply_row
-from bot.recording.schema import DEPTH, SNAPSHOT, TRADE
+from bot.recording.schema import CLEAR, DEPTH, SNAPSHOT, TRADE
 
 QUEUE_CONSERVATIVE = 0
 QUEUE_PROB = 1
@@ -61,6 +60,23 @@ FREE, PENDING, ACTIVE = 0, 1, 2
 # report kinds
 R_ACTIVE, R_REJECT, R_CANCELED, R_FILL, R_TAKER_FILL = 1, 2, 3, 4, 5
 INT64_MAX = np.iinfo(np.int64).max
+
+
+@nb.njit(cache=True, nogil=True)
+def _best_bid(bid, start):
+    j = start
+    while j >= 0 and bid[j] <= 0.0:
+        j -= 1
+    return j
+
+
+@nb.njit(cache=True, nogil=True)
+def _best_ask(ask, start):
+    n = ask.shape[0]
+    j = start
+    while j < n and ask[j] <= 0.0:
+        j += 1
+    return j
 
 
 @nb.njit(cache=True, nogil=True)
@@ -142,7 +158,22 @@ def advance(
         if k == 1 or k == 3:  # DEPTH / SNAPSHOT: set level size
             j = level[i]
             q = qty[i]
-            prev, bb, ba = apply_row(k, s, j, q, bid, ask, bb, ba)
+            if s > 0:
+                prev = bid[j]
+                bid[j] = q
+                if q > 0.0:
+                    if j > bb:
+                        bb = j
+                elif j == bb:
+                    bb = _best_bid(bid, bb)
+            else:
+                prev = ask[j]
+                ask[j] = q
+                if q > 0.0:
+                    if j < ba:
+                        ba = j
+                elif j == ba:
+                    ba = _best_ask(ask, ba)
             if q < prev:
                 chg = prev - q
                 for m in range(o_n[0]):
@@ -200,7 +231,14 @@ def advance(
                     o_qty[m] = 0.0
                     o_status[m] = 0
         elif k == 4:  # CLEAR one side
-            _, bb, ba = apply_row(k, s, 0, 0.0, bid, ask, bb, ba)
+            if s > 0:
+                for j in range(0, bb + 1):
+                    bid[j] = 0.0
+                bb = -1
+            else:
+                for j in range(ba, nlev):
+                    ask[j] = 0.0
+                ba = nlev
         i += 1
     # actions due by t_stop with no row left before it
     if t_stop >= next_t[0]:

@@ -75,47 +75,6 @@ def build_levels(events: np.ndarray, tick_size: float | None = None) -> BookLeve
     return BookLevels(level=level, prices=np.ascontiguousarray(prices, dtype=np.float64))
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
-def apply_row(k, s, j, q, bid, ask, bb, ba):
-    """Apply one recording row to an array book (the shared primitive of every replay kernel).
-
-    ``bid``/``ask``: size per dense level index; ``bb``/``ba``: best bid / ask index (-1 /
-    ``len(ask)`` when the side is empty). DEPTH (1) and SNAPSHOT (3) rows set level ``j`` of
-    side ``s`` to ``q`` (0 deletes), CLEAR (4) empties side ``s``; TRADE rows change nothing.
-    Returns (size at the level before the row, new bb, new ba)."""
-    nlev = ask.shape[0]
-    prev = 0.0
-    if k == 1 or k == 3:
-        if s > 0:
-            prev = bid[j]
-            bid[j] = q
-            if q > 0.0:
-                if j > bb:
-                    bb = j
-            elif j == bb:
-                while bb >= 0 and bid[bb] <= 0.0:
-                    bb -= 1
-        else:
-            prev = ask[j]
-            ask[j] = q
-            if q > 0.0:
-                if j < ba:
-                    ba = j
-            elif j == ba:
-                while ba < nlev and ask[ba] <= 0.0:
-                    ba += 1
-    elif k == 4:
-        if s > 0:
-            for x in range(0, bb + 1):
-                bid[x] = 0.0
-            bb = -1
-        else:
-            for x in range(ba, nlev):
-                ask[x] = 0.0
-            ba = nlev
-    return prev, bb, ba
-
-
 @nb.njit(cache=True, nogil=True)
 def _replay_kernel(kind, side, level, qty, prices, out_bid_px, out_bid_qty, out_ask_px, out_ask_qty, out_crossed):
     nlev = prices.shape[0]
@@ -126,7 +85,35 @@ def _replay_kernel(kind, side, level, qty, prices, out_bid_px, out_bid_qty, out_
     n = kind.shape[0]
     ncrossed = 0
     for i in range(n):
-        _, bb, ba = apply_row(kind[i], side[i], level[i], qty[i], bid, ask, bb, ba)
+        k = kind[i]
+        if k == 1 or k == 3:  # DEPTH, SNAPSHOT: set level size
+            j = level[i]
+            q = qty[i]
+            if side[i] > 0:
+                bid[j] = q
+                if q > 0.0:
+                    if j > bb:
+                        bb = j
+                elif j == bb:
+                    while bb >= 0 and bid[bb] <= 0.0:
+                        bb -= 1
+            else:
+                ask[j] = q
+                if q > 0.0:
+                    if j < ba:
+                        ba = j
+                elif j == ba:
+                    while ba < nlev and ask[ba] <= 0.0:
+                        ba += 1
+        elif k == 4:  # CLEAR one side
+            if side[i] > 0:
+                for j in range(0, bb + 1):
+                    bid[j] = 0.0
+                bb = -1
+            else:
+                for j in range(ba, nlev):
+                    ask[j] = 0.0
+                ba = nlev
         if bb >= 0:
             out_bid_px[i] = prices[bb]
             out_bid_qty[i] = bid[bb]
@@ -222,7 +209,35 @@ def _depth_kernel(kind, side, level, qty, prices, at, nlevels, o_bpx, o_bq, o_ap
     for i in range(n):
         if m >= nat:
             break
-        _, bb, ba = apply_row(kind[i], side[i], level[i], qty[i], bid, ask, bb, ba)
+        k = kind[i]
+        if k == 1 or k == 3:
+            j = level[i]
+            q = qty[i]
+            if side[i] > 0:
+                bid[j] = q
+                if q > 0.0:
+                    if j > bb:
+                        bb = j
+                elif j == bb:
+                    while bb >= 0 and bid[bb] <= 0.0:
+                        bb -= 1
+            else:
+                ask[j] = q
+                if q > 0.0:
+                    if j < ba:
+                        ba = j
+                elif j == ba:
+                    while ba < nlev and ask[ba] <= 0.0:
+                        ba += 1
+        elif k == 4:
+            if side[i] > 0:
+                for j in range(0, bb + 1):
+                    bid[j] = 0.0
+                bb = -1
+            else:
+                for j in range(ba, nlev):
+                    ask[j] = 0.0
+                ba = nlev
         while m < nat and at[m] == i:
             c = 0
             j = bb
