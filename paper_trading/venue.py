@@ -40,6 +40,9 @@ What the fill model assumes (documented in docs/fill_models.md):
   opposite price (the book is not walked).
 * Our orders do not change the recorded book (no market impact), as in every replay of
   historical L2 data.
+
+The level update in :func:`advance` repeats the one in bot/recording/book_replay.py on
+purpose: factoring it into a shared numba function halved both kernels' speed.
 """
 
 from __future__ import annotations
