@@ -116,7 +116,7 @@ def paper(
 ) -> None:
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
-    from bot.config import load_config, with_overrides
+    from bot.config import build_forecaster, load_config, with_overrides
     from bot.persistence.store import open_store
     from bot.status import LivePanel, summary_table
 
@@ -134,6 +134,7 @@ def paper(
         from paper_trading.backtest import load_recording
 
         events_meta = load_recording(replay)  # a bad recording fails before the database is touched
+    forecaster = build_forecaster(cfg)  # ... and so does a bad model file
     store = open_store(cfg.database.url)
     try:
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_live else None
@@ -141,9 +142,10 @@ def paper(
             from paper_trading.backtest import build_replay_engine
 
             speed_ = replay_speed if replay_speed is not None else cfg.replay.speed
-            engine, _ = build_replay_engine(replay, cfg, store, mode="paper", speed=speed_, on_tick=panel, events_meta=events_meta)
+            engine, _ = build_replay_engine(replay, cfg, store, mode="paper", speed=speed_, on_tick=panel, events_meta=events_meta,
+                                            forecaster=forecaster)
         else:
-            engine = build_paper_engine(cfg, store, on_tick=panel)
+            engine = build_paper_engine(cfg, store, on_tick=panel, forecaster=forecaster)
         if panel is not None:
             with panel:
                 summary = asyncio.run(engine.run())
@@ -211,7 +213,7 @@ def backtest(
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
-    from bot.config import load_config, with_overrides
+    from bot.config import build_forecaster, load_config, with_overrides
     from bot.persistence.store import open_store
     from bot.status import summary_table
     from paper_trading.backtest import load_recording, run_backtest
@@ -219,15 +221,17 @@ def backtest(
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
     cfg = with_overrides(load_config(config), **{"database.url": db})
-    load_recording(data)  # validate before touching the database
+    events_meta = load_recording(data)  # validate before touching the database
+    forecaster = build_forecaster(cfg)
     report_dir = out or Path(cfg.replay.report_dir)
     console = _console()
     if variants:
-        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console)
+        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta)
         return
     store = open_store(cfg.database.url)
     try:
-        summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir)
+        summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
+                               events_meta=events_meta, forecaster=forecaster)
     finally:
         store.close()
     if json_out:
@@ -239,7 +243,7 @@ def backtest(
         console.print(summary_table({k: v for k, v in metrics.items() if k not in ("run_id",)}, "Metrics"))
 
 
-def _compare(data, cfg, names, report_dir, json_out, console) -> None:
+def _compare(data, cfg, names, report_dir, json_out, console, events_meta) -> None:
     """One backtest per variant on the same recording and database; a table side by side."""
     from bot.config import with_overrides
     from bot.persistence.store import open_store
@@ -256,26 +260,26 @@ def _compare(data, cfg, names, report_dir, json_out, console) -> None:
         vcfg = with_overrides(cfg, **over)
         store = open_store(vcfg.database.url)
         try:
-            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name)
+            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta)
         finally:
             store.close()
         m = s.get("metrics", {})
         rows[name] = {"run_id": s["run_id"], "pnl": s["pnl"], "spread_capture": m.get("spread_capture"),
                       "inventory_pnl": m.get("inventory_pnl"), "fees": m.get("fees"), "fills": s["fills"],
                       "max_abs_inventory": s["max_abs_inventory"], "sharpe": m.get("sharpe"),
-                      "share_quoted_both": m.get("share_quoted_both"), "report": s.get("report")}
+                      "share_quoted_both": m.get("share_quoted_both"),
+                      "forecast": (s.get("forecaster") or {}).get("source", "-"), "report": s.get("report")}
     if json_out:
         print(json.dumps(rows, default=str))
         return
     from rich.table import Table
 
     t = Table(title=f"Variants on {data}")
-    keys = list(next(iter(rows.values())).keys())
-    t.add_column("variant")
-    for k in keys:
-        t.add_column(k, justify="right")
-    for name, r in rows.items():
-        t.add_row(name, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys))
+    t.add_column("")
+    for name in rows:
+        t.add_column(name, justify="right")
+    for k in next(iter(rows.values())):
+        t.add_row(k, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for r in rows.values()))
     console.print(t)
 
 

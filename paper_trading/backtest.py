@@ -20,6 +20,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+from bot.app import _FROM_CONFIG
 from bot.config import Config, build_forecaster
 from bot.engine import Engine
 from bot.errors import DataError
@@ -73,9 +74,10 @@ def market_from_meta(meta: dict, cfg: Config) -> MarketInfo:
 
 
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
-                        on_progress=None, events_meta=None) -> tuple[Engine, ReplaySource]:
+                        on_progress=None, events_meta=None, forecaster=_FROM_CONFIG) -> tuple[Engine, ReplaySource]:
     events, meta = events_meta if events_meta is not None else load_recording(data)
-    forecaster = build_forecaster(cfg)
+    if forecaster is _FROM_CONFIG:
+        forecaster = build_forecaster(cfg)
     with_trades = forecaster is not None
     market = market_from_meta(meta, cfg)
     r = cfg.replay
@@ -99,10 +101,12 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     return engine, source
 
 
-def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool = False, report_dir: str | Path | None = None) -> dict:
+def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool = False, report_dir: str | Path | None = None,
+                 events_meta=None, forecaster=_FROM_CONFIG) -> dict:
     """Run a backtest; returns the engine summary plus metrics and the report path."""
     t0 = time.perf_counter()
-    events_meta = load_recording(data)
+    if events_meta is None:
+        events_meta = load_recording(data)
     n = len(events_meta[0])
     bar = None
     cb = None
@@ -112,7 +116,8 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         bar = Progress(TextColumn("backtest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} events"), TimeRemainingColumn())
         task = bar.add_task("bt", total=n)
         cb = lambda i: bar.update(task, completed=i)  # noqa: E731
-    engine, source = build_replay_engine(data, cfg, store, mode="backtest", speed=0.0, on_progress=cb, events_meta=events_meta)
+    engine, source = build_replay_engine(data, cfg, store, mode="backtest", speed=0.0, on_progress=cb, events_meta=events_meta,
+                                         forecaster=forecaster)
     # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
     # long-lived ones (modules, config, arrays) at every collection
     gc.freeze()

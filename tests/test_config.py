@@ -77,3 +77,16 @@ def test_cli_bad_config_is_one_line_and_nonzero(tmp_path):
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "strategy.pricing.gamma" in out.stderr
     assert not db.exists()  # nothing half-written
+
+
+def test_cli_bad_model_file_is_one_line_and_writes_nothing(tmp_path):
+    model = tmp_path / "broken.pt"
+    model.write_bytes(b"not a torchscript archive")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"forecaster:\n  model: {model}\n")
+    db = tmp_path / "never.db"
+    out = subprocess.run([sys.executable, "-m", "bot.cli", "paper", "--config", str(cfg), "--db", str(db)],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(model) in out.stderr and "TorchScript" in out.stderr
+    assert not db.exists()
