@@ -45,10 +45,10 @@ def build_source(cfg: Config) -> MarketSource:
     )
 
 
-_FROM_CONFIG = object()
+FROM_CONFIG = object()  # "build the forecaster the config names" (None means no forecaster)
 
 
-def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: bool = True, forecaster=_FROM_CONFIG) -> Engine:
+def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: bool = True, forecaster=FROM_CONFIG) -> Engine:
     """A paper run: the configured market source, the paper exchange, the configured strategy
     and forecaster (pass ``forecaster`` to reuse one already loaded)."""
     source = build_source(cfg)
@@ -61,7 +61,7 @@ def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: 
     c = cfg.strategy.controls
     return Engine(
         source, exchange, lambda market: build_strategy(cfg.strategy, market), store, mode="paper",
-        forecaster=build_forecaster(cfg) if forecaster is _FROM_CONFIG else forecaster,
+        forecaster=build_forecaster(cfg) if forecaster is FROM_CONFIG else forecaster,
         config_snapshot=cfg.model_dump(mode="json"), inventory=Inventory(base=base, cash=quote),
         tolerance_ticks=c.refresh_tolerance_ticks, max_order_age_s=c.max_order_age_s, post_only=c.post_only,
         pnl_interval_s=cfg.pnl_snapshot_interval_s, on_tick=on_tick, handle_signals=handle_signals,

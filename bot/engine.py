@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -247,15 +248,14 @@ class Engine:
                 self.state.rejected += 1
 
     def _snapshot(self, ts_ns: int, force: bool = False) -> None:
-        mid = self.state.mid if self.state.mid == self.state.mid else self.source.book.mid()
-        if mid is None or mid != mid:
+        """Update the PnL shown; write a snapshot every ``pnl_interval_s`` (or when forced)."""
+        mid = self.state.mid if not math.isnan(self.state.mid) else self.source.book.mid()
+        if mid is None or math.isnan(mid):
             return
-        if not force and ts_ns < self._next_pnl_ns:
-            self.state.pnl = self.inventory.pnl(mid, self.mid0 or mid)
-            return
-        self._next_pnl_ns = ts_ns + self.pnl_interval_ns
         self.state.pnl = self.inventory.pnl(mid, self.mid0 or mid)
-        self.store.record_pnl(ts_ns, mid, self.inventory, self.state.pnl)
+        if force or ts_ns >= self._next_pnl_ns:
+            self._next_pnl_ns = ts_ns + self.pnl_interval_ns
+            self.store.record_pnl(ts_ns, mid, self.inventory, self.state.pnl)
 
     async def _shutdown(self, status: str, started: bool) -> dict:
         summary: dict = {}

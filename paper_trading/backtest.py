@@ -20,7 +20,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from bot.app import _FROM_CONFIG
+from bot.app import FROM_CONFIG
 from bot.config import Config, build_forecaster
 from bot.engine import Engine
 from bot.errors import DataError
@@ -74,9 +74,9 @@ def market_from_meta(meta: dict, cfg: Config) -> MarketInfo:
 
 
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
-                        on_progress=None, events_meta=None, forecaster=_FROM_CONFIG) -> tuple[Engine, ReplaySource]:
+                        on_progress=None, events_meta=None, forecaster=FROM_CONFIG) -> tuple[Engine, ReplaySource]:
     events, meta = events_meta if events_meta is not None else load_recording(data)
-    if forecaster is _FROM_CONFIG:
+    if forecaster is FROM_CONFIG:
         forecaster = build_forecaster(cfg)
     with_trades = forecaster is not None
     market = market_from_meta(meta, cfg)
@@ -102,7 +102,7 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
 
 
 def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool = False, report_dir: str | Path | None = None,
-                 events_meta=None, forecaster=_FROM_CONFIG) -> dict:
+                 events_meta=None, forecaster=FROM_CONFIG) -> dict:
     """Run a backtest; returns the engine summary plus metrics and the report path."""
     t0 = time.perf_counter()
     if events_meta is None:
