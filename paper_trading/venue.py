@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from bot.recording.schema import CLEAR, DEPTH, SNAPSHOT, TRADE
+from bot.recording.schema import DEPTH, SNAPSHOT, TRADE
 
 QUEUE_CONSERVATIVE = 0
 QUEUE_PROB = 1

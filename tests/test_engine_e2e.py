@@ -137,7 +137,6 @@ async def test_paper_exchange_rules_and_fills():
 
 async def test_intensity_fill_probability_matches_model():
     """Fill frequency over many steps equals A*exp(-k*delta)*dt (binomial tolerance)."""
-    mkt = MarketInfo("SIM/USD", "SIM", "USD", D("0.01"), D("1"))
     model = IntensityFillModel(A=140.0, k=1.5, seed=3)
     o = Order("SIM/USD", Side.SELL, D("100.50"), D("1"))
     ev = MarketEvent(_book(99.99, 100.01), 0, 0, fair=100.0, dt_s=0.005)

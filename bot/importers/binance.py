@@ -128,7 +128,6 @@ def _parse_dec(buf, p, end, pow10):
     mant = 0
     nd = 0
     dot = -1
-    start = p
     while p < end:
         d = np.int64(buf[p]) - 48
         if 0 <= d <= 9:
