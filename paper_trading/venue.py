@@ -319,6 +319,7 @@ class Venue:
         self.rep_px = np.zeros(R)
         self.rep_qty = np.zeros(R)
         self.i = 0  # next row to apply
+        self.best_px: tuple[float | None, float | None] = (None, None)
         self._qm = QUEUE_PROB if p.queue_model == "prob" else QUEUE_CONSERVATIVE
         self._slot_of: dict[int, int] = {}
 
@@ -342,9 +343,16 @@ class Venue:
         if nrep > R:  # more reports than slots: a strategy with that many orders per step is a bug
             raise RuntimeError(f"venue report buffer overflow ({nrep} > {R})")
         self.i = i
+        self._update_best_px()
         # orders due after the last row but before t_stop are processed at the next row
         return [(int(self.rep_kind[r]), int(self.rep_id[r]), int(self.rep_ts[r]), float(self.rep_px[r]),
                  float(self.rep_qty[r])) for r in range(nrep)]
+
+    def _update_best_px(self) -> None:
+        """Best bid / ask prices as Python floats (None = empty side), read once per advance
+        instead of at every book query."""
+        bb, ba = int(self.best[0]), int(self.best[1])
+        self.best_px = (None if bb < 0 else (self.base + bb) * self.tick, None if ba >= len(self.ask) else (self.base + ba) * self.tick)
 
     # -- orders ------------------------------------------------------------------------------
     def latency_ns(self) -> int:
@@ -413,18 +421,14 @@ class _ArraySide:
         self.is_bid = is_bid
 
     def best_price(self) -> float | None:
-        v = self.v
-        j = int(v.best[0] if self.is_bid else v.best[1])
-        if (self.is_bid and j < 0) or (not self.is_bid and j >= len(v.ask)):
-            return None
-        return v.price(j)
+        return self.v.best_px[0 if self.is_bid else 1]
 
     def best(self):
         v = self.v
-        j = int(v.best[0] if self.is_bid else v.best[1])
-        if (self.is_bid and j < 0) or (not self.is_bid and j >= len(v.ask)):
+        px = v.best_px[0 if self.is_bid else 1]
+        if px is None:
             return None
-        return v.price(j), float((v.bid if self.is_bid else v.ask)[j])
+        return px, float((v.bid if self.is_bid else v.ask)[int(v.best[0 if self.is_bid else 1])])
 
     def levels(self, n: int | None = None):
         v = self.v
