@@ -41,6 +41,10 @@ class SimConfig(_Strict):
 class MarketDataConfig(_Strict):
     """Live public data through ccxt (exchange: any ccxt id)."""
 
+    transport: Literal["auto", "ws", "rest"] = Field(
+        "auto", description="auto = websockets (ccxt.pro watch_order_book/watch_trades) where the exchange has them, else REST polling"
+    )
+    ws_url: str | None = Field(None, description="override the exchange's websocket URL (tests, testnets)")
     poll_interval_s: float = Field(1.0, gt=0, description="REST polling interval, seconds")
     rate_limit_per_s: float = Field(5.0, gt=0, description="max REST requests per second")
     depth: int = Field(20, ge=1, description="order-book levels requested per side")

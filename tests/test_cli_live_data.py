@@ -21,11 +21,11 @@ async def mmbot(*args, cwd=ROOT, timeout=90):
     return p.returncode, out.decode(), err.decode()
 
 
-def live_config(tmp_path, api_url, poll="0.2"):
+def live_config(tmp_path, api_url, poll="0.2", transport="rest"):
     p = tmp_path / "live.yaml"
-    p.write_text(f"market_data:\n  api_url: {api_url}\n  poll_interval_s: {poll}\n  rate_limit_per_s: 20\n"
+    p.write_text(f"market_data:\n  transport: {transport}\n  api_url: {api_url}\n  poll_interval_s: {poll}\n  rate_limit_per_s: 20\n"
                  f"strategy:\n  pricing:\n    gamma: 0.001\n    k: 0.5\n    initial_sigma: 5.0\n"
-                 f"  controls:\n    order_size: 0.001\n    max_inventory: 0.01\n")
+                 f"  controls:\n    order_size: 0.001\n    max_inventory: 0.01\nforecaster:\n  model: none\n")
     return p
 
 
@@ -86,3 +86,76 @@ async def test_crossed_book(fake_binance, tmp_path):
 async def test_symbol_required_for_live_exchange(tmp_path):
     code, _, err = await mmbot("paper", "--exchange", "binance", "--db", str(tmp_path / "x.db"))
     assert_one_line_error(code, err, "--symbol is required")
+
+
+async def test_paper_on_websocket_books_and_trades(tmp_path):
+    """transport: ws: ccxt.pro's own websocket client syncs the book from the local server's
+    REST snapshot and depthUpdate stream, and the paper run trades on it."""
+    from fake_binance_ws import FakeBinanceWs
+
+    server = FakeBinanceWs()
+    await server.start()
+    try:
+        server.set_book([(29999.0 - i, 1.0) for i in range(20)], [(30001.0 + i, 1.0) for i in range(20)])
+        cfg = live_config(tmp_path, server.base_url, transport="ws")
+        db = tmp_path / "ws.db"
+
+        async def market():
+            for i in range(60):  # sizes change at the best levels; prices stay uncrossed
+                await asyncio.sleep(0.05)
+                await server.push_depth([(29999.0, 1.0 + i % 3)], [(30001.0, 2.0 + i % 2)])
+                if i % 4 == 0:
+                    await server.push_trade(30001.0, 0.01, "buy")
+
+        feeder = asyncio.ensure_future(market())
+        code, out, err = await mmbot("paper", "--config", str(cfg), "--exchange", "binance", "--symbol", "BTC/USDT",
+                                     "--duration", "4", "--db", str(db), "--json")
+        feeder.cancel()
+        assert code == 0, err
+        s = json.loads(out)
+        assert s["status"] == "completed" and s["events"] >= 3 and s["orders_placed"] >= 2
+        assert sqlite3.connect(db).execute("select count(*) from pnl_snapshots").fetchone()[0] >= 2
+    finally:
+        await server.stop()
+
+
+def test_transport_choice():
+    from bot.app import build_source
+    from bot.config import Config, with_overrides
+    from bot.market_data.ccxt_poll import CcxtPollingSource
+    from bot.market_data.ccxt_ws import CcxtWsSource
+
+    base = with_overrides(Config(), **{"exchange": "binance", "symbol": "BTC/USDT"})
+    assert isinstance(build_source(base), CcxtWsSource)  # auto: binance has websockets
+    assert isinstance(build_source(with_overrides(base, **{"market_data.transport": "rest"})), CcxtPollingSource)
+
+
+async def test_websocket_source_books_and_trades():
+    from fake_binance_ws import FakeBinanceWs
+
+    from bot.market_data.ccxt_ws import CcxtWsSource
+
+    server = FakeBinanceWs()
+    await server.start()
+    src = CcxtWsSource("binance", "BTC/USDT", depth=10, api_url=server.base_url, duration_s=10)
+    try:
+        server.set_book([(99.0, 1.0), (98.0, 2.0)], [(101.0, 1.0), (102.0, 3.0)])
+        market = await src.start()
+        assert market.tick > 0 and src.book.best_bid() == (99.0, 1.0)
+        await asyncio.sleep(0.3)  # the trades subscription is up
+        await server.push_trade(101.0, 0.5, "buy")
+        await server.push_trade(99.0, 0.25, "sell")
+        await asyncio.sleep(0.2)
+        await server.push_depth([(99.5, 4.0)], [(101.0, 0.0)])
+        seen_trades = []
+        for _ in range(5):
+            ev = await asyncio.wait_for(src.next(), 5)
+            seen_trades += list(ev.trades)
+            if src.book.best_bid() == (99.5, 4.0) and len(seen_trades) >= 2:
+                break
+            await server.push_depth([(97.0, 1.0)], [])
+        assert src.book.best_bid() == (99.5, 4.0) and src.book.best_ask() == (102.0, 3.0)
+        assert [(t.price, t.size, t.side) for t in seen_trades[:2]] == [(101.0, 0.5, "buy"), (99.0, 0.25, "sell")]
+    finally:
+        await src.close()
+        await server.stop()

@@ -1,0 +1,161 @@
+"""A market source on ccxt.pro websockets: ``watch_order_book`` for the book and
+``watch_trades`` for public trades (where the exchange has them).
+
+ccxt.pro keeps the order book in sync itself (REST snapshot + buffered diffs, resync on a
+sequence gap); every ``watch_order_book`` return is the book after at least one more
+update, which this source copies into its :class:`~bot.orderbook.OrderBook` (top ``depth``
+levels a side) and hands to the engine with the public trades received since the previous
+event. A crossed or one-sided book from the exchange raises :class:`BookError`.
+
+Units: prices quote/base, sizes base units, timestamps ns since the epoch (ccxt gives ms;
+the local receive time when the exchange sends none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import ccxt
+
+from bot.errors import ExchangeError
+from bot.exchanges.ccxt_client import load_market, map_ccxt_error, short_reason
+from bot.market import MarketInfo
+from bot.market_data.base import MarketEvent, MarketSource, Trade
+from bot.market_data.recorder import create_pro_exchange
+from bot.orderbook import OrderBook
+
+log = logging.getLogger(__name__)
+
+
+def has_websocket_book(exchange_id: str) -> bool:
+    """True when ccxt.pro has a client for the exchange with ``watchOrderBook``."""
+    try:
+        import ccxt.pro as ccxtpro
+    except ImportError:  # pragma: no cover
+        return False
+    eid = exchange_id.strip().lower()
+    cls = getattr(ccxtpro, eid, None) if eid in ccxtpro.exchanges else None
+    if cls is None:
+        return False
+    try:
+        return bool(cls().has.get("watchOrderBook"))
+    except Exception:  # noqa: BLE001 - a client that cannot even be built has no ws book
+        return False
+
+
+class CcxtWsSource(MarketSource):
+    """Order book and trades of one symbol through ccxt.pro websockets.
+
+    Args:
+        exchange_id, symbol: ccxt id and unified symbol.
+        depth: levels a side kept (and the ``limit`` asked of ccxt).
+        api_url / ws_url: local or alternative endpoints (tests, testnets).
+        duration_s: the feed ends after this many seconds (None = until closed).
+        max_consecutive_errors: network errors in a row tolerated (ccxt reconnects and
+            resyncs) before ``ExchangeError``.
+        first_book_timeout_s: how long :meth:`start` waits for the first book.
+    """
+
+    def __init__(self, exchange_id: str, symbol: str, *, depth: int = 20, api_url: str | None = None,
+                 ws_url: str | None = None, duration_s: float | None = None, max_consecutive_errors: int = 5,
+                 first_book_timeout_s: float = 30.0) -> None:
+        self.exchange_id = exchange_id.strip().lower()
+        self.symbol = symbol
+        self.depth = depth
+        self.api_url, self.ws_url = api_url, ws_url
+        self.duration_s = duration_s
+        self.max_errors = max_consecutive_errors
+        self.first_book_timeout_s = first_book_timeout_s
+        self.book = OrderBook(symbol)
+        self.ex = None
+        self._trades: list[Trade] = []
+        self._trade_task: asyncio.Task | None = None
+        self._t0 = 0.0
+        self._closed = False
+
+    async def start(self) -> MarketInfo:
+        self.ex = create_pro_exchange(self.exchange_id, api_url=self.api_url, ws_url=self.ws_url)
+        try:
+            self.market = await load_market(self.ex, self.symbol)
+            self.symbol = self.market.symbol
+            self.book.symbol = self.symbol
+            ob = await asyncio.wait_for(self.ex.watch_order_book(self.symbol, self.depth), self.first_book_timeout_s)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise ExchangeError(f"no order book from {self.exchange_id} websocket within {self.first_book_timeout_s:.0f} s") from None
+        except ccxt.BaseError as e:
+            await self.close()
+            raise map_ccxt_error(e, self.exchange_id, self.symbol) from None
+        except BaseException:
+            await self.close()
+            raise
+        self._apply(ob)
+        self.book.validate()
+        if self.ex.has.get("watchTrades"):
+            self._trade_task = asyncio.ensure_future(self._watch_trades())
+        self._t0 = time.monotonic()
+        return self.market
+
+    def _apply(self, ob: dict) -> None:
+        ts = ob.get("timestamp")
+        ts_ns = int(ts) * 1_000_000 if ts else time.time_ns()
+        self.book.apply_snapshot(ob["bids"][: self.depth], ob["asks"][: self.depth], ts_ns, ob.get("nonce"))
+
+    async def _watch_trades(self) -> None:
+        errors = 0
+        while not self._closed:
+            try:
+                trades = await self.ex.watch_trades(self.symbol)
+                errors = 0
+            except asyncio.CancelledError:
+                raise
+            except ccxt.BaseError as e:  # trades are optional: log, back off, go on
+                errors += 1
+                log.warning("%s trades stream: %s", self.exchange_id, short_reason(e, self.exchange_id))
+                await asyncio.sleep(min(10.0, 0.5 * 2 ** errors))
+                continue
+            for t in trades:
+                self._trades.append(Trade(int(t["timestamp"] or 0) * 1_000_000, float(t["price"]), float(t["amount"]),
+                                          t.get("side") or "", str(t.get("id") or "")))
+            # ccxt keeps a cache of recent trades and returns only new ones per call
+
+    async def next(self) -> MarketEvent | None:
+        if self._closed:
+            return None
+        if self.duration_s is not None and time.monotonic() - self._t0 >= self.duration_s:
+            return None
+        errors = 0
+        while True:
+            try:
+                remaining = None if self.duration_s is None else max(0.01, self.duration_s - (time.monotonic() - self._t0))
+                ob = await asyncio.wait_for(self.ex.watch_order_book(self.symbol, self.depth), remaining)
+                break
+            except asyncio.TimeoutError:
+                return None  # the run's time is up while waiting for an update
+            except ccxt.NetworkError as e:
+                errors += 1
+                if errors >= self.max_errors:
+                    raise ExchangeError(f"cannot reach {self.exchange_id}: {errors} websocket failures in a row, "
+                                        f"last: {short_reason(e, self.exchange_id)}") from None
+                await asyncio.sleep(min(10.0, 0.5 * 2 ** errors))
+            except ccxt.BaseError as e:
+                raise map_ccxt_error(e, self.exchange_id, self.symbol) from None
+        self._apply(ob)
+        self.book.validate()
+        trades, self._trades = self._trades, []
+        return MarketEvent(self.book, self.book.ts_ns, time.time_ns(), trades)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._trade_task is not None:
+            self._trade_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._trade_task
+        if self.ex is not None:
+            with contextlib.suppress(Exception):
+                await self.ex.close()
