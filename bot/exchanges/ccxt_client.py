@@ -187,6 +187,48 @@ def create_ccxt_exchange(
     return exchange
 
 
+def _ws_url_from(api_url: str) -> str:
+    p = urlsplit(api_url)
+    scheme = {"http": "ws", "https": "wss"}.get(p.scheme, p.scheme)
+    return urlunsplit((scheme, p.netloc, p.path, "", ""))
+
+
+def create_pro_exchange(exchange_id: str, *, api_url: str | None = None, ws_url: str | None = None,
+                        options: dict | None = None) -> Any:
+    """A ``ccxt.pro`` (websocket) client configured like :func:`create_ccxt_exchange` (same
+    per-exchange default options, ``enableRateLimit``). ``api_url`` rewrites the REST urls
+    (scheme/host/port, paths kept), ``ws_url`` the ``urls['api']['ws']`` tree (default:
+    ``api_url`` with ``http`` -> ``ws``). Raises ExchangeError when ccxt.pro does not know
+    ``exchange_id``."""
+    import ccxt.pro as ccxtpro
+
+    eid = exchange_id.strip().lower()
+    if eid not in ccxtpro.exchanges or not hasattr(ccxtpro, eid):
+        raise ExchangeError(f"{exchange_id!r} has no websocket client in ccxt.pro (use REST polling)")
+    merged = _deep_merge(_DEFAULT_OPTIONS.get(eid, {}), options or {})
+    try:
+        ex = getattr(ccxtpro, eid)({"enableRateLimit": True, "options": merged})
+    except ccxt.BaseError as e:
+        raise ExchangeError(f"cannot create ccxt.pro client for {eid}: {short_reason(e, eid)}") from None
+    for url, what in ((api_url, "api_url"), (ws_url, "ws_url")):
+        if url and "://" not in url:
+            raise ExchangeError(f"{what} {url!r} must look like 'http://host:port' / 'ws://host:port'")
+    if ws_url is None and api_url:
+        ws_url = _ws_url_from(api_url)
+    if api_url or ws_url:
+        api = dict(ex.urls.get("api") or {})
+        ws = api.pop("ws", None)
+        if api_url:
+            api = _rewrite_urls(api, api_url)
+        if ws is not None:
+            api["ws"] = _rewrite_urls(ws, ws_url) if ws_url else ws
+        ex.urls = dict(ex.urls)
+        ex.urls["api"] = api
+        if api_url and urlsplit(api_url).scheme == "http":
+            ex.timeout_on_exit = 0  # no TLS to wind down (see create_ccxt_exchange)
+    return ex
+
+
 def map_ccxt_error(exc: BaseException, exchange_id: str, symbol: str | None = None) -> ExchangeError:
     """Translate a ccxt exception into a one-line :class:`ExchangeError` (not raised)."""
     if isinstance(exc, ccxt.BadSymbol) and symbol is not None:

@@ -21,10 +21,9 @@ import time
 import ccxt
 
 from bot.errors import ExchangeError
-from bot.exchanges.ccxt_client import load_market, map_ccxt_error, short_reason
+from bot.exchanges.ccxt_client import create_pro_exchange, load_market, map_ccxt_error, short_reason
 from bot.market import MarketInfo
 from bot.market_data.base import MarketEvent, MarketSource, Trade
-from bot.market_data.recorder import create_pro_exchange
 from bot.orderbook import OrderBook
 
 log = logging.getLogger(__name__)

@@ -71,7 +71,6 @@ import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import ccxt
 import ccxt.async_support as ccxt_async
@@ -80,12 +79,11 @@ from asyncio_throttle import Throttler
 
 from bot.errors import ConfigError, ExchangeError
 from bot.exchanges.ccxt_client import (
-    _DEFAULT_OPTIONS,
     _deep_merge,
     create_ccxt_exchange,
+    create_pro_exchange,
     load_market,
     map_ccxt_error,
-    rewrite_url,
     short_reason,
 )
 from bot.recording.io import META_FILE, RecordingWriter
@@ -251,59 +249,6 @@ class _Sink:
         w, self.writer = self.writer, None
         if w is not None:
             w.close(**meta)
-
-
-# -- ccxt clients ----------------------------------------------------------------------------
-def _rewrite_tree(node: Any, url: str) -> Any:
-    if isinstance(node, str):
-        return rewrite_url(node, url) if "://" in node else node
-    if isinstance(node, dict):
-        return {k: _rewrite_tree(v, url) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rewrite_tree(v, url) for v in node]
-    return node
-
-
-def _ws_url_from(api_url: str) -> str:
-    p = urlsplit(api_url)
-    scheme = {"http": "ws", "https": "wss"}.get(p.scheme, p.scheme)
-    return urlunsplit((scheme, p.netloc, p.path, "", ""))
-
-
-def create_pro_exchange(exchange_id: str, *, api_url: str | None = None, ws_url: str | None = None,
-                        options: dict | None = None) -> Any:
-    """A ``ccxt.pro`` client configured like :func:`~bot.exchanges.ccxt_client.create_ccxt_exchange`
-    (same per-exchange default options, ``enableRateLimit``). ``api_url`` rewrites the REST
-    urls (scheme/host/port, paths kept), ``ws_url`` the ``urls['api']['ws']`` tree
-    (default: ``api_url`` with ``http`` -> ``ws``). Raises ExchangeError when ccxt.pro does
-    not know ``exchange_id``."""
-    import ccxt.pro as ccxtpro
-
-    eid = exchange_id.strip().lower()
-    if eid not in ccxtpro.exchanges or not hasattr(ccxtpro, eid):
-        raise ExchangeError(f"{exchange_id!r} has no websocket client in ccxt.pro (use REST polling)")
-    merged = _deep_merge(_DEFAULT_OPTIONS.get(eid, {}), options or {})
-    try:
-        ex = getattr(ccxtpro, eid)({"enableRateLimit": True, "options": merged})
-    except ccxt.BaseError as e:
-        raise ExchangeError(f"cannot create ccxt.pro client for {eid}: {short_reason(e, eid)}") from None
-    for url, what in ((api_url, "api_url"), (ws_url, "ws_url")):
-        if url and "://" not in url:
-            raise ExchangeError(f"{what} {url!r} must look like 'http://host:port' / 'ws://host:port'")
-    if ws_url is None and api_url:
-        ws_url = _ws_url_from(api_url)
-    if api_url or ws_url:
-        api = dict(ex.urls.get("api") or {})
-        ws = api.pop("ws", None)
-        if api_url:
-            api = _rewrite_tree(api, api_url)
-        if ws is not None:
-            api["ws"] = _rewrite_tree(ws, ws_url) if ws_url else ws
-        ex.urls = dict(ex.urls)
-        ex.urls["api"] = api
-        if api_url and urlsplit(api_url).scheme == "http":
-            ex.timeout_on_exit = 0  # no TLS to wind down (see create_ccxt_exchange)
-    return ex
 
 
 # -- the recorder ----------------------------------------------------------------------------
@@ -878,4 +823,4 @@ async def record(
     return await rec.run()
 
 
-__all__ = ["BookDiffer", "DEFAULT_CHUNK_ROWS", "DEFAULT_REST_DEPTH", "DEFAULT_WS_DEPTH", "create_pro_exchange", "record"]
+__all__ = ["BookDiffer", "DEFAULT_CHUNK_ROWS", "DEFAULT_REST_DEPTH", "DEFAULT_WS_DEPTH", "record"]
