@@ -411,21 +411,25 @@ class _Recorder:
                 errors += 1
                 self.stats["errors"] += 1
                 self.stats["reconnects"] += 1
-                if errors >= self.max_errors:
-                    raise ExchangeError(
-                        f"cannot reach {self.eid} websocket: {errors} failures in a row, last: "
-                        f"{short_reason(e, self.eid)}"
-                    ) from None
-                delay = self._backoff(errors)
-                log.warning("%s order book stream failed (%d/%d), reconnecting in %.2fs: %s",
-                            self.eid, errors, self.max_errors, delay, short_reason(e, self.eid))
-                await asyncio.sleep(delay)
+                await self._ws_retry("order book", errors, e)
                 continue
             except ccxt.BaseError as e:
                 raise map_ccxt_error(e, self.eid, self.symbol) from None
             errors = 0
             resyncs_in_a_row = 0
             self._on_book(ob, self._now(), source=ob)
+
+    async def _ws_retry(self, stream: str, errors: int, e: BaseException) -> None:
+        """After the ``errors``-th network failure in a row of a stream: give up with a
+        one-line ExchangeError at ``max_errors``, else back off before ccxt reconnects."""
+        if errors >= self.max_errors:
+            raise ExchangeError(
+                f"cannot reach {self.eid} websocket: {errors} failures in a row, last: {short_reason(e, self.eid)}"
+            ) from None
+        delay = self._backoff(errors)
+        log.warning("%s %s stream failed (%d/%d), reconnecting in %.2fs: %s",
+                    self.eid, stream, errors, self.max_errors, delay, short_reason(e, self.eid))
+        await asyncio.sleep(delay)
 
     async def _ws_trades_loop(self) -> None:
         ex = self.exchange
@@ -436,15 +440,7 @@ class _Recorder:
             except ccxt.NetworkError as e:
                 errors += 1
                 self.stats["errors"] += 1
-                if errors >= self.max_errors:
-                    raise ExchangeError(
-                        f"cannot reach {self.eid} websocket: {errors} failures in a row, last: "
-                        f"{short_reason(e, self.eid)}"
-                    ) from None
-                delay = self._backoff(errors)
-                log.warning("%s trade stream failed (%d/%d), reconnecting in %.2fs: %s",
-                            self.eid, errors, self.max_errors, delay, short_reason(e, self.eid))
-                await asyncio.sleep(delay)
+                await self._ws_retry("trade", errors, e)
                 continue
             except ccxt.BaseError as e:
                 raise map_ccxt_error(e, self.eid, self.symbol) from None
