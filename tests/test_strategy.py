@@ -23,13 +23,18 @@ def book(bid=99.99, ask=100.01, size=5.0):
     return ob
 
 
-def mm(market=MKT, **kw):
+def mm(market=MKT, session_s=None, **kw):
     pricing = {k: v for k, v in kw.items() if k in ModelParams.model_fields}
     controls = {k: v for k, v in kw.items() if k in QuoteControls.model_fields}
     pricing.setdefault("sigma", 2.0)
     pricing.setdefault("horizon", "rolling")
     pricing.setdefault("tau_s", 0.5)
-    return MarketMaker(StrategyParams(pricing=ModelParams(**pricing), controls=QuoteControls(**controls)), market)
+    if not {"order_size_quote", "order_size_min_multiple"} & set(controls):
+        controls.setdefault("order_size", 1.0)
+    if "max_inventory_orders" not in controls:
+        controls.setdefault("max_inventory", 10.0)
+    params = StrategyParams(pricing=ModelParams(**pricing), controls=QuoteControls(**controls))
+    return MarketMaker(params, market, session_s)
 
 
 def test_as_quotes_rounded_outwards_around_reservation():
@@ -137,7 +142,7 @@ def test_crossed_or_one_sided_book_gives_no_quotes():
 
 
 def test_finite_horizon_spread_shrinks_toward_the_end():
-    s = mm(horizon="finite", tau_s=10.0)
+    s = mm(horizon="finite", session_s=10.0)
     s.begin(0)
     early = s.on_update(book(), 0.0, 0)
     late = s.on_update(book(), 0.0, 9_000_000_000)
