@@ -107,6 +107,7 @@ class MarketMaker:
         self.market = market
         self.session_s = session_s
         self.vol = EwmaVolatility(self.p.vol_halflife_s, self.p.vol_sample_s, self.p.initial_sigma)
+        self.start_ns: int | None = None
         self.end_ns: int | None = None
         self.A, self.k = self.p.A, self.p.k  # current intensity parameters (calibrated if enabled)
         self.intensity: IntensityEstimator | None = None
@@ -125,6 +126,7 @@ class MarketMaker:
 
     def begin(self, now_ns: int) -> None:
         """Start a session at ``now_ns`` (int ns): the finite horizon ends ``session_s`` later."""
+        self.start_ns = now_ns
         if self.session_s is not None and math.isfinite(self.session_s):
             self.end_ns = now_ns + int(self.session_s * 1e9)
 
