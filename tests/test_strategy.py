@@ -314,3 +314,19 @@ def test_config_that_does_not_fit_the_market_warns_at_start(caplog):
     ok = MarketMaker(StrategyParams(pricing=ModelParams(sigma=2.0, horizon="rolling")), BTC)
     ok.on_update(book(59999.9, 60000.1), 0.0, 0)
     assert ok.status()["warnings"] == []
+
+
+def test_cli_refuses_a_finite_horizon_on_an_open_ended_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "live.yaml"  # nothing listens on the URL: the error must come before any connection
+    cfg.write_text("exchange: binance\nsymbol: BTC/USDT\nduration_s: null\n"
+                   "market_data:\n  transport: rest\n  api_url: http://127.0.0.1:9\nforecaster:\n  model: none\n")
+    out = subprocess.run([sys.executable, "-m", "bot.cli", "paper", "--config", str(cfg), "--db", str(tmp_path / "x.db"), "--json"],
+                         capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "strategy.pricing.horizon: 'finite' needs a run with an end" in out.stderr and "duration_s is null" in out.stderr
