@@ -90,9 +90,15 @@ def compare(recording: Path, config: Path, tmp_path: Path, tag: str) -> dict:
     assert set(rows) == set(VARIANTS)
     mids = RecordedMid(recording)
     med = {}
+    con = sqlite3.connect(db)
     for name, r in rows.items():
         assert r["fills"] > 0, (name, rows)
+        st = json.loads(con.execute("select summary_json from runs where id = ?", (r["run_id"],)).fetchone()[0])["strategy"]
+        # sigma came from the recording's 12 s of warm-up, not from a configured guess
+        assert st["sigma_source"].startswith("ewma (warmed up on 1") and st["decisions_not_quoted_warming_up"] == 0, st
+        assert st["order_size"] == 0.001 and st["warnings"] == []
         med[name] = statistics.median(order_distances(db, r["run_id"], mids, filled_only=True))
+    con.close()
     return med
 
 
