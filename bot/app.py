@@ -14,7 +14,7 @@ from paper_trading.fees import MakerTakerFees
 from paper_trading.fill_models import IntensityFillModel
 from paper_trading.paper_exchange import PaperExchange
 from paper_trading.sim_market import SimulatedMarket
-from strategies.market_maker import build_strategy
+from strategies.market_maker import build_strategy, check_session
 
 
 def _decimal(field: str, value: str) -> Decimal:
@@ -56,6 +56,8 @@ def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: 
     """A paper run: the configured market source, the paper exchange, the configured strategy
     and forecaster (pass ``forecaster`` to reuse one already loaded)."""
     source = build_source(cfg)
+    session_s = getattr(source, "duration_s", None)  # the run's length: the finite AS horizon
+    check_session(cfg.strategy, session_s)
     p = cfg.paper
     base, quote = Decimal(repr(p.initial_base)), Decimal(repr(p.initial_quote))
     exchange = PaperExchange(
@@ -64,7 +66,7 @@ def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: 
     )
     c = cfg.strategy.controls
     return Engine(
-        source, exchange, lambda market: build_strategy(cfg.strategy, market), store, mode="paper",
+        source, exchange, lambda market: build_strategy(cfg.strategy, market, session_s), store, mode="paper",
         forecaster=build_forecaster(cfg) if forecaster is FROM_CONFIG else forecaster,
         config_snapshot=cfg.model_dump(mode="json"), inventory=Inventory(base=base, cash=quote),
         tolerance_ticks=c.refresh_tolerance_ticks, max_order_age_s=c.max_order_age_s, post_only=c.post_only,

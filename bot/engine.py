@@ -300,5 +300,6 @@ class Engine:
             "spread_capture": inv.spread_capture,
             "fees": float(inv.fees_paid),
             **({"forecaster": self.forecaster.status()} if hasattr(self.forecaster, "status") else {}),
+            **({"strategy": self.strategy.status()} if hasattr(self.strategy, "status") else {}),
         }
 

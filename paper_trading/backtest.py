@@ -73,6 +73,19 @@ def market_from_meta(meta: dict, cfg: Config) -> MarketInfo:
                       maker_fee=cfg.paper.maker_fee, taker_fee=cfg.paper.taker_fee)
 
 
+def recorded_mids(events, tick: float):
+    """(local_ts ns, mid quote per base) after each event of ``events`` (NaN where the book is
+    one-sided or crossed): the recorded history a strategy's sigma estimator is warmed up on."""
+    import numpy as np
+
+    from bot.recording.book_replay import replay_top
+
+    top = replay_top(events, tick)
+    mid = 0.5 * (top["bid_px"] + top["ask_px"])
+    mid[top["crossed"]] = np.nan
+    return events["local_ts"], mid
+
+
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
                         on_progress=None, events_meta=None, forecaster=FROM_CONFIG) -> tuple[Engine, ReplaySource]:
     events, meta = events_meta if events_meta is not None else load_recording(data)
@@ -91,8 +104,16 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     snapshot = cfg.model_dump(mode="json")
     snapshot["data"] = {"path": str(data), "exchange": meta.get("exchange"), "symbol": meta.get("symbol"),
                         "market": meta.get("market"), "events": len(events)}
+    def strategy_factory(mk: MarketInfo):
+        # called after source.start(): the run spans source.t .. source.end_ns of recorded time,
+        # and the recording before source.t (the warm-up) is history the strategy may learn from
+        strategy = build_strategy(cfg.strategy, mk, session_s=max(source.end_ns - source.t, 0) / 1e9)
+        if source.venue.i > 0:
+            strategy.warm_up(*recorded_mids(events[: source.venue.i], float(market.tick)))
+        return strategy
+
     engine = Engine(
-        source, exchange, lambda mk: build_strategy(cfg.strategy, mk), store, mode=mode, config_snapshot=snapshot,
+        source, exchange, strategy_factory, store, mode=mode, config_snapshot=snapshot,
         inventory=Inventory(base=Decimal(repr(cfg.paper.initial_base)), cash=Decimal(repr(cfg.paper.initial_quote))),
         tolerance_ticks=c.refresh_tolerance_ticks, max_order_age_s=c.max_order_age_s, post_only=c.post_only,
         pnl_interval_s=cfg.pnl_snapshot_interval_s, on_tick=on_tick, commit_interval_s=1.0 if speed == 0 else 0.0,

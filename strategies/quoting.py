@@ -9,8 +9,10 @@ Order of operations, each documented at its step:
 2. rounding to the tick: bids down, asks up (rounding never improves a quote);
 3. post-only: a bid is kept at least one tick below the best ask, an ask one tick above the
    best bid, so a quote never crosses the book;
-4. sizes: ``order_size`` at level 0 times ``level_size_growth**i``; the side that grows
-   |q| is shrunk by exp(-eta*|q|/max_inventory);
+4. sizes: the level-0 order size (:class:`Sizing`, resolved once per run from the config and
+   the market: base units, a quote notional at the first mid, or a multiple of the market's
+   minimum order) times ``level_size_growth**i``; the side that grows |q| is shrunk by
+   exp(-eta*|q|/max_inventory);
 5. max inventory: a side's total size is capped by the room left to ``max_inventory``;
    a side with no room is not quoted;
 6. sizes are rounded down to the lot; a level below the market's minimum size or notional
@@ -20,10 +22,53 @@ Order of operations, each documented at its step:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from bot.market import MarketInfo
 from strategies.base import QuoteLevel
 from strategies.params import QuoteControls
+
+
+@dataclass(frozen=True, slots=True)
+class Sizing:
+    """The run's level-0 order size and inventory limit, base units, and how they were chosen."""
+
+    order_size: float
+    max_inventory: float
+    source: str  # e.g. "order_size", "order_size_quote 100 USDT at mid 60000", "1 x market minimum 0.001"
+
+
+def market_min_size(market: MarketInfo, mid: float) -> float:
+    """The smallest order the market takes at ``mid``, base units: the largest of the lot, the
+    minimum size and the minimum notional / mid (rounded up to the lot)."""
+    lot = float(market.lot)
+    m = max(lot, float(market.min_size))
+    if market.min_notional > 0 and mid > 0:
+        m = max(m, math.ceil(float(market.min_notional) / mid / lot - 1e-9) * lot)
+    return m
+
+
+def resolve_sizing(c: QuoteControls, market: MarketInfo, mid: float) -> Sizing:
+    """Level-0 order size and max inventory in base units for this market at ``mid`` (quote per base).
+
+    ``order_size`` is taken as given; ``order_size_quote`` is divided by the mid; otherwise
+    ``order_size_min_multiple`` times :func:`market_min_size`. Sizes are rounded down to the
+    lot (never below one lot). ``max_inventory`` is taken as given, else
+    ``max_inventory_orders`` times the order size."""
+    lot = float(market.lot)
+    if c.order_size is not None:
+        size, how = c.order_size, "order_size"
+    elif c.order_size_quote is not None:
+        size = c.order_size_quote / mid
+        how = f"order_size_quote {c.order_size_quote:g} {market.quote} at mid {mid:g}"
+    else:
+        mn = market_min_size(market, mid)
+        size = c.order_size_min_multiple * mn
+        how = f"{c.order_size_min_multiple:g} x market minimum {mn:g} {market.base}"
+    if c.order_size is None:
+        size = max(math.floor(size / lot + 1e-9), 1) * lot
+    max_inv = c.max_inventory if c.max_inventory is not None else c.max_inventory_orders * size
+    return Sizing(size, max_inv, how)
 
 
 def build_levels(
@@ -35,6 +80,7 @@ def build_levels(
     c: QuoteControls,
     best_bid: float | None,
     best_ask: float | None,
+    sizing: Sizing,
 ) -> tuple[list[QuoteLevel], list[QuoteLevel]]:
     # 1. minimum distance from the mid, quote per base
     min_half = max(0.5e-4 * c.min_spread_bps * mid, (market.maker_fee + 1e-4 * c.min_edge_bps) * mid)
@@ -54,17 +100,18 @@ def build_levels(
     if ask_t <= bid_t:  # never quote a locked or crossed pair of our own
         ask_t = bid_t + 1
     # 4. sizes
-    base = c.order_size
+    base = sizing.order_size
+    max_inv = sizing.max_inventory
     bid_size, ask_size = base, base
     if c.inventory_size_shape > 0.0:
-        shrink = math.exp(-c.inventory_size_shape * abs(q) / c.max_inventory)
+        shrink = math.exp(-c.inventory_size_shape * abs(q) / max_inv)
         if q > 0:
             bid_size *= shrink
         elif q < 0:
             ask_size *= shrink
     # 5./6.
-    bids = _side(bid_t, -c.level_spacing_ticks, bid_size, c.max_inventory - q, market, c)
-    asks = _side(ask_t, c.level_spacing_ticks, ask_size, c.max_inventory + q, market, c)
+    bids = _side(bid_t, -c.level_spacing_ticks, bid_size, max_inv - q, market, c)
+    asks = _side(ask_t, c.level_spacing_ticks, ask_size, max_inv + q, market, c)
     return bids, asks
 
 
