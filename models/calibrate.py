@@ -8,7 +8,8 @@ after it. Fold i trains on everything before its test block (``expanding``) or o
 span for early stopping, and is scored on its test block. Purging: a training (validation)
 row is used only if its target's horizon ends before the validation (test) span starts,
 so no target overlaps later data. Normalisation statistics, target scales and every
-baseline are fitted on the fold's training rows only.
+baseline are fitted on the fold's training rows only; so is an event horizon's length in
+seconds and grid rows (the median over the training rows, :meth:`Dataset.horizon`).
 
 Metrics, on the test rows of each fold:
 
@@ -55,8 +56,6 @@ class Dataset:
 
     ff: FeatureFrame
     tg: Targets
-    H: int  # grid rows of the horizon (events: of its median length)
-    horizon_s: float
     end_row: np.ndarray  # per row, the grid row at which its target's horizon ends
     warmup: int
     meta: dict = field(default_factory=dict)
@@ -65,6 +64,20 @@ class Dataset:
     @property
     def n(self) -> int:
         return len(self.ff)
+
+    def horizon(self, rows: np.ndarray) -> tuple[int, float]:
+        """(grid rows, seconds) of the horizon for a model fitted on ``rows`` (a boolean mask).
+
+        A seconds horizon is fixed. An event horizon's length varies per row: it is the median
+        duration over ``rows``, which must be training rows only (never test rows, never rows
+        after the span being fitted), so that nothing fitted depends on later data."""
+        hz = self.tg.horizon
+        if hz.unit == "s":
+            return hz.steps(self.ff.cfg.sample_s), hz.value
+        hs = self.tg.horizon_s(rows)
+        if not math.isfinite(hs):
+            raise ValueError(f"no rows with an {hz} target to measure the horizon's length on")
+        return max(1, int(round(hs / self.ff.cfg.sample_s))), hs
 
     def usable(self) -> np.ndarray:
         m = self.tg.valid.copy()
@@ -89,22 +102,21 @@ def load_events(path: str | Path, since_ns: int | None = None, until_ns: int | N
 
 def build_dataset(events: np.ndarray, meta: dict, fcfg: FeatureConfig, horizon: "Horizon | str", warmup: int,
                   since_ns: int | None = None, until_ns: int | None = None, ff: FeatureFrame | None = None) -> Dataset:
+    """Features (``ff`` if given, else computed over [since, until]) and targets. Targets end
+    at the span's end (``until_ns`` and ``ff``'s last grid time): with ``--until`` no target
+    sees the recording after the cut, for seconds and event horizons alike."""
     hz = Horizon.parse(horizon)
     tick = meta.get("tick_size")
     if ff is None:
         ff = offline_features(events, fcfg, tick, t_start_ns=since_ns, t_end_ns=until_ns)
-    tg = make_targets(ff, hz, events, tick)
+    tg = make_targets(ff, hz, events, tick, end_ns=until_ns)
     n = len(ff)
     if hz.unit == "s":
-        H = hz.steps(fcfg.sample_s)
-        end_row = np.arange(n) + H
-        hs = hz.value
+        end_row = np.arange(n) + hz.steps(fcfg.sample_s)
     else:
-        hs = tg.horizon_s()
-        H = max(1, int(round(hs / fcfg.sample_s))) if math.isfinite(hs) else 1
         end_t = ff.ts_ns + np.nan_to_num(tg.duration_s * 1e9, nan=np.inf).clip(max=9e18).astype(np.int64)
         end_row = np.searchsorted(ff.ts_ns, end_t, side="left")
-    return Dataset(ff, tg, H, hs, end_row, warmup, meta, events if hz.unit != "s" else None)
+    return Dataset(ff, tg, end_row, warmup, meta, events if hz.unit != "s" else None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,7 +232,8 @@ class FoldResult:
 def fit_baselines(ds: Dataset, tr: np.ndarray, floor: float | None = None) -> dict:
     """Fit every baseline on training rows ``tr``; returns forecasts for all rows (variance
     forecasts include the floor) and info."""
-    ff, tg, H = ds.ff, ds.tg, ds.H
+    ff, tg = ds.ff, ds.tg
+    H, _ = ds.horizon(tr)  # events: the median length over these training rows only
     ret = ff.ret_bp
     r2 = ret * ret
     sample_s = ff.cfg.sample_s
@@ -375,7 +388,7 @@ def tune(events: np.ndarray, meta: dict, fcfg: FeatureConfig, base: TrainConfig,
             te[f.test[0] : f.test[1]] = True
             te &= ds.usable() & (ds.end_row < b)
             r2 = ds.ff.ret_bp ** 2
-            har = bl.Har.fit(r2, ds.tg.var, tr | va, ds.H).var(r2, 0.0) + floor
+            har = bl.Har.fit(r2, ds.tg.var, tr | va, ds.horizon(tr | va)[0]).var(r2, 0.0) + floor
             v, y = ds.tg.var[te], ds.tg.drift[te]
             q = bl.qlike(v + floor, var[te]) / bl.qlike(v + floor, har[te])
             d = float(np.mean((y - mu[te]) ** 2) / np.mean(y**2)) if np.mean(y**2) > 0 else 1.0

@@ -223,7 +223,8 @@ def train(
 
         r2 = ds.ff.ret_bp ** 2
         init_r2 = float(np.mean(r2[warmup:v0])) if v0 > warmup else float(np.mean(r2))
-        hl = bl.fit_ewma_halflife(r2, ds.tg.var, tr, ds.H, fcfg.sample_s, floor, init_r2)
+        H, horizon_s = ds.horizon(tr | va)  # events: the median length over the final model's rows
+        hl = bl.fit_ewma_halflife(r2, ds.tg.var, tr, H, fcfg.sample_s, floor, init_r2)
         summary = cal.summarize(results) if results else {}
         data_meta = {"source": str(data[0]) if len(data) == 1 else [str(p) for p in data],
                      "exchange": rmeta.get("exchange"), "symbol": rmeta.get("symbol"), "market": rmeta.get("market"),
@@ -233,7 +234,7 @@ def train(
         meta = {
             "format": "mmbot-forecaster", "format_version": 1, "name": name,
             "features": schema(fcfg), "normalization": final.normalizer.to_dict(),
-            "horizon": str(hz), "horizon_s": float(ds.horizon_s), "horizon_steps": int(ds.H), "sample_s": fcfg.sample_s,
+            "horizon": str(hz), "horizon_s": float(horizon_s), "horizon_steps": int(H), "sample_s": fcfg.sample_s,
             "warmup_steps": int(warmup), "arch": final.net.arch(), "train": cfg.to_dict(),
             "train_result": {"best_epoch": final.best_epoch, "best_val_loss": final.best_val, "seconds": final.seconds,
                              "rows_train": int(tr.sum()), "rows_val": int(va.sum())},

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from models import baselines as bl
-from models.calibrate import build_dataset, f1_macro, load_events, make_folds, run_fold
+from models.calibrate import Fold, _masks, build_dataset, f1_macro, load_events, make_folds, run_fold
 from models.cli import parse_time, train
 from models.export import load_model
 from models.features import FeatureConfig
 from models.forecaster import load_forecaster
 from models.registry import Registry
 from models.train import TrainConfig
-from models_helpers import binance_recording, replay_online
+from models_helpers import binance_recording, change_future, replay_online, write_recording
 
 TINY = dict(sample_s=0.1, horizon="1s", rv_windows="5,20,50", hidden=8, lookback=16, batch=8, max_epochs=3,
             patience=2, folds=2, progress=False, json_out=True)
@@ -117,3 +117,70 @@ def test_parse_time():
     assert parse_time("6h", 0, end) == end - 6 * 3600 * 10**9
     assert parse_time("2015-05-01T12:00", 0, end) == 1430481600 * 10**9
     assert parse_time(None, 0, end) is None
+
+
+@pytest.fixture(scope="module")
+def short_events(rec):
+    """The first 4 minutes of the Binance capture and the recording's metadata."""
+    ev, meta = load_events(rec)
+    return ev[ev["local_ts"] <= ev["local_ts"][0] + 240 * 10**9], meta
+
+
+def _whole_second(ns: int) -> int:
+    return ns // 10**9 * 10**9
+
+
+def test_until_hides_the_future_from_training_with_an_event_horizon(short_events, tmp_path):
+    """``mmbot train --until T --horizon 20ev`` on two recordings that differ only after T
+    gives the same model, the same horizon and the same walk-forward numbers: no target, no
+    early-stopping row and no horizon length sees data after the cut."""
+    import datetime as dt
+
+    import torch
+
+    ev, meta = short_events
+    cut = _whole_second(int(ev["local_ts"][0]) + 170 * 10**9)
+    ev2 = change_future(ev, cut)
+    until = dt.datetime.fromtimestamp(cut / 1e9, dt.timezone.utc).isoformat()
+    args = {**TINY, "horizon": "20ev", "threads": 1, "until": until}
+    res, models = [], []
+    for i, e in enumerate((ev, ev2)):
+        r = write_recording(e, meta, tmp_path / f"rec{i}")
+        res.append(train([r], registry=tmp_path / f"reg{i}", **args))
+        models.append(load_model(res[-1]["model"]))
+    (m1, meta1), (m2, meta2) = models
+    assert meta1["data"]["end_ns"] <= cut and meta1["data"]["rows"] == meta2["data"]["rows"]
+    for key in ("horizon_s", "horizon_steps", "normalization", "scales", "var_floor_bp2", "baseline", "metrics"):
+        assert meta1[key] == meta2[key], key
+    tr1, tr2 = ({k: v for k, v in m["train_result"].items() if k != "seconds"} for m in (meta1, meta2))
+    assert tr1 == tr2
+    p1, p2 = list(m1.params()), list(m2.params())
+    assert len(p1) == len(p2) and all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert res[0]["verdict"] == res[1]["verdict"]
+
+
+def test_event_horizon_length_comes_from_training_rows(short_events):
+    """A fold's horizon length (event horizons: the median duration) and its baselines come from
+    its training rows: changing the test block and later data changes neither."""
+    import torch
+
+    ev, meta = short_events
+    fc = FeatureConfig(sample_s=0.1, rv_windows=(5, 20))
+    ds = build_dataset(ev, meta, fc, "20ev", 20)
+    use = np.flatnonzero(ds.usable())
+    a = int(use[0])
+    s = a + (int(use[-1]) + 1 - a) // 2
+    cut = int(ds.ff.ts_ns[s - 1])
+    ds2 = build_dataset(change_future(ev, cut, drop=0.0), meta, fc, "20ev", 20)
+    assert np.array_equal(ds.ff.X[:s], ds2.ff.X[:s])
+    # the future is slower (time stretched): over all rows, test block included, the median moves
+    assert ds2.tg.horizon_s() > ds.tg.horizon_s() + 10 * fc.sample_s
+    fold = Fold(1, (a, s), s - (s - a) // 7, (s, s + 300))
+    tr, va = _masks(ds, a, fold.val_start, s)
+    tr2, va2 = _masks(ds2, a, fold.val_start, s)
+    assert np.array_equal(tr, tr2[: ds.n]) and np.array_equal(va, va2[: ds.n]) and not (tr2 | va2)[ds.n :].any()
+    assert ds.horizon(tr | va) == ds2.horizon(tr2 | va2)
+    cfg = TrainConfig(hidden=4, lookback=8, batch=4, max_epochs=2, min_epochs=1, threads=1)
+    (fr1, res1), (fr2, res2) = run_fold(ds, fold, cfg), run_fold(ds2, fold, cfg)
+    assert fr1.baselines_info == fr2.baselines_info
+    assert all(torch.equal(x, y) for x, y in zip(res1.net.state_dict().values(), res2.net.state_dict().values()))
