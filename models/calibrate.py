@@ -429,24 +429,50 @@ def _fmt(v: float, k: str) -> str:
     return f"{v:.4f}"
 
 
+def _best(s: dict, models, metric: str, lower: bool) -> str | None:
+    """The baseline (not the LSTM) with the best mean ``metric``; NaN counts as worst."""
+    cands = [m for m in models if m != "lstm" and m in s and metric in s[m]]
+    if not cands:
+        return None
+    sign = 1.0 if lower else -1.0
+    return min(cands, key=lambda m: sign * s[m][metric] if math.isfinite(s[m][metric]) else math.inf)
+
+
+def _verdict_line(results: list[FoldResult], s: dict, what: str, models, labels: dict, metric: str, name: str,
+                  lower: bool, unit: str = "") -> str | None:
+    """One verdict sentence about one metric: the LSTM's mean against the best baseline's by
+    that same metric, and in how many folds the LSTM is the best model by it."""
+    b = _best(s, models, metric, lower)
+    if b is None or metric not in s.get("lstm", {}):
+        return None
+    lv, bv = s["lstm"][metric], s[b][metric]
+    better = (lv < bv) if lower else (lv > bv)
+
+    def best_in(r: FoldResult) -> bool:
+        others = [r.metrics[m][metric] for m in models if m != "lstm" and metric in r.metrics.get(m, {})]
+        others = [o for o in others if math.isfinite(o)]
+        x = r.metrics["lstm"][metric]
+        return math.isfinite(x) and all((x < o) if lower else (x > o) for o in others)
+
+    wins = sum(best_in(r) for r in results)
+    group = "volatility" if models is VOL_MODELS else "drift"
+    f = lambda v: _fmt(v, metric)  # noqa: E731
+    return (f"{what}: the LSTM's mean {name} is {f(lv)}{unit} against {f(bv)} for the best baseline by {name} "
+            f"({labels[b]}): {'better' if better else 'WORSE'} on average; the LSTM is the best {group} model by "
+            f"{name} in {wins} of {len(results)} folds.")
+
+
 def verdict(results: list[FoldResult]) -> list[str]:
-    """Plain sentences: where the LSTM wins and where it loses, per fold and on average."""
+    """Plain sentences: where the LSTM wins and where it loses, per fold and on average. One
+    metric per sentence: each compares the LSTM with the baseline that is best by that metric."""
     s = summarize(results)
-    lines = []
-    vb = min((m for m in VOL_MODELS if m != "lstm" and m in s), key=lambda m: s[m]["qlike"])
-    wins = sum(r.metrics["lstm"]["qlike"] < min(r.metrics[m]["qlike"] for m in VOL_MODELS if m != "lstm") for r in results)
-    better = s["lstm"]["qlike"] < s[vb]["qlike"]
-    lines.append(f"Volatility: the LSTM's mean QLIKE is {s['lstm']['qlike']:.4f} against {s[vb]['qlike']:.4f} for the "
-                 f"best baseline ({_VOL_LABEL[vb]}): the LSTM is {'better' if better else 'WORSE'} on average and beats "
-                 f"every volatility baseline in {wins} of {len(results)} folds.")
-    db = min((m for m in DRIFT_MODELS if m != "lstm" and m in s), key=lambda m: s[m]["mse"])
-    wins = sum(r.metrics["lstm"]["mse"] < min(r.metrics[m]["mse"] for m in DRIFT_MODELS if m != "lstm") for r in results)
-    better = s["lstm"]["mse"] < s[db]["mse"]
-    lines.append(f"Drift: the LSTM's mean out-of-sample R^2 is {s['lstm']['r2']:+.4f} (MSE {s['lstm']['mse']:.4f} bp^2) "
-                 f"against {s[db]['r2']:+.4f} (MSE {s[db]['mse']:.4f}) for the best drift baseline ({_DRIFT_LABEL[db]}): "
-                 f"{'better' if better else 'WORSE'} on average, best of all drift models in {wins} of {len(results)} folds. "
-                 f"Directional accuracy {s['lstm']['dir_acc']:.3f}, macro F1 {s['lstm']['f1']:.3f}.")
-    return lines
+    specs = [("Volatility", VOL_MODELS, _VOL_LABEL, "qlike", "QLIKE", True, ""),
+             ("Drift", DRIFT_MODELS, _DRIFT_LABEL, "mse", "MSE", True, " bp^2"),
+             ("Drift", DRIFT_MODELS, _DRIFT_LABEL, "r2", "out-of-sample R^2", False, ""),
+             ("Direction", DRIFT_MODELS, _DRIFT_LABEL, "dir_acc", "directional accuracy", False, ""),
+             ("Direction", DRIFT_MODELS, _DRIFT_LABEL, "f1", "macro F1", False, "")]
+    lines = [_verdict_line(results, s, *spec) for spec in specs]
+    return [x for x in lines if x]
 
 
 def write_report(out_dir: Path, *, title: str, command: str, meta: dict, results: list[FoldResult],

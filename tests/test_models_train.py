@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models import baselines as bl
-from models.calibrate import Fold, _masks, build_dataset, f1_macro, load_events, make_folds, run_fold
+from models.calibrate import Fold, FoldResult, _masks, build_dataset, f1_macro, load_events, make_folds, run_fold, verdict
 from models.cli import parse_time, train
 from models.export import load_model
 from models.features import FeatureConfig
@@ -184,3 +184,30 @@ def test_event_horizon_length_comes_from_training_rows(short_events):
     (fr1, res1), (fr2, res2) = run_fold(ds, fold, cfg), run_fold(ds2, fold, cfg)
     assert fr1.baselines_info == fr2.baselines_info
     assert all(torch.equal(x, y) for x, y in zip(res1.net.state_dict().values(), res2.net.state_dict().values()))
+
+
+def _fold_result(i: int, drift: dict) -> FoldResult:
+    """A fold's metrics: the volatility models fixed, the drift models' (mse, r2) given."""
+    m = {name: {"qlike": q, "mse_var": 1.0} for name, q in (("lstm", 1.1), ("ewma", 1.5), ("ewma_fit", 1.2),
+                                                              ("garch", 1.3), ("har", 1.0))}
+    for name, (mse, r2) in drift.items():
+        m.setdefault(name, {}).update(mse=mse, r2=r2, dir_acc=0.5 + r2, f1=0.3 + r2)
+    return FoldResult(Fold(i, (0, 10), 8, (10, 20)), m, 1, 0.1, {})
+
+
+def test_verdict_one_metric_per_line():
+    """Over folds of different variance, the best drift baseline by mean MSE (OFI) is not the
+    best by mean R^2 (logistic): each verdict line names the baseline that is best by the
+    metric it prints, and prints no other metric."""
+    # fold 1: test variance 10 bp^2 (R^2 = 1 - MSE/10); fold 2: variance 1
+    f1 = _fold_result(1, {"lstm": (9.2, 0.08), "zero": (10.0, 0.0), "ofi_linear": (9.0, 0.10), "imb_logistic": (9.5, 0.05)})
+    f2 = _fold_result(2, {"lstm": (0.95, 0.05), "zero": (1.0, 0.0), "ofi_linear": (0.99, 0.01), "imb_logistic": (0.90, 0.10)})
+    lines = verdict([f1, f2])
+    metrics = ("QLIKE", "MSE", "R^2", "accuracy", "F1")
+    for line in lines:
+        assert sum(k in line for k in metrics) == 1, line
+    mse = next(x for x in lines if "MSE" in x)
+    r2 = next(x for x in lines if "R^2" in x)
+    assert "linear on OFI" in mse and "4.9950" in mse and "5.0750" in mse and "WORSE" in mse
+    assert "logistic on imbalance" in r2 and "+0.0750" in r2 and "+0.0650" in r2 and "WORSE" in r2
+    assert "HAR-RV" in lines[0] and "WORSE" in lines[0] and "0 of 2 folds" in lines[0]
