@@ -475,11 +475,40 @@ def verdict(results: list[FoldResult]) -> list[str]:
     return [x for x in lines if x]
 
 
+def beats_baselines(results: list[FoldResult]) -> tuple[bool, str]:
+    """Whether the walk-forward evaluation shows the LSTM beating the best baselines on both
+    heads (mean QLIKE below the best volatility baseline's, mean drift MSE below the best drift
+    baseline's), and a sentence saying why or why not. No evaluation: False."""
+    if not results:
+        return False, "it has no walk-forward evaluation (--folds 0, or fine-tuned with --init-from)"
+    s = summarize(results)
+    parts, wins = [], []
+    for head, models, labels, metric, name in (("volatility", VOL_MODELS, _VOL_LABEL, "qlike", "QLIKE"),
+                                               ("drift", DRIFT_MODELS, _DRIFT_LABEL, "mse", "MSE")):
+        b = _best(s, models, metric, True)
+        lv = s.get("lstm", {}).get(metric, float("nan"))
+        if b is None:
+            wins.append(False)
+            parts.append(f"{head}: no baseline to compare with")
+            continue
+        bv = s[b][metric]
+        ok = math.isfinite(lv) and lv < bv
+        wins.append(ok)
+        parts.append(f"{head} {name} {_fmt(lv, metric)} {'<' if ok else 'is not below'} {_fmt(bv, metric)} ({labels[b]})")
+    if all(wins):
+        return True, "it beats the best baselines in the walk-forward evaluation: " + "; ".join(parts)
+    return False, "its walk-forward evaluation does not show it beating the best baselines: " + "; ".join(parts)
+
+
 def write_report(out_dir: Path, *, title: str, command: str, meta: dict, results: list[FoldResult],
-                 final: FitResult | None, trials: list[dict] | None = None, notes: list[str] | None = None) -> Path:
-    """Markdown report + PNG plots into ``out_dir``; returns the report path."""
+                 final: FitResult | None, trials: list[dict] | None = None, notes: list[str] | None = None,
+                 registry_note: str | None = None) -> Path:
+    """Markdown report + PNG plots into ``out_dir``; returns the report path. ``registry_note``:
+    whether the model was made the registry's default, and why (shown under the title)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     L: list[str] = [f"# {title}", ""]
+    if registry_note:
+        L += [f"**{registry_note}**", ""]
     L += ["Reproduce:", "", "```sh", command, "```", ""]
     d = meta.get("data", {})
     L += ["## Data and setup", "",

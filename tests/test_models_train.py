@@ -51,11 +51,20 @@ def test_train_on_a_real_slice(rec, tmp_path, capsys):
     grid = np.arange(ev["local_ts"][0] // f.S + 1, ev["local_ts"][-1] // f.S) * f.S
     fcs = replay_online(ev, rmeta["tick_size"], rmeta["lot_size"], grid, f.update)
     assert fcs[-1].sigma is not None and fcs[-1].sigma > 0
-    # regime adaptation: fine-tune v0001 on the latest 3 minutes -> v0002 with its parent
-    res2 = train([rec], registry=reg, init_from="v0001", since="3m", **TINY)
+    # the registry's default moves to v0001 only if its evaluation beats the best baselines on both heads
+    wf = meta["metrics"]["walk_forward_mean"]
+    good = (wf["lstm"]["qlike"] < min(wf[m]["qlike"] for m in ("ewma", "ewma_fit", "garch", "har"))
+            and wf["lstm"]["mse"] < min(wf[m]["mse"] for m in ("zero", "ofi_linear", "imb_logistic")))
+    assert res["default"] == good and Registry(reg).default_version() == ("v0001" if good else None)
+    assert res["default_note"] in report
+    # regime adaptation: fine-tune v0001 on the latest 3 minutes -> v0002 with its parent; no
+    # walk-forward evaluation, so it becomes the default only because it is told to
+    res2 = train([rec], registry=reg, init_from="v0001", since="3m", make_default=True, **TINY)
     assert res2["version"] == "v0002"
     versions = Registry(reg).versions()
     assert [v["version"] for v in versions] == ["v0001", "v0002"] and versions[1]["parent"] == "v0001"
+    assert res2["default"] and Registry(reg).default_version() == "v0002" and "--make-default" in res2["default_note"]
+    assert Registry(reg).resolve("default") == reg / "v0002" / "model.pt"
     _, meta2 = load_model(reg / "v0002" / "model.pt")
     assert meta2["data"]["start_ns"] > meta["data"]["start_ns"]
     assert meta2["normalization"] == meta["normalization"]  # fine-tuning keeps the parent's scaling
@@ -211,3 +220,39 @@ def test_verdict_one_metric_per_line():
     assert "linear on OFI" in mse and "4.9950" in mse and "5.0750" in mse and "WORSE" in mse
     assert "logistic on imbalance" in r2 and "+0.0750" in r2 and "+0.0650" in r2 and "WORSE" in r2
     assert "HAR-RV" in lines[0] and "WORSE" in lines[0] and "0 of 2 folds" in lines[0]
+
+
+def test_a_model_worse_than_the_baselines_is_registered_but_not_made_the_default(rec, tmp_path, capsys):
+    """``mmbot train`` registers every model, but moves the registry's default pointer only to
+    one that beats the baselines (or with --make-default), and says so in its output and report."""
+    reg = tmp_path / "reg"
+    args = {**TINY, "json_out": False, "until": "7m", "max_epochs": 1}
+    first = train([rec], registry=reg, make_default=True, **{**args, "folds": 0})
+    assert first["default"] and Registry(reg).default_version() == "v0001"
+    assert "--make-default was given, although it has no walk-forward evaluation" in first["default_note"]
+    capsys.readouterr()
+    # an untrained network (learning rate 1e-9): worse than the baselines in its own report
+    res = train([rec], registry=reg, lr=1e-9, **args)
+    assert res["version"] == "v0002" and not res["default"]
+    assert [v["version"] for v in Registry(reg).versions()] == ["v0001", "v0002"]  # registered ...
+    assert Registry(reg).default_version() == "v0001"  # ... but the default did not move
+    assert Registry(reg).resolve("default") == reg / "v0001" / "model.pt"
+    note = res["default_note"]
+    assert "v0002 is registered but NOT made the default model" in note and "The default stays v0001" in note
+    assert " ".join(capsys.readouterr().err.split()).count("NOT made the default") == 1
+    assert note in (reg / "v0002" / "report.md").read_text()
+
+
+def test_beats_baselines_needs_both_heads():
+    from models.calibrate import beats_baselines
+
+    vol_and_drift = _fold_result(1, {"lstm": (0.5, 0.5), "zero": (1.0, 0.0), "ofi_linear": (0.9, 0.1), "imb_logistic": (0.8, 0.2)})
+    ok, why = beats_baselines([vol_and_drift])
+    assert not ok and "volatility QLIKE 1.1000 is not below 1.0000 (HAR-RV)" in why
+    vol_and_drift.metrics["lstm"]["qlike"] = 0.9
+    ok, why = beats_baselines([vol_and_drift])
+    assert ok and "volatility QLIKE 0.9000 < 1.0000" in why and "drift MSE 0.5000 < 0.8000" in why
+    vol_and_drift.metrics["lstm"]["mse"] = 0.85  # drift now worse than logistic
+    ok, why = beats_baselines([vol_and_drift])
+    assert not ok and "drift MSE 0.8500 is not below 0.8000 (logistic on imbalance)" in why
+    assert beats_baselines([])[0] is False
