@@ -94,8 +94,7 @@ def make_targets(ff: FeatureFrame, horizon: "Horizon | str", events: np.ndarray 
     """Targets for every row of ``ff``. An event horizon needs the recording's ``events``.
 
     ``end_ns`` (local time, ns): the end of the span; no target uses data after it (default
-    and upper bound: the last grid time of ``ff``). Seconds horizons use only the mids of
-    ``ff``'s rows, so they end there anyway."""
+    and upper bound: the last grid time of ``ff``): rows whose horizon ends after it get NaN."""
     hz = Horizon.parse(horizon)
     n = len(ff)
     if hz.unit == "s":
@@ -106,6 +105,11 @@ def make_targets(ff: FeatureFrame, horizon: "Horizon | str", events: np.ndarray 
             drift[: n - H] = np.log(ff.mid[H:] / ff.mid[: n - H]) * BP
             # var over (k, k+H] = window sum of H squared returns ending at row k+H (exact ints)
             var[: n - H] = rv_window_units(ff, H)[H:]
+            if end_ns is not None:
+                late = np.zeros(n, bool)
+                late[: n - H] = ff.ts_ns[H:] > end_ns
+                drift[late] = np.nan
+                var[late] = np.nan
         dur = np.where(np.isfinite(drift), hz.value, np.nan)
         return Targets(drift, var, dur, hz)
     if events is None:

@@ -118,6 +118,9 @@ def test_event_targets_stop_at_the_span_end(binance):
     assert 0 < ok3.sum() < ok.sum()
     assert np.all(ff1.ts_ns[ok3] + t3.duration_s[ok3] * 1e9 <= end + 1)
     assert np.array_equal(t3.drift[ok3], t1.drift[ok3])
+    s1, s3 = make_targets(ff1, "1s"), make_targets(ff1, "1s", end_ns=end)  # seconds horizons alike
+    ok = s3.valid
+    assert ok.sum() == np.sum(ff1.ts_ns + 10**9 <= end) and np.array_equal(s3.var[ok], s1.var[ok])
 
 
 def test_sampled_ofi_equals_cks_with_one_event_per_interval():
