@@ -8,7 +8,8 @@ after it. Fold i trains on everything before its test block (``expanding``) or o
 span for early stopping, and is scored on its test block. Purging: a training (validation)
 row is used only if its target's horizon ends before the validation (test) span starts,
 so no target overlaps later data. Normalisation statistics, target scales and every
-baseline are fitted on the fold's training rows only.
+baseline are fitted on the fold's training rows only; so is an event horizon's length in
+seconds and grid rows (the median over the training rows, :meth:`Dataset.horizon`).
 
 Metrics, on the test rows of each fold:
 
@@ -55,8 +56,6 @@ class Dataset:
 
     ff: FeatureFrame
     tg: Targets
-    H: int  # grid rows of the horizon (events: of its median length)
-    horizon_s: float
     end_row: np.ndarray  # per row, the grid row at which its target's horizon ends
     warmup: int
     meta: dict = field(default_factory=dict)
@@ -65,6 +64,20 @@ class Dataset:
     @property
     def n(self) -> int:
         return len(self.ff)
+
+    def horizon(self, rows: np.ndarray) -> tuple[int, float]:
+        """(grid rows, seconds) of the horizon for a model fitted on ``rows`` (a boolean mask).
+
+        A seconds horizon is fixed. An event horizon's length varies per row: it is the median
+        duration over ``rows``, which must be training rows only (never test rows, never rows
+        after the span being fitted), so that nothing fitted depends on later data."""
+        hz = self.tg.horizon
+        if hz.unit == "s":
+            return hz.steps(self.ff.cfg.sample_s), hz.value
+        hs = self.tg.horizon_s(rows)
+        if not math.isfinite(hs):
+            raise ValueError(f"no rows with an {hz} target to measure the horizon's length on")
+        return max(1, int(round(hs / self.ff.cfg.sample_s))), hs
 
     def usable(self) -> np.ndarray:
         m = self.tg.valid.copy()
@@ -89,22 +102,21 @@ def load_events(path: str | Path, since_ns: int | None = None, until_ns: int | N
 
 def build_dataset(events: np.ndarray, meta: dict, fcfg: FeatureConfig, horizon: "Horizon | str", warmup: int,
                   since_ns: int | None = None, until_ns: int | None = None, ff: FeatureFrame | None = None) -> Dataset:
+    """Features (``ff`` if given, else computed over [since, until]) and targets. Targets end
+    at the span's end (``until_ns`` and ``ff``'s last grid time): with ``--until`` no target
+    sees the recording after the cut, for seconds and event horizons alike."""
     hz = Horizon.parse(horizon)
     tick = meta.get("tick_size")
     if ff is None:
         ff = offline_features(events, fcfg, tick, t_start_ns=since_ns, t_end_ns=until_ns)
-    tg = make_targets(ff, hz, events, tick)
+    tg = make_targets(ff, hz, events, tick, end_ns=until_ns)
     n = len(ff)
     if hz.unit == "s":
-        H = hz.steps(fcfg.sample_s)
-        end_row = np.arange(n) + H
-        hs = hz.value
+        end_row = np.arange(n) + hz.steps(fcfg.sample_s)
     else:
-        hs = tg.horizon_s()
-        H = max(1, int(round(hs / fcfg.sample_s))) if math.isfinite(hs) else 1
         end_t = ff.ts_ns + np.nan_to_num(tg.duration_s * 1e9, nan=np.inf).clip(max=9e18).astype(np.int64)
         end_row = np.searchsorted(ff.ts_ns, end_t, side="left")
-    return Dataset(ff, tg, H, hs, end_row, warmup, meta, events if hz.unit != "s" else None)
+    return Dataset(ff, tg, end_row, warmup, meta, events if hz.unit != "s" else None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,7 +232,8 @@ class FoldResult:
 def fit_baselines(ds: Dataset, tr: np.ndarray, floor: float | None = None) -> dict:
     """Fit every baseline on training rows ``tr``; returns forecasts for all rows (variance
     forecasts include the floor) and info."""
-    ff, tg, H = ds.ff, ds.tg, ds.H
+    ff, tg = ds.ff, ds.tg
+    H, _ = ds.horizon(tr)  # events: the median length over these training rows only
     ret = ff.ret_bp
     r2 = ret * ret
     sample_s = ff.cfg.sample_s
@@ -375,7 +388,7 @@ def tune(events: np.ndarray, meta: dict, fcfg: FeatureConfig, base: TrainConfig,
             te[f.test[0] : f.test[1]] = True
             te &= ds.usable() & (ds.end_row < b)
             r2 = ds.ff.ret_bp ** 2
-            har = bl.Har.fit(r2, ds.tg.var, tr | va, ds.H).var(r2, 0.0) + floor
+            har = bl.Har.fit(r2, ds.tg.var, tr | va, ds.horizon(tr | va)[0]).var(r2, 0.0) + floor
             v, y = ds.tg.var[te], ds.tg.drift[te]
             q = bl.qlike(v + floor, var[te]) / bl.qlike(v + floor, har[te])
             d = float(np.mean((y - mu[te]) ** 2) / np.mean(y**2)) if np.mean(y**2) > 0 else 1.0
@@ -416,31 +429,86 @@ def _fmt(v: float, k: str) -> str:
     return f"{v:.4f}"
 
 
+def _best(s: dict, models, metric: str, lower: bool) -> str | None:
+    """The baseline (not the LSTM) with the best mean ``metric``; NaN counts as worst."""
+    cands = [m for m in models if m != "lstm" and m in s and metric in s[m]]
+    if not cands:
+        return None
+    sign = 1.0 if lower else -1.0
+    return min(cands, key=lambda m: sign * s[m][metric] if math.isfinite(s[m][metric]) else math.inf)
+
+
+def _verdict_line(results: list[FoldResult], s: dict, what: str, models, labels: dict, metric: str, name: str,
+                  lower: bool, unit: str = "") -> str | None:
+    """One verdict sentence about one metric: the LSTM's mean against the best baseline's by
+    that same metric, and in how many folds the LSTM is the best model by it."""
+    b = _best(s, models, metric, lower)
+    if b is None or metric not in s.get("lstm", {}):
+        return None
+    lv, bv = s["lstm"][metric], s[b][metric]
+    better = (lv < bv) if lower else (lv > bv)
+
+    def best_in(r: FoldResult) -> bool:
+        others = [r.metrics[m][metric] for m in models if m != "lstm" and metric in r.metrics.get(m, {})]
+        others = [o for o in others if math.isfinite(o)]
+        x = r.metrics["lstm"][metric]
+        return math.isfinite(x) and all((x < o) if lower else (x > o) for o in others)
+
+    wins = sum(best_in(r) for r in results)
+    group = "volatility" if models is VOL_MODELS else "drift"
+    f = lambda v: _fmt(v, metric)  # noqa: E731
+    return (f"{what}: the LSTM's mean {name} is {f(lv)}{unit} against {f(bv)} for the best baseline by {name} "
+            f"({labels[b]}): {'better' if better else 'WORSE'} on average; the LSTM is the best {group} model by "
+            f"{name} in {wins} of {len(results)} folds.")
+
+
 def verdict(results: list[FoldResult]) -> list[str]:
-    """Plain sentences: where the LSTM wins and where it loses, per fold and on average."""
+    """Plain sentences: where the LSTM wins and where it loses, per fold and on average. One
+    metric per sentence: each compares the LSTM with the baseline that is best by that metric."""
     s = summarize(results)
-    lines = []
-    vb = min((m for m in VOL_MODELS if m != "lstm" and m in s), key=lambda m: s[m]["qlike"])
-    wins = sum(r.metrics["lstm"]["qlike"] < min(r.metrics[m]["qlike"] for m in VOL_MODELS if m != "lstm") for r in results)
-    better = s["lstm"]["qlike"] < s[vb]["qlike"]
-    lines.append(f"Volatility: the LSTM's mean QLIKE is {s['lstm']['qlike']:.4f} against {s[vb]['qlike']:.4f} for the "
-                 f"best baseline ({_VOL_LABEL[vb]}): the LSTM is {'better' if better else 'WORSE'} on average and beats "
-                 f"every volatility baseline in {wins} of {len(results)} folds.")
-    db = min((m for m in DRIFT_MODELS if m != "lstm" and m in s), key=lambda m: s[m]["mse"])
-    wins = sum(r.metrics["lstm"]["mse"] < min(r.metrics[m]["mse"] for m in DRIFT_MODELS if m != "lstm") for r in results)
-    better = s["lstm"]["mse"] < s[db]["mse"]
-    lines.append(f"Drift: the LSTM's mean out-of-sample R^2 is {s['lstm']['r2']:+.4f} (MSE {s['lstm']['mse']:.4f} bp^2) "
-                 f"against {s[db]['r2']:+.4f} (MSE {s[db]['mse']:.4f}) for the best drift baseline ({_DRIFT_LABEL[db]}): "
-                 f"{'better' if better else 'WORSE'} on average, best of all drift models in {wins} of {len(results)} folds. "
-                 f"Directional accuracy {s['lstm']['dir_acc']:.3f}, macro F1 {s['lstm']['f1']:.3f}.")
-    return lines
+    specs = [("Volatility", VOL_MODELS, _VOL_LABEL, "qlike", "QLIKE", True, ""),
+             ("Drift", DRIFT_MODELS, _DRIFT_LABEL, "mse", "MSE", True, " bp^2"),
+             ("Drift", DRIFT_MODELS, _DRIFT_LABEL, "r2", "out-of-sample R^2", False, ""),
+             ("Direction", DRIFT_MODELS, _DRIFT_LABEL, "dir_acc", "directional accuracy", False, ""),
+             ("Direction", DRIFT_MODELS, _DRIFT_LABEL, "f1", "macro F1", False, "")]
+    lines = [_verdict_line(results, s, *spec) for spec in specs]
+    return [x for x in lines if x]
+
+
+def beats_baselines(results: list[FoldResult]) -> tuple[bool, str]:
+    """Whether the walk-forward evaluation shows the LSTM beating the best baselines on both
+    heads (mean QLIKE below the best volatility baseline's, mean drift MSE below the best drift
+    baseline's), and a sentence saying why or why not. No evaluation: False."""
+    if not results:
+        return False, "it has no walk-forward evaluation (--folds 0, or fine-tuned with --init-from)"
+    s = summarize(results)
+    parts, wins = [], []
+    for head, models, labels, metric, name in (("volatility", VOL_MODELS, _VOL_LABEL, "qlike", "QLIKE"),
+                                               ("drift", DRIFT_MODELS, _DRIFT_LABEL, "mse", "MSE")):
+        b = _best(s, models, metric, True)
+        lv = s.get("lstm", {}).get(metric, float("nan"))
+        if b is None:
+            wins.append(False)
+            parts.append(f"{head}: no baseline to compare with")
+            continue
+        bv = s[b][metric]
+        ok = math.isfinite(lv) and lv < bv
+        wins.append(ok)
+        parts.append(f"{head} {name} {_fmt(lv, metric)} {'<' if ok else 'is not below'} {_fmt(bv, metric)} ({labels[b]})")
+    if all(wins):
+        return True, "it beats the best baselines in the walk-forward evaluation: " + "; ".join(parts)
+    return False, "its walk-forward evaluation does not show it beating the best baselines: " + "; ".join(parts)
 
 
 def write_report(out_dir: Path, *, title: str, command: str, meta: dict, results: list[FoldResult],
-                 final: FitResult | None, trials: list[dict] | None = None, notes: list[str] | None = None) -> Path:
-    """Markdown report + PNG plots into ``out_dir``; returns the report path."""
+                 final: FitResult | None, trials: list[dict] | None = None, notes: list[str] | None = None,
+                 registry_note: str | None = None) -> Path:
+    """Markdown report + PNG plots into ``out_dir``; returns the report path. ``registry_note``:
+    whether the model was made the registry's default, and why (shown under the title)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     L: list[str] = [f"# {title}", ""]
+    if registry_note:
+        L += [f"**{registry_note}**", ""]
     L += ["Reproduce:", "", "```sh", command, "```", ""]
     d = meta.get("data", {})
     L += ["## Data and setup", "",

@@ -112,8 +112,9 @@ def train(
     tune_timeout: Annotated[Optional[float], typer.Option("--tune-timeout", help="stop the search after this many seconds")] = None,
     since: Annotated[Optional[str], typer.Option(help="use data from this time on: ISO 8601 (UTC) or a duration before the data end ('6h')")] = None,
     until: Annotated[Optional[str], typer.Option(help="use data up to this time (ISO 8601 or duration before the end)")] = None,
-    init_from: Annotated[Optional[str], typer.Option("--init-from", help="fine-tune this model (registry version, 'latest', 'default' or a .pt path) instead of training from scratch")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="fine-tune this model (registry version, 'latest', 'default' (the registry's default, else the shipped model) or a .pt path) instead of training from scratch")] = None,
     registry: Annotated[Path, typer.Option(help="model registry directory")] = Path("runs/models"),
+    make_default: Annotated[bool, typer.Option("--make-default", help="make the new model the registry's default even if its walk-forward evaluation does not show it beating the baselines")] = False,
     out: Annotated[Optional[Path], typer.Option(help="also write the model, metadata, report and plots into this directory")] = None,
     name: Annotated[str, typer.Option(help="model name (file name under --out)")] = "model",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
@@ -152,9 +153,7 @@ def train(
     parent = None
     reg = Registry(registry)
     if init_from:
-        from models.forecaster import resolve_model_path
-
-        p = resolve_model_path(init_from) if init_from == "default" else reg.resolve(init_from)
+        p = reg.resolve(init_from)
         module, pmeta = load_model(p)
         fcfg = FeatureConfig.from_dict(pmeta["features"]["config"])
         hz = Horizon.parse(pmeta["horizon"])
@@ -223,7 +222,8 @@ def train(
 
         r2 = ds.ff.ret_bp ** 2
         init_r2 = float(np.mean(r2[warmup:v0])) if v0 > warmup else float(np.mean(r2))
-        hl = bl.fit_ewma_halflife(r2, ds.tg.var, tr, ds.H, fcfg.sample_s, floor, init_r2)
+        H, horizon_s = ds.horizon(tr | va)  # events: the median length over the final model's rows
+        hl = bl.fit_ewma_halflife(r2, ds.tg.var, tr, H, fcfg.sample_s, floor, init_r2)
         summary = cal.summarize(results) if results else {}
         data_meta = {"source": str(data[0]) if len(data) == 1 else [str(p) for p in data],
                      "exchange": rmeta.get("exchange"), "symbol": rmeta.get("symbol"), "market": rmeta.get("market"),
@@ -233,7 +233,7 @@ def train(
         meta = {
             "format": "mmbot-forecaster", "format_version": 1, "name": name,
             "features": schema(fcfg), "normalization": final.normalizer.to_dict(),
-            "horizon": str(hz), "horizon_s": float(ds.horizon_s), "horizon_steps": int(ds.H), "sample_s": fcfg.sample_s,
+            "horizon": str(hz), "horizon_s": float(horizon_s), "horizon_steps": int(H), "sample_s": fcfg.sample_s,
             "warmup_steps": int(warmup), "arch": final.net.arch(), "train": cfg.to_dict(),
             "train_result": {"best_epoch": final.best_epoch, "best_val_loss": final.best_val, "seconds": final.seconds,
                              "rows_train": int(tr.sum()), "rows_val": int(va.sum())},
@@ -263,10 +263,22 @@ def train(
             "The online misspecification guard compares the model with the fitted-half-life EWMA "
             f"(half-life {hl:.0f} s) and falls back to it when the model's rolling QLIKE is worse.",
         ]
+        # every model is registered; only one that beats the baselines (or --make-default) becomes the default
+        good, why = cal.beats_baselines(results)
+        promote = good or make_default
+        if good:
+            default_note = f"Registry: {version} is now the default model: {why}."
+        elif make_default:
+            default_note = f"Registry: {version} is now the default model because --make-default was given, although {why}."
+        else:
+            prev = reg.default_version()
+            stays = f"The default stays {prev}" if prev else "The registry has no default ('default' is the shipped model)"
+            default_note = (f"Registry: {version} is registered but NOT made the default model: {why}. {stays}; "
+                            "--make-default makes it the default anyway.")
         title = f"Forecaster training report: {name} ({version})"
         rpath = cal.write_report(vdir, title=title, command=command, meta=meta_saved, results=results, final=final,
-                                 trials=trial_rows, notes=notes)
-        reg.register(version, meta_saved, parent=parent)
+                                 trials=trial_rows, notes=notes, registry_note=default_note)
+        reg.register(version, meta_saved, parent=parent, make_default=promote)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(mpath, out / f"{name}.pt")
@@ -276,7 +288,8 @@ def train(
                     shutil.copyfile(f, out / (f"{name}_report.md" if f.name == "report.md" else f.name))
         result = {"version": version, "model": str(mpath), "report": str(rpath), "horizon": str(hz),
                   "sample_s": fcfg.sample_s, "rows": int(ds.n), "seconds": round(time.perf_counter() - t_all, 1),
-                  "walk_forward_mean": summary, "verdict": cal.verdict(results) if results else []}
+                  "walk_forward_mean": summary, "verdict": cal.verdict(results) if results else [],
+                  "default": promote, "default_note": default_note}
         if out is not None:
             result["out"] = str(out / f"{name}.pt")
         if json_out:
@@ -284,6 +297,9 @@ def train(
         else:
             for line in result["verdict"]:
                 say(line)
+            from rich.markup import escape
+
+            say(escape(default_note) if promote else f"[bold yellow]{escape(default_note)}[/]")
             say(f"model {version}: {mpath}\nreport: {rpath}\ntotal {result['seconds']} s")
         return result
     finally:
@@ -319,6 +335,8 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
         parts += [k, str(v)]
     if not args["skip"]:
         parts.append("--no-skip")
+    if args.get("make_default"):
+        parts.append("--make-default")
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -22,7 +22,11 @@ metadata), the drift by squared error against the zero forecast. Over the last `
 scored rows: when the model's mean QLIKE exceeds the baseline's by more than ``enter``
 (relative), sigma comes from the EWMA baseline (source ``ewma``) until the model's is
 below the baseline's by ``exit``; likewise the drift falls back to 0 (``zero``). Each switch
-is logged (logger ``mmbot.forecaster``) and kept in :attr:`LstmForecaster.switches`.
+is kept in :attr:`LstmForecaster.switches` and counted per head (``status()["guard_switches"]``,
+so the run summary shows it). Switches are logged (logger ``mmbot.forecaster``) with a rate
+limit: at most one line per head per ``GuardConfig.log_interval_s`` seconds of event time;
+switches inside that interval are counted, and once it has passed one line reports how many
+there were and the state the head is in (:meth:`LstmForecaster.guard_summary` gives the totals).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ DEFAULT_MODEL = PRETRAINED_DIR / "default.pt"
 @dataclass
 class GuardConfig:
     """Misspecification guard. ``window``/``min_obs`` in scored grid rows; ``enter``/``exit``
-    relative margins of the model's mean loss over the baseline's (hysteresis)."""
+    relative margins of the model's mean loss over the baseline's (hysteresis);
+    ``log_interval_s``: at most one switch line per head per this many seconds of event time."""
 
     enabled: bool = True
     window: int = 600
@@ -56,6 +61,7 @@ class GuardConfig:
     enter: float = 0.02
     exit: float = 0.02
     drift: bool = True
+    log_interval_s: float = 60.0
 
 
 class _Rolling:
@@ -155,7 +161,11 @@ class LstmForecaster:
         self.feats.track_window(self.H)
         self.guard_cfg = guard or GuardConfig()
         self.max_gap_rows = max_gap_rows if max_gap_rows is not None else max(10 * self.H, 600)
-        self.switches: list[tuple[int, str, bool, float]] = []
+        self.switches: list[tuple[int, str, bool, float]] = []  # (event time ns, head, fallback?, loss ratio)
+        self.switch_counts = {"vol": 0, "drift": 0}  # over the forecaster's life (kept across resets)
+        self.lines_logged = 0
+        self._log_at: dict[str, int | None] = {"vol": None, "drift": None}  # event time of the last line per head
+        self._unlogged: dict[str, list] = {"vol": [], "drift": []}  # switches since that line, not logged
         self.name = str(meta.get("name", "lstm"))
         self.reset()
 
@@ -217,14 +227,9 @@ class LstmForecaster:
             y_real = math.log(mid / mid0) * BP
             self.guard.score(v_real, y_real, vm, vb, mm)
             for head, fb, ratio in self.guard.update():
-                self.switches.append((t_ns, head, fb, ratio))
-                if fb:
-                    log.warning("forecaster %s: LSTM %s worse than the %s baseline over the last %d forecasts "
-                                "(loss ratio %.3f): falling back to the baseline", self.name, head,
-                                "EWMA" if head == "vol" else "zero-drift", len(self.guard.vol), ratio)
-                else:
-                    log.warning("forecaster %s: LSTM %s recovered (loss ratio %.3f): using the model again",
-                                self.name, head, ratio)
+                self._switched(t_ns, head, fb, ratio)
+        if self._unlogged["vol"] or self._unlogged["drift"]:
+            self._flush_switch_logs(t_ns)
         pend.append((var_m, var_b, mu, mid))
         self.last_model = (mu, var_m)
         if self.feats.rows < self.warmup:
@@ -238,12 +243,58 @@ class LstmForecaster:
         src = "lstm" if vol_src == drift_src == "lstm" else f"vol:{vol_src},drift:{drift_src}"
         self.forecast = Forecast(drift, sigma, self.horizon_s, src)
 
+    # -- guard switches: counted always, logged with a rate limit ----------------------------
+    def _switched(self, t_ns: int, head: str, fallback: bool, ratio: float) -> None:
+        self.switches.append((t_ns, head, fallback, ratio))
+        self.switch_counts[head] += 1
+        last = self._log_at[head]
+        if not self._unlogged[head] and (last is None or t_ns - last >= self.guard_cfg.log_interval_s * 1e9):
+            self._log_switch(t_ns, head, fallback, ratio, 0)
+        else:  # held back; _flush_switch_logs reports it once the interval has passed
+            self._unlogged[head].append((fallback, ratio))
+
+    def _flush_switch_logs(self, t_ns: int) -> None:
+        """Once a head's interval has passed, one line for the switches it held back."""
+        for head, held in self._unlogged.items():
+            last = self._log_at[head]
+            if held and (last is None or t_ns - last >= self.guard_cfg.log_interval_s * 1e9):
+                fb, ratio = held[-1]
+                self._log_switch(t_ns, head, fb, ratio, len(held))
+
+    def _log_switch(self, t_ns: int, head: str, fallback: bool, ratio: float, held: int) -> None:
+        """Log a switch (``held`` = 0) or, rate-limited, ``held`` switches since the last line."""
+        base = "EWMA" if head == "vol" else "zero-drift"
+        if held:
+            last = self._log_at[head]
+            log.warning("forecaster %s: %d more LSTM %s guard switches in the last %.0f s (log rate-limited, %d in all): "
+                        "now %s (loss ratio %.3f)", self.name, held, head, (t_ns - last) * 1e-9 if last else 0.0,
+                        self.switch_counts[head], f"on the {base} baseline" if fallback else "on the model", ratio)
+        elif fallback:
+            log.warning("forecaster %s: LSTM %s worse than the %s baseline over the last %d forecasts "
+                        "(loss ratio %.3f): falling back to the baseline", self.name, head, base,
+                        len(self.guard.vol if head == "vol" else self.guard.drift), ratio)
+        else:
+            log.warning("forecaster %s: LSTM %s recovered (loss ratio %.3f): using the model again", self.name, head, ratio)
+        self._log_at[head] = t_ns
+        self._unlogged[head] = []
+        self.lines_logged += 1
+
+    def guard_summary(self) -> str:
+        """One line for the end of a run: switches per head, how many were logged, the state now."""
+        c = self.switch_counts
+        g = self.guard
+        return (f"forecaster {self.name} guard: {c['vol'] + c['drift']} switches (vol {c['vol']}, drift {c['drift']}), "
+                f"{self.lines_logged} log lines (at most one per head per {self.guard_cfg.log_interval_s:g} s); now "
+                f"vol from {'the EWMA baseline' if g.vol_fallback else 'the model'}, drift from "
+                f"{'zero' if g.drift_fallback else 'the model'}")
+
     def status(self) -> dict:
         g = self.guard
         return {"rows": self.rows, "warmed_up": self.warmed_up, "source": self.forecast.source,
                 "vol_fallback": g.vol_fallback, "drift_fallback": g.drift_fallback,
                 "vol_loss_ratio": _ratio(g.vol) if len(g.vol) else None,
-                "drift_loss_ratio": _ratio(g.drift) if len(g.drift) else None}
+                "drift_loss_ratio": _ratio(g.drift) if len(g.drift) else None,
+                "guard_switches": dict(self.switch_counts), "guard_log_lines": self.lines_logged}
 
 
 def resolve_model_path(path_or_default: str | Path) -> Path:

@@ -2,8 +2,9 @@
 
 Layout (default root ``runs/models``)::
 
-    index.json          {"format": "mmbot-model-registry", "versions": [{version, created,
-                        path, parent, horizon, sample_s, data span, source, summary metrics}]}
+    index.json          {"format": "mmbot-model-registry", "default": "v0001" | null,
+                        "versions": [{version, created, path, parent, horizon, sample_s,
+                        data span, source, summary metrics}]}
     v0001/model.pt      the TorchScript model with embedded metadata (models.export)
     v0001/model.json    the metadata, readable
     v0001/report.md     the training report (model vs baselines per fold) + *.png plots
@@ -11,6 +12,11 @@ Layout (default root ``runs/models``)::
 ``mmbot train --since ... --init-from vNNNN`` fine-tunes a registered version on the latest
 window and registers the result as a new version whose ``parent`` is the old one, so
 scheduled retraining leaves a traceable chain. ``latest()`` / ``resolve()`` find a version.
+
+The default pointer (``"default"`` in the index, ``resolve("default")``) names the version
+to use when none is named. ``mmbot train`` registers every model but moves the pointer only
+to a model whose walk-forward evaluation beats the best baselines, or when told to
+(``--make-default``); it says which in its output and the report.
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ class Registry:
             except FileExistsError:
                 continue
 
-    def register(self, version: str, meta: dict, parent: str | None = None) -> dict:
+    def register(self, version: str, meta: dict, parent: str | None = None, make_default: bool = False) -> dict:
+        """Add (or replace) ``version`` in the index; ``make_default`` also points the default at it."""
         d = self.root / version
         entry = {
             "version": version,
@@ -89,15 +96,39 @@ class Registry:
         }
         idx = self.load_index()
         idx["versions"] = [v for v in idx["versions"] if v.get("version") != version] + [entry]
+        idx.setdefault("default", None)
+        if make_default:
+            idx["default"] = version
         self._save_index(idx)
         return entry
+
+    def default_version(self) -> str | None:
+        """The version the default pointer names, or None (no model was made the default)."""
+        v = self.load_index().get("default")
+        return v if isinstance(v, str) else None
+
+    def set_default(self, version: str) -> None:
+        """Point the default at a registered ``version``."""
+        idx = self.load_index()
+        if not any(e.get("version") == version for e in idx["versions"]):
+            raise DataError(f"{self.root}: no model version {version}")
+        idx["default"] = version
+        self._save_index(idx)
 
     def latest(self) -> dict | None:
         v = self.versions()
         return v[-1] if v else None
 
     def resolve(self, ref: str) -> Path:
-        """A version name (``v0003``), ``latest``, or a path to a .pt file."""
+        """A version name (``v0003``), ``latest``, ``default`` (the registry's default version;
+        the shipped pretrained model when the registry has none), or a path to a .pt file."""
+        if ref == "default":
+            v = self.default_version()
+            if v is None:
+                from models.forecaster import DEFAULT_MODEL
+
+                return DEFAULT_MODEL
+            return self.resolve(v)
         if ref == "latest":
             e = self.latest()
             if e is None:

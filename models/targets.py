@@ -13,7 +13,9 @@ recorded mid after t_k; the returns are then the recorded mid changes, not grid 
 the horizon's length in seconds varies; :func:`event_targets` also returns it).
 
 Targets use only data after t_k, features only data up to t_k; rows whose horizon runs past
-the end of the data get NaN targets (never filled in). Nothing here is used as a feature.
+the end of the span get NaN targets (never filled in). The span ends at the feature frame's
+last grid time (``--until`` cuts the frame): an event horizon counts only mid changes at or
+before it, whatever the recording holds after it. Nothing here is used as a feature.
 """
 
 from __future__ import annotations
@@ -88,8 +90,11 @@ class Targets:
 
 
 def make_targets(ff: FeatureFrame, horizon: "Horizon | str", events: np.ndarray | None = None,
-                 tick_size: float | None = None) -> Targets:
-    """Targets for every row of ``ff``. An event horizon needs the recording's ``events``."""
+                 tick_size: float | None = None, end_ns: int | None = None) -> Targets:
+    """Targets for every row of ``ff``. An event horizon needs the recording's ``events``.
+
+    ``end_ns`` (local time, ns): the end of the span; no target uses data after it (default
+    and upper bound: the last grid time of ``ff``): rows whose horizon ends after it get NaN."""
     hz = Horizon.parse(horizon)
     n = len(ff)
     if hz.unit == "s":
@@ -100,11 +105,20 @@ def make_targets(ff: FeatureFrame, horizon: "Horizon | str", events: np.ndarray 
             drift[: n - H] = np.log(ff.mid[H:] / ff.mid[: n - H]) * BP
             # var over (k, k+H] = window sum of H squared returns ending at row k+H (exact ints)
             var[: n - H] = rv_window_units(ff, H)[H:]
+            if end_ns is not None:
+                late = np.zeros(n, bool)
+                late[: n - H] = ff.ts_ns[H:] > end_ns
+                drift[late] = np.nan
+                var[late] = np.nan
         dur = np.where(np.isfinite(drift), hz.value, np.nan)
         return Targets(drift, var, dur, hz)
     if events is None:
         raise ValueError("an event horizon needs the recording's events")
     ev_ts, ev_mid = mid_changes(events, tick_size)
+    if n:
+        cut = int(ff.ts_ns[-1]) if end_ns is None else min(int(end_ns), int(ff.ts_ns[-1]))
+        k = int(np.searchsorted(ev_ts, cut, side="right"))  # changes at or before the span end
+        ev_ts, ev_mid = ev_ts[:k], ev_mid[:k]
     d, v, dur = event_targets(ff.ts_ns, ff.mid, ev_ts, ev_mid, int(hz.value))
     return Targets(d, v, dur, hz)
 

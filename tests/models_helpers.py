@@ -39,6 +39,33 @@ def bitstamp_recording(out: Path, max_lines: int = 60_000) -> Path:
     return out
 
 
+def change_future(ev: np.ndarray, cut_ns: int, seed: int = 1, drop: float = 0.3) -> np.ndarray:
+    """A copy of ``ev`` whose rows after ``cut_ns`` (local time) are changed beyond recognition:
+    sizes scaled, trade sides flipped and prices shifted, time stretched by 1.5 (so the mid
+    changes come at other times and less often), and a share ``drop`` of the rows dropped
+    (which leaves the book crossed much of the time). Rows at or before the cut are untouched."""
+    fut = ev["local_ts"] > cut_ns
+    ev2 = ev.copy()
+    rng = np.random.default_rng(seed)
+    ev2["qty"][fut] = ev2["qty"][fut] * rng.uniform(0.1, 3.0, fut.sum())
+    tr = fut & (ev2["kind"] == TRADE)
+    ev2["side"][tr] = -ev2["side"][tr]
+    ev2["px"][tr] += 5.0
+    dt = ev2["local_ts"][fut] - cut_ns
+    ev2["local_ts"][fut] = cut_ns + dt + dt // 2
+    return ev2[~(fut & (rng.random(len(ev2)) < drop))]
+
+
+def write_recording(ev: np.ndarray, meta: dict, out: Path) -> Path:
+    """Write events as a recording directory with the market metadata of ``meta``."""
+    from bot.recording.io import RecordingWriter
+
+    keep = {k: meta.get(k) for k in ("exchange", "symbol", "market", "tick_size", "lot_size")}
+    with RecordingWriter(out, keep) as w:
+        w.append(ev)
+    return out
+
+
 def replay_online(events: np.ndarray, tick: float, lot: float, grid: np.ndarray, step):
     """Advance a replay venue to each grid time and call ``step(book, t, trades)`` with the
     trades received since the previous grid time (as the engine's replay source would)."""

@@ -10,7 +10,7 @@ from bot.recording.io import open_recording
 from bot.recording.schema import ASK, BID, CLEAR, DEPTH, SNAPSHOT, TRADE, make_events
 from models.features import FeatureConfig, Normalizer, OnlineFeatures, feature_names, grid_times, offline_features
 from models.targets import Horizon, direction_classes, event_targets, make_targets
-from models_helpers import binance_recording, bitstamp_recording, replay_online
+from models_helpers import binance_recording, bitstamp_recording, change_future, replay_online
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +66,7 @@ def test_no_lookahead(binance):
     cfg = FeatureConfig(sample_s=0.1, n_levels=5, rv_windows=(5, 50))
     ff = offline_features(ev, cfg, meta["tick_size"])
     cut = int(ff.ts_ns[len(ff) // 2])
-    fut = ev["local_ts"] > cut
-    ev2 = ev.copy()
-    rng = np.random.default_rng(1)
-    ev2["qty"][fut] = ev2["qty"][fut] * rng.uniform(0.1, 3.0, fut.sum())
-    tr = fut & (ev2["kind"] == TRADE)
-    ev2["side"][tr] = -ev2["side"][tr]
-    ev2["px"][tr] += 5.0
-    ev2 = ev2[~(fut & (rng.random(len(ev2)) < 0.3))]  # and drop 30 % of the future rows
+    ev2 = change_future(ev, cut)
     ff2 = offline_features(ev2, cfg, meta["tick_size"])
     past = ff.ts_ns <= cut
     n = int(past.sum())
@@ -84,12 +77,50 @@ def test_no_lookahead(binance):
     H = 10
     assert np.array_equal(t1.drift[: n - H], t2.drift[: n - H])
     assert np.array_equal(t1.var[: n - H], t2.var[: n - H])
+    # event horizon: every target whose 20th mid change comes at or before the cut is unchanged
+    e1, e2 = make_targets(ff, "20ev", ev, meta["tick_size"]), make_targets(ff2, "20ev", ev2, meta["tick_size"])
+    ends = ff.ts_ns[:n] + np.nan_to_num(e1.duration_s[:n] * 1e9, nan=np.inf)
+    before = ends <= cut
+    assert before.sum() > n // 2 and not before[n - 1]
+    for a, b in ((e1.drift, e2.drift), (e1.var, e2.var), (e1.duration_s, e2.duration_s)):
+        assert np.array_equal(a[:n][before], b[:n][before])
+    assert not np.allclose(e1.duration_s[n : n + 500], e2.duration_s[n : n + 500], equal_nan=True)
     # online: the same features whatever comes after
     on1, on2 = OnlineFeatures(cfg), OnlineFeatures(cfg)
     grid = ff.ts_ns[:n]
     r1 = replay_online(ev, meta["tick_size"], meta["lot_size"], grid, lambda b, t, tr: (on1.add_trades(tr), on1.step(b, t))[1])
     r2 = replay_online(ev2, meta["tick_size"], meta["lot_size"], grid, lambda b, t, tr: (on2.add_trades(tr), on2.step(b, t))[1])
     assert all(np.array_equal(a, b) for a, b in zip(r1, r2))
+
+
+def test_event_targets_stop_at_the_span_end(binance):
+    """With the span cut (``--until``), an event horizon's targets use no mid change after the
+    cut: features and targets of the cut span are the same whatever the recording holds after
+    it, and rows whose horizon reaches past the cut get no target."""
+    ev, meta = binance
+    cfg = FeatureConfig(sample_s=0.1, n_levels=5, rv_windows=(5, 50))
+    tick = meta["tick_size"]
+    cut = (int(ev["local_ts"][0]) + int(ev["local_ts"][-1])) // 2
+    ev2 = change_future(ev, cut)
+    ff1 = offline_features(ev, cfg, tick, t_end_ns=cut)
+    ff2 = offline_features(ev2, cfg, tick, t_end_ns=cut)
+    assert np.array_equal(ff1.X, ff2.X) and np.array_equal(ff1.ts_ns, ff2.ts_ns)
+    t1, t2 = make_targets(ff1, "20ev", ev, tick), make_targets(ff2, "20ev", ev2, tick)
+    for a, b in ((t1.drift, t2.drift), (t1.var, t2.var), (t1.duration_s, t2.duration_s)):
+        assert np.array_equal(a, b, equal_nan=True)
+    ok = t1.valid
+    assert ok.sum() > len(ff1) // 2 and not ok[-1]
+    assert np.all(ff1.ts_ns[ok] + t1.duration_s[ok] * 1e9 <= ff1.ts_ns[-1] + 1)  # every horizon ends in the span
+    # an explicit end earlier than the frame's end cuts there
+    end = int(ff1.ts_ns[len(ff1) // 2])
+    t3 = make_targets(ff1, "20ev", ev, tick, end_ns=end)
+    ok3 = t3.valid
+    assert 0 < ok3.sum() < ok.sum()
+    assert np.all(ff1.ts_ns[ok3] + t3.duration_s[ok3] * 1e9 <= end + 1)
+    assert np.array_equal(t3.drift[ok3], t1.drift[ok3])
+    s1, s3 = make_targets(ff1, "1s"), make_targets(ff1, "1s", end_ns=end)  # seconds horizons alike
+    ok = s3.valid
+    assert ok.sum() == np.sum(ff1.ts_ns + 10**9 <= end) and np.array_equal(s3.var[ok], s1.var[ok])
 
 
 def test_sampled_ofi_equals_cks_with_one_event_per_interval():

@@ -107,3 +107,37 @@ def test_gap_resets_and_warms_up_again(tmp_path):
     assert fc.sigma is not None
     fc = f.update(mkt.book, t0 + (k + 10_000) * f.S, [])  # a long outage
     assert fc.sigma is None and f.rows == 1
+
+
+def test_guard_switches_are_counted_and_logged_with_a_rate_limit(tmp_path, caplog):
+    """A guard that flips often (a model right and wrong in turns of 15 rows) logs at most one
+    line per head per log_interval_s of event time; every switch is still counted (status(),
+    the run summary) and the held-back ones are reported with the state they left."""
+    path, _, _ = make_model(tmp_path)
+    f = load_forecaster(path, guard=GuardConfig(window=10, min_obs=5, enter=0.05, exit=0.05, log_interval_s=60.0))
+    stub = _Stub()
+    f.predictor = stub
+    mkt = SyntheticMarket(seed=3)
+    t0 = 1_700_000_000 * 10**9
+    line_times = []  # event time (s) of every vol line
+    with caplog.at_level(logging.WARNING, logger="mmbot.forecaster"):
+        for k in range(3000):
+            mkt.step(0.5)
+            good = (k // 15) % 2 == 0
+            stub.out = (0.0, math.log(0.5 * f.H if good else 1e-3))
+            n_before = len(caplog.records)
+            f.update(mkt.book, t0 + k * f.S, [])
+            for r in caplog.records[n_before:]:
+                if " vol " in r.getMessage():
+                    line_times.append(k * f.S / 1e9)
+    vol_switches = [s for s in f.switches if s[1] == "vol"]
+    n = f.switch_counts["vol"]
+    assert n == len(vol_switches) > 100  # it flapped a lot ...
+    assert 10 < len(line_times) <= 3000 / 60 + 1  # ... but logged at most one line a minute
+    assert all(b - a >= 60 for a, b in zip(line_times, line_times[1:]))
+    # every switch is in a line (alone, or counted in a rate-limited one) or still held back
+    held = [r.args[1] for r in caplog.records if "rate-limited" in r.getMessage() and " vol " in r.getMessage()]
+    assert held and sum(held) + (len(line_times) - len(held)) + len(f._unlogged["vol"]) == n
+    st = f.status()
+    assert st["guard_switches"]["vol"] == n and st["guard_log_lines"] == len(caplog.records)
+    assert f"{n + f.switch_counts['drift']} switches (vol {n}," in f.guard_summary()
