@@ -15,13 +15,35 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from bot.errors import MmbotError
+from bot.errors import DataError, MmbotError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmbot: an automated market maker (paper, live, backtest).")
 simulate_app = typer.Typer(no_args_is_help=True, help="Stylised market simulations.")
 app.add_typer(simulate_app, name="simulate")
 import_app = typer.Typer(no_args_is_help=True, help="Import raw market data into mmbot's recording format.")
 app.add_typer(import_app, name="import")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmbot")
+    except PackageNotFoundError:  # run from a source tree that was not pip-installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"mmbot {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version, help="print mmbot's version and exit"),
+) -> None:
+    """mmbot: an automated market maker (paper, live, backtest)."""
 
 
 def _print_stats(stats, json_out: bool, title: str) -> None:
@@ -35,6 +57,34 @@ def _print_stats(stats, json_out: bool, title: str) -> None:
     _console().print(summary_table({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in shown.items()}, title))
 
 
+def _open_store(db: str):
+    """open_store with the path checked first; every failure to open is one line naming ``db``."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.persistence.dbpath import check_database, open_error
+    from bot.persistence.store import open_store
+
+    check_database(db, create=True)
+    try:
+        return open_store(db)
+    except SQLAlchemyError as e:
+        raise open_error(db, e) from None
+    except OSError as e:
+        raise MmbotError(f"database {db}: cannot be created ({e.strerror or e})") from None
+
+
+def _out_dir(path: Path, option: str) -> Path:
+    """An output directory given by ``option``: refuse a path that is a file."""
+    if path.exists() and not path.is_dir():
+        raise MmbotError(f"{option} {path}: is a file; give a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MmbotError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def _existing(paths: list[Path]) -> list[Path]:
     for p in paths:
         if not p.exists():
@@ -42,17 +92,53 @@ def _existing(paths: list[Path]) -> list[Path]:
     return paths
 
 
+FORCE_HELP = "replace a recording already in --out (default: refuse)"
+
+
+def _import(kind: str, inputs: list[Path], out: Path, force: bool, run) -> object:
+    """Run ``run(overwrite)`` for ``mmbot import KIND``: refuse an --out that is a file or
+    already holds a recording (unless --force), and fail when the input yields no events
+    (an empty file, or a capture of another format): then nothing is left in --out."""
+    from bot.recording.io import META_FILE
+
+    _existing(inputs)
+    _out_dir(out, "--out")
+    had_recording = (out / META_FILE).exists()
+    if had_recording and not force:
+        raise MmbotError(f"--out {out}: already holds a recording; choose a new directory or pass --force to replace it")
+    created = not out.exists()
+    before = set(out.iterdir()) if out.exists() else set()
+    stats = run(force)
+    if getattr(stats, "events", None) == 0:
+        for f in (set(out.iterdir()) - before) if out.exists() else ():
+            if f.is_file():
+                f.unlink()
+        if created and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        d = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+        read = d.get("lines", d.get("messages"))
+        seen = f"{read:,} lines read" if isinstance(read, int) else "nothing read"
+        if isinstance(d.get("ignored_messages"), int) and d["ignored_messages"]:
+            seen += f", {d['ignored_messages']:,} of them not {kind} market messages"
+        names = ", ".join(str(p) for p in inputs)
+        what = "is empty" if read == 0 else f"holds no {kind} market events ({seen}); is it a {kind} capture?"
+        raise DataError(f"{names}: {what}" + ("; the old recording in --out was replaced" if had_recording else ""))
+    return stats
+
+
 @import_app.command("binance")
 def import_binance_cmd(
     files: list[Path] = typer.Argument(..., help="capture files of ONE market, in time order (e.g. btcusdt_20240808.gz btcusdt_20240809.gz)"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Binance raw websocket captures (combined-stream depth diffs, trades, bookTicker, REST snapshot)."""
     from bot.importers.binance import import_binance
 
-    _print_stats(import_binance(_existing(files), out, lenient=lenient), json_out, f"Imported into {out}")
+    stats = _import("Binance", files, out, force, lambda ow: import_binance(files, out, lenient=lenient, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 
 @import_app.command("bitstamp")
@@ -60,12 +146,14 @@ def import_bitstamp_cmd(
     file: Path = typer.Argument(..., help="Bitstamp 2015 log, e.g. 2015-05-01.log.bz2"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Bitstamp 2015 order events and top-20 snapshots."""
     from bot.importers.bitstamp import import_bitstamp
 
-    _print_stats(import_bitstamp(_existing([file])[0], out, lenient=lenient), json_out, f"Imported into {out}")
+    stats = _import("Bitstamp", [file], out, force, lambda ow: import_bitstamp(file, out, lenient=lenient, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 
 @import_app.command("hyperliquid")
@@ -73,24 +161,28 @@ def import_hyperliquid_cmd(
     files: list[Path] = typer.Argument(..., help="Hyperliquid l2Book/trades capture files of one coin, in time order"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Hyperliquid websocket captures (l2Book snapshots diffed into level updates, trades)."""
     from bot.importers.hyperliquid import import_hyperliquid
 
-    _print_stats(import_hyperliquid(_existing(files), out, lenient=lenient), json_out, f"Imported into {out}")
+    stats = _import("Hyperliquid", files, out, force, lambda ow: import_hyperliquid(files, out, lenient=lenient, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 
 @import_app.command("lobster")
 def import_lobster_cmd(
     file: Path = typer.Argument(..., help="LOBSTER sample zip (message + orderbook files)"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """LOBSTER message and order-book files (NASDAQ samples)."""
     from bot.importers.lobster import import_lobster
 
-    _print_stats(import_lobster(_existing([file])[0], out), json_out, f"Imported into {out}")
+    stats = _import("LOBSTER", [file], out, force, lambda ow: import_lobster(file, out, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 DEFAULT_CONFIG = Path("config/paper.yaml")
 DEFAULT_BACKTEST_CONFIG = Path("config/backtest.yaml")
@@ -117,7 +209,6 @@ def paper(
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
     from bot.config import build_forecaster, load_config, with_overrides
-    from bot.persistence.store import open_store
     from bot.status import LivePanel, summary_table
 
     if config is None and DEFAULT_CONFIG.exists():
@@ -135,7 +226,7 @@ def paper(
 
         events_meta = load_recording(replay)  # a bad recording fails before the database is touched
     forecaster = build_forecaster(cfg)  # ... and so does a bad model file
-    store = open_store(cfg.database.url)
+    store = _open_store(cfg.database.url)
     try:
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_live else None
         if replay is not None:
@@ -214,7 +305,6 @@ def backtest(
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
     from bot.config import build_forecaster, load_config, with_overrides
-    from bot.persistence.store import open_store
     from bot.status import summary_table
     from paper_trading.backtest import load_recording, run_backtest
 
@@ -223,12 +313,12 @@ def backtest(
     cfg = with_overrides(load_config(config), **{"database.url": db})
     events_meta = load_recording(data)  # validate before touching the database
     forecaster = build_forecaster(cfg)
-    report_dir = out or Path(cfg.replay.report_dir)
+    report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
     console = _console()
     if variants:
         _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta)
         return
-    store = open_store(cfg.database.url)
+    store = _open_store(cfg.database.url)
     try:
         summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
                                events_meta=events_meta, forecaster=forecaster)
@@ -246,7 +336,6 @@ def backtest(
 def _compare(data, cfg, names, report_dir, json_out, console, events_meta) -> None:
     """One backtest per variant on the same recording and database; a table side by side."""
     from bot.config import with_overrides
-    from bot.persistence.store import open_store
     from paper_trading.backtest import run_backtest
 
     rows = {}
@@ -258,7 +347,7 @@ def _compare(data, cfg, names, report_dir, json_out, console, events_meta) -> No
         else:
             raise MmbotError(f"--compare: unknown variant {name!r} (lstm, glft, avellaneda_stoikov, symmetric)")
         vcfg = with_overrides(cfg, **over)
-        store = open_store(vcfg.database.url)
+        store = _open_store(vcfg.database.url)
         try:
             s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta)
         finally:
@@ -300,35 +389,63 @@ def report(
     if html is not None:
         from paper_trading.report_html import write_report
 
-        m["report"] = str(write_report(db, r.run_id, html))
+        m["report"] = str(write_report(db, r.run_id, _out_dir(html, "--html")))
     if json_out:
         print(json.dumps(m, default=str))
         return
     _console().print(summary_table(m, f"Run {r.run_id} ({r.mode}, {r.exchange} {r.symbol}, {r.status})"))
 
 
-def main() -> None:
+def _usage_message(e: Exception) -> str:
+    """One line for a typer usage error: the command, the problem, where to look."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "mmbot"
+    msg = " ".join(e.format_message().split())
+    return f"{where}: {msg} (see '{where} --help')"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code. Errors a user can cause end as one line on stderr
+    with exit code 2: usage errors, MmbotError, and OS errors (a path that is a directory,
+    a file where a folder is needed, no permission). Ctrl-C gives 130.
+
+    Only typer's public API is used (``typer.TyperException`` is the base of its usage
+    errors); ``click`` is not imported: typer >= 0.22 vendors it and does not install it."""
     try:
-        app(standalone_mode=False)
+        rv = app(args=argv, prog_name="mmbot", standalone_mode=False)
     except MmbotError as e:
         print(f"mmbot: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        return e.exit_code
+    except typer.TyperException as e:  # usage errors: unknown option, bad value, missing argument
+        if type(e).__name__ == "NoArgsIsHelpError":  # `mmbot` or `mmbot import` alone: the help, then one line
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                print(ctx.get_help())
+            where = ctx.command_path if ctx is not None else "mmbot"
+            print(f"mmbot: error: {where}: missing command (see the list above)", file=sys.stderr)
+            return 2
+        print(f"mmbot: error: {_usage_message(e)}", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("mmbot: interrupted", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("mmbot: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (typer.Exit, SystemExit) as e:  # noqa: B014
-        code = getattr(e, "exit_code", None) or getattr(e, "code", 0) or 0
-        sys.exit(code)
-    except Exception as e:  # click usage errors and the like
-        import click
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except OSError as e:  # the environment, not mmbot: name the path and the reason
+        where = e.filename if e.filename is not None else type(e).__name__
+        why = e.strerror or str(e)
+        print(f"mmbot: error: {where}: {why}", file=sys.stderr)
+        return 2
+    if isinstance(rv, int) and not isinstance(rv, bool):  # typer.Exit(code) in non-standalone mode
+        return rv
+    return 0
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            print("mmbot: aborted", file=sys.stderr)
-            sys.exit(130)
-        raise
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from pathlib import Path
 
 from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.orm import Session
@@ -50,11 +49,19 @@ class RunReport:
 
 
 def _open(db: str) -> Session:
+    """A session on an existing mmbot database; ConfigError naming ``db`` otherwise."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.persistence.dbpath import check_database, open_error
+
+    check_database(db, create=False)
     url = db if "://" in db else f"sqlite:///{db}"
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise ConfigError(f"database {db} does not exist")
-    eng = create_engine(url)
-    if not inspect(eng).has_table("runs"):
+    try:
+        eng = create_engine(url)
+        has_runs = inspect(eng).has_table("runs")
+    except SQLAlchemyError as e:
+        raise open_error(db, e) from None
+    if not has_runs:
         raise ConfigError(f"database {db} holds no mmbot runs (no 'runs' table)")
     return Session(eng)
 
