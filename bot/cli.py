@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -55,6 +56,23 @@ def _print_stats(stats, json_out: bool, title: str) -> None:
 
     shown = {k: v for k, v in d.items() if not isinstance(v, (list, dict)) or k in ("rows_by_kind",)}
     _console().print(summary_table({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in shown.items()}, title))
+
+
+def _with_options(cfg, options: dict):
+    """``with_overrides`` for command-line options ``{"--seed": ("sim.seed", value)}``; an
+    invalid value is reported under the option's name (and the config field it sets)."""
+    from bot.config import with_overrides
+    from bot.errors import ConfigError
+
+    try:
+        return with_overrides(cfg, **{dotted: v for dotted, v in options.values()})
+    except ConfigError as e:
+        msg = str(e)
+        for opt, (dotted, v) in options.items():
+            if v is not None and (f" {dotted}: " in msg):
+                msg = msg.replace("invalid config (command-line options): ", "").replace(f"{dotted}: ", f"{opt} ({dotted}): ", 1)
+                raise ConfigError(f"invalid option {msg}") from None
+        raise
 
 
 def _open_store(db: str):
@@ -208,14 +226,16 @@ def paper(
 ) -> None:
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
-    from bot.config import build_forecaster, load_config, with_overrides
+    from bot.config import build_forecaster, load_config
     from bot.status import LivePanel, summary_table
 
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
     cfg = load_config(config)
-    cfg = with_overrides(cfg, **{"exchange": exchange, "symbol": symbol, "duration_s": duration,
-                                 "database.url": db, "sim.speed": speed, "sim.seed": seed, "ui.live": live})
+    cfg = _with_options(cfg, {"--exchange": ("exchange", exchange), "--symbol": ("symbol", symbol),
+                              "--duration": ("duration_s", duration), "--db": ("database.url", db),
+                              "--speed": ("sim.speed", speed), "--seed": ("sim.seed", seed), "--live": ("ui.live", live),
+                              "--replay-speed": ("replay.speed", replay_speed)})
     if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
         raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     console = _console()
@@ -232,8 +252,7 @@ def paper(
         if replay is not None:
             from paper_trading.backtest import build_replay_engine
 
-            speed_ = replay_speed if replay_speed is not None else cfg.replay.speed
-            engine, _ = build_replay_engine(replay, cfg, store, mode="paper", speed=speed_, on_tick=panel, events_meta=events_meta,
+            engine, _ = build_replay_engine(replay, cfg, store, mode="paper", speed=cfg.replay.speed, on_tick=panel, events_meta=events_meta,
                                             forecaster=forecaster)
         else:
             engine = build_paper_engine(cfg, store, on_tick=panel, forecaster=forecaster)
@@ -255,8 +274,8 @@ def paper(
 @simulate_app.command("as2008")
 def simulate_as2008(
     gamma: float = typer.Option(0.1, help="risk aversion (paper: 0.1, 0.01, 1)"),
-    paths: int = typer.Option(1000, min=1, help="number of simulated paths"),
-    seed: int = typer.Option(7, help="random seed"),
+    paths: int = typer.Option(1000, min=1, max=1_000_000, help="number of simulated paths"),
+    seed: int = typer.Option(7, min=0, help="random seed (non-negative)"),
     strategy: str = typer.Option("inventory", help="inventory | symmetric"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object"),
 ) -> None:
@@ -265,8 +284,8 @@ def simulate_as2008(
 
     if strategy not in ("inventory", "symmetric"):
         raise MmbotError(f"--strategy must be 'inventory' or 'symmetric', got {strategy!r}")
-    if gamma <= 0:
-        raise MmbotError(f"--gamma must be positive, got {gamma}")
+    if not (math.isfinite(gamma) and 0 < gamma <= 1e6):
+        raise MmbotError(f"--gamma must be a positive finite number (at most 1e6), got {gamma}")
     r = simulate(gamma, strategy, paths, seed)
     keys = ("mean_spread", "mean_profit", "std_profit", "mean_final_q", "std_final_q")
     if json_out:
@@ -304,13 +323,13 @@ def backtest(
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
-    from bot.config import build_forecaster, load_config, with_overrides
+    from bot.config import build_forecaster, load_config
     from bot.status import summary_table
     from paper_trading.backtest import load_recording, run_backtest
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
-    cfg = with_overrides(load_config(config), **{"database.url": db})
+    cfg = _with_options(load_config(config), {"--db": ("database.url", db)})
     events_meta = load_recording(data)  # validate before touching the database
     forecaster = build_forecaster(cfg)
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
