@@ -269,6 +269,9 @@ def paper(
     else:
         console.print(summary_table(summary, "Paper run summary"))
         console.print(f"Report: mmbot report --db {cfg.database.url.removeprefix('sqlite:///')} --run {summary['run_id']}")
+    code = _exit_code(summary)
+    if code:
+        raise typer.Exit(code)
 
 
 @simulate_app.command("as2008")
@@ -335,7 +338,8 @@ def backtest(
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
     console = _console()
     if variants:
-        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta)
+        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
+                 progress=progress)
         return
     store = _open_store(cfg.database.url)
     try:
@@ -345,50 +349,98 @@ def backtest(
         store.close()
     if json_out:
         print(json.dumps(summary, default=str))
-        return
-    metrics = summary.pop("metrics", {})
-    console.print(summary_table(summary, "Backtest summary"))
-    if metrics:
-        console.print(summary_table({k: v for k, v in metrics.items() if k not in ("run_id",)}, "Metrics"))
+    else:
+        metrics = summary.pop("metrics", {})
+        console.print(summary_table(summary, "Backtest summary"))
+        if metrics:
+            console.print(summary_table({k: v for k, v in _shown_metrics(metrics).items() if k not in ("run_id",)}, "Metrics"))
+    code = _exit_code(summary)
+    if code:
+        raise typer.Exit(code)
 
 
-def _compare(data, cfg, names, report_dir, json_out, console, events_meta) -> None:
-    """One backtest per variant on the same recording and database; a table side by side."""
+VARIANTS = ("lstm", "glft", "avellaneda_stoikov", "symmetric")
+
+
+def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progress: bool = True) -> None:
+    """One backtest per variant on the same recording and database; a table side by side.
+    Progress (which variant runs, and its bar on a terminal) goes to stderr."""
     from bot.config import with_overrides
     from paper_trading.backtest import run_backtest
 
+    bad = [n for n in names if n not in VARIANTS]
+    if bad or not names:
+        raise MmbotError(f"--compare: unknown variant {bad[0]!r} ({', '.join(VARIANTS)})" if bad
+                         else f"--compare: no variant given ({', '.join(VARIANTS)})")
+    err = Console(stderr=True)
     rows = {}
-    for name in names:
+    reports = {}
+    code = 0
+    for i, name in enumerate(names, 1):
         if name == "lstm":  # the configured pricing model, skewed by the forecaster
             over = {"forecaster.model": cfg.forecaster.model if cfg.forecaster.model != "none" else "default"}
-        elif name in ("glft", "avellaneda_stoikov", "symmetric"):
-            over = {"strategy.pricing.model": name, "forecaster.model": "none"}
         else:
-            raise MmbotError(f"--compare: unknown variant {name!r} (lstm, glft, avellaneda_stoikov, symmetric)")
+            over = {"strategy.pricing.model": name, "forecaster.model": "none"}
         vcfg = with_overrides(cfg, **over)
+        if progress:
+            err.print(f"variant {i}/{len(names)}: {name} ...")
         store = _open_store(vcfg.database.url)
         try:
-            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta)
+            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta,
+                             progress=progress and err.is_terminal)
         finally:
             store.close()
         m = s.get("metrics", {})
         rows[name] = {"run_id": s["run_id"], "pnl": s["pnl"], "spread_capture": m.get("spread_capture"),
                       "inventory_pnl": m.get("inventory_pnl"), "fees": m.get("fees"), "fills": s["fills"],
                       "max_abs_inventory": s["max_abs_inventory"], "sharpe": m.get("sharpe"),
-                      "share_quoted_both": m.get("share_quoted_both"),
-                      "forecast": (s.get("forecaster") or {}).get("source", "-"), "report": s.get("report")}
+                      "sharpe_minutes": m.get("sharpe_minutes"), "share_quoted_both": m.get("share_quoted_both"),
+                      "forecast": (s.get("forecaster") or {}).get("source", "-"), "status": s.get("status"),
+                      "report": s.get("report")}
+        reports[name] = s.get("report")
+        code = _exit_code(s)
+        if code:
+            err.print(f"variant {name}: {s.get('status')} ({s.get('stop_reason')}); the remaining variants are not run")
+            break
     if json_out:
         print(json.dumps(rows, default=str))
-        return
-    from rich.table import Table
+    else:
+        from rich.table import Table
 
-    t = Table(title=f"Variants on {data}")
-    t.add_column("")
-    for name in rows:
-        t.add_column(name, justify="right")
-    for k in next(iter(rows.values())):
-        t.add_row(k, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for r in rows.values()))
-    console.print(t)
+        t = Table(title=f"Variants on {data}")
+        t.add_column("", overflow="fold")
+        for name in rows:
+            t.add_column(name, justify="right", overflow="fold")  # never cut a number or a word
+        for k in next(iter(rows.values())):
+            if k == "report":
+                continue
+            t.add_row(k, *(_cell(k, r) for r in rows.values()))
+        console.print(t)
+        for name, path in reports.items():
+            if path:
+                console.print(f"report {name}: {path}", soft_wrap=True)
+    if code:
+        raise typer.Exit(code)
+
+
+def _cell(key: str, row: dict) -> str:
+    v = row[key]
+    if key == "sharpe" and v is None:
+        return f"n/a ({row.get('sharpe_minutes') or 0} min)"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _exit_code(summary: dict) -> int:
+    """Exit code of a finished run: 130 after SIGINT (Ctrl-C), 143 after SIGTERM, 0 otherwise
+    (an engine failure is raised, not returned)."""
+    reason = str(summary.get("stop_reason") or "")
+    if reason.startswith("SIGTERM"):
+        return 143
+    if reason.startswith("SIGINT") or summary.get("status") == "interrupted":
+        return 130
+    return 0
 
 
 @app.command()
@@ -412,7 +464,18 @@ def report(
     if json_out:
         print(json.dumps(m, default=str))
         return
-    _console().print(summary_table(m, f"Run {r.run_id} ({r.mode}, {r.exchange} {r.symbol}, {r.status})"))
+    from bot.persistence.report import run_title
+
+    _console().print(summary_table(_shown_metrics(m), f"{run_title(r.run_id, r.mode, r.source, r.symbol)} ({r.status})"))
+
+
+def _shown_metrics(m: dict) -> dict:
+    """Metrics for a table: the Sharpe ratio with what it is (or why there is none)."""
+    shown = dict(m)
+    note = shown.pop("sharpe_note", None)
+    if note:
+        shown["sharpe"] = note if m.get("sharpe") is None else f"{m['sharpe']:.3g} ({note})"
+    return shown
 
 
 def _usage_message(e: Exception) -> str:
