@@ -455,6 +455,8 @@ def report(
     from bot.status import summary_table
     from paper_trading.metrics import compute_metrics
 
+    if html is not None:
+        _out_dir(html, "--html")
     r = build_report(db, run)
     m = compute_metrics(db, r.run_id)
     if html is not None:
@@ -492,7 +494,7 @@ def run(argv: list[str] | None = None) -> int:
     a file where a folder is needed, no permission). Ctrl-C gives 130.
 
     Only typer's public API is used (``typer.TyperException`` is the base of its usage
-    errors); ``click`` is not imported: typer >= 0.22 vendors it and does not install it."""
+    errors); ``click`` is not imported: typer 0.29 vendors its own copy and does not install click."""
     try:
         rv = app(args=argv, prog_name="mmbot", standalone_mode=False)
     except MmbotError as e:
