@@ -102,6 +102,10 @@ CASES = [
     ("report-db-missing", lambda f: ["report", "--db", str(f["dir"] / "nope.db")], ["nope.db", "does not exist"]),
     ("report-html-is-file", lambda f: ["report", "--db", str(f["good"]), "--html", str(f["file"])], ["--html", "afile"]),
     ("import-out-is-file", lambda f: ["import", "bitstamp", str(f["file"]), "--out", str(f["file"])], ["--out", "afile"]),
+    ("record-minutes-inf", lambda f: ["record", "-e", "binance", "-s", "BTC/USDT", "--minutes", "inf", "--out", str(f["dir"] / "r")],
+     ["--minutes", "inf"]),
+    ("record-rotate-nan", lambda f: ["record", "-e", "binance", "-s", "BTC/USDT", "--rotate-minutes", "nan",
+                                     "--out", str(f["dir"] / "r")], ["--rotate-minutes", "nan"]),
     ("import-input-missing", lambda f: ["import", "binance", str(f["dir"] / "nope.gz"), "--out", str(f["dir"] / "o")],
      ["nope.gz", "does not exist"]),
 ]
