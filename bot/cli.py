@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,13 +16,35 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from bot.errors import MmbotError
+from bot.errors import DataError, MmbotError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="mmbot: an automated market maker (paper, live, backtest).")
 simulate_app = typer.Typer(no_args_is_help=True, help="Stylised market simulations.")
 app.add_typer(simulate_app, name="simulate")
 import_app = typer.Typer(no_args_is_help=True, help="Import raw market data into mmbot's recording format.")
 app.add_typer(import_app, name="import")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mmbot")
+    except PackageNotFoundError:  # run from a source tree that was not pip-installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"mmbot {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version, help="print mmbot's version and exit"),
+) -> None:
+    """mmbot: an automated market maker (paper, live, backtest)."""
 
 
 def _print_stats(stats, json_out: bool, title: str) -> None:
@@ -35,6 +58,51 @@ def _print_stats(stats, json_out: bool, title: str) -> None:
     _console().print(summary_table({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in shown.items()}, title))
 
 
+def _with_options(cfg, options: dict):
+    """``with_overrides`` for command-line options ``{"--seed": ("sim.seed", value)}``; an
+    invalid value is reported under the option's name (and the config field it sets)."""
+    from bot.config import with_overrides
+    from bot.errors import ConfigError
+
+    try:
+        return with_overrides(cfg, **{dotted: v for dotted, v in options.values()})
+    except ConfigError as e:
+        msg = str(e)
+        for opt, (dotted, v) in options.items():
+            if v is not None and (f" {dotted}: " in msg):
+                msg = msg.replace("invalid config (command-line options): ", "").replace(f"{dotted}: ", f"{opt} ({dotted}): ", 1)
+                raise ConfigError(f"invalid option {msg}") from None
+        raise
+
+
+def _open_store(db: str):
+    """open_store with the path checked first; every failure to open is one line naming ``db``."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.persistence.dbpath import check_database, open_error
+    from bot.persistence.store import open_store
+
+    check_database(db, create=True)
+    try:
+        return open_store(db)
+    except SQLAlchemyError as e:
+        raise open_error(db, e) from None
+    except OSError as e:
+        raise MmbotError(f"database {db}: cannot be created ({e.strerror or e})") from None
+
+
+def _out_dir(path: Path, option: str) -> Path:
+    """An output directory given by ``option``: refuse a path that is a file."""
+    if path.exists() and not path.is_dir():
+        raise MmbotError(f"{option} {path}: is a file; give a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MmbotError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def _existing(paths: list[Path]) -> list[Path]:
     for p in paths:
         if not p.exists():
@@ -42,17 +110,53 @@ def _existing(paths: list[Path]) -> list[Path]:
     return paths
 
 
+FORCE_HELP = "replace a recording already in --out (default: refuse)"
+
+
+def _import(kind: str, inputs: list[Path], out: Path, force: bool, run) -> object:
+    """Run ``run(overwrite)`` for ``mmbot import KIND``: refuse an --out that is a file or
+    already holds a recording (unless --force), and fail when the input yields no events
+    (an empty file, or a capture of another format): then nothing is left in --out."""
+    from bot.recording.io import META_FILE
+
+    _existing(inputs)
+    _out_dir(out, "--out")
+    had_recording = (out / META_FILE).exists()
+    if had_recording and not force:
+        raise MmbotError(f"--out {out}: already holds a recording; choose a new directory or pass --force to replace it")
+    created = not out.exists()
+    before = set(out.iterdir()) if out.exists() else set()
+    stats = run(force)
+    if getattr(stats, "events", None) == 0:
+        for f in (set(out.iterdir()) - before) if out.exists() else ():
+            if f.is_file():
+                f.unlink()
+        if created and out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        d = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
+        read = d.get("lines", d.get("messages"))
+        seen = f"{read:,} lines read" if isinstance(read, int) else "nothing read"
+        if isinstance(d.get("ignored_messages"), int) and d["ignored_messages"]:
+            seen += f", {d['ignored_messages']:,} of them not {kind} market messages"
+        names = ", ".join(str(p) for p in inputs)
+        what = "is empty" if read == 0 else f"holds no {kind} market events ({seen}); is it a {kind} capture?"
+        raise DataError(f"{names}: {what}" + ("; the old recording in --out was replaced" if had_recording else ""))
+    return stats
+
+
 @import_app.command("binance")
 def import_binance_cmd(
     files: list[Path] = typer.Argument(..., help="capture files of ONE market, in time order (e.g. btcusdt_20240808.gz btcusdt_20240809.gz)"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Binance raw websocket captures (combined-stream depth diffs, trades, bookTicker, REST snapshot)."""
     from bot.importers.binance import import_binance
 
-    _print_stats(import_binance(_existing(files), out, lenient=lenient), json_out, f"Imported into {out}")
+    stats = _import("Binance", files, out, force, lambda ow: import_binance(files, out, lenient=lenient, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 
 @import_app.command("bitstamp")
@@ -60,12 +164,14 @@ def import_bitstamp_cmd(
     file: Path = typer.Argument(..., help="Bitstamp 2015 log, e.g. 2015-05-01.log.bz2"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Bitstamp 2015 order events and top-20 snapshots."""
     from bot.importers.bitstamp import import_bitstamp
 
-    _print_stats(import_bitstamp(_existing([file])[0], out, lenient=lenient), json_out, f"Imported into {out}")
+    stats = _import("Bitstamp", [file], out, force, lambda ow: import_bitstamp(file, out, lenient=lenient, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 
 @import_app.command("hyperliquid")
@@ -73,24 +179,28 @@ def import_hyperliquid_cmd(
     files: list[Path] = typer.Argument(..., help="Hyperliquid l2Book/trades capture files of one coin, in time order"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Hyperliquid websocket captures (l2Book snapshots diffed into level updates, trades)."""
     from bot.importers.hyperliquid import import_hyperliquid
 
-    _print_stats(import_hyperliquid(_existing(files), out, lenient=lenient), json_out, f"Imported into {out}")
+    stats = _import("Hyperliquid", files, out, force, lambda ow: import_hyperliquid(files, out, lenient=lenient, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 
 @import_app.command("lobster")
 def import_lobster_cmd(
     file: Path = typer.Argument(..., help="LOBSTER sample zip (message + orderbook files)"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """LOBSTER message and order-book files (NASDAQ samples)."""
     from bot.importers.lobster import import_lobster
 
-    _print_stats(import_lobster(_existing([file])[0], out), json_out, f"Imported into {out}")
+    stats = _import("LOBSTER", [file], out, force, lambda ow: import_lobster(file, out, overwrite=ow))
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 DEFAULT_CONFIG = Path("config/paper.yaml")
 DEFAULT_BACKTEST_CONFIG = Path("config/backtest.yaml")
@@ -116,15 +226,16 @@ def paper(
 ) -> None:
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
-    from bot.config import build_forecaster, load_config, with_overrides
-    from bot.persistence.store import open_store
+    from bot.config import build_forecaster, load_config
     from bot.status import LivePanel, summary_table
 
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
     cfg = load_config(config)
-    cfg = with_overrides(cfg, **{"exchange": exchange, "symbol": symbol, "duration_s": duration,
-                                 "database.url": db, "sim.speed": speed, "sim.seed": seed, "ui.live": live})
+    cfg = _with_options(cfg, {"--exchange": ("exchange", exchange), "--symbol": ("symbol", symbol),
+                              "--duration": ("duration_s", duration), "--db": ("database.url", db),
+                              "--speed": ("sim.speed", speed), "--seed": ("sim.seed", seed), "--live": ("ui.live", live),
+                              "--replay-speed": ("replay.speed", replay_speed)})
     if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
         raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     console = _console()
@@ -135,14 +246,13 @@ def paper(
 
         events_meta = load_recording(replay)  # a bad recording fails before the database is touched
     forecaster = build_forecaster(cfg)  # ... and so does a bad model file
-    store = open_store(cfg.database.url)
+    store = _open_store(cfg.database.url)
     try:
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_live else None
         if replay is not None:
             from paper_trading.backtest import build_replay_engine
 
-            speed_ = replay_speed if replay_speed is not None else cfg.replay.speed
-            engine, _ = build_replay_engine(replay, cfg, store, mode="paper", speed=speed_, on_tick=panel, events_meta=events_meta,
+            engine, _ = build_replay_engine(replay, cfg, store, mode="paper", speed=cfg.replay.speed, on_tick=panel, events_meta=events_meta,
                                             forecaster=forecaster)
         else:
             engine = build_paper_engine(cfg, store, on_tick=panel, forecaster=forecaster)
@@ -159,13 +269,16 @@ def paper(
     else:
         console.print(summary_table(summary, "Paper run summary"))
         console.print(f"Report: mmbot report --db {cfg.database.url.removeprefix('sqlite:///')} --run {summary['run_id']}")
+    code = _exit_code(summary)
+    if code:
+        raise typer.Exit(code)
 
 
 @simulate_app.command("as2008")
 def simulate_as2008(
     gamma: float = typer.Option(0.1, help="risk aversion (paper: 0.1, 0.01, 1)"),
-    paths: int = typer.Option(1000, min=1, help="number of simulated paths"),
-    seed: int = typer.Option(7, help="random seed"),
+    paths: int = typer.Option(1000, min=1, max=1_000_000, help="number of simulated paths"),
+    seed: int = typer.Option(7, min=0, help="random seed (non-negative)"),
     strategy: str = typer.Option("inventory", help="inventory | symmetric"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object"),
 ) -> None:
@@ -174,8 +287,8 @@ def simulate_as2008(
 
     if strategy not in ("inventory", "symmetric"):
         raise MmbotError(f"--strategy must be 'inventory' or 'symmetric', got {strategy!r}")
-    if gamma <= 0:
-        raise MmbotError(f"--gamma must be positive, got {gamma}")
+    if not (math.isfinite(gamma) and 0 < gamma <= 1e6):
+        raise MmbotError(f"--gamma must be a positive finite number (at most 1e6), got {gamma}")
     r = simulate(gamma, strategy, paths, seed)
     keys = ("mean_spread", "mean_profit", "std_profit", "mean_final_q", "std_final_q")
     if json_out:
@@ -213,22 +326,22 @@ def backtest(
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
-    from bot.config import build_forecaster, load_config, with_overrides
-    from bot.persistence.store import open_store
+    from bot.config import build_forecaster, load_config
     from bot.status import summary_table
     from paper_trading.backtest import load_recording, run_backtest
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
-    cfg = with_overrides(load_config(config), **{"database.url": db})
+    cfg = _with_options(load_config(config), {"--db": ("database.url", db)})
     events_meta = load_recording(data)  # validate before touching the database
     forecaster = build_forecaster(cfg)
-    report_dir = out or Path(cfg.replay.report_dir)
+    report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
     console = _console()
     if variants:
-        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta)
+        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
+                 progress=progress)
         return
-    store = open_store(cfg.database.url)
+    store = _open_store(cfg.database.url)
     try:
         summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
                                events_meta=events_meta, forecaster=forecaster)
@@ -236,51 +349,98 @@ def backtest(
         store.close()
     if json_out:
         print(json.dumps(summary, default=str))
-        return
-    metrics = summary.pop("metrics", {})
-    console.print(summary_table(summary, "Backtest summary"))
-    if metrics:
-        console.print(summary_table({k: v for k, v in metrics.items() if k not in ("run_id",)}, "Metrics"))
+    else:
+        metrics = summary.pop("metrics", {})
+        console.print(summary_table(summary, "Backtest summary"))
+        if metrics:
+            console.print(summary_table({k: v for k, v in _shown_metrics(metrics).items() if k not in ("run_id",)}, "Metrics"))
+    code = _exit_code(summary)
+    if code:
+        raise typer.Exit(code)
 
 
-def _compare(data, cfg, names, report_dir, json_out, console, events_meta) -> None:
-    """One backtest per variant on the same recording and database; a table side by side."""
+VARIANTS = ("lstm", "glft", "avellaneda_stoikov", "symmetric")
+
+
+def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progress: bool = True) -> None:
+    """One backtest per variant on the same recording and database; a table side by side.
+    Progress (which variant runs, and its bar on a terminal) goes to stderr."""
     from bot.config import with_overrides
-    from bot.persistence.store import open_store
     from paper_trading.backtest import run_backtest
 
+    bad = [n for n in names if n not in VARIANTS]
+    if bad or not names:
+        raise MmbotError(f"--compare: unknown variant {bad[0]!r} ({', '.join(VARIANTS)})" if bad
+                         else f"--compare: no variant given ({', '.join(VARIANTS)})")
+    err = Console(stderr=True)
     rows = {}
-    for name in names:
+    reports = {}
+    code = 0
+    for i, name in enumerate(names, 1):
         if name == "lstm":  # the configured pricing model, skewed by the forecaster
             over = {"forecaster.model": cfg.forecaster.model if cfg.forecaster.model != "none" else "default"}
-        elif name in ("glft", "avellaneda_stoikov", "symmetric"):
-            over = {"strategy.pricing.model": name, "forecaster.model": "none"}
         else:
-            raise MmbotError(f"--compare: unknown variant {name!r} (lstm, glft, avellaneda_stoikov, symmetric)")
+            over = {"strategy.pricing.model": name, "forecaster.model": "none"}
         vcfg = with_overrides(cfg, **over)
-        store = open_store(vcfg.database.url)
+        if progress:
+            err.print(f"variant {i}/{len(names)}: {name} ...")
+        store = _open_store(vcfg.database.url)
         try:
-            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta)
+            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta,
+                             progress=progress and err.is_terminal)
         finally:
             store.close()
         m = s.get("metrics", {})
         rows[name] = {"run_id": s["run_id"], "pnl": s["pnl"], "spread_capture": m.get("spread_capture"),
                       "inventory_pnl": m.get("inventory_pnl"), "fees": m.get("fees"), "fills": s["fills"],
                       "max_abs_inventory": s["max_abs_inventory"], "sharpe": m.get("sharpe"),
-                      "share_quoted_both": m.get("share_quoted_both"),
-                      "forecast": (s.get("forecaster") or {}).get("source", "-"), "report": s.get("report")}
+                      "sharpe_minutes": m.get("sharpe_minutes"), "share_quoted_both": m.get("share_quoted_both"),
+                      "forecast": (s.get("forecaster") or {}).get("source", "-"), "status": s.get("status"),
+                      "report": s.get("report")}
+        reports[name] = s.get("report")
+        code = _exit_code(s)
+        if code:
+            err.print(f"variant {name}: {s.get('status')} ({s.get('stop_reason')}); the remaining variants are not run")
+            break
     if json_out:
         print(json.dumps(rows, default=str))
-        return
-    from rich.table import Table
+    else:
+        from rich.table import Table
 
-    t = Table(title=f"Variants on {data}")
-    t.add_column("")
-    for name in rows:
-        t.add_column(name, justify="right")
-    for k in next(iter(rows.values())):
-        t.add_row(k, *(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for r in rows.values()))
-    console.print(t)
+        t = Table(title=f"Variants on {data}")
+        t.add_column("", overflow="fold")
+        for name in rows:
+            t.add_column(name, justify="right", overflow="fold")  # never cut a number or a word
+        for k in next(iter(rows.values())):
+            if k == "report":
+                continue
+            t.add_row(k, *(_cell(k, r) for r in rows.values()))
+        console.print(t)
+        for name, path in reports.items():
+            if path:
+                console.print(f"report {name}: {path}", soft_wrap=True)
+    if code:
+        raise typer.Exit(code)
+
+
+def _cell(key: str, row: dict) -> str:
+    v = row[key]
+    if key == "sharpe" and v is None:
+        return f"n/a ({row.get('sharpe_minutes') or 0} min)"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _exit_code(summary: dict) -> int:
+    """Exit code of a finished run: 130 after SIGINT (Ctrl-C), 143 after SIGTERM, 0 otherwise
+    (an engine failure is raised, not returned)."""
+    reason = str(summary.get("stop_reason") or "")
+    if reason.startswith("SIGTERM"):
+        return 143
+    if reason.startswith("SIGINT") or summary.get("status") == "interrupted":
+        return 130
+    return 0
 
 
 @app.command()
@@ -295,40 +455,81 @@ def report(
     from bot.status import summary_table
     from paper_trading.metrics import compute_metrics
 
+    if html is not None:
+        _out_dir(html, "--html")
     r = build_report(db, run)
     m = compute_metrics(db, r.run_id)
     if html is not None:
         from paper_trading.report_html import write_report
 
-        m["report"] = str(write_report(db, r.run_id, html))
+        m["report"] = str(write_report(db, r.run_id, _out_dir(html, "--html")))
     if json_out:
         print(json.dumps(m, default=str))
         return
-    _console().print(summary_table(m, f"Run {r.run_id} ({r.mode}, {r.exchange} {r.symbol}, {r.status})"))
+    from bot.persistence.report import run_title
+
+    _console().print(summary_table(_shown_metrics(m), f"{run_title(r.run_id, r.mode, r.source, r.symbol)} ({r.status})"))
 
 
-def main() -> None:
+def _shown_metrics(m: dict) -> dict:
+    """Metrics for a table: the Sharpe ratio with what it is (or why there is none)."""
+    shown = dict(m)
+    note = shown.pop("sharpe_note", None)
+    if note:
+        shown["sharpe"] = note if m.get("sharpe") is None else f"{m['sharpe']:.3g} ({note})"
+    return shown
+
+
+def _usage_message(e: Exception) -> str:
+    """One line for a typer usage error: the command, the problem, where to look."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "mmbot"
+    msg = " ".join(e.format_message().split())
+    return f"{where}: {msg} (see '{where} --help')"
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code. Errors a user can cause end as one line on stderr
+    with exit code 2: usage errors, MmbotError, and OS errors (a path that is a directory,
+    a file where a folder is needed, no permission). Ctrl-C gives 130.
+
+    Only typer's public API is used (``typer.TyperException`` is the base of its usage
+    errors); ``click`` is not imported: typer 0.29 vendors its own copy and does not install click."""
     try:
-        app(standalone_mode=False)
+        rv = app(args=argv, prog_name="mmbot", standalone_mode=False)
     except MmbotError as e:
         print(f"mmbot: error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        return e.exit_code
+    except typer.TyperException as e:  # usage errors: unknown option, bad value, missing argument
+        if type(e).__name__ == "NoArgsIsHelpError":  # `mmbot` or `mmbot import` alone: the help, then one line
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                print(ctx.get_help())
+            where = ctx.command_path if ctx is not None else "mmbot"
+            print(f"mmbot: error: {where}: missing command (see the list above)", file=sys.stderr)
+            return 2
+        print(f"mmbot: error: {_usage_message(e)}", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("mmbot: interrupted", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("mmbot: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (typer.Exit, SystemExit) as e:  # noqa: B014
-        code = getattr(e, "exit_code", None) or getattr(e, "code", 0) or 0
-        sys.exit(code)
-    except Exception as e:  # click usage errors and the like
-        import click
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except OSError as e:  # the environment, not mmbot: name the path and the reason
+        where = e.filename if e.filename is not None else type(e).__name__
+        why = e.strerror or str(e)
+        print(f"mmbot: error: {where}: {why}", file=sys.stderr)
+        return 2
+    if isinstance(rv, int) and not isinstance(rv, bool):  # typer.Exit(code) in non-standalone mode
+        return rv
+    return 0
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            print("mmbot: aborted", file=sys.stderr)
-            sys.exit(130)
-        raise
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from the environment or a key file (see the README).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,15 +20,21 @@ from strategies.params import StrategyParams
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # every float must be finite (YAML's .nan / .inf, or 'nan' / 'inf' on the command line, are errors)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+MAX_SECONDS = 1e9  # about 31 years: a bound for durations and horizons, seconds
+MAX_FEE = 0.05  # a fee rate above 5% of notional is a typo (0.0002 is 2 bp), fraction
+MIN_FEE = -0.01  # rebates beyond 1% of notional do not exist, fraction
 
 
 class SimConfig(_Strict):
     """The simulated Avellaneda-Stoikov market (exchange: sim)."""
 
-    s0: float = Field(100.0, gt=0, description="initial mid, quote per base")
+    s0: float = Field(100.0, gt=0, le=1e12, description="initial mid, quote per base")
     sigma: float = Field(0.0816, ge=0, description="mid volatility, quote per base per sqrt(second)")
-    dt_s: float = Field(0.05, gt=0, description="simulation step, seconds")
+    dt_s: float = Field(0.05, gt=0, le=3600, description="simulation step, seconds")
     tick: str = Field("0.01", description="price tick, quote per base (decimal string)")
     lot: str = Field("1", description="size lot, base units (decimal string)")
     spread_ticks: int = Field(2, ge=1, description="other participants' spread, ticks")
@@ -35,7 +42,7 @@ class SimConfig(_Strict):
     A: float = Field(0.2333, gt=0, description="fill intensity at zero distance, fills/second")
     k: float = Field(1.5, gt=0, description="fill-intensity decay, 1/(quote per base)")
     speed: float = Field(60.0, ge=0, description="simulated seconds per wall second; 0 = as fast as possible")
-    seed: int = Field(7, description="random seed of the market and the fill model")
+    seed: int = Field(7, ge=0, lt=2**63, description="random seed of the market and the fill model (non-negative)")
 
 
 class MarketDataConfig(_Strict):
@@ -55,8 +62,8 @@ class PaperConfig(_Strict):
     fill_model: Literal["intensity"] = Field("intensity", description="paper fill model")
     A: float | None = Field(None, gt=0, description="intensity-model A, fills/second (default: sim.A)")
     k: float | None = Field(None, gt=0, description="intensity-model k, 1/(quote per base) (default: sim.k)")
-    maker_fee: float = Field(0.0, description="maker fee rate, fraction of notional (negative = rebate)")
-    taker_fee: float = Field(0.0, description="taker fee rate, fraction of notional")
+    maker_fee: float = Field(0.0, ge=MIN_FEE, le=MAX_FEE, description="maker fee rate, fraction of notional (negative = rebate; 0.0002 = 2 bp)")
+    taker_fee: float = Field(0.0, ge=MIN_FEE, le=MAX_FEE, description="taker fee rate, fraction of notional")
     initial_base: float = Field(0.0, description="starting inventory, base units")
     initial_quote: float = Field(0.0, description="starting cash, quote currency")
 
@@ -106,7 +113,7 @@ class UiConfig(_Strict):
 class Config(_Strict):
     exchange: str = Field("sim", description="'sim' = the simulated market, else a ccxt exchange id")
     symbol: str = Field("SIM/USD", description="ccxt unified symbol")
-    duration_s: float | None = Field(600.0, gt=0, description="run length: simulated seconds (sim) or wall seconds; null = until stopped")
+    duration_s: float | None = Field(600.0, gt=0, le=MAX_SECONDS, description="run length: simulated seconds (sim) or wall seconds; null = until stopped")
     pnl_snapshot_interval_s: float = Field(1.0, gt=0, description="PnL snapshot interval, seconds of market time")
     sim: SimConfig = Field(default_factory=SimConfig)
     market_data: MarketDataConfig = Field(default_factory=MarketDataConfig)
@@ -144,15 +151,37 @@ def _format_errors(where: str, e: ValidationError) -> str:
     return f"invalid config {where}: " + "; ".join(parts)
 
 
+def _non_finite(node: Any, path: str = "") -> tuple[str, float] | None:
+    """The first float that is NaN or infinite in a dumped config, with its dotted path
+    (catches models whose own validation allows them, e.g. the strategy's)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return path, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            hit = _non_finite(v, f"{path}.{k}" if path else str(k))
+            if hit:
+                return hit
+    if isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            hit = _non_finite(v, f"{path}.{i}")
+            if hit:
+                return hit
+    return None
+
+
 def config_from_dict(data: Any, where: str = "(options)") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {where}: the top level must be a mapping, got {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(where, e)) from None
+    hit = _non_finite(cfg.model_dump())
+    if hit:
+        raise ConfigError(f"invalid config {where}: {hit[0]}: must be a finite number (got {hit[1]})")
+    return cfg
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -161,7 +190,11 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {p} is a directory") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist") from None
     except OSError as e:

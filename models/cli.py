@@ -28,6 +28,8 @@ from bot.errors import DataError, MmbotError
 
 _DUR_RE = re.compile(r"^-?\s*(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_USABLE_ROWS = 50  # grid rows with features and a target a training needs, at least
+SEARCH_MAX_LOOKBACK = 128  # the longest lookback models.calibrate.tune tries, grid rows
 
 
 def parse_time(text: str | None, data_start_ns: int, data_end_ns: int) -> int | None:
@@ -45,6 +47,30 @@ def parse_time(text: str | None, data_start_ns: int, data_end_ns: int) -> int | 
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
     return int(t.timestamp() * 1e9)
+
+
+# option -> (lowest, highest, lowest excluded): every number finite and in a sane range
+_RANGES = {
+    "sample_s": (0.0, 3600.0, True), "dropout": (0.0, 0.9, False), "lr": (0.0, 1.0, True),
+    "weight_decay": (0.0, 10.0, False), "drift_weight": (0.0, 1e3, False), "initial_frac": (0.0, 0.95, True),
+    "tune_timeout": (0.0, 1e7, True), "hidden": (1, 4096, False), "layers": (1, 16, False), "lookback": (1, 100_000, False),
+    "batch": (1, 100_000, False), "max_epochs": (1, 100_000, False), "patience": (1, 100_000, False),
+    "threads": (1, 1024, False), "folds": (0, 100, False), "trials": (0, 100_000, False), "tune_epochs": (1, 100_000, False),
+    "seed": (0, 2**63 - 1, False), "n_levels": (1, 1000, False),
+}
+_OPTION = {"n_levels": "--levels"}
+
+
+def _check_options(**values) -> None:
+    """MmbotError naming the option when a number is NaN, infinite or out of its range."""
+    for key, v in values.items():
+        if v is None:
+            continue
+        lo, hi, open_lo = _RANGES[key]
+        opt = _OPTION.get(key, "--" + key.replace("_", "-"))
+        if not math.isfinite(v) or v > hi or v < lo or (open_lo and v == lo):
+            low = f"above {lo}" if open_lo else f"at least {lo}"
+            raise MmbotError(f"{opt} must be {low} and at most {hi}, got {v}")
 
 
 def _import_raw(paths: list[Path], tmp: Path, log) -> Path:
@@ -134,6 +160,10 @@ def train(
     say = (lambda s: console.print(s)) if not json_out else (lambda s: None)
     t_all = time.perf_counter()
     args = dict(locals())
+    _check_options(sample_s=sample_s, dropout=dropout, lr=lr, weight_decay=weight_decay, drift_weight=drift_weight,
+                   initial_frac=initial_frac, tune_timeout=tune_timeout, hidden=hidden, layers=layers, lookback=lookback,
+                   batch=batch, max_epochs=max_epochs, patience=patience, threads=threads, folds=folds, trials=trials,
+                   tune_epochs=tune_epochs, seed=seed, n_levels=n_levels)
     if scheme not in ("expanding", "rolling"):
         raise MmbotError(f"--scheme must be 'expanding' or 'rolling', got {scheme!r}")
     try:
@@ -187,15 +217,26 @@ def train(
         say(f"features: {len(ff):,} rows x {ff.X.shape[1]} on a {fcfg.sample_s} s grid in {time.perf_counter() - t0:.1f} s")
         trial_rows = None
         if trials > 0:
+            # every trial must have rows to fit: check with the search's longest warm-up first
+            warm_search = max(max(fcfg.rv_windows), SEARCH_MAX_LOOKBACK)
+            for h in hz_list:
+                n_use = int(cal.build_dataset(events, rmeta, fcfg, h, warm_search, ff=ff).usable().sum())
+                if n_use < MIN_USABLE_ROWS:
+                    raise DataError(f"{rec_dir}: too little data for --trials: {n_use} usable rows for horizon {h} with the "
+                                    f"search's longest warm-up ({warm_search} rows of {fcfg.sample_s} s), need {MIN_USABLE_ROWS}; "
+                                    "use more data or --trials 0")
             say(f"Optuna TPE search: {trials} trials over hidden, lookback, lr, dropout, horizon {hz_list} ...")
-            cfg, best_h, trial_rows = cal.tune(events, rmeta, fcfg, cfg, hz_list, trials, initial_frac=initial_frac,
-                                               tune_epochs=tune_epochs, seed=seed, ff=ff, log=say, timeout_s=tune_timeout)
+            try:
+                cfg, best_h, trial_rows = cal.tune(events, rmeta, fcfg, cfg, hz_list, trials, initial_frac=initial_frac,
+                                                   tune_epochs=tune_epochs, seed=seed, ff=ff, log=say, timeout_s=tune_timeout)
+            except ValueError as e:
+                raise DataError(f"{rec_dir}: search impossible: {e}") from None
             hz = Horizon.parse(best_h)
             say(f"best: horizon {hz}, hidden {cfg.hidden}, lookback {cfg.lookback}, lr {cfg.lr:.2e}, dropout {cfg.dropout:.2f}, "
                 f"weight decay {cfg.weight_decay:.2e}")
         warmup = max(max(fcfg.rv_windows), cfg.lookback)
         ds = cal.build_dataset(events, rmeta, fcfg, hz, warmup, ff=ff)
-        if ds.usable().sum() < 50:
+        if ds.usable().sum() < MIN_USABLE_ROWS:
             raise DataError(f"{rec_dir}: too few usable rows ({int(ds.usable().sum())}) for horizon {hz} and warm-up {warmup}")
         results: list = []
         if folds > 0 and init is None:

@@ -180,4 +180,25 @@ def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
     n = len(meta["features"]["names"])
     if int(arch.get("n_features", -1)) != n:
         raise DataError(f"{path}: model input size {arch.get('n_features')} != {n} features in its schema")
+    _check_network(module, arch, path)
     return module, meta
+
+
+def _check_network(module, arch: dict, path: Path) -> None:
+    """DataError unless ``module`` is mmbot's step network of the size its metadata states
+    (another TorchScript network carrying mmbot's metadata would fail later, mid-run)."""
+    for name in ("params", "forward_seq"):
+        if not hasattr(module, name):
+            raise DataError(f"{path}: the TorchScript network has no {name}(): not an mmbot forecaster network")
+    F, H, L = int(arch["n_features"]), int(arch["hidden"]), int(arch["layers"])
+    try:
+        n_params = len(module.params())
+        with torch.no_grad():
+            y, h, c = module.forward(torch.zeros(F), torch.zeros(L, H), torch.zeros(L, H))
+        shapes_ok = tuple(y.shape) == (2,) and tuple(h.shape) == (L, H) and tuple(c.shape) == (L, H)
+    except Exception as e:  # noqa: BLE001 - any failure to run one step means the network does not fit its metadata
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: the network does not match its metadata (n_features {F}, hidden {H}, layers {L}): "
+                        f"{msg[:200]}") from None
+    if not shapes_ok or n_params < 4 + 4 * L:
+        raise DataError(f"{path}: the network does not match its metadata (n_features {F}, hidden {H}, layers {L})")

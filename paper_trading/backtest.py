@@ -102,6 +102,10 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     exchange = ReplayExchange(source, MakerTakerFees(cfg.paper.maker_fee, cfg.paper.taker_fee))
     c = cfg.strategy.controls
     snapshot = cfg.model_dump(mode="json")
+    # the market is the recording's, and a replay runs over all of it: store that, not the config's sim defaults
+    lts = events["local_ts"]
+    snapshot.update(exchange=meta.get("exchange") or "recording", symbol=market.symbol,
+                    duration_s=float(int(lts[-1]) - int(lts[0])) / 1e9 if len(lts) else None)
     snapshot["data"] = {"path": str(data), "exchange": meta.get("exchange"), "symbol": meta.get("symbol"),
                         "market": meta.get("market"), "events": len(events)}
     def strategy_factory(mk: MarketInfo):

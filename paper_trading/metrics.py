@@ -26,8 +26,11 @@ Sharpe ratio (dimensionless, annualised, of PnL *changes*, not of returns)
     dropped) by taking the last snapshot at or before each grid time. With d = the
     per-minute differences, ``sharpe = mean(d) / std(d, ddof=1) * sqrt(525600)`` (525600 =
     minutes per year: crypto trades 24/7; no risk-free rate, PnL is not divided by capital).
-    ``None`` when there are fewer than 3 one-minute differences (a run shorter than 3
-    minutes) or when the differences have zero standard deviation.
+    ``None`` when there are fewer than ``MIN_SHARPE_MINUTES`` (30) one-minute differences (a
+    Sharpe ratio from a few minutes is noise, and annualising it gives numbers in the
+    thousands) or when the differences have zero standard deviation; ``sharpe_note`` then
+    says why (``"n/a: too few samples (9 one-minute PnL changes, need 30)"``), and otherwise
+    says that the value is annualised and from how many minutes.
 
 Share of time quoted (fractions of the run's span)
     An order is *working* from its first ``open`` event (or its first ``partially_filled``
@@ -58,6 +61,7 @@ from sqlalchemy import create_engine, text
 from bot.persistence.report import build_report
 
 MINUTES_PER_YEAR = 525_600
+MIN_SHARPE_MINUTES = 30  # one-minute PnL changes a Sharpe ratio needs, at least
 NS_PER_S = 1_000_000_000
 NS_PER_MIN = 60 * NS_PER_S
 
@@ -249,19 +253,29 @@ def minute_pnl_diffs(ts_ns, pnl) -> np.ndarray:
     return np.diff(v[idx])
 
 
-def sharpe_per_minute(ts_ns, pnl) -> float | None:
+def sharpe_per_minute(ts_ns, pnl, min_minutes: int = MIN_SHARPE_MINUTES) -> float | None:
     """Annualised Sharpe of per-minute PnL changes: mean/std(ddof=1) * sqrt(525600).
 
-    None with fewer than 3 one-minute differences or a zero standard deviation.
+    None with fewer than ``min_minutes`` (at least 2) one-minute differences or a zero
+    standard deviation.
     """
     d = minute_pnl_diffs(ts_ns, pnl)
-    if d.size < 3:
+    if d.size < max(2, min_minutes):
         return None
     sd = float(d.std(ddof=1))
     scale = max(1.0, float(np.abs(d).max()))
     if not math.isfinite(sd) or sd <= 1e-12 * scale:  # constant up to rounding noise
         return None
     return float(d.mean()) / sd * math.sqrt(MINUTES_PER_YEAR)
+
+
+def sharpe_note(sharpe: float | None, n_minutes: int, min_minutes: int = MIN_SHARPE_MINUTES) -> str:
+    """What the Sharpe value is, or why there is none, in a few words for tables."""
+    if n_minutes < min_minutes:
+        return f"n/a: too few samples ({n_minutes} one-minute PnL changes, need {min_minutes})"
+    if sharpe is None:
+        return f"n/a: PnL did not change over {n_minutes} minutes"
+    return f"annualised (x sqrt(525600)) from {n_minutes} one-minute PnL changes"
 
 
 def max_drawdown(pnl) -> float | None:
@@ -281,12 +295,15 @@ def metrics_from_data(d: RunData) -> dict:
     mean_q, mean_abs_q = time_weighted_inventory(d.snap_ts, d.snap_inv, d.t_end_ns)
     n_orders = int(d.order_sign.size)
     n_fills = int(d.fill_ts.size)
+    sharpe = sharpe_per_minute(d.snap_ts, d.snap_pnl)
+    n_minutes = int(minute_pnl_diffs(d.snap_ts, d.snap_pnl).size)
     return {
         "duration_s": span / NS_PER_S,
         "mean_inventory": mean_q,
         "mean_abs_inventory": mean_abs_q,
-        "sharpe": sharpe_per_minute(d.snap_ts, d.snap_pnl),
-        "sharpe_minutes": int(minute_pnl_diffs(d.snap_ts, d.snap_pnl).size),
+        "sharpe": sharpe,
+        "sharpe_minutes": n_minutes,
+        "sharpe_note": sharpe_note(sharpe, n_minutes),
         "max_drawdown": max_drawdown(d.snap_pnl),
         "share_quoted_both": share["both"],
         "share_quoted_any": share["any"],

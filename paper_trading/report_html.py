@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from paper_trading.metrics import NS_PER_S, RunData, compute_metrics, load_run_data
+from bot.persistence.report import market_source, run_title
+from paper_trading.metrics import MIN_SHARPE_MINUTES, NS_PER_S, RunData, compute_metrics, load_run_data
 
 MAX_LINE_POINTS = 20_000
 MAX_FILL_ROWS = 200
@@ -145,7 +146,7 @@ def _plots(d: RunData, out_dir: Path) -> list[Path]:
 
     xlabel = f"time since start [{unit}]"
     t_end_x = tx([d.t_end_ns])[0]
-    title = f"run {d.run_id} ({d.mode}, {d.exchange} {d.symbol})"
+    title = run_title(d.run_id, d.mode, market_source(d.config, d.exchange), d.symbol)
     paths = []
 
     # 1. mid, best quotes, fills
@@ -239,7 +240,7 @@ def _metric_rows(m: dict, base: str, quote: str) -> list[tuple[str, str, str]]:
     spec = [
         ("total_pnl", "total PnL", quote), ("spread_capture", "spread capture", quote),
         ("inventory_pnl", "inventory PnL", quote), ("fees", "fees paid (rebates negative)", quote),
-        ("max_drawdown", "max drawdown of PnL", quote), ("sharpe", "Sharpe (per-minute PnL, annualised)", ""),
+        ("max_drawdown", "max drawdown of PnL", quote), ("sharpe", "Sharpe of per-minute PnL, annualised", ""),
         ("sharpe_minutes", "minutes in Sharpe", "min"), ("duration_s", "duration (event clock)", "s"),
         ("orders", "orders", ""), ("n_orders_worked", "orders that worked", ""),
         ("n_orders_rejected", "orders rejected", ""), ("n_orders_filled", "orders fully filled", ""),
@@ -258,7 +259,9 @@ def _metric_rows(m: dict, base: str, quote: str) -> list[tuple[str, str, str]]:
         if key not in m:
             continue
         v = m[key]
-        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        if key == "sharpe" and m.get("sharpe_note"):
+            s = m["sharpe_note"] if v is None else f"{v:,.3g} ({m['sharpe_note']})"
+        elif v is None or (isinstance(v, float) and not math.isfinite(v)):
             s = "n/a"
         elif unit == "%":
             s = f"{100 * v:.2f}"
@@ -294,7 +297,7 @@ def _html(d: RunData, m: dict, pngs: list[Path]) -> str:
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>mmbot run {d.run_id} report</title><style>{_CSS}</style></head><body>",
-        f"<h1>mmbot run {d.run_id}: {esc(d.mode)} {esc(d.exchange)} {esc(d.symbol)}</h1>",
+        f"<h1>mmbot {esc(run_title(d.run_id, d.mode, market_source(d.config, d.exchange), d.symbol))}</h1>",
         f'<p class="meta">status <b>{esc(d.status)}</b> &middot; wall clock {esc(_iso(d.started_ns))} &rarr; '
         f"{esc(_iso(d.ended_ns))} &middot; event clock {esc(_iso(d.t_start_ns))} &rarr; {esc(_iso(d.t_end_ns))} "
         f"({d.duration_s:,.3f} s)</p>",
@@ -304,7 +307,8 @@ def _html(d: RunData, m: dict, pngs: list[Path]) -> str:
         parts.append(f'<tr><td>{esc(label)}</td><td class="num">{esc(value)}</td><td>{esc(unit)}</td></tr>')
     parts.append("</table>")
     parts.append('<p class="note">total = spread capture + inventory PnL - fees. Sharpe = mean/std (ddof 1) of the '
-                 "PnL changes on a 1-minute grid (last value) x sqrt(525600); n/a under 3 minutes. Shares of time "
+                 f"PnL changes on a 1-minute grid (last value) x sqrt(525600); n/a under {MIN_SHARPE_MINUTES} one-minute "
+                 "changes (a few minutes of PnL give noise, and annualising it gives numbers in the thousands). Shares of time "
                  "quoted: an order works from its open event to its terminal event.</p>")
     parts.append("<h2>Run config</h2>")
     parts.append(f"<pre>{esc(json.dumps(d.config, indent=2, sort_keys=True, default=str))}</pre>")

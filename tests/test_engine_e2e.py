@@ -99,7 +99,7 @@ def test_sigint_cancels_orders_and_marks_run_interrupted(tmp_path):
                 pass
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
+    assert p.returncode == 130, err  # 128 + SIGINT, as shells expect
     assert "Traceback" not in err
     assert json.loads(out)["status"] == "interrupted"
     con = sqlite3.connect(db)

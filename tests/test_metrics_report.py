@@ -137,8 +137,10 @@ def test_inventory_and_sharpe_hand_computed(db3):
     # 1-minute grid 0, 60, 120, 180 s, last value: pnl(0 s) = 0, pnl(59 s) = 0.5, pnl(119.9 s) = 1.3, pnl(180 s) = 1.5
     d = [0.5, 0.8, 0.2]
     expected = statistics.mean(d) / statistics.stdev(d) * math.sqrt(525600)
-    assert m["sharpe"] == pytest.approx(expected, rel=1e-9)
-    assert m["sharpe_minutes"] == 3
+    assert sharpe_per_minute([s[0] * S for s in SNAPS], [s[2] for s in SNAPS], min_minutes=3) == pytest.approx(expected, rel=1e-9)
+    # three minutes are too few for a Sharpe ratio: none, and the note says why
+    assert m["sharpe"] is None and m["sharpe_minutes"] == 3
+    assert m["sharpe_note"] == "n/a: too few samples (3 one-minute PnL changes, need 30)"
     assert m["max_drawdown"] == pytest.approx(0.2)  # 1.3 -> 1.1
     # the PnL split comes from build_report: fills a1 sell 0.5 @100.5 (mid 100.3), b2 buy 1 @99.5 (mid 99.9),
     # a4 sell 0.5 @101 (mid 100.5)
@@ -150,16 +152,43 @@ def test_inventory_and_sharpe_hand_computed(db3):
 
 def test_sharpe_edge_cases():
     t = np.array([0, 60, 120], dtype=np.int64) * S
-    assert sharpe_per_minute(t, [0.0, 1.0, 3.0]) is None  # only 2 one-minute differences
+    assert sharpe_per_minute(t, [0.0, 1.0, 3.0], min_minutes=2) is not None
+    assert sharpe_per_minute(t, [0.0, 1.0, 3.0], min_minutes=3) is None  # only 2 one-minute differences
     t4 = np.arange(4, dtype=np.int64) * 60 * S
-    assert sharpe_per_minute(t4, [0.0, 1.0, 2.0, 3.0]) is None  # zero std
-    assert sharpe_per_minute(t4, [0.1 * i for i in range(4)]) is None  # zero std up to rounding
+    assert sharpe_per_minute(t4, [0.0, 1.0, 2.0, 3.0], min_minutes=3) is None  # zero std
+    assert sharpe_per_minute(t4, [0.1 * i for i in range(4)], min_minutes=3) is None  # zero std up to rounding
+    assert sharpe_per_minute(t4, [0.0, 1.0, 3.0, 4.0], min_minutes=3) is not None
     # a snapshot every 7 s: the grid takes the last value at or before each minute
     ts = np.arange(0, 200, 7, dtype=np.int64) * S
     v = (ts / S) ** 1.5
     got = minute_pnl_diffs(ts, v)
     last = [max(x for x in range(0, 200, 7) if x <= g) for g in (0, 60, 120, 180)]
     assert np.allclose(got, np.diff([x ** 1.5 for x in last]))
+
+
+def test_sharpe_needs_30_minutes_and_says_it_is_annualised(tmp_path):
+    """A 10-minute run gave an annualised Sharpe of 1,348 as its headline: below 30 one-minute
+    PnL changes there is none; from 30 on it is shown with what it is."""
+    rng = np.random.default_rng(5)
+    for minutes, has_sharpe in ((10, False), (29, False), (30, True), (45, True)):
+        db = str(tmp_path / f"r{minutes}.db")
+        st_ = open_store(db)
+        st_.start_run("paper", "paper", "X/Y", {"exchange": "sim"}, started_ns=T0)
+        pnl = np.concatenate([[0.0], np.cumsum(rng.normal(0.01, 0.1, minutes))])
+        for i, v in enumerate(pnl):
+            st_.record_pnl(T0 + i * 60 * S, 100.0, Inventory(), float(v))
+        st_.end_run("completed", {}, ended_ns=T0 + minutes * 60 * S)
+        st_.close()
+        m = compute_metrics(db)
+        assert m["sharpe_minutes"] == minutes
+        if has_sharpe:
+            d = np.diff(pnl)
+            assert m["sharpe"] == pytest.approx(d.mean() / d.std(ddof=1) * math.sqrt(525600), rel=1e-9)
+            assert m["sharpe_note"] == f"annualised (x sqrt(525600)) from {minutes} one-minute PnL changes"
+        else:
+            assert m["sharpe"] is None and "too few samples" in m["sharpe_note"] and f"({minutes} one-minute" in m["sharpe_note"]
+        page = write_report(db, None, tmp_path / f"rep{minutes}").read_text(encoding="utf-8")
+        assert m["sharpe_note"] in page
 
 
 def test_latest_run_and_errors(tmp_path, db3):

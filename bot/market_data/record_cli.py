@@ -10,6 +10,7 @@ Ctrl-C raises KeyboardInterrupt at once (closing is then best effort).
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+MAX_MINUTES = 366 * 24 * 60.0  # a year, minutes: longer is a typo (rotate parts instead)
 
 
 def _fmt_px(x: Any) -> str:
@@ -70,8 +73,15 @@ def record_command(
     rest: bool = typer.Option(False, "--rest", help="poll REST instead of using websockets"),
 ) -> None:
     """Record the live order book and trades of one market (websocket where ccxt.pro supports it, else REST polling)."""
+    from bot.errors import ConfigError
     from bot.market_data.recorder import record
 
+    for opt, v in (("--minutes", minutes), ("--rotate-minutes", rotate_minutes)):
+        if v is not None and not (math.isfinite(v) and 0 < v <= MAX_MINUTES):
+            raise ConfigError(f"{opt} must be a positive number of minutes, at most {MAX_MINUTES:.0f}, got {v} "
+                              "(leave --minutes out to record until Ctrl-C)")
+    if depth is not None and not 1 <= depth <= 10_000:
+        raise ConfigError(f"--depth must be between 1 and 10000 levels, got {depth}")
     console = Console()
     err_console = Console(stderr=True)
 

@@ -11,9 +11,9 @@ so that total = spread capture + inventory PnL - fees.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from pathlib import Path
 
 from sqlalchemy import create_engine, func, inspect, select
 from sqlalchemy.orm import Session
@@ -44,17 +44,47 @@ class RunReport:
     spread_capture: float
     inventory_pnl: float
     fees: float
+    source: str = ""  # where the market data came from: "simulated market", "binance recording", ...
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def market_source(config: dict | None, exchange: str = "") -> str:
+    """Where a run's market data came from, from its stored config: ``"simulated market"``,
+    ``"binance recording"`` (a backtest or paper --replay), ``"binance live data"``. The
+    ``runs.exchange`` column names the venue that filled our orders (``"paper"``), not this."""
+    cfg = config if isinstance(config, dict) else {}
+    data = cfg.get("data")
+    if isinstance(data, dict):
+        return f"{data['exchange']} recording" if data.get("exchange") else "a recording"
+    ex = cfg.get("exchange")
+    if ex == "sim":
+        return "the simulated market"
+    if ex:
+        return f"{ex} live data"
+    return exchange or "unknown market"
+
+
+def run_title(run_id: int, mode: str, source: str, symbol: str) -> str:
+    """``Run 3: backtest on binance recording, BTC/USDT``."""
+    return f"Run {run_id}: {mode} on {source}, {symbol}"
+
+
 def _open(db: str) -> Session:
+    """A session on an existing mmbot database; ConfigError naming ``db`` otherwise."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.persistence.dbpath import check_database, open_error
+
+    check_database(db, create=False)
     url = db if "://" in db else f"sqlite:///{db}"
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        raise ConfigError(f"database {db} does not exist")
-    eng = create_engine(url)
-    if not inspect(eng).has_table("runs"):
+    try:
+        eng = create_engine(url)
+        has_runs = inspect(eng).has_table("runs")
+    except SQLAlchemyError as e:
+        raise open_error(db, e) from None
+    if not has_runs:
         raise ConfigError(f"database {db} holds no mmbot runs (no 'runs' table)")
     return Session(eng)
 
@@ -103,5 +133,12 @@ def build_report(db: str, run_id: int | None = None) -> RunReport:
         buys=sum(1 for f in fills if f.side == "buy"), sells=sum(1 for f in fills if f.side == "sell"),
         volume_base=float(vol_b), volume_quote=float(vol_q), final_inventory=float(q), max_abs_inventory=float(max_q),
         final_mid=final_mid, total_pnl=total, spread_capture=spread, inventory_pnl=total - spread + float(fees),
-        fees=float(fees),
+        fees=float(fees), source=market_source(_config(run.config_json), run.exchange),
     )
+
+
+def _config(config_json: str | None) -> dict:
+    try:
+        return json.loads(config_json or "{}")
+    except ValueError:
+        return {}
