@@ -1,6 +1,6 @@
 """`mmbot import`, `mmbot backtest` and `mmbot paper --replay` on every market in
 ../shared/data/binance (spot, USD-M, COIN-M, Hyperliquid) and on the Bitstamp day.
-Skipped when ../shared/data is absent."""
+Skipped when ../shared/data is absent (failed in CI: tests/real_data.py)."""
 
 import asyncio
 import json
@@ -11,6 +11,7 @@ import pytest
 from bot.config import load_config, with_overrides
 from bot.persistence.store import open_store
 from paper_trading.backtest import build_replay_engine, run_backtest
+from real_data import needs
 
 ROOT = Path(__file__).resolve().parents[1]
 D = ROOT.parent / "shared" / "data"
@@ -30,7 +31,7 @@ MARKETS = {
     "hyperliquid_btc": ["hyperliquid/btcusd_20250126.gz"],
 }
 
-pytestmark = pytest.mark.skipif(not B.exists(), reason=f"real market data not found at {B}")
+
 
 
 def _import(name: str, out: Path):
@@ -53,7 +54,7 @@ def _cfg(name: str, db: Path):
     return with_overrides(load_config(ROOT / "config" / "backtest.yaml"), **over)
 
 
-@pytest.mark.parametrize("name", list(MARKETS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs(*(B / f for f in fs))) for n, fs in MARKETS.items()])
 def test_import_backtest_and_replay(name, tmp_path):
     rec = tmp_path / name
     stats = _import(name, rec).as_dict()
@@ -81,7 +82,7 @@ def test_import_backtest_and_replay(name, tmp_path):
     assert r["status"] == "completed" and r["fills"] == s["fills"]  # same data, same strategy, same fills
 
 
-@pytest.mark.skipif(not (D / "bitstamp_2015" / "2015-05-01.log.bz2").exists(), reason="Bitstamp 2015 day not found")
+@needs(D / "bitstamp_2015" / "2015-05-01.log.bz2")
 def test_bitstamp_day(tmp_path):
     from bot.importers.bitstamp import import_bitstamp
 
