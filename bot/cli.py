@@ -60,12 +60,17 @@ def import_bitstamp_cmd(
     file: Path = typer.Argument(..., help="Bitstamp 2015 log, e.g. 2015-05-01.log.bz2"),
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
+    tick: Optional[str] = typer.Option(None, "--tick", help="price tick, USD (default: inferred from the prices)"),
+    lot: Optional[str] = typer.Option(None, "--lot", help="size step, BTC (default: inferred from the amounts)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Bitstamp 2015 order events and top-20 snapshots."""
     from bot.importers.bitstamp import import_bitstamp
 
-    _print_stats(import_bitstamp(_existing([file])[0], out, lenient=lenient), json_out, f"Imported into {out}")
+    stats = import_bitstamp(_existing([file])[0], out, lenient=lenient, tick_size=tick, lot_size=lot)
+    for w in stats.warnings:
+        print(f"mmbot: warning: {w}", file=sys.stderr)
+    _print_stats(stats, json_out, f"Imported into {out}")
 
 
 @import_app.command("hyperliquid")
