@@ -14,7 +14,9 @@ Use, in every test that reads real data:
 * ``require(path, ...)`` inside a test or fixture (e.g. a module-scoped importer fixture).
 
 This module is a pytest plugin (``tests/conftest.py`` loads it): it registers the
-``real_data`` marker and applies the rule in ``pytest_runtest_setup``.
+``real_data`` marker and applies the rule in ``pytest_runtest_setup``. A safety net for
+tests that skip on their own (a plain ``pytest.skip`` or ``skipif``): in CI, a skip whose
+reason mentions ``shared/data`` is turned into a failure as well.
 """
 
 from __future__ import annotations
@@ -71,3 +73,16 @@ def pytest_configure(config) -> None:
 def pytest_runtest_setup(item) -> None:
     for m in item.iter_markers(MARKER):
         require(*m.args)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if not (rep.skipped and in_ci()) or hasattr(rep, "wasxfail"):
+        return
+    lr = rep.longrepr
+    reason = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+    if "shared/data" in reason or "shared" + os.sep + "data" in reason:
+        rep.outcome = "failed"
+        rep.longrepr = f"{reason}; CI is set, so a real-data test may not be skipped"
