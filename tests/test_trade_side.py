@@ -83,8 +83,9 @@ def test_infer_trade_sides_on_a_book():
     assert out["side"][ev["kind"] == TRADE].tolist() == [0, -1, -1, 1, 1]
     assert np.array_equal(ev, before)  # the caller's array is untouched (a --compare reuses it)
     # nothing to infer: the same array back
-    same, n0 = infer_trade_sides(out[1:], 0.01)
-    assert n0 == 0 and same is not None
+    sided = out[1:]
+    same, n0 = infer_trade_sides(sided, 0.01)
+    assert n0 == 0 and same is sided
 
 
 def test_unsided_trades_advance_the_queue_and_fill_us():
