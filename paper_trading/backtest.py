@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -27,11 +28,14 @@ from bot.errors import DataError
 from bot.inventory import Inventory
 from bot.market import MarketInfo
 from bot.market_data.trade_side import infer_trade_sides
+from bot.recording.schema import prices_off_tick
 from bot.persistence.store import Store
 from paper_trading.fees import MakerTakerFees
 from paper_trading.replay import ReplayExchange, ReplaySource
 from paper_trading.venue import Venue, VenueParams
 from strategies.market_maker import build_strategy
+
+log = logging.getLogger(__name__)
 
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB")
 
@@ -85,6 +89,10 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     # trades without an aggressor side (Bitstamp) get one from the book at the trade, so they
     # advance our queue and fill us like any other trade
     events, n_inferred = infer_trade_sides(events, float(market.tick))
+    off, total, example = prices_off_tick(events, float(market.tick))
+    if off:
+        log.warning("%s of %s prices of the recording are finer than its tick %s (e.g. %s): the replay merges them "
+                    "into tick levels; re-import it with the right tick", off, total, f"{market.tick.normalize():f}", example)
     venue = Venue(events, float(market.tick), float(market.lot), VenueParams(
         queue_model=r.queue_model, queue_power=r.queue_power, entry_latency_ns=int(r.entry_latency_ms * 1e6),
         latency_mode=r.latency_mode, latency_multiplier=r.latency_multiplier))

@@ -198,3 +198,28 @@ def test_cli_tick_options_and_warning(tmp_path, head_lines):
     assert json.loads(out.stdout)["tick_size"] == 0.01
     out = run("--out", str(tmp_path / "rec3"), "--tick", "0")
     assert out.returncode == 2 and out.stderr.strip() == "mmbot: error: --tick must be a positive number, got '0'", out.stderr
+
+
+@needs_data
+def test_replay_warns_when_prices_are_finer_than_the_tick(tmp_path, head_lines, caplog):
+    """A recording whose tick is coarser than its prices (imported with a wrong --tick) would
+    have its levels merged by the replay: building the replay says so; the right tick is quiet."""
+    from bot.config import load_config, with_overrides
+    from bot.persistence.store import open_store
+    from paper_trading.backtest import build_replay_engine
+
+    f = _write(tmp_path / "cents.log.bz2", head_lines[:3000])
+    cfg = with_overrides(load_config(ROOT / "config" / "backtest.yaml"), **{"forecaster.model": "none"})
+    for name, tick, warned in (("coarse", "1", True), ("right", None, False)):
+        import_bitstamp(f, tmp_path / name, tick_size=tick)
+        caplog.clear()
+        store = open_store(str(tmp_path / f"{name}.db"))
+        try:
+            with caplog.at_level("WARNING", logger="paper_trading.backtest"):
+                build_replay_engine(tmp_path / name, cfg, store, mode="backtest", speed=0.0)
+        finally:
+            store.close()
+        msgs = [r.getMessage() for r in caplog.records if "finer than its tick" in r.getMessage()]
+        assert bool(msgs) is warned, msgs
+        if warned:
+            assert "finer than its tick 1 " in msgs[0] and msgs[0].split(" of ")[0].isdigit()
