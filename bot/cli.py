@@ -165,12 +165,17 @@ def import_bitstamp_cmd(
     out: Path = typer.Option(..., "--out", help="recording directory to write"),
     lenient: bool = typer.Option(False, "--lenient", help="count and skip corrupt lines instead of stopping"),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    tick: Optional[str] = typer.Option(None, "--tick", help="price tick, USD (default: inferred from the prices)"),
+    lot: Optional[str] = typer.Option(None, "--lot", help="size step, BTC (default: inferred from the amounts)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Bitstamp 2015 order events and top-20 snapshots."""
     from bot.importers.bitstamp import import_bitstamp
 
-    stats = _import("Bitstamp", [file], out, force, lambda ow: import_bitstamp(file, out, lenient=lenient, overwrite=ow))
+    stats = _import("Bitstamp", [file], out, force,
+                    lambda ow: import_bitstamp(file, out, lenient=lenient, overwrite=ow, tick_size=tick, lot_size=lot))
+    for w in getattr(stats, "warnings", ()):
+        print(f"mmbot: warning: {w}", file=sys.stderr)
     _print_stats(stats, json_out, f"Imported into {out}")
 
 

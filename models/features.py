@@ -16,7 +16,8 @@ offline grids coincide without knowing where a recording starts).
   first valid snapshot produce no row.
 * Trades of row ``k``: public trades with timestamp in ``(t_{k-1}, t_k]``. A trade whose
   aggressor is unknown (``side`` 0 in a recording, ``''`` online: Bitstamp 2015) is signed by
-  its price against the mid of the previous row (above: buy, below: sell, at the mid: 0).
+  its price against the book of the previous row (above the mid: buy, below: sell, at the
+  mid: 0), by :func:`bot.market_data.trade_side.aggressor_side`, the rule the replay uses too.
 
 Features (in :func:`feature_names` order; ``n`` = ``n_levels``, ``w`` in ``rv_windows``)
 -------------------------------------------------------------------------------------------
@@ -70,6 +71,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bot.market_data.base import TradeArrays
+from bot.market_data.trade_side import aggressor_side, aggressor_sides
 
 FEATURE_SCHEMA_VERSION = 1
 BP = 1e4  # basis points per unit of log return
@@ -218,11 +220,8 @@ class OnlineFeatures:
         pend = self.pending
         while pend and pend[0][0] <= t_ns:
             ts, px, sz, sd = pend.popleft()
-            if sd == 0:
-                if prev_mid is not None and px > prev_mid:
-                    sd = 1
-                elif prev_mid is not None and px < prev_mid:
-                    sd = -1
+            if sd == 0 and self.prev_top is not None:
+                sd = aggressor_side(px, self.prev_top[0], self.prev_top[2])
             if sd > 0:
                 buy += sz
             elif sd < 0:
@@ -408,10 +407,10 @@ def offline_features(events: np.ndarray, cfg: FeatureConfig, tick_size: float | 
     sd = tr_sd[inside].copy()
     unk = sd == 0
     if unk.any():
-        prev_mid = np.where(r_in >= 1, mid[np.maximum(r_in - 1, 0)], np.nan)
-        px_u = tr_px[inside][unk]
-        pm = prev_mid[unk]
-        sd[unk] = np.where(px_u > pm, 1, np.where(px_u < pm, -1, 0))
+        prev = np.maximum(r_in - 1, 0)[unk]
+        first_row = (r_in < 1)[unk]
+        sd[unk] = aggressor_sides(tr_px[inside][unk], np.where(first_row, np.nan, bp1[prev]),
+                                  np.where(first_row, np.nan, ap1[prev]))
     q_in = tr_q[inside]
     buy = np.bincount(r_in, weights=np.where(sd > 0, q_in, 0.0), minlength=m)
     sell = np.bincount(r_in, weights=np.where(sd < 0, q_in, 0.0), minlength=m)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -26,11 +27,15 @@ from bot.engine import Engine
 from bot.errors import DataError
 from bot.inventory import Inventory
 from bot.market import MarketInfo
+from bot.market_data.trade_side import infer_trade_sides
+from bot.recording.schema import prices_off_tick
 from bot.persistence.store import Store
 from paper_trading.fees import MakerTakerFees
 from paper_trading.replay import ReplayExchange, ReplaySource
 from paper_trading.venue import Venue, VenueParams
 from strategies.market_maker import build_strategy
+
+log = logging.getLogger(__name__)
 
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB")
 
@@ -94,11 +99,19 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     with_trades = forecaster is not None
     market = market_from_meta(meta, cfg)
     r = cfg.replay
+    # trades without an aggressor side (Bitstamp) get one from the book at the trade, so they
+    # advance our queue and fill us like any other trade
+    events, n_inferred = infer_trade_sides(events, float(market.tick))
+    off, total, example = prices_off_tick(events, float(market.tick))
+    if off:
+        log.warning("%s of %s prices of the recording are finer than its tick %s (e.g. %s): the replay merges them "
+                    "into tick levels; re-import it with the right tick", off, total, f"{market.tick.normalize():f}", example)
     venue = Venue(events, float(market.tick), float(market.lot), VenueParams(
         queue_model=r.queue_model, queue_power=r.queue_power, entry_latency_ns=int(r.entry_latency_ms * 1e6),
         latency_mode=r.latency_mode, latency_multiplier=r.latency_multiplier))
     source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, warmup_s=r.warmup_s, on_progress=on_progress,
                           with_trades=with_trades or cfg.strategy.pricing.calibrate_intensity)
+    source.trades_side_inferred = n_inferred
     exchange = ReplayExchange(source, MakerTakerFees(cfg.paper.maker_fee, cfg.paper.taker_fee))
     c = cfg.strategy.controls
     snapshot = cfg.model_dump(mode="json")
@@ -156,6 +169,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         gc.unfreeze()
     elapsed = time.perf_counter() - t0
     summary["events_replayed"] = int(source.venue.i)
+    summary["trades_side_inferred"] = source.trades_side_inferred
     summary["elapsed_s"] = round(elapsed, 3)
     summary["events_per_s"] = round(source.venue.i / elapsed) if elapsed > 0 else None
     store.commit()

@@ -62,6 +62,10 @@ class ReplaySource(MarketSource):
         self.reports: list[tuple[int, int, int, float, float]] = []
         self.on_progress = on_progress
         self.with_trades = with_trades  # attach public trades to events (A/k estimation, forecaster)
+        # trades of the recording whose aggressor side the source did not tell and the replay
+        # inferred from the book before the venue was built (set by build_replay_engine, see
+        # bot.market_data.trade_side.infer_trade_sides); reported in the backtest summary
+        self.trades_side_inferred = 0
         self._wall0 = 0.0
 
     async def start(self) -> MarketInfo:
@@ -95,7 +99,8 @@ class ReplaySource(MarketSource):
         return MarketEvent(self.book, self.t, self.t, trades)  # type: ignore[arg-type]
 
     def _trades(self, i0: int, i1: int) -> TradeArrays | list:
-        """Public trades among rows i0..i1-1, as arrays (aggressor side +1/-1, 0 unknown)."""
+        """Public trades among rows i0..i1-1, as arrays (aggressor side +1/-1, 0 unknown; sides
+        the source did not give are already inferred, see ``trades_side_inferred``)."""
         v = self.venue
         idx = np.flatnonzero(v.kind[i0:i1] == TRADE)
         if len(idx) == 0:

@@ -5,11 +5,13 @@ window; the Optuna search; the baselines on data with known answers."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from models import baselines as bl
+from models import calibrate as _cal
 from models.calibrate import Fold, FoldResult, _masks, build_dataset, f1_macro, load_events, make_folds, run_fold, verdict
 from models.cli import parse_time, train
 from models.export import load_model
@@ -81,15 +83,44 @@ def test_folds_are_purged_and_normalisation_is_training_only(rec):
     ev, meta = load_events(rec)
     fc = FeatureConfig(sample_s=0.1, rv_windows=(5, 20))
     ds = build_dataset(ev, meta, fc, "1s", 20)
+    H = ds.H
+    assert H == 10  # 1 s on a 0.1 s grid
     folds = make_folds(ds, 3, 0.5)
     assert all(a.test[1] == b.test[0] for a, b in zip(folds, folds[1:]))
     cfg = TrainConfig(hidden=4, lookback=8, batch=4, max_epochs=1, min_epochs=1)
-    fr, res = run_fold(ds, folds[0], cfg, baselines=False)
-    t0, s = folds[0].train
-    v0 = folds[0].val_start
+    fold = folds[0]
+    t0, s = fold.train
+    v0 = fold.val_start
     assert t0 < v0 < s
+    # the purge: the H rows before the validation span (and before the test span), whose
+    # targets reach into it, are usable rows of the span that no loss sees
+    use = ds.usable()
+    tr, va = _cal._masks(ds, t0, v0, s)
+    gap_tr, gap_va = np.arange(v0 - H, v0), np.arange(s - H, s)
+    assert use[gap_tr].all() and use[gap_va].all()  # rows that would be trained on without the purge
+    assert not tr[gap_tr].any() and not va[gap_va].any()
+    assert int(np.flatnonzero(tr)[-1]) == v0 - H - 1 and int(np.flatnonzero(va)[-1]) == s - H - 1
+    assert (ds.end_row[tr] < v0).all() and (ds.end_row[va] < s).all()
+
+    fr, res = run_fold(ds, fold, cfg, baselines=False)
     assert np.allclose(res.normalizer.mean, ds.ff.X[t0:v0].mean(axis=0))  # training rows only (not validation, not test)
     assert np.isfinite(fr.metrics["lstm"]["qlike"])
+
+    # and the fit really never sees them: absurd targets in both gaps change nothing, the
+    # same absurd target on one training row before the gap changes the fit
+    def poisoned(rows):
+        drift, var = ds.tg.drift.copy(), ds.tg.var.copy()
+        drift[rows], var[rows] = 1e6, 1e12
+        return replace(ds, tg=replace(ds.tg, drift=drift, var=var))
+
+    mu0, var0 = res.predict(ds.ff.X)
+    fr1, res1 = run_fold(poisoned(np.r_[gap_tr, gap_va]), fold, cfg, baselines=False)
+    mu1, var1 = res1.predict(ds.ff.X)
+    assert res1.history == res.history and np.array_equal(mu1, mu0) and np.array_equal(var1, var0)
+    assert fr1.metrics == fr.metrics
+    inside = int(np.flatnonzero(tr)[len(np.flatnonzero(tr)) // 2])
+    _, res2 = run_fold(poisoned([inside]), fold, cfg, baselines=False)
+    assert res2.history != res.history and not np.array_equal(res2.predict(ds.ff.X)[0], mu0)
 
 
 def test_baselines_on_known_data():

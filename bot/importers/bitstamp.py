@@ -47,8 +47,18 @@ before the trade is a bid priced >= the trade price (an ask priced <=), it was t
 trade price, that order was the maker and the aggressor is the other side; otherwise side 0
 (unknown). Counts in ``stats["trade_side"]``.
 
+Tick and lot. Bitstamp's price tick changed over the years (cents in 2015, whole dollars in
+newer BTC/USD data), so neither is assumed: prices are read exactly on a 1e-8 grid and the
+tick is the coarsest grid every price of the recording lies on (the gcd of the prices; the
+lot likewise from the order and trade amounts), unless given (``tick_size`` / ``lot_size``,
+``mmbot import bitstamp --tick/--lot``). ``meta.json`` says which (``tick_size_source``
+``inferred`` / ``given``). Warnings (``stats["warnings"]``, printed by the CLI): prices finer
+than a given tick (the replay would merge their levels) or sizes finer than a given lot; a
+tick that changes within the recording (the gcd per hour differs: the recording's tick is the
+finest, and quotes on it may be finer than the venue's tick of the time).
+
 Timestamps: ``local_ts`` = the log's local ms in ns. The log has no exchange event time, so
-``exch_ts`` = -1. Prices USD per BTC (tick 0.01), sizes BTC (lot 1e-8).
+``exch_ts`` = -1. Prices USD per BTC, sizes BTC.
 """
 
 from __future__ import annotations
@@ -58,16 +68,18 @@ import bz2
 import gzip
 import time
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from bot.errors import DataError
+from bot.errors import ConfigError, DataError
 from bot.recording.io import RecordingWriter
 
-_SAT = 100_000_000
-_CENT = 100
+_SAT = 100_000_000  # size unit: 1e-8 BTC
+_PX = 100_000_000  # price unit: 1e-8 USD (exact for any price with up to 8 decimals)
+_TICK_BLOCK_MS = 3_600_000  # the tick is compared hour by hour to find a change
 _MAX_EXAMPLES = 20
 _SIDE_WINDOW_MS = 1000
 _INF = 1 << 62
@@ -93,6 +105,14 @@ class BitstampStats:
     snapshots_equal: int = 0
     snapshot_corrections: int = 0
     trade_side: dict[str, int] = field(default_factory=dict)
+    tick_size: float | None = None  # USD per BTC
+    tick_source: str = ""  # inferred | given
+    lot_size: float | None = None  # BTC
+    lot_source: str = ""
+    prices_off_tick: int = 0  # recording rows whose price is not a multiple of a given tick
+    sizes_off_lot: int = 0  # order/trade amounts not a multiple of a given lot
+    tick_by_hour: list[list] = field(default_factory=list)  # [first local ms, tick] where the hourly tick changes
+    warnings: list[str] = field(default_factory=list)
     lines_skipped: int = 0
     skipped: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -106,15 +126,16 @@ class _LineError(Exception):
 
 
 def _cents(x) -> int:
+    """A price in units of 1e-8 USD (the name is historical: it was cents)."""
     if isinstance(x, bool):
         raise _LineError(f"bad price {x!r}")
     try:
         v = float(x)
     except (TypeError, ValueError):
         raise _LineError(f"bad price {x!r}") from None
-    if not (v > 0 and v < 1e12):
+    if not (v > 0 and v < 1e10):
         raise _LineError(f"price out of range {x!r}")
-    return int(round(v * _CENT))
+    return int(round(v * _PX))
 
 
 def _sats(x) -> int:
@@ -184,6 +205,73 @@ class _Side:
         return self.prices[a:b]
 
 
+def _grid_units(value, name: str, scale: int) -> int | None:
+    """A given tick/lot as an integer number of 1/scale units (None stays None)."""
+    if value is None:
+        return None
+    try:
+        d = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(f"--{name} must be a positive number, got {value!r}") from None
+    if not d.is_finite() or d <= 0:
+        raise ConfigError(f"--{name} must be a positive number, got {value!r}")
+    u = d * scale
+    if u != u.to_integral_value():
+        raise ConfigError(f"--{name} {value} is finer than the importer's resolution {Decimal(1) / scale}")
+    return int(u)
+
+
+def _units_to_float(u: int, scale: int) -> float:
+    return float(Decimal(u) / Decimal(scale))
+
+
+def _tick_and_lot(st: BitstampStats, px: np.ndarray, qpx: np.ndarray, ms: np.ndarray, amt: np.ndarray,
+                  tick_u: int | None, lot_u: int | None) -> None:
+    """Set the tick and lot in ``st`` (given, or inferred as the gcd of the prices / amounts,
+    in 1e-8 units) and the warnings: prices or amounts off a given grid, a tick that changes
+    from hour to hour. ``px``: the recording's price rows (1e-8 USD); ``qpx``: the order and
+    trade prices as published, ``ms`` their local ms; ``amt``: non-zero order and trade
+    amounts (1e-8 BTC)."""
+    fmt = lambda u, scale: f"{Decimal(int(u)) / Decimal(scale):f}".rstrip("0").rstrip(".")  # noqa: E731
+    if tick_u is not None:
+        st.tick_size, st.tick_source = _units_to_float(tick_u, _PX), "given"
+        off = px % tick_u != 0
+        st.prices_off_tick = int(off.sum())
+        if st.prices_off_tick:
+            st.warnings.append(
+                f"{st.prices_off_tick} of {px.size} prices are finer than the given tick {fmt(tick_u, _PX)} "
+                f"(e.g. {fmt(px[off][0], _PX)}); the replay merges them into tick levels: check --tick")
+    elif px.size:
+        st.tick_size, st.tick_source = _units_to_float(int(np.gcd.reduce(px)), _PX), "inferred"
+    if lot_u is not None:
+        st.lot_size, st.lot_source = _units_to_float(lot_u, _SAT), "given"
+        off = amt % lot_u != 0
+        st.sizes_off_lot = int(off.sum())
+        if st.sizes_off_lot:
+            st.warnings.append(f"{st.sizes_off_lot} of {amt.size} order/trade amounts are finer than the given lot "
+                               f"{fmt(lot_u, _SAT)} (e.g. {fmt(amt[off][0], _SAT)}): check --lot")
+    elif amt.size:
+        st.lot_size, st.lot_source = _units_to_float(int(np.gcd.reduce(amt)), _SAT), "inferred"
+    if qpx.size == 0:
+        return
+    # the tick of the published prices hour by hour (hours with at least 100 of them): a change
+    # means the venue's tick changed within the recording
+    block = (ms - ms[0]) // _TICK_BLOCK_MS
+    starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+    counts = np.diff(np.r_[starts, qpx.size])
+    g = np.gcd.reduceat(qpx, starts)
+    keep = counts >= 100
+    prev = None
+    for i in np.flatnonzero(keep):
+        if g[i] != prev:
+            st.tick_by_hour.append([int(ms[starts[i]]), _units_to_float(int(g[i]), _PX)])
+            prev = g[i]
+    if len(st.tick_by_hour) > 1:
+        steps = ", ".join(f"{t} from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(m / 1000))} UTC" for m, t in st.tick_by_hour)
+        st.warnings.append(f"the price tick changes within the recording ({steps}); the recording's tick "
+                           f"{st.tick_size} is the finest, so quotes on it can be finer than the venue's tick of the time")
+
+
 def _open_text(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
@@ -206,13 +294,20 @@ def import_bitstamp(
     lenient: bool = False,
     overwrite: bool = True,
     max_lines: int | None = None,
+    tick_size: float | str | Decimal | None = None,
+    lot_size: float | str | Decimal | None = None,
 ) -> BitstampStats:
     """Import a Bitstamp 2015 log (``.log``, ``.log.bz2`` or ``.gz``) into a recording.
 
     Corrupt lines raise :class:`~bot.errors.DataError` ``"file:line: reason"`` unless
     ``lenient`` (then they are counted and skipped). ``max_lines`` reads only the first lines.
+    ``tick_size`` (USD per BTC) / ``lot_size`` (BTC): the venue's price tick and size step;
+    None = inferred from the data (see the module docstring). A bad value raises
+    :class:`~bot.errors.ConfigError`.
     """
     t0 = time.perf_counter()
+    tick_u = _grid_units(tick_size, "tick", _PX)
+    lot_u = _grid_units(lot_size, "lot", _SAT)
     path = Path(path)
     data = _open_text(path)
     lines = data.split(b"\n")
@@ -223,6 +318,9 @@ def import_bitstamp(
 
     kind_l: list[int] = []
     side_l: list[int] = []
+    amt_l: list[int] = []  # order and trade amounts, 1e-8 BTC (for the lot)
+    qpx_l: list[int] = []  # order and trade prices as published, 1e-8 USD (the tick hour by hour)
+    qms_l: list[int] = []  # ... and their local ms
     ts_l: list[int] = []
     px_l: list[int] = []  # cents
     qty_l: list[int] = []  # satoshis
@@ -278,6 +376,10 @@ def import_bitstamp(
                 if side not in (0, 1) or not isinstance(oid, int):
                     raise _LineError(f"{ev.decode()}: bad order_type/id")
                 st.order_events += 1
+                if q:
+                    amt_l.append(q)
+                qpx_l.append(p)
+                qms_l.append(ms)
                 bk = books[side]
                 if ev == b"order_created":
                     old = orders.get(oid)
@@ -322,6 +424,10 @@ def import_bitstamp(
                 except KeyError as e:
                     raise _LineError(f"trade: missing field {e}") from None
                 st.trades += 1
+                if q:
+                    amt_l.append(q)
+                qpx_l.append(p)
+                qms_l.append(ms)
                 s = 0
                 if last_created and ms - last_created[0] <= _SIDE_WINDOW_MS and (
                     (last_created[1] == 0 and last_created[2] >= p) or (last_created[1] == 1 and last_created[2] <= p)
@@ -405,7 +511,7 @@ def import_bitstamp(
         "side": np.asarray(side_l, np.int8),
         "exch_ts": np.full(n, -1, np.int64),
         "local_ts": np.asarray(ts_l, np.int64),
-        "px": np.asarray(px_l, np.float64) / _CENT,
+        "px": np.asarray(px_l, np.float64) / _PX,
         "qty": np.asarray(qty_l, np.float64) / _SAT,
         "first_id": np.asarray(id_l, np.int64),
         "last_id": np.asarray(id_l, np.int64),
@@ -413,12 +519,16 @@ def import_bitstamp(
     st.events = n
     counts = np.bincount(cols["kind"], minlength=5)
     st.rows_by_kind = {"depth": int(counts[1]), "trade": int(counts[2]), "snapshot": int(counts[3]), "clear": int(counts[4])}
+    _tick_and_lot(st, np.asarray(px_l, np.int64)[cols["kind"] != 4], np.asarray(qpx_l, np.int64), np.asarray(qms_l, np.int64),
+                  np.asarray(amt_l, np.int64), tick_u, lot_u)
     meta = {
         "exchange": "bitstamp",
         "symbol": "BTCUSD",
         "market": "spot",
-        "tick_size": 0.01,
-        "lot_size": 1e-8,
+        "tick_size": st.tick_size,
+        "tick_size_source": st.tick_source,
+        "lot_size": st.lot_size,
+        "lot_size_source": st.lot_source,
         "qty_unit": "base",
         "source_files": [str(path)],
         "importer": "bot.importers.bitstamp",

@@ -165,3 +165,17 @@ def infer_lot_size(qty: np.ndarray, max_sample: int = 200_000) -> float | None:
     if qty.size > max_sample:
         qty = qty[:: qty.size // max_sample + 1]
     return _grid_step(qty)
+
+
+def prices_off_tick(events: np.ndarray, tick: float) -> tuple[int, int, float | None]:
+    """Book and trade prices of ``events`` that are not a multiple of ``tick`` (quote/base):
+    ``(off, total, first off-grid price or None)``. A replay maps prices to tick levels by
+    rounding, so off-grid prices would be merged into their neighbours' levels."""
+    kind = events["kind"]
+    px = events["px"][(kind == DEPTH) | (kind == SNAPSHOT) | (kind == TRADE)]
+    if px.size == 0 or not tick > 0:
+        return 0, int(px.size), None
+    scaled = px / tick
+    off = np.abs(scaled - np.rint(scaled)) > np.maximum(1e-6, np.abs(scaled) * 1e-12)
+    n = int(off.sum())
+    return n, int(px.size), (float(px[off][0]) if n else None)
