@@ -83,8 +83,8 @@ def test_folds_are_purged_and_normalisation_is_training_only(rec):
     ev, meta = load_events(rec)
     fc = FeatureConfig(sample_s=0.1, rv_windows=(5, 20))
     ds = build_dataset(ev, meta, fc, "1s", 20)
-    H = ds.H
-    assert H == 10  # 1 s on a 0.1 s grid
+    H, horizon_s = ds.horizon(ds.usable())
+    assert H == 10 and horizon_s == 1.0  # 1 s on a 0.1 s grid
     folds = make_folds(ds, 3, 0.5)
     assert all(a.test[1] == b.test[0] for a, b in zip(folds, folds[1:]))
     cfg = TrainConfig(hidden=4, lookback=8, batch=4, max_epochs=1, min_epochs=1)
