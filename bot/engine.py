@@ -15,7 +15,7 @@ time live), so a strategy sees the same time base in every mode.
 
 Signals: SIGINT/SIGTERM stop the loop after the current event. A feed that never waits
 (``--speed 0``, backtests) would never let the event loop run the signal handler, so the
-loop yields to it at least every ``YIELD_EVERY_S`` of wall time.
+loop yields to it every ``YIELD_EVERY_EVENTS`` events or ``YIELD_EVERY_S`` of wall time.
 
 Shutdown (end of feed, SIGINT/SIGTERM, or an error): cancel all open orders, drain the last
 fills, close orders the venue did not confirm, write a final PnL snapshot, mark the run
@@ -51,7 +51,10 @@ from strategies.base import Quotes, Strategy
 
 log = logging.getLogger("mmbot.engine")
 
-YIELD_EVERY_S = 0.02  # wall seconds between yields to the event loop when the feed never waits
+# a feed that never waits gets a yield to the event loop after this many events or this much
+# wall time, whichever comes first (a yield costs a few microseconds)
+YIELD_EVERY_EVENTS = 16
+YIELD_EVERY_S = 0.02
 
 
 @dataclass
@@ -160,6 +163,7 @@ class Engine:
             self.store.commit()
             self._task = asyncio.current_task()
             self._next_yield = time.monotonic() + YIELD_EVERY_S
+            since_yield = 0
             while not self._stop.is_set():
                 self._waiting = True
                 try:
@@ -175,10 +179,11 @@ class Engine:
                     self.stop_reason = self.stop_reason or "end of market data"
                     break
                 await self.step(ev)
-                now = time.monotonic()
-                if now >= self._next_yield:  # let the loop run signal handlers and other tasks
-                    await asyncio.sleep(0)
-                    self._next_yield = now + YIELD_EVERY_S
+                since_yield += 1
+                if since_yield >= YIELD_EVERY_EVENTS or time.monotonic() >= self._next_yield:
+                    await asyncio.sleep(0)  # let the loop run signal handlers and other tasks
+                    since_yield = 0
+                    self._next_yield = time.monotonic() + YIELD_EVERY_S
             if self.stop_reason in ("SIGINT", "SIGTERM"):
                 status = "interrupted"
         except (asyncio.CancelledError, KeyboardInterrupt):
