@@ -11,6 +11,7 @@ so that total = spread capture + inventory PnL - fees.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +45,7 @@ class RunReport:
     spread_capture: float
     inventory_pnl: float
     fees: float
+    stop_reason: str = ""  # why the run ended (for a crashed run: that its process died)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -103,5 +105,12 @@ def build_report(db: str, run_id: int | None = None) -> RunReport:
         buys=sum(1 for f in fills if f.side == "buy"), sells=sum(1 for f in fills if f.side == "sell"),
         volume_base=float(vol_b), volume_quote=float(vol_q), final_inventory=float(q), max_abs_inventory=float(max_q),
         final_mid=final_mid, total_pnl=total, spread_capture=spread, inventory_pnl=total - spread + float(fees),
-        fees=float(fees),
+        fees=float(fees), stop_reason=_stop_reason(run.summary_json),
     )
+
+
+def _stop_reason(summary_json: str | None) -> str:
+    try:
+        return str((json.loads(summary_json or "{}") or {}).get("stop_reason") or "")
+    except (ValueError, AttributeError):
+        return ""

@@ -66,7 +66,9 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
-        eng = create_engine(url)
+        # several processes may share one database (a run, a report, the next start): wait
+        # for a writer's lock instead of failing at once
+        eng = create_engine(url, connect_args={"timeout": 30}) if url.startswith("sqlite") else create_engine(url)
     except (SQLAlchemyError, ImportError, ValueError) as e:
         raise ConfigError(f"database url {url!r} is not usable: {e}") from None
     if eng.dialect.name == "sqlite":
