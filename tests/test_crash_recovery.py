@@ -41,6 +41,13 @@ def q(db, sql):
         return []
 
 
+def report_json(db, run):
+    rep = subprocess.run([sys.executable, "-m", "bot.cli", "report", "--db", str(db), "--run", str(run), "--json"],
+                         capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+    assert rep.returncode == 0, rep.stderr
+    return json.loads(rep.stdout)
+
+
 def test_killed_run_is_marked_crashed_by_the_next_start(tmp_path):
     db = tmp_path / "k.db"
     p = subprocess.Popen([sys.executable, "-m", "bot.cli", "paper", "--speed", "1", "--duration", "3600", "--db", str(db), "--json"],
@@ -68,6 +75,11 @@ def test_killed_run_is_marked_crashed_by_the_next_start(tmp_path):
     heartbeat = q(db, "select heartbeat_ns from run_processes where run_id=1")[0][0]
     assert open_before > 0
 
+    # before any new start, the report already sees that the process is gone
+    r = report_json(db, 1)
+    assert r["status"] == "crashed" and f"process {p.pid}" in r["stop_reason"]
+    assert q(db, "select status from runs where id=1") == [("running",)]  # the report wrote nothing
+
     st = open_store(str(db))  # the next start
     third = st.start_run("paper", "paper", "SIM/USD", {})
     st.end_run("completed", {})
@@ -83,10 +95,7 @@ def test_killed_run_is_marked_crashed_by_the_next_start(tmp_path):
     assert closed == open_before
     assert q(db, "select status from runs where id in (2, 3) order by id") == [("completed",), ("completed",)]
 
-    rep = subprocess.run([sys.executable, "-m", "bot.cli", "report", "--db", str(db), "--run", "1", "--json"],
-                         capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
-    assert rep.returncode == 0, rep.stderr
-    r = json.loads(rep.stdout)
+    r = report_json(db, 1)
     assert r["status"] == "crashed" and "ended without closing the run" in r["stop_reason"]
     human = subprocess.run([sys.executable, "-m", "bot.cli", "report", "--db", str(db), "--run", "1"],
                            capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
@@ -105,3 +114,38 @@ def test_liveness_rules():
     # another host: only the heartbeat can tell
     assert liveness.process_alive("elsewhere", 1, "", now - 10**9, now, 60)
     assert not liveness.process_alive("elsewhere", 1, "", now - 61 * 10**9, now, 60)
+
+
+def test_recovery_leaves_real_venue_orders_and_unjudgeable_runs(tmp_path):
+    """A dead run on a real venue is marked crashed but its orders stay as recorded (they may
+    rest on the exchange); a running run without a process record (an older database) is
+    left alone."""
+    from decimal import Decimal as D
+
+    from bot.orders import Order, OrderState, Side
+
+    db = tmp_path / "r.db"
+    st = open_store(str(db))
+    live = st.start_run("live", "binance", "BTC/USDT", {})
+    o = Order("BTC/USDT", Side.BUY, D("100"), D("1"), created_ns=5, updated_ns=5)
+    st.record_order(o)
+    o.transition(OrderState.OPEN, 6)
+    st.record_order(o)
+    st.commit()
+    old = st.start_run("paper", "paper", "X/Y", {})
+    st.close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    con = sqlite3.connect(db)
+    con.execute("update run_processes set pid=?, proc_start='' where run_id=?", (int(dead.stdout), live))
+    con.execute("delete from run_processes where run_id=?", (old,))
+    con.commit()
+    con.close()
+
+    st = open_store(str(db))
+    st.start_run("paper", "paper", "X/Y", {})
+    st.close()
+    assert q(db, f"select status from runs where id={live}") == [("crashed",)]
+    assert q(db, f"select state from orders where run_id={live}") == [("open",)]
+    s = json.loads(q(db, f"select summary_json from runs where id={live}")[0][0])
+    assert "left as recorded" in s["stop_reason"] and s["last_event_ns"] == 6
+    assert q(db, f"select status from runs where id={old}") == [("running",)]

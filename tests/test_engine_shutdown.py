@@ -85,10 +85,11 @@ def test_sigint_at_speed_0_stops_the_run(tmp_path):
 
 
 @pytest.mark.skipif(not HL_CAPTURE.exists(), reason=f"real market data not found at {HL_CAPTURE}")
-def test_sigint_stops_a_replay_at_full_speed(tmp_path):
-    """The backtest path (replay at speed 0) with the engine's own signal handlers: SIGINT is
-    sent by the process to itself at the 20th decision; the replay stops soon after instead
-    of running to the end of the data."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_a_replay_at_full_speed(tmp_path, sig):
+    """The backtest path (replay at speed 0) with the engine's own signal handlers: the
+    signal is sent by the process to itself at the 20th decision; the replay stops soon
+    after instead of running to the end of the data."""
     from bot.importers.hyperliquid import import_hyperliquid
     from paper_trading.backtest import build_replay_engine, load_recording
 
@@ -102,7 +103,7 @@ def test_sigint_stops_a_replay_at_full_speed(tmp_path):
 
     def tick(engine):
         if engine.state.events == 20:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
 
     store = open_store(str(tmp_path / "bt.db"))
     try:
@@ -110,7 +111,7 @@ def test_sigint_stops_a_replay_at_full_speed(tmp_path):
         summary = asyncio.run(engine.run())
     finally:
         store.close()
-    assert summary["status"] == "interrupted" and summary["stop_reason"] == "SIGINT"
+    assert summary["status"] == "interrupted" and summary["stop_reason"] == sig.name
     assert 20 <= summary["events"] < full
     con = sqlite3.connect(tmp_path / "bt.db")
     assert con.execute("select status from runs").fetchone() == ("interrupted",)

@@ -134,8 +134,13 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------------
     def start_run(self, mode: str, exchange: str, symbol: str, config: dict, started_ns: int | None = None) -> int:
-        """Insert a ``running`` run owned by this process; first mark dead runs as crashed."""
-        self.recover_crashed_runs()
+        """Insert a ``running`` run owned by this process; first mark dead runs as crashed
+        (best effort: a failed recovery is logged and retried by the next start)."""
+        try:
+            self.recover_crashed_runs()
+        except SQLAlchemyError as e:  # e.g. another process recovering at the same moment
+            self.conn.rollback()
+            log.warning("could not check for crashed runs (%s); the next start will", " ".join(str(e).split())[:200])
         now = time.time_ns()
         res = self.conn.execute(insert(Run).values(
             mode=mode, exchange=exchange, symbol=symbol, config_json=_dumps(config),
@@ -169,6 +174,16 @@ class Store:
                 continue
             last_event = max((c.execute(select(func.max(t.ts_ns)).where(t.run_id == r.id)).scalar() or 0)
                              for t in (OrderEvent, FillRow, PnlSnapshot)) or None
+            reason = (f"crashed: process {r.pid} on {r.host} ended without closing the run "
+                      f"(found by a later start at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now / 1e9))} UTC)")
+            summary = {"status": "crashed", "stop_reason": reason, "last_event_ns": last_event,
+                       "last_heartbeat_ns": r.heartbeat_ns, "orders_closed_at_recovery": 0}
+            # claim the run first: of two starts racing, only one closes its orders
+            claimed = c.execute(update(Run).where(Run.id == r.id, Run.status == "running").values(
+                status="crashed", ended_ns=max(r.heartbeat_ns, r.started_ns), summary_json=_dumps(summary))).rowcount
+            if claimed != 1:
+                c.rollback()
+                continue
             closed = 0
             if r.exchange == "paper":
                 working = c.execute(select(OrderRow.client_id, OrderRow.filled, OrderRow.updated_ns).where(
@@ -180,12 +195,10 @@ class Store:
                     c.execute(insert(OrderEvent).values(run_id=r.id, client_id=o.client_id, ts_ns=ts, state="canceled",
                                                         filled=plain(o.filled), reason="run crashed"))
                 closed = len(working)
-            reason = (f"crashed: process {r.pid} on {r.host} ended without closing the run "
-                      f"(found by a later start at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(now / 1e9))} UTC)")
-            summary = {"status": "crashed", "stop_reason": reason, "last_event_ns": last_event,
-                       "last_heartbeat_ns": r.heartbeat_ns, "orders_closed_at_recovery": closed}
-            c.execute(update(Run).where(Run.id == r.id, Run.status == "running").values(
-                status="crashed", ended_ns=max(r.heartbeat_ns, r.started_ns), summary_json=_dumps(summary)))
+                summary["orders_closed_at_recovery"] = closed
+            else:
+                summary["stop_reason"] += f"; its orders on {r.exchange} are left as recorded (they may still rest there)"
+            c.execute(update(Run).where(Run.id == r.id).values(summary_json=_dumps(summary)))
             c.commit()
             crashed.append(r.id)
             log.warning("run %d died (process %d on %s gone): marked crashed; %d paper orders closed",
@@ -341,6 +354,21 @@ class Store:
         finally:
             self.conn.close()
             self.engine.dispose()
+
+
+def process_gone(conn, run_id: int, stale_after_s: float = STALE_AFTER_S) -> str | None:
+    """Read-only: why run ``run_id`` (status ``running``) is dead, or None when its process
+    may be alive or cannot be judged (no process record). ``conn`` is a SQLAlchemy
+    connection or session."""
+    try:
+        r = conn.execute(select(RunProcess.host, RunProcess.pid, RunProcess.proc_start, RunProcess.heartbeat_ns)
+                         .where(RunProcess.run_id == run_id)).first()
+    except SQLAlchemyError:  # a database of an older version: no process records
+        return None
+    if r is None or liveness.process_alive(r.host, r.pid, r.proc_start, r.heartbeat_ns, time.time_ns(), stale_after_s):
+        return None
+    return (f"crashed: process {r.pid} on {r.host} ended without closing the run "
+            "(the next start on this database records it)")
 
 
 def open_store(url: str) -> Store:
