@@ -1,8 +1,9 @@
 """Orders, their state machine, and fills.
 
 An order carries our own ``client_id`` (unique across runs, processes and restarts of one
-database, sent to the exchange as its client order id; see :class:`ClientIdFactory`) and, once acknowledged, the exchange's ``exchange_id``. Prices are Decimal quote
-currency per base unit; sizes Decimal base units; times ns since the epoch.
+database, sent to the exchange as its client order id; see :class:`ClientIdFactory`) and,
+once acknowledged, the exchange's ``exchange_id``. Prices are Decimal quote currency per
+base unit; sizes Decimal base units; times ns since the epoch.
 
 State machine::
 
