@@ -25,6 +25,8 @@ step is logged and noted in the run's ``stop_reason`` and the others still run, 
 always ends with its status (a shutdown failure turns ``completed`` into ``failed``). The
 original error of the run is what :meth:`Engine.run` raises, with the shutdown failures as
 notes; without one, the first shutdown failure is raised after the run was closed.
+Closing the source and the exchange comes after the record is written: a failure there is
+logged and noted in the returned summary only.
 """
 
 from __future__ import annotations
@@ -200,8 +202,9 @@ class Engine:
             for what, close in (("closing the market source", self.source.close), ("closing the exchange", self.exchange.close)):
                 try:
                     await close()
-                except BaseException as e:  # noqa: BLE001 - the run is already recorded
-                    self._shutdown_failed(what, e)
+                except Exception as e:  # noqa: BLE001 - the run is already recorded: log, do not fail it
+                    log.warning("shutdown: %s failed: %s: %s", what, type(e).__name__, e)
+                    summary["stop_reason"] = f"{summary.get('stop_reason', '')}; {what} failed: {type(e).__name__}: {e}"
         if error is not None:
             for what, e in self.shutdown_errors:
                 error.add_note(f"during shutdown, {what} failed too: {type(e).__name__}: {e}")
