@@ -190,7 +190,7 @@ def test_failing_final_snapshot_and_original_error_chained(tmp_path):
 
     db = tmp_path / "snap.db"
     store = open_store(str(db))
-    cfg = with_overrides(Config(), **{"forecaster.model": "none"})
+    cfg = with_overrides(Config(), **{"forecaster.model": "none", "strategy.pricing.horizon": "rolling"})  # no session end here
     src = FeedDies(duration_s=30.0, seed=3)
     engine = SnapshotBreaks(src, paper_exchange(), lambda m: build_strategy(cfg.strategy, m), store,
                             inventory=Inventory(cash=D(100000)), handle_signals=False)
