@@ -13,15 +13,27 @@ Per market event::
 The clock is the event's timestamp (simulated time in simulation and replay, exchange
 time live), so a strategy sees the same time base in every mode.
 
+Signals: SIGINT/SIGTERM stop the loop after the current event. A feed that never waits
+(``--speed 0``, backtests) would never let the event loop run the signal handler, so the
+loop yields to it every ``YIELD_EVERY_EVENTS`` events or ``YIELD_EVERY_S`` of wall time.
+
 Shutdown (end of feed, SIGINT/SIGTERM, or an error): cancel all open orders, drain the last
-fills, write a final PnL snapshot, mark the run completed / interrupted / failed with its
-summary, commit, close the source and the exchange.
+fills, close orders the venue did not confirm, write a final PnL snapshot, mark the run
+completed / interrupted / failed with its summary, commit, close the source and the
+exchange. Every one of these steps runs in its own guard: an exception of any type in one
+step is logged and noted in the run's ``stop_reason`` and the others still run, so the run
+always ends with its status (a shutdown failure turns ``completed`` into ``failed``). The
+original error of the run is what :meth:`Engine.run` raises, with the shutdown failures as
+notes; without one, the first shutdown failure is raised after the run was closed.
+Closing the source and the exchange comes after the record is written: a failure there is
+logged and noted in the returned summary only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -34,10 +46,17 @@ from bot.inventory import Inventory
 from bot.market import MarketInfo
 from bot.market_data.base import MarketEvent, MarketSource
 from bot.order_manager import OrderManager
-from bot.orders import OrderState
+from bot.orders import ClientIdFactory, OrderState
 from bot.persistence.store import Store
 from models.forecast import Forecaster
 from strategies.base import Quotes, Strategy
+
+log = logging.getLogger("mmbot.engine")
+
+# a feed that never waits gets a yield to the event loop after this many events or this much
+# wall time, whichever comes first (a yield costs a few microseconds)
+YIELD_EVERY_EVENTS = 16
+YIELD_EVERY_S = 0.02
 
 
 @dataclass
@@ -99,6 +118,8 @@ class Engine:
         self.market: MarketInfo | None = None
         self.mid0: float | None = None
         self._next_pnl_ns = 0
+        self._next_yield = 0.0
+        self.shutdown_errors: list[tuple[str, BaseException]] = []
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to finish after the current event; a wait for market data (which may
@@ -125,13 +146,16 @@ class Engine:
         status = "completed"
         error: BaseException | None = None
         started = False
+        summary: dict = {}
         try:
             self.market = await self.source.start()
             await self.exchange.start(self.market)
             self.strategy = self.strategy_factory(self.market)
-            self.om = OrderManager(self.market, on_change=self.store.record_order, **self.om_args)  # type: ignore[arg-type]
             self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot)
             started = True
+            ids = ClientIdFactory(self.store.installation_id, self.store.run_id)  # type: ignore[arg-type]
+            self.om = OrderManager(self.market, on_change=self.store.record_order, new_client_id=ids,  # type: ignore[arg-type]
+                                   **self.om_args)
             book = self.source.book
             t0 = book.ts_ns or time.time_ns()
             if hasattr(self.strategy, "begin"):
@@ -140,6 +164,8 @@ class Engine:
             self._snapshot(t0, force=True)
             self.store.commit()
             self._task = asyncio.current_task()
+            self._next_yield = time.monotonic() + YIELD_EVERY_S
+            since_yield = 0
             while not self._stop.is_set():
                 self._waiting = True
                 try:
@@ -155,6 +181,11 @@ class Engine:
                     self.stop_reason = self.stop_reason or "end of market data"
                     break
                 await self.step(ev)
+                since_yield += 1
+                if since_yield >= YIELD_EVERY_EVENTS or time.monotonic() >= self._next_yield:
+                    await asyncio.sleep(0)  # let the loop run signal handlers and other tasks
+                    since_yield = 0
+                    self._next_yield = time.monotonic() + YIELD_EVERY_S
             if self.stop_reason in ("SIGINT", "SIGTERM"):
                 status = "interrupted"
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -162,15 +193,24 @@ class Engine:
             self.stop_reason = self.stop_reason or "interrupted"
         except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
             status, error = "failed", e
-            self.stop_reason = f"error: {e}"
+            self.stop_reason = f"error: {type(e).__name__}: {e}" if not isinstance(e, MmbotError) else f"error: {e}"
         finally:
             for sig in installed:
-                loop.remove_signal_handler(sig)
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
             summary = await self._shutdown(status, started)
-            await self.source.close()
-            await self.exchange.close()
+            for what, close in (("closing the market source", self.source.close), ("closing the exchange", self.exchange.close)):
+                try:
+                    await close()
+                except Exception as e:  # noqa: BLE001 - the run is already recorded: log, do not fail it
+                    log.warning("shutdown: %s failed: %s: %s", what, type(e).__name__, e)
+                    summary["stop_reason"] = f"{summary.get('stop_reason', '')}; {what} failed: {type(e).__name__}: {e}"
         if error is not None:
+            for what, e in self.shutdown_errors:
+                error.add_note(f"during shutdown, {what} failed too: {type(e).__name__}: {e}")
             raise error
+        if self.shutdown_errors:
+            raise self.shutdown_errors[0][1]
         return summary
 
     def exchange_name(self) -> str:
@@ -257,29 +297,57 @@ class Engine:
             self._next_pnl_ns = ts_ns + self.pnl_interval_ns
             self.store.record_pnl(ts_ns, mid, self.inventory, self.state.pnl)
 
+    def _shutdown_failed(self, what: str, e: BaseException) -> None:
+        self.shutdown_errors.append((what, e))
+        self.stop_reason += f"; {what} failed: {type(e).__name__}: {e}"
+        log.error("shutdown: %s failed: %s: %s", what, type(e).__name__, e, exc_info=e)
+
     async def _shutdown(self, status: str, started: bool) -> dict:
-        summary: dict = {}
+        """Close the run; each step in its own guard (see the module docstring)."""
+        summary: dict = {"run_id": self.store.run_id}
         if not started:
             return summary
         now = self.state.ts_ns or time.time_ns()
-        try:
-            if self.market is not None and self.om is not None:
-                for ack in await self.exchange.cancel_all(self.market.symbol, now):
-                    self.om.on_ack(ack)
+        om, market = self.om, self.market
+        cancel_all_ok = False
+        if market is not None and om is not None:
+            try:
+                for ack in await self.exchange.cancel_all(market.symbol, now):
+                    om.on_ack(ack)
+                cancel_all_ok = True
+            except BaseException as e:  # noqa: BLE001
+                self._shutdown_failed("cancel-all", e)
+            try:
                 self._drain_fills()
-                # anything the venue did not report is still ours to close out
-                for o in list(self.om.working.values()):
-                    if o.state is OrderState.NEW:
+            except BaseException as e:  # noqa: BLE001
+                self._shutdown_failed("draining the last fills", e)
+            try:
+                # orders the venue never confirmed are ours to close; on a simulated venue
+                # (whose orders end with this process) so is every order a failed cancel-all left
+                simulated = self.exchange_name() == "paper"
+                for o in list(om.working.values()):
+                    if o.state is OrderState.NEW or (simulated and not cancel_all_ok):
                         o.transition(OrderState.CANCELED, now, "shutdown")
-                        self.om.working.pop(o.client_id, None)
+                        om.working.pop(o.client_id, None)
                         self.store.record_order(o)
-        except MmbotError as e:
-            self.stop_reason += f"; cancel-all failed: {e}"
-        self._snapshot(now, force=True)
-        summary = self.summary()
+            except BaseException as e:  # noqa: BLE001
+                self._shutdown_failed("closing unconfirmed orders", e)
+        try:
+            self._snapshot(now, force=True)
+        except BaseException as e:  # noqa: BLE001
+            self._shutdown_failed("the final PnL snapshot", e)
+        try:
+            summary = self.summary()
+        except BaseException as e:  # noqa: BLE001
+            self._shutdown_failed("the summary", e)
+        if self.shutdown_errors and status == "completed":
+            status = "failed"
         summary["status"] = status
         summary["stop_reason"] = self.stop_reason
-        self.store.end_run(status, summary)
+        try:
+            status = self.store.end_run(status, summary)  # may add the final commit's failure
+        except BaseException as e:  # noqa: BLE001
+            self._shutdown_failed("writing the run's end", e)
         return summary
 
     def summary(self) -> dict:

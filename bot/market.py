@@ -5,6 +5,10 @@ Built from ccxt's unified market structure (``exchange.markets[symbol]``). Round
 
 * bids are rounded **down** and asks **up** (never improve a quote by rounding);
 * sizes are rounded **down** to the lot (never exceed the size asked for).
+
+Rounded values are normalized without an exponent (``Decimal("78390")``, never
+``Decimal("7.839E+4")``), and :func:`plain` formats any Decimal as plain digits: that text
+goes to the database and would go to an exchange, neither of which must see ``1E+2``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,24 @@ def _dec(x: Any) -> Decimal:
     return x if isinstance(x, Decimal) else Decimal(str(x))
 
 
+def plain(d: Decimal) -> str:
+    """``d`` as plain decimal text, never in exponent form: ``7.839E+4`` -> ``78390``,
+    ``1E-8`` -> ``0.00000001``, ``1E+2`` -> ``100``."""
+    return format(d, "f")
+
+
+def normalized(d: Decimal) -> Decimal:
+    """``d`` without trailing zeros and without a positive exponent (``Decimal('7.839E+4')``
+    becomes ``Decimal('78390')``), so that ``str()`` of it is plain too."""
+    d = d.normalize()
+    return d.quantize(1) if d.as_tuple().exponent > 0 else d  # type: ignore[operator]
+
+
 def _cached_multiple(cache: dict[int, Decimal], n: int, unit: Decimal) -> Decimal:
     """n * unit as an exact, normalized Decimal, memoized (the hot path reuses few values)."""
     d = cache.get(n)
     if d is None:
-        d = (n * unit).normalize() if n else Decimal(0)
+        d = normalized(n * unit) if n else Decimal(0)
         if len(cache) > 100_000:
             cache.clear()
         cache[n] = d
@@ -109,12 +126,12 @@ class MarketInfo:
         """Round ``price`` to the tick: down for ``side='buy'``, up for ``side='sell'``."""
         steps = _dec(price) / self.tick
         steps = steps.to_integral_value(rounding=ROUND_FLOOR if side == "buy" else ROUND_CEILING)
-        return (steps * self.tick).normalize() if steps else Decimal(0)
+        return normalized(steps * self.tick) if steps else Decimal(0)
 
     def round_size(self, size: float | Decimal) -> Decimal:
         """Round ``size`` down to the lot."""
         steps = (_dec(size) / self.lot).to_integral_value(rounding=ROUND_FLOOR)
-        return (steps * self.lot).normalize() if steps > 0 else Decimal(0)
+        return normalized(steps * self.lot) if steps > 0 else Decimal(0)
 
     # -- fast float helpers for the hot path (results exact multiples in float space) ----
     def price_ticks(self, price: float, side: str) -> int:

@@ -20,6 +20,7 @@ from typing import Callable
 from bot.exchanges.base import OrderAck
 from bot.market import MarketInfo
 from bot.orders import Fill, Order, OrderState, Side
+from bot.orders import new_client_id as default_client_id
 from strategies.base import QuoteLevel, Quotes
 
 
@@ -31,12 +32,14 @@ class OrderManager:
         max_age_s: float | None = None,
         post_only: bool = True,
         on_change: Callable[[Order], None] | None = None,
+        new_client_id: Callable[[], str] | None = None,
     ) -> None:
         self.market = market
         self.tol = Decimal(tolerance_ticks) * market.tick
         self.max_age_ns = None if max_age_s is None else int(max_age_s * 1e9)
         self.post_only = post_only
         self.on_change = on_change or (lambda o: None)
+        self.new_client_id = new_client_id or default_client_id  # the engine passes the run's ids
         self.working: dict[str, Order] = {}  # client_id -> non-terminal order
         self.orders: dict[str, Order] = {}  # every order of the run, by client id
 
@@ -73,7 +76,8 @@ class OrderManager:
             if best is not None:
                 free.remove(best)
             else:
-                places.append(Order(self.market.symbol, side, lv.price, lv.size, post_only=self.post_only, level=i, created_ns=now_ns, updated_ns=now_ns))
+                places.append(Order(self.market.symbol, side, lv.price, lv.size, client_id=self.new_client_id(),
+                                    post_only=self.post_only, level=i, created_ns=now_ns, updated_ns=now_ns))
         return stale + free, places
 
     # -- state keeping ------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Orders, their state machine, and fills.
 
-An order carries our own ``client_id`` (unique per run, sent to the exchange as its client
-order id) and, once acknowledged, the exchange's ``exchange_id``. Prices are Decimal quote
-currency per base unit; sizes Decimal base units; times ns since the epoch.
+An order carries our own ``client_id`` (unique across runs, processes and restarts of one
+database, sent to the exchange as its client order id; see :class:`ClientIdFactory`) and,
+once acknowledged, the exchange's ``exchange_id``. Prices are Decimal quote currency per
+base unit; sizes Decimal base units; times ns since the epoch.
 
 State machine::
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import enum
 import itertools
-import os
+import secrets
+import string
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -58,13 +60,59 @@ _ALLOWED: dict[OrderState, set[OrderState]] = {
     OrderState.REJECTED: set(),
 }
 
-_counter = itertools.count(1)
-_prefix = f"mm{os.getpid() % 100000:05d}"
+_B62 = string.digits + string.ascii_letters
+_B36 = string.digits + string.ascii_lowercase
+CLIENT_ID_MAX_LEN = 36  # Binance newClientOrderId: ^[.A-Z:/a-z0-9_-]{1,36}$; other venues allow as much or more
+
+
+def random_prefix(n: int = 8) -> str:
+    """``n`` random base-62 characters (62**8 ~ 2e14 values: collisions are negligible)."""
+    return "".join(secrets.choice(_B62) for _ in range(n))
+
+
+def _b36(n: int) -> str:
+    if n < 0:
+        raise ValueError(f"negative id component {n}")
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+        if n == 0:
+            return out
+
+
+class ClientIdFactory:
+    """Client order ids ``mm<installation>-<run>-<counter>``, unique across processes and restarts.
+
+    ``installation`` is a random base-62 prefix kept in the database (see
+    :meth:`bot.persistence.store.Store.installation_id`), ``run`` the run's id in that database
+    and ``counter`` the order's number within the run, both in base 36. Two runs never share a
+    run id in one database, and two databases differ in their prefix, so an id is never reused
+    (a venue may reject or, worse, de-duplicate a reused client id). Charset ``[A-Za-z0-9-]``;
+    length <= 36 (2 + 8 + 1 + up to 7 for run ids < 36**7 + 1 + up to 10 for the counter; a
+    longer id raises ``ValueError`` rather than being sent).
+    """
+
+    def __init__(self, installation: str, run_id: int) -> None:
+        if not installation or any(c not in _B62 for c in installation):
+            raise ValueError(f"installation prefix must be base-62 characters, got {installation!r}")
+        self.prefix = f"mm{installation}-{_b36(run_id)}-"
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        cid = f"{self.prefix}{_b36(next(self._counter))}"
+        if len(cid) > CLIENT_ID_MAX_LEN:
+            raise ValueError(f"client order id {cid!r} is longer than {CLIENT_ID_MAX_LEN} characters")
+        return cid
+
+
+# orders made outside a run (tests, tools): a random per-process prefix, run 0
+_default_ids = ClientIdFactory(random_prefix(), 0)
 
 
 def new_client_id() -> str:
-    """A client order id unique within this process (prefix + counter); 32 chars max for ccxt venues."""
-    return f"{_prefix}x{next(_counter)}"
+    """A client order id unique to this process (random prefix + counter), <= 36 chars."""
+    return _default_ids()
 
 
 @dataclass

@@ -6,7 +6,13 @@ outwards, ``depth_levels`` levels of random size).
 Units: s0 and the book in quote per base; sigma in quote per base per sqrt(second); dt_s
 and duration_s in simulated seconds. ``speed`` maps simulated time to wall time (1 = real
 time, 10 = ten times faster, 0 = as fast as possible). Simulated timestamps start at
-``start_ns`` (default: wall clock at start) and advance by dt exactly.
+``start_ns`` and advance by dt exactly.
+
+The default ``start_ns`` is a fixed simulated epoch (:data:`SIM_EPOCH_NS`, 2024-01-01 00:00
+UTC), not the wall clock: whatever works on a time grid aligned to the epoch (the
+forecaster samples at ``t_k = k * sample_s``) then sees the same phase in every run, so a
+seeded run is reproducible to the bit, timestamps included. The wall-clock start of a run
+is ``runs.started_ns`` in the database.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import numpy as np
 from bot.market import MarketInfo
 from bot.market_data.base import MarketEvent, MarketSource
 from bot.orderbook import OrderBook
+
+SIM_EPOCH_NS = 1_704_067_200 * 10**9  # 2024-01-01T00:00:00Z: the simulated clock's default start
 
 
 class SimulatedMarket(MarketSource):
@@ -77,7 +85,7 @@ class SimulatedMarket(MarketSource):
 
     async def start(self) -> MarketInfo:
         if self.start_ns is None:
-            self.start_ns = time.time_ns()
+            self.start_ns = SIM_EPOCH_NS
         self._wall0 = time.monotonic()
         self._rebuild()
         return self.market

@@ -9,6 +9,21 @@ event. A crossed or one-sided book from the exchange raises :class:`BookError`.
 
 Units: prices quote/base, sizes base units, timestamps ns since the epoch (ccxt gives ms;
 the local receive time when the exchange sends none).
+
+Robustness of the trade feed (trades drive the forecaster and the A/k estimator, so losing
+them silently would skew both for the rest of the run):
+
+* every trade is parsed defensively (:func:`parse_trade`): one with a missing or
+  non-positive price or size is logged (rate-limited) and counted in
+  :attr:`CcxtWsSource.malformed_trades`, and the next ones are kept;
+* a message that ccxt's own handler cannot parse (e.g. a price ``"abc"``) would end that
+  websocket's receive loop inside ccxt without an error anywhere; the source wraps the
+  client's message handler so such a message is logged, counted in
+  :attr:`CcxtWsSource.malformed_messages` and skipped, and the connection goes on
+  (order-book errors are handled by ccxt itself: it resyncs);
+* the trade task is supervised: any error is logged and retried with backoff, and a task
+  that ended while the source is open is restarted at the next book update (counted in
+  :attr:`CcxtWsSource.trade_task_restarts`).
 """
 
 from __future__ import annotations
@@ -16,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from typing import Any
 
 import ccxt
 
@@ -27,6 +44,35 @@ from bot.market_data.base import MarketEvent, MarketSource, Trade
 from bot.orderbook import OrderBook
 
 log = logging.getLogger(__name__)
+
+_LOG_FIRST = 5  # malformed messages logged one by one; after that every _LOG_EVERY-th
+_LOG_EVERY = 100
+
+
+def _rate_limited(n: int) -> bool:
+    return n <= _LOG_FIRST or n % _LOG_EVERY == 0
+
+
+def parse_trade(t: Any, recv_ns: int) -> Trade | None:
+    """A ccxt unified trade as a :class:`Trade`, or None when it is malformed (not a dict, or
+    price / amount missing, not a number, not finite or not positive). A missing or bad
+    timestamp (ms) becomes ``recv_ns``; a side other than buy/sell becomes '' (unknown)."""
+    if not isinstance(t, dict):
+        return None
+    try:
+        price, size = float(t["price"]), float(t["amount"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (math.isfinite(price) and math.isfinite(size) and price > 0 and size > 0):
+        return None
+    try:
+        ts_ns = int(t.get("timestamp")) * 1_000_000
+        if ts_ns <= 0:
+            ts_ns = recv_ns
+    except (TypeError, ValueError, OverflowError):
+        ts_ns = recv_ns
+    side = t.get("side")
+    return Trade(ts_ns, price, size, side if side in ("buy", "sell") else "", str(t.get("id") or ""))
 
 
 def has_websocket_book(exchange_id: str) -> bool:
@@ -74,9 +120,14 @@ class CcxtWsSource(MarketSource):
         self._trade_task: asyncio.Task | None = None
         self._t0 = 0.0
         self._closed = False
+        self.malformed_trades = 0  # trades dropped by parse_trade
+        self.malformed_messages = 0  # websocket messages ccxt could not handle (skipped)
+        self.trade_errors = 0  # errors of the trade stream (retried)
+        self.trade_task_restarts = 0
 
     async def start(self) -> MarketInfo:
         self.ex = create_pro_exchange(self.exchange_id, api_url=self.api_url, ws_url=self.ws_url)
+        self._guard_message_handler()
         try:
             self.market = await load_market(self.ex, self.symbol)
             self.symbol = self.market.symbol
@@ -98,6 +149,24 @@ class CcxtWsSource(MarketSource):
         self._t0 = time.monotonic()
         return self.market
 
+    def _guard_message_handler(self) -> None:
+        """Make ccxt's per-message handler skip (log, count) a message it cannot parse
+        instead of raising: ccxt's receive loop does not survive an exception from it.
+        Must run before the first websocket client is made (clients bind the handler)."""
+        handle = self.ex.handle_message
+
+        def guarded(client, message):
+            try:
+                return handle(client, message)
+            except Exception as e:  # noqa: BLE001 - one bad message must not end the connection
+                self.malformed_messages += 1
+                if _rate_limited(self.malformed_messages):
+                    log.warning("%s websocket: skipped a message ccxt could not handle (%d so far): %s: %s",
+                                self.exchange_id, self.malformed_messages, type(e).__name__, short_reason(e, self.exchange_id))
+                return None
+
+        self.ex.handle_message = guarded
+
     def _apply(self, ob: dict) -> None:
         ts = ob.get("timestamp")
         ts_ns = int(ts) * 1_000_000 if ts else time.time_ns()
@@ -111,15 +180,34 @@ class CcxtWsSource(MarketSource):
                 errors = 0
             except asyncio.CancelledError:
                 raise
-            except ccxt.BaseError as e:  # trades are optional: log, back off, go on
+            except Exception as e:  # noqa: BLE001 - trades are optional: log, back off, go on
                 errors += 1
-                log.warning("%s trades stream: %s", self.exchange_id, short_reason(e, self.exchange_id))
+                self.trade_errors += 1
+                reason = short_reason(e, self.exchange_id) if isinstance(e, ccxt.BaseError) else f"{type(e).__name__}: {e}"
+                log.warning("%s trades stream: %s (retrying)", self.exchange_id, reason)
                 await asyncio.sleep(min(10.0, 0.5 * 2 ** errors))
                 continue
-            for t in trades:
-                self._trades.append(Trade(int(t["timestamp"] or 0) * 1_000_000, float(t["price"]), float(t["amount"]),
-                                          t.get("side") or "", str(t.get("id") or "")))
             # ccxt keeps a cache of recent trades and returns only new ones per call
+            recv_ns = time.time_ns()
+            for t in trades if isinstance(trades, list) else []:
+                tr = parse_trade(t, recv_ns)
+                if tr is None:
+                    self.malformed_trades += 1
+                    if _rate_limited(self.malformed_trades):
+                        log.warning("%s trades stream: skipped a malformed trade (%d so far): %.200r",
+                                    self.exchange_id, self.malformed_trades, t)
+                    continue
+                self._trades.append(tr)
+
+    def _supervise(self) -> None:
+        """Restart the trade task when it ended while the source is open (it should not)."""
+        task = self._trade_task
+        if task is None or not task.done() or self._closed:
+            return
+        why = "cancelled" if task.cancelled() else repr(task.exception()) if task.exception() else "returned"
+        self.trade_task_restarts += 1
+        log.warning("%s trades stream: task ended (%s); restarting (restart %d)", self.exchange_id, why, self.trade_task_restarts)
+        self._trade_task = asyncio.ensure_future(self._watch_trades())
 
     async def next(self) -> MarketEvent | None:
         if self._closed:
@@ -144,6 +232,7 @@ class CcxtWsSource(MarketSource):
                 raise map_ccxt_error(e, self.exchange_id, self.symbol) from None
         self._apply(ob)
         self.book.validate()
+        self._supervise()
         trades, self._trades = self._trades, []
         return MarketEvent(self.book, self.book.ts_ns, time.time_ns(), trades)
 

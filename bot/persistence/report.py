@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from bot.errors import ConfigError
 from bot.persistence.schema import FillRow, OrderRow, PnlSnapshot, Run
+from bot.persistence.store import process_gone
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunReport:
     inventory_pnl: float
     fees: float
     source: str = ""  # where the market data came from: "simulated market", "binance recording", ...
+    stop_reason: str = ""  # why the run ended (for a crashed run: that its process died)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +99,11 @@ def build_report(db: str, run_id: int | None = None) -> RunReport:
         fills = s.scalars(select(FillRow).where(FillRow.run_id == run.id).order_by(FillRow.ts_ns, FillRow.id)).all()
         n_orders = s.scalar(select(func.count(OrderRow.id)).where(OrderRow.run_id == run.id)) or 0
         snaps = s.scalars(select(PnlSnapshot).where(PnlSnapshot.run_id == run.id).order_by(PnlSnapshot.ts_ns, PnlSnapshot.id)).all()
+        status, stop_reason = run.status, _stop_reason(run.summary_json)
+        if status == "running":  # a run whose process is gone died, even before a later start records it
+            dead = process_gone(s, run.id)
+            if dead is not None:
+                status, stop_reason = "crashed", dead
 
     cash = Decimal(0)
     fees = Decimal(0)
@@ -128,12 +135,12 @@ def build_report(db: str, run_id: int | None = None) -> RunReport:
     if snaps:
         max_q = max(max_q, max(abs(sn.inventory) for sn in snaps))
     return RunReport(
-        run_id=run.id, mode=run.mode, exchange=run.exchange, symbol=run.symbol, status=run.status,
+        run_id=run.id, mode=run.mode, exchange=run.exchange, symbol=run.symbol, status=status,
         started_ns=run.started_ns, ended_ns=run.ended_ns, orders=n_orders, fills=len(fills),
         buys=sum(1 for f in fills if f.side == "buy"), sells=sum(1 for f in fills if f.side == "sell"),
         volume_base=float(vol_b), volume_quote=float(vol_q), final_inventory=float(q), max_abs_inventory=float(max_q),
         final_mid=final_mid, total_pnl=total, spread_capture=spread, inventory_pnl=total - spread + float(fees),
-        fees=float(fees), source=market_source(_config(run.config_json), run.exchange),
+        fees=float(fees), source=market_source(_config(run.config_json), run.exchange), stop_reason=stop_reason,
     )
 
 
@@ -142,3 +149,10 @@ def _config(config_json: str | None) -> dict:
         return json.loads(config_json or "{}")
     except ValueError:
         return {}
+
+
+def _stop_reason(summary_json: str | None) -> str:
+    try:
+        return str((json.loads(summary_json or "{}") or {}).get("stop_reason") or "")
+    except (ValueError, AttributeError):
+        return ""

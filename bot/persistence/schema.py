@@ -1,6 +1,9 @@
-"""Database tables. Money and sizes are stored as exact decimal strings (``DecimalText``);
-timestamps as integer ns since the epoch; prices quote per base, sizes base units, cash
-and fees quote currency."""
+"""Database tables. Money and sizes are stored as exact decimal strings (``DecimalText``,
+always plain digits, never ``7.839E+4``); timestamps as integer ns since the epoch; prices
+quote per base, sizes base units, cash and fees quote currency.
+
+``runs.started_ns`` / ``ended_ns`` and ``run_processes.heartbeat_ns`` are wall-clock times;
+order, fill and snapshot times are the event clock (exchange or simulated time)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ class DecimalText(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return None if value is None else str(value)
+        if value is None:
+            return None
+        return format(value, "f") if isinstance(value, Decimal) else str(value)
 
     def process_result_value(self, value, dialect):
         return None if value is None else Decimal(value)
@@ -37,8 +42,34 @@ class Run(Base):
     config_json: Mapped[str] = mapped_column(Text)  # snapshot of the validated config (no secrets)
     started_ns: Mapped[int] = mapped_column(BigInteger)
     ended_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running|completed|interrupted|failed
+    # running | completed | interrupted | failed | crashed (process gone without ending the run)
+    status: Mapped[str] = mapped_column(String(16), default="running")
     summary_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Meta(Base):
+    """Facts of the database itself, e.g. ``installation_id`` (the client-order-id prefix)."""
+
+    __tablename__ = "mmbot_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RunProcess(Base):
+    """The process that runs a run: how a later start tells a live run from a dead one.
+
+    ``host`` and ``pid`` name the process; ``proc_start`` is the OS's start time of that pid
+    (Linux ``/proc/<pid>/stat`` field 22; empty elsewhere), so a pid reused by another
+    process is not mistaken for the run's; ``heartbeat_ns`` (wall clock, ns) is refreshed
+    at commits every few seconds while the run is alive.
+    """
+
+    __tablename__ = "run_processes"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    proc_start: Mapped[str] = mapped_column(String(32), default="")
+    heartbeat_ns: Mapped[int] = mapped_column(BigInteger)
 
 
 class OrderRow(Base):
