@@ -9,13 +9,13 @@ into it and collects what it reports. Fees are applied by the exchange wrapper (
 fee model), not here.
 
 Book. Prices are integer ticks (price = ticks * tick, computed as ticks / (1 / tick) when
-1 / tick is a whole number, so 9999 ticks of 0.01 print as 99.99). The book is indexed by *rank*: the
-distinct tick prices that occur in the recording, sorted ascending (level r <-> price
-``rank_tick[r] * tick``). Two float64 arrays hold the bid and ask size per rank (base
-units). Memory is one slot per distinct recorded price, never per tick of the price range,
-so stub quotes (bids at 0.01, asks at 1e8) cost two slots. Our orders may sit at any price
-on the tick grid; a price the recording never shows has no rank (no recorded size there
-ever, so the queue ahead is 0).
+1 / tick is a whole number, so 9999 ticks of 0.01 read 99.99). The book is indexed by
+*rank*: the distinct tick prices that occur in the recording, sorted ascending (level r
+<-> price ``rank_tick[r] * tick``). Two float64 arrays hold the bid and ask size per rank
+(base units). Memory is one slot per distinct recorded price, never one per tick of the
+price range, so stub quotes (bids at 0.01, asks at 1e8) cost two slots. Our orders may sit
+at any price on the tick grid; a price the recording never shows has no rank (no recorded
+size there ever, so the queue ahead is 0).
 
 Sizes. Our orders' sizes are integer lots (``lot`` base units each): fills and remainders
 are whole lots, and a fully filled order has exactly 0 left. Recorded sizes (book levels,
@@ -502,6 +502,14 @@ class Venue:
         self.best_px: tuple[float | None, float | None] = (None, None)
         self._qm = QUEUE_PROB if p.queue_model == "prob" else QUEUE_CONSERVATIVE
         self._slot_of: dict[int, int] = {}
+        # the kernel's arguments after t_stop, gathered once (every array is updated in place)
+        self._state = (
+            self.bid, self.ask, self.best, self.rank_tick,
+            self.o_status, self.o_side, self.o_tick, self.o_rank, self.o_lots, self.o_ahead, self.o_cum, self.o_t_act,
+            self.o_t_cancel, self.o_id, self.o_post, self.o_n, self.next_t, self._cand,
+            self.tick, self._per_unit, self.lot, self._qm, float(p.queue_power),
+            self.rep_kind, self.rep_id, self.rep_ts, self.rep_px, self.rep_lots, self.rep_bid, self.rep_ask,
+        )
 
     # -- time ------------------------------------------------------------------------------
     @property
@@ -511,14 +519,7 @@ class Venue:
 
     def advance_to(self, t_stop: int) -> list[Report]:
         """Apply every row with local_ts <= t_stop; returns the reports in time order."""
-        i, nrep = advance(
-            self.kind, self.side, self.local_ts, self.level, self.qty, self.i, self.n, t_stop,
-            self.bid, self.ask, self.best, self.rank_tick,
-            self.o_status, self.o_side, self.o_tick, self.o_rank, self.o_lots, self.o_ahead, self.o_cum, self.o_t_act,
-            self.o_t_cancel, self.o_id, self.o_post, self.o_n, self.next_t, self._cand,
-            self.tick, self._per_unit, self.lot, self._qm, self.params.queue_power,
-            self.rep_kind, self.rep_id, self.rep_ts, self.rep_px, self.rep_lots, self.rep_bid, self.rep_ask,
-        )
+        i, nrep = advance(self.kind, self.side, self.local_ts, self.level, self.qty, self.i, self.n, t_stop, *self._state)
         R = len(self.rep_kind)
         if nrep > R:  # more reports than slots: a strategy with that many orders per step is a bug
             raise RuntimeError(f"venue report buffer overflow ({nrep} > {R})")
