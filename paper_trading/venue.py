@@ -65,7 +65,11 @@ What the fill model assumes (documented in docs/fill_models.md):
   left rests at the limit as a maker order. Several of our taker orders arriving together
   each see the whole recorded book (no impact).
 * Every report carries the best bid and ask of the book at the event that produced it
-  (NaN for an empty side), so a fill is marked against the book at the fill.
+  (NaN for an empty side), so a fill is marked against the book at the fill, not at the
+  next decision: the quote prevailing when the message that filled us arrived, i.e. the
+  book before the rows with that ``local_ts`` (a depth message that moves the book through
+  our price is marked against the book it moved; the move itself is inventory PnL, not
+  spread capture). Taker fills: the book when the order reaches the venue.
 
 The level update in :func:`advance` repeats the one in bot/recording/book_replay.py on
 purpose: factoring it into a shared numba function halved both kernels' speed.
@@ -276,10 +280,17 @@ def advance(
     ba = best[1]
     nrep = 0
     i = i0
+    t_msg = -1  # local time of the current message (its rows share local_ts)
+    bbm = bb  # best bid / ask before the current message: the quote a fill is marked against
+    bam = ba
     while i < i1:
         t = local_ts[i]
         if t > t_stop:
             break
+        if t != t_msg:
+            t_msg = t
+            bbm = bb
+            bam = ba
         # 1. order lifecycle due before this row
         if t >= next_t[0]:
             nrep = _lifecycle(t, bid, ask, bb, ba, rank_tick, o_status, o_side, o_tick, o_rank, o_lots, o_ahead, o_cum,
@@ -361,7 +372,7 @@ def advance(
                             continue
                         used += fl * lot
                         nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_lots, rep_bid, rep_ask, nrep, 4, o_id[m], t,
-                                       _px(o_tick[m], tick, per_unit), fl, rank_tick, bb, ba, tick, per_unit)
+                                       _px(o_tick[m], tick, per_unit), fl, rank_tick, bbm, bam, tick, per_unit)
                         o_lots[m] -= fl
                         if o_lots[m] == 0:
                             o_status[m] = 0
@@ -401,7 +412,7 @@ def advance(
                             continue
                         used += fl * lot
                         nrep = _report(rep_kind, rep_id, rep_ts, rep_px, rep_lots, rep_bid, rep_ask, nrep, 4, o_id[m], t,
-                                       _px(o_tick[m], tick, per_unit), fl, rank_tick, bb, ba, tick, per_unit)
+                                       _px(o_tick[m], tick, per_unit), fl, rank_tick, bbm, bam, tick, per_unit)
                         o_lots[m] -= fl
                         if o_lots[m] == 0:
                             o_status[m] = 0

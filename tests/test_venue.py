@@ -316,3 +316,15 @@ def test_reports_carry_the_book_at_the_event():
     f = [x for x in r if x.kind == R_FILL]
     assert len(f) == 1 and (f[0].bid, f[0].ask, f[0].mid, f[0].ts_ns) == (100.0, 101.0, 100.5, 10)
     assert ArrayBookView(v).mid() == 99.25  # the book at the next decision: bid 99.5, ask 99
+
+
+def test_a_fill_by_a_depth_message_is_marked_against_the_book_before_it():
+    """One message (rows sharing local_ts) deletes the bid 100 and the asks and posts an ask
+    at our improving bid 100.5: the fill is marked against the quote before the message
+    (100 / 101, mid 100.5), not the book half-way through it (bid 99.5, no ask)."""
+    v = venue([(DEPTH, BID, 20, 100.0, 0.0), (DEPTH, ASK, 20, 101.0, 0.0), (DEPTH, ASK, 20, 101.5, 0.0),
+               (DEPTH, ASK, 20, 100.5, 2.0)], latency_ns=0)
+    v.advance_to(1)
+    v.submit(7, BID, 100.5, 1.0, 1)
+    f = [x for x in v.advance_to(20) if x.kind == R_FILL]
+    assert len(f) == 1 and (f[0].px, f[0].lots, f[0].bid, f[0].ask, f[0].mid) == (100.5, 1, 100.0, 101.0, 100.5)
