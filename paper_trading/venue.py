@@ -52,11 +52,12 @@ What the fill model assumes (documented in docs/fill_models.md):
     ``trade - ahead - (taken by our orders before this one)``;
   - a trade through our price (a sell below our bid): the trade size, less what our orders
     before this one took. When recorded size still stood ahead of us at our price
-    (queue ahead > 0), the recorded level was swept and our whole remainder fills
-    (the classic trade-through rule);
+    (queue ahead of half a lot or more: less is float residue of the queue estimate),
+    the recorded level was swept and our whole remainder fills (the classic
+    trade-through rule);
   - a depth update that posts opposite liquidity at or through our price (an ask level
-    increased at a price <= our bid): the increase, shared likewise; with recorded size
-    ahead of us (queue ahead > 0): our whole remainder.
+    increased at a price <= our bid): the increase, shared likewise, once; with recorded
+    size ahead of us: our whole remainder.
   Every fill is whole lots (partial fills).
 * Post-only: when an order reaches the venue, if it would cross the best opposite price it
   is rejected (post-only) or, if not post-only, it takes liquidity at once as taker: it
@@ -362,7 +363,7 @@ def advance(
                     used = 0.0
                     for c in range(nc):
                         m = cand[c]
-                        if o_ahead[m] > 0.0:
+                        if o_ahead[m] >= 0.5 * lot:
                             fl = o_lots[m]  # recorded size ahead of us: our level was swept
                         else:
                             fl = _lots(inc - used, lot)
@@ -402,7 +403,7 @@ def advance(
                             fl = _lots(q - ahead - used, lot)
                             if fl > o_lots[m]:
                                 fl = o_lots[m]
-                        elif o_ahead[m] > 0.0:
+                        elif o_ahead[m] >= 0.5 * lot:
                             fl = o_lots[m]  # through a level with recorded size ahead of us: swept
                         else:
                             fl = _lots(q - used, lot)  # through our price: bounded by the trade
