@@ -437,6 +437,43 @@ def advance(
     return i, nrep
 
 
+@nb.njit(cache=True, nogil=True)
+def _ranks_dense(off, span):
+    """Ranks of ``off`` (ticks minus the lowest, in [0, span)) through one int32 slot per
+    tick of the span: O(rows + span)."""
+    slot = np.zeros(span, np.int32)
+    for x in off:
+        slot[x] = 1
+    nr = 0
+    for j in range(span):
+        if slot[j]:
+            nr += 1
+            slot[j] = nr
+    rank_off = np.empty(nr, np.int64)
+    for j in range(span):
+        if slot[j]:
+            rank_off[slot[j] - 1] = j
+    inv = np.empty(off.shape[0], np.int64)
+    for i in range(off.shape[0]):
+        inv[i] = slot[off[i]] - 1
+    return rank_off, inv
+
+
+def _ranks(ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct ticks, rank of each tick). Through a temporary map over the tick
+    span when that span is small (at most 16 ticks per row, or 2**22: typical recordings,
+    faster than sorting), else np.unique; memory never grows with an unbounded price range."""
+    if len(ticks) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    lo, hi = int(ticks.min()), int(ticks.max())
+    span = hi - lo + 1
+    if span <= max(16 * len(ticks), 1 << 22):
+        rank_off, inv = _ranks_dense(ticks - lo, span)
+        return rank_off + lo, inv
+    rank_tick, inv = np.unique(ticks, return_inverse=True)
+    return rank_tick, inv.reshape(-1)
+
+
 @dataclass(frozen=True)
 class VenueParams:
     """queue_model: 'conservative' | 'prob'; queue_power: n of the power queue model;
@@ -480,9 +517,9 @@ class Venue:
         has_px = (self.kind == DEPTH) | (self.kind == SNAPSHOT) | (self.kind == TRADE)
         # the sparse price axis: one rank per distinct recorded price, ascending
         ticks = np.rint(events["px"][has_px] / self.tick).astype(np.int64)
-        self.rank_tick, inv = np.unique(ticks, return_inverse=True)
+        self.rank_tick, inv = _ranks(ticks)
         self.level = np.full(self.n, -1, np.int64)
-        self.level[has_px] = inv.reshape(-1)
+        self.level[has_px] = inv
         nlev = len(self.rank_tick)
         self.bid = np.zeros(nlev)
         self.ask = np.zeros(nlev)

@@ -328,3 +328,16 @@ def test_a_fill_by_a_depth_message_is_marked_against_the_book_before_it():
     v.submit(7, BID, 100.5, 1.0, 1)
     f = [x for x in v.advance_to(20) if x.kind == R_FILL]
     assert len(f) == 1 and (f[0].px, f[0].lots, f[0].bid, f[0].ask, f[0].mid) == (100.5, 1, 100.0, 101.0, 100.5)
+
+
+def test_price_ranks_match_numpy_unique_on_both_paths():
+    """The book's price axis: the tick-span map (small spans) and np.unique (stub quotes)
+    give the same ranks."""
+    from paper_trading.venue import _ranks
+
+    rng = np.random.default_rng(0)
+    for ticks in (rng.integers(-50, 50, 77), rng.integers(6_000_000, 6_000_900, 5000), np.array([1, 10**12, 5, 5])):
+        ticks = ticks.astype(np.int64)
+        got, inv = _ranks(ticks)
+        want, want_inv = np.unique(ticks, return_inverse=True)
+        assert (got == want).all() and (inv == want_inv.reshape(-1)).all()
