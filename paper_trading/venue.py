@@ -437,38 +437,61 @@ def advance(
     return i, nrep
 
 
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+
+
 @nb.njit(cache=True, nogil=True)
-def _ranks_dense(off, span):
-    """Ranks of ``off`` (ticks minus the lowest, in [0, span)) through one int32 slot per
-    tick of the span: O(rows + span)."""
-    slot = np.zeros(span, np.int32)
+def _popcount(x):
+    """Set bits of a uint64 (SWAR)."""
+    x = x - ((x >> np.uint64(1)) & _M1)
+    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
+    x = (x + (x >> np.uint64(4))) & _M4
+    return np.int64((x * _H01) >> np.uint64(56))
+
+
+@nb.njit(cache=True, nogil=True)
+def _ranks_bitmap(off, span):
+    """Ranks of ``off`` (ticks minus the lowest, in [0, span)) through a bitmap of the span
+    (one bit per tick) and a running count per 64-bit word: O(rows + span / 64)."""
+    nw = (span + 63) >> 6
+    words = np.zeros(nw, np.uint64)
+    one = np.uint64(1)
     for x in off:
-        slot[x] = 1
-    nr = 0
-    for j in range(span):
-        if slot[j]:
-            nr += 1
-            slot[j] = nr
-    rank_off = np.empty(nr, np.int64)
-    for j in range(span):
-        if slot[j]:
-            rank_off[slot[j] - 1] = j
+        words[x >> 6] |= one << np.uint64(x & 63)
+    before = np.empty(nw, np.int64)
+    c = 0
+    for w in range(nw):
+        before[w] = c
+        c += _popcount(words[w])
+    rank_off = np.empty(c, np.int64)
+    k = 0
+    for w in range(nw):
+        v = words[w]
+        while v != np.uint64(0):
+            low = v & (~v + one)
+            rank_off[k] = (w << 6) + _popcount(low - one)
+            k += 1
+            v ^= low
     inv = np.empty(off.shape[0], np.int64)
     for i in range(off.shape[0]):
-        inv[i] = slot[off[i]] - 1
+        x = off[i]
+        inv[i] = before[x >> 6] + _popcount(words[x >> 6] & ((one << np.uint64(x & 63)) - one))
     return rank_off, inv
 
 
 def _ranks(ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct ticks, rank of each tick). Through a temporary map over the tick
-    span when that span is small (at most 16 ticks per row, or 2**22: typical recordings,
-    faster than sorting), else np.unique; memory never grows with an unbounded price range."""
+    """(sorted distinct ticks, rank of each tick). Through a bitmap of the tick span when
+    that span is at most 64 ticks per row or 2**26 ticks (8 MiB; typical recordings, faster
+    than sorting), else np.unique; memory never grows with an unbounded price range."""
     if len(ticks) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     lo, hi = int(ticks.min()), int(ticks.max())
     span = hi - lo + 1
-    if span <= max(16 * len(ticks), 1 << 22):
-        rank_off, inv = _ranks_dense(ticks - lo, span)
+    if span <= max(64 * len(ticks), 1 << 26):
+        rank_off, inv = _ranks_bitmap(ticks - lo, span)
         return rank_off + lo, inv
     rank_tick, inv = np.unique(ticks, return_inverse=True)
     return rank_tick, inv.reshape(-1)
@@ -521,6 +544,9 @@ class Venue:
         self.level = np.full(self.n, -1, np.int64)
         self.level[has_px] = inv
         nlev = len(self.rank_tick)
+        # rank -> price (quote per base) as Python floats, computed as the kernel's _px does
+        self._rank_px: list[float] = ((self.rank_tick / self._per_unit) if self._per_unit > 0.0
+                                      else (self.rank_tick * self.tick)).tolist()
         self.bid = np.zeros(nlev)
         self.ask = np.zeros(nlev)
         self.best = np.array([-1, nlev], dtype=np.int64)
@@ -576,16 +602,17 @@ class Venue:
         self._update_best_px()
         if nrep == 0:
             return []
-        lot = self.lot
-        return [Report(int(k), int(o), int(ts), float(px), int(n), int(n) * lot, float(b), float(a)) for k, o, ts, px, n, b, a in zip(
+        lots = self.rep_lots[:nrep]
+        return list(map(Report._make, zip(
             self.rep_kind[:nrep].tolist(), self.rep_id[:nrep].tolist(), self.rep_ts[:nrep].tolist(), self.rep_px[:nrep].tolist(),
-            self.rep_lots[:nrep].tolist(), self.rep_bid[:nrep].tolist(), self.rep_ask[:nrep].tolist())]
+            lots.tolist(), (lots * self.lot).tolist(), self.rep_bid[:nrep].tolist(), self.rep_ask[:nrep].tolist())))
 
     def _update_best_px(self) -> None:
         """Best bid / ask prices as Python floats (None = empty side), read once per advance
         instead of at every book query."""
-        bb, ba = int(self.best[0]), int(self.best[1])
-        self.best_px = (None if bb < 0 else self.price(bb), None if ba >= len(self.ask) else self.price(ba))
+        bb, ba = self.best.tolist()
+        px = self._rank_px
+        self.best_px = (None if bb < 0 else px[bb], None if ba >= len(px) else px[ba])
 
     # -- orders ------------------------------------------------------------------------------
     def latency_ns(self) -> int:
@@ -656,8 +683,7 @@ class Venue:
     # -- book view ---------------------------------------------------------------------------
     def price(self, lvl: int) -> float:
         """Price (quote per base) of book rank ``lvl``."""
-        t = int(self.rank_tick[lvl])
-        return t / self._per_unit if self._per_unit > 0.0 else t * self.tick
+        return self._rank_px[lvl]
 
 
 class _ArraySide:
