@@ -331,7 +331,7 @@ def test_a_fill_by_a_depth_message_is_marked_against_the_book_before_it():
 
 
 def test_price_ranks_match_numpy_unique_on_both_paths():
-    """The book's price axis: the tick-span map (small spans) and np.unique (stub quotes)
+    """The book's price axis: the tick-span bitmap (small spans) and np.unique (stub quotes)
     give the same ranks."""
     from paper_trading.venue import _ranks
 
