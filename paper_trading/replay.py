@@ -26,7 +26,7 @@ from bot.exchanges.base import Exchange, OrderAck
 from bot.market import MarketInfo
 from bot.market_data.base import MarketEvent, MarketSource, TradeArrays
 from bot.recording.schema import TRADE
-from bot.orders import Fill, Order, OrderState, Side
+from bot.orders import Fill, Order, OrderState
 from paper_trading.fees import MakerTakerFees
 from paper_trading.venue import R_ACTIVE, R_CANCELED, R_FILL, R_REJECT, R_TAKER_FILL, ArrayBookView, Venue
 
@@ -59,7 +59,7 @@ class ReplaySource(MarketSource):
         self.start_ns = max(self.t_first, start_ns or self.t_first) + int(warmup_s * 1e9)
         self.end_ns = min(self.t_last, end_ns) if end_ns else self.t_last
         self.t = self.start_ns
-        self.reports: list[tuple[int, int, int, float, float]] = []
+        self.reports: list = []  # venue Reports not yet handed to the exchange
         self.on_progress = on_progress
         self.with_trades = with_trades  # attach public trades to events (A/k estimation, forecaster)
         # trades of the recording whose aggressor side the source did not tell and the replay
@@ -176,10 +176,10 @@ class ReplayExchange(Exchange):
         reports, self.source.reports = self.source.reports, []
         if not reports:
             return
-        mid = event.book.mid()
         m = self.market
         remaining: dict[int, Decimal] = {}
-        for kind, oid, ts, px, qty in reports:
+        for rep in reports:  # venue Reports: fills carry whole lots and the book at the fill
+            kind, oid, ts, px = rep.kind, rep.oid, rep.ts_ns, rep.px
             o = self._orders.get(oid)
             if o is None:
                 continue
@@ -193,17 +193,17 @@ class ReplayExchange(Exchange):
                 self._forget(oid)
             elif kind in (R_FILL, R_TAKER_FILL):
                 left = remaining.get(oid, o.size - o.filled)
-                size = min(m.lots_to_size(m.size_lots(qty)), left)  # the venue fills whole lots
+                size = min(m.lots_to_size(rep.lots), left)
                 if size <= 0:
                     continue
                 remaining[oid] = left - size
-                price = m.ticks_to_price(round(px / m.tick_f)) if kind == R_FILL else m.round_price(px, "sell" if o.side is Side.BUY else "buy")  # type: ignore[attr-defined]
+                price = m.ticks_to_price(round(px / m.tick_f))  # type: ignore[attr-defined]  # a book level's price
                 liq = "maker" if kind == R_FILL else "taker"
                 fee = self.fees.fee(price, size, liq)  # type: ignore[union-attr]
                 sign = o.side.sign
                 self._balances[m.base] += sign * size
                 self._balances[m.quote] -= sign * price * size + fee
                 self.fills.put_nowait(Fill(self.name, f"{self._trade_prefix}-{next(self._trades)}", o.client_id, o.symbol,
-                                           o.side, price, size, fee, liq, ts, mid if mid is not None else px))
+                                           o.side, price, size, fee, liq, ts, px if rep.mid is None else rep.mid))
                 if remaining[oid] <= 0:
                     self._forget(oid)
