@@ -101,8 +101,8 @@ def test_unsided_trades_advance_the_queue_and_fill_us():
     v.advance_to(t0 + 150_000_000)
     assert v.queue_ahead(1) == pytest.approx(0.5)
     reps = v.advance_to(t0 + 250_000_000)
-    fills = [r for r in reps if r[0] == R_FILL]
-    assert len(fills) == 1 and fills[0][1] == 1 and fills[0][3] == pytest.approx(100.0) and fills[0][4] == pytest.approx(1.0)
+    fills = [r for r in reps if r.kind == R_FILL]
+    assert len(fills) == 1 and fills[0].oid == 1 and fills[0].px == pytest.approx(100.0) and fills[0].qty == pytest.approx(1.0)
 
 
 def _bitstamp_slice(out: Path, zero_sides: bool, max_lines: int = 40_000) -> tuple[Path, int]:
