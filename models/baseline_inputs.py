@@ -16,10 +16,12 @@ Fitted on training rows only (:func:`fit_spec`), stored in the model's metadata
 
 * EWMA of squared grid returns with the half-life of best training QLIKE;
 * GARCH(1,1) (``arch``, zero mean), forecast = sum of the 1..H-step variances;
-* HAR-RV (Corsi 2009) on the realised variance over the last H, 5H, 22H rows;
+* HAR-RV (Corsi 2009) on the realised variance over the last H, 5H, 22H rows, with
+  non-negative coefficients (NNLS; OLS on a short or calm span can forecast ~0 later);
 * the linear regression of the drift on the row's OFI and its sum over the last H rows;
-* ``best``: whichever of the three variance baselines has the lowest QLIKE on the training
-  rows (never test rows).
+* ``best``: whichever of the three variance baselines has the lowest QLIKE out of sample
+  within the training rows (fitted on their first 2/3, scored on the last 1/3; never test
+  rows); in-sample QLIKE would favour HAR-RV's OLS, which can forecast ~0 out of sample.
 
 Inputs appended to the 16 book features (names :func:`input_names`; units in brackets):
 
@@ -196,13 +198,45 @@ def _components(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray) -> np.ndar
 def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.ndarray, drift_target: np.ndarray,
              rows: np.ndarray, fit_rows: np.ndarray, H: int, floor: float, sample_s: float,
              rv_windows: tuple[int, ...]) -> BaselineSpec:
-    """Fit the baselines on training rows and pick the best variance baseline by training QLIKE.
+    """Fit the baselines on training rows and pick the best variance baseline (QLIKE out of
+    sample within the training rows, see the module docstring).
 
     Args:
         ret: grid returns (bp) of every row; ofi_X: the feature matrix (its ``ofi_col`` is used).
         rows: boolean mask of training rows with targets (purged); fit_rows: rows whose returns
             the GARCH / EWMA initial level may use (the training span, after the warm-up).
     """
+    spec = _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows)
+    # the best variance baseline: chosen out of sample within the training rows (fitted on
+    # their first 2/3, scored on the last 1/3), since in-sample QLIKE favours HAR-RV's OLS,
+    # which can forecast ~0 (the floor) out of sample; then every baseline is refitted on all rows
+    idx = np.flatnonzero(rows)
+    if len(idx) >= 60:
+        cut = int(idx[int(len(idx) * 2 / 3)])
+        early = rows.copy()
+        early[cut - H :] = False
+        late = rows.copy()
+        late[:cut] = False
+        ef = fit_rows.copy()
+        ef[cut - H :] = False
+        if early.sum() >= 20 and late.sum() >= 20 and ef.sum() >= 20:
+            sp = _fit(ret, ofi_X, ofi_col, var_target, drift_target, early, ef, H, floor, sample_s, rv_windows)
+            spec.best = _best(sp, ret, ofi_X[:, ofi_col], var_target, late, floor)
+            return spec
+    spec.best = _best(spec, ret, ofi_X[:, ofi_col], var_target, rows, floor)
+    return spec
+
+
+def _best(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, var_target: np.ndarray, rows: np.ndarray, floor: float) -> str:
+    from models import baselines as bl
+
+    comp = _components(spec, ret, ofi)
+    v = var_target[rows] + floor
+    scores = {name: bl.qlike(v, comp[rows, i] + floor) for i, name in enumerate(VAR_BASELINES)}
+    return min(scores, key=lambda k: scores[k] if math.isfinite(scores[k]) else math.inf)
+
+
+def _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows) -> BaselineSpec:
     from models import baselines as bl
 
     ret = np.asarray(ret, np.float64)
@@ -214,16 +248,25 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
         garch = {"omega": g.omega, "alpha": g.alpha, "beta": g.beta, "scale": g.scale, "uncond": g.uncond}
     except Exception:  # noqa: BLE001 - a failed GARCH fit falls back to the EWMA
         garch = None
-    har = bl.Har.fit(r2, var_target, rows, H)
+    har = _har_nonneg(r2, var_target, rows, H)
     ofi = bl.OfiLinear.fit(ofi_X, drift_target, rows, ofi_col, H)
     spec = BaselineSpec(int(H), float(floor), float(sample_s), tuple(rv_windows), bl.lambda_from_halflife(hl, sample_s),
                         init, garch, [float(c) for c in har.coef], [float(c) for c in ofi.coef], int(ofi_col), "har",
                         0.5 ** (sample_s / SLOW_HALFLIFE_S))
-    comp = _components(spec, ret, ofi_X[:, ofi_col])
-    v = var_target[rows] + floor
-    scores = {name: bl.qlike(v, comp[rows, i] + floor) for i, name in enumerate(VAR_BASELINES)}
-    spec.best = min(scores, key=lambda k: scores[k] if math.isfinite(scores[k]) else math.inf)
     return spec
+
+
+def _har_nonneg(r2: np.ndarray, target: np.ndarray, rows: np.ndarray, H: int):
+    """HAR-RV with non-negative coefficients (NNLS): plain OLS on a short or calm training span
+    can give negative slopes and forecast ~0 variance in the next regime."""
+    from scipy.optimize import nnls
+
+    from models import baselines as bl
+
+    A = bl.Har.design(r2, H)
+    sc = np.maximum(np.abs(A[rows]).mean(axis=0), 1e-12)  # column scaling for the solver
+    coef, _ = nnls(A[rows] / sc, target[rows])
+    return bl.Har(coef / sc, H)
 
 
 def full_inputs(X: np.ndarray, spec: BaselineSpec, names: list[str]) -> np.ndarray:

@@ -156,7 +156,8 @@ def _bar(enabled: bool, total: int, label: str):
 def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
         stream_end: int, cfg: TrainConfig, var_floor: float, *, stream_start: int = 0, warmup: int = 0,
         progress: bool = False, label: str = "train", init: tuple[LSTMNet, Normalizer, Scales] | None = None,
-        offset_cols: tuple[int, int] | None = None, mask_cols: tuple[int, ...] | list[int] = ()) -> FitResult:
+        offset_cols: tuple[int, int] | None = None, mask_cols: tuple[int, ...] | list[int] = (),
+        normalizer: Normalizer | None = None, scales: Scales | None = None) -> FitResult:
     """Train on the raw feature matrix ``X`` (all rows of the series) and targets.
 
     Args:
@@ -171,6 +172,9 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
             (bp) and log variance (log bp^2); the network learns the correction on top of them
             (zero-initialised, L2 ``cfg.corr_l2`` towards no correction).
         mask_cols: columns the network does not see (normalised to 0: mean 0, std 1e30).
+        normalizer / scales: use these instead of fitting them on the training rows (several
+            markets, each standardised on its own rows before they are stacked:
+            :mod:`models.multimarket`).
     """
     t_start = time.perf_counter()
     set_seed(cfg.seed)
@@ -179,10 +183,13 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
     fit_rows = np.zeros(len(X), bool)
     fit_rows[stream_start:stream_end] = True
     if init is None:
-        norm = Normalizer.fit(X[fit_rows & np.all(np.isfinite(X), axis=1)])
-        for j in mask_cols:
-            norm.mean[j], norm.std[j] = 0.0, 1e30
-        sc = Scales.fit(drift[train_rows], var[train_rows], var_floor)
+        if normalizer is not None:
+            norm = normalizer
+        else:
+            norm = Normalizer.fit(X[fit_rows & np.all(np.isfinite(X), axis=1)])
+            for j in mask_cols:
+                norm.mean[j], norm.std[j] = 0.0, 1e30
+        sc = scales if scales is not None else Scales.fit(drift[train_rows], var[train_rows], var_floor)
         net = LSTMNet(X.shape[1], cfg.hidden, cfg.layers, cfg.dropout, cfg.skip, offset_cols=offset_cols)
     else:
         net, norm, sc = init
