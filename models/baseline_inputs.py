@@ -14,7 +14,8 @@ through the replay venue).
 Fitted on training rows only (:func:`fit_spec`), stored in the model's metadata
 (``baseline_inputs``):
 
-* EWMA of squared grid returns with the half-life of best training QLIKE;
+* EWMA of squared grid returns, RiskMetrics (0.94 per second, nothing fitted: robust on a
+  few minutes of data) and with the half-life of best training QLIKE;
 * GARCH(1,1) (``arch``, zero mean), forecast = sum of the 1..H-step variances;
 * HAR-RV (Corsi 2009) on the realised variance over the last H, 5H, 22H rows, with
   non-negative coefficients (NNLS; OLS on a short or calm span can forecast ~0 later);
@@ -25,7 +26,7 @@ Fitted on training rows only (:func:`fit_spec`), stored in the model's metadata
 
 Inputs appended to the 16 book features (names :func:`input_names`; units in brackets):
 
-``b_ewma_rel``, ``b_garch_rel``, ``b_har_rel``  log(baseline variance / best baseline's) [-]
+``b_rm_rel``, ``b_ewma_rel``, ``b_garch_rel``, ``b_har_rel``  log(variance / best's) [-]
 ``b_regime``    log(best variance / H x slow EWMA of squared returns, half-life 30 min) [-]
 ``b_ofi_z``     OFI drift / sqrt(best variance) [-]
 ``ret_z``       grid return / sqrt(slow EWMA of squared returns) [-]
@@ -49,14 +50,14 @@ import numpy as np
 
 from models.features import _Q, FeatureConfig, _r2_units, feature_names
 
-VAR_BASELINES = ("ewma_fit", "garch", "har")
+VAR_BASELINES = ("ewma", "ewma_fit", "garch", "har")
 SLOW_HALFLIFE_S = 1800.0
 _EPS_REL = 1e-6  # relative epsilon of the rv_rel features (fraction of the slow level)
 
 
 def input_names(cfg: FeatureConfig) -> list[str]:
     """Names of the baseline inputs appended to :func:`models.features.feature_names`."""
-    return (["b_ewma_rel", "b_garch_rel", "b_har_rel", "b_regime", "b_ofi_z", "ret_z"]
+    return (["b_rm_rel", "b_ewma_rel", "b_garch_rel", "b_har_rel", "b_regime", "b_ofi_z", "ret_z"]
             + [f"rv_rel_{w}" for w in cfg.rv_windows] + ["b_mu", "b_logvar"])
 
 
@@ -82,6 +83,7 @@ class BaselineSpec:
     sample_s: float
     rv_windows: tuple[int, ...]
     ewma_lam: float
+    rm_lam: float  # RiskMetrics decay per row (0.94 per second)
     init_r2: float
     garch: dict | None  # omega, alpha, beta (scaled units), scale, uncond (bp^2); None: failed fit -> EWMA
     har_coef: list[float]
@@ -122,12 +124,14 @@ class BaselineState:
         self.sums = {w: 0 for w in self.windows}
         self.ofi_hist: deque = deque(maxlen=s.H)
         self.ew = s.init_r2
+        self.rm = s.init_r2
         self.slow = s.init_r2
         g = s.garch
         self.g = g["uncond"] * g["scale"] ** 2 if g is not None else 0.0
 
-    def components(self, ret: float, ofi: float) -> tuple[float, float, float, float, float]:
-        """Advance one row; (ewma var, garch var, har var, slow r2 per row, ofi drift), bp^2 / bp."""
+    def components(self, ret: float, ofi: float) -> tuple[float, float, float, float, float, float]:
+        """Advance one row; (RiskMetrics var, fitted ewma var, garch var, har var, slow r2 per
+        row, ofi drift), bp^2 / bp."""
         s = self.spec
         u = _r2_units(ret)
         r2 = u * _Q
@@ -140,6 +144,7 @@ class BaselineState:
             self.sums[w] = x
         hist.append(u)
         self.ew = s.ewma_lam * self.ew + (1.0 - s.ewma_lam) * r2
+        self.rm = s.rm_lam * self.rm + (1.0 - s.rm_lam) * r2
         self.slow = s.slow_lam * self.slow + (1.0 - s.slow_lam) * r2
         H = s.H
         v_ew = H * self.ew
@@ -164,18 +169,18 @@ class BaselineState:
         for v in self.ofi_hist:
             osum += v
         mu = o[0] + o[1] * ofi + o[2] * osum
-        return v_ew, v_g, v_h, self.slow, mu
+        return H * self.rm, v_ew, v_g, v_h, self.slow, mu
 
     def step(self, ret: float, ofi: float) -> list[float]:
         """The baseline inputs of one row (:func:`input_names` order)."""
         s = self.spec
-        v_ew, v_g, v_h, slow, mu = self.components(ret, ofi)
+        v_rm, v_ew, v_g, v_h, slow, mu = self.components(ret, ofi)
         fl = s.floor
-        ve, vg, vh = v_ew + fl, v_g + fl, v_h + fl
-        best = {"ewma_fit": ve, "garch": vg, "har": vh}[s.best]
+        vr, ve, vg, vh = v_rm + fl, v_ew + fl, v_g + fl, v_h + fl
+        best = {"ewma": vr, "ewma_fit": ve, "garch": vg, "har": vh}[s.best]
         slow_v = s.H * slow + fl
         slow_r = slow + fl / s.H
-        out = [math.log(ve / best), math.log(vg / best), math.log(vh / best), math.log(best / slow_v),
+        out = [math.log(vr / best), math.log(ve / best), math.log(vg / best), math.log(vh / best), math.log(best / slow_v),
                mu / math.sqrt(best), ret / math.sqrt(slow_r)]
         for w in s.rv_windows:
             out.append(math.log((self.sums[w] * _Q / w + _EPS_REL * slow_r) / slow_r))
@@ -192,7 +197,7 @@ def baseline_matrix(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray) -> np.
 
 def _components(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray) -> np.ndarray:
     st = BaselineState(spec)
-    return np.array([st.components(float(r), float(o)) for r, o in zip(ret.tolist(), ofi.tolist())]).reshape(len(ret), 5)
+    return np.array([st.components(float(r), float(o)) for r, o in zip(ret.tolist(), ofi.tolist())]).reshape(len(ret), 6)
 
 
 def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.ndarray, drift_target: np.ndarray,
@@ -251,7 +256,7 @@ def _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor
     har = _har_nonneg(r2, var_target, rows, H)
     ofi = bl.OfiLinear.fit(ofi_X, drift_target, rows, ofi_col, H)
     spec = BaselineSpec(int(H), float(floor), float(sample_s), tuple(rv_windows), bl.lambda_from_halflife(hl, sample_s),
-                        init, garch, [float(c) for c in har.coef], [float(c) for c in ofi.coef], int(ofi_col), "har",
+                        bl.ewma_lambda(sample_s), init, garch, [float(c) for c in har.coef], [float(c) for c in ofi.coef], int(ofi_col), "har",
                         0.5 ** (sample_s / SLOW_HALFLIFE_S))
     return spec
 

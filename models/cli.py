@@ -102,7 +102,7 @@ def train(
     drift_weight: Annotated[float, typer.Option("--drift-weight", help="weight of the drift loss against QLIKE")] = 1.0,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
     arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
-    corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the corrections towards zero")] = 0.1,
+    corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
     folds: Annotated[int, typer.Option(help="walk-forward test folds (0 = no evaluation)")] = 4,

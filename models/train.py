@@ -45,7 +45,7 @@ class TrainConfig:
     drift_weight: float = 1.0
     skip: bool = True
     arch: str = "plain"  # plain | correction (models.baseline_inputs)
-    corr_l2: float = 0.1  # correction arch: L2 penalty on the (standardised) corrections
+    corr_l2: float = 1.0  # correction arch: L2 penalty on the (standardised) corrections
     val_frac: float = 0.15
     grad_clip: float = 1.0
     seed: int = 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bot.errors import DataError
+from bot.errors import DataError, MmbotError
 from bot.recording.io import open_recording
 from models import baseline_inputs as bi
 from models.calibrate import build_dataset, load_events, model_inputs
@@ -79,7 +79,7 @@ def test_baseline_inputs_and_forecasts_online_equal_offline(binance, tmp_path):
     ds, tr = _dataset(ev, meta)
     path, X, spec = _correction_model(ds, tr, tmp_path)
     assert X.shape[1] == len(feature_names(CFG)) + len(bi.input_names(CFG))
-    assert np.all(np.isfinite(X)) and np.all(X[:, len(feature_names(CFG)):].std(axis=0)[[0, 3, 4, 5]] > 0)
+    assert np.all(np.isfinite(X)) and np.all(X[:, len(feature_names(CFG)):].std(axis=0)[[4, 5, 6]] > 0)
     f = load_forecaster(path, guard=GuardConfig(enabled=False))
     assert f.base_inputs is not None
     grid = grid_times(ev["local_ts"][0], ev["local_ts"][-1], CFG.sample_ns)
@@ -191,6 +191,8 @@ def test_train_correction_arch_through_the_cli(binance, tmp_path):
     fcs = replay_online(ev, rmeta["tick_size"], rmeta["lot_size"], grid, f.update)
     assert fcs[-1].sigma is not None and fcs[-1].sigma > 0 and math.isfinite(fcs[-1].drift)
     assert json.loads((reg / "v0001" / "model.json").read_text())["arch"]["kind"] == "correction"
+    with pytest.raises(MmbotError, match="fine-tuning a correction model is not supported"):
+        train([rec], registry=reg, init_from="v0001", since="3m", progress=False, json_out=True)
 
 
 # ----------------------------------------------------------------------------------------
