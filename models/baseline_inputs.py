@@ -20,9 +20,11 @@ Fitted on training rows only (:func:`fit_spec`), stored in the model's metadata
 * HAR-RV (Corsi 2009) on the realised variance over the last H, 5H, 22H rows, with
   non-negative coefficients (NNLS; OLS on a short or calm span can forecast ~0 later);
 * the linear regression of the drift on the row's OFI and its sum over the last H rows;
-* ``best``: whichever of the three variance baselines has the lowest QLIKE out of sample
-  within the training rows (fitted on their first 2/3, scored on the last 1/3; never test
-  rows); in-sample QLIKE would favour HAR-RV's OLS, which can forecast ~0 out of sample.
+* ``best``: whichever of the four variance baselines, or their equal-weight combination in
+  logs (``combo``, the geometric mean), has the lowest QLIKE out of sample within the
+  training rows (fitted on their first 2/3, scored on the last 1/3; never test rows); with
+  fewer than ``MIN_SELECT_ROWS`` rows in that last third, the combination (selection on a
+  few minutes is noise). In-sample QLIKE would favour HAR-RV, which can overfit.
 
 Inputs appended to the 16 book features (names :func:`input_names`; units in brackets):
 
@@ -52,6 +54,7 @@ from models.features import _Q, FeatureConfig, _r2_units, feature_names
 
 VAR_BASELINES = ("ewma", "ewma_fit", "garch", "har")
 SLOW_HALFLIFE_S = 1800.0
+MIN_SELECT_ROWS = 300  # fewer held-out training rows than this: no selection, the combination
 _EPS_REL = 1e-6  # relative epsilon of the rv_rel features (fraction of the slow level)
 
 
@@ -177,7 +180,10 @@ class BaselineState:
         v_rm, v_ew, v_g, v_h, slow, mu = self.components(ret, ofi)
         fl = s.floor
         vr, ve, vg, vh = v_rm + fl, v_ew + fl, v_g + fl, v_h + fl
-        best = {"ewma": vr, "ewma_fit": ve, "garch": vg, "har": vh}[s.best]
+        if s.best == "combo":  # equal-weight combination in logs (geometric mean)
+            best = math.exp(0.25 * (math.log(vr) + math.log(ve) + math.log(vg) + math.log(vh)))
+        else:
+            best = {"ewma": vr, "ewma_fit": ve, "garch": vg, "har": vh}[s.best]
         slow_v = s.H * slow + fl
         slow_r = slow + fl / s.H
         out = [math.log(vr / best), math.log(ve / best), math.log(vg / best), math.log(vh / best), math.log(best / slow_v),
@@ -216,19 +222,19 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
     # their first 2/3, scored on the last 1/3), since in-sample QLIKE favours HAR-RV's OLS,
     # which can forecast ~0 (the floor) out of sample; then every baseline is refitted on all rows
     idx = np.flatnonzero(rows)
-    if len(idx) >= 60:
-        cut = int(idx[int(len(idx) * 2 / 3)])
-        early = rows.copy()
-        early[cut - H :] = False
-        late = rows.copy()
-        late[:cut] = False
-        ef = fit_rows.copy()
-        ef[cut - H :] = False
-        if early.sum() >= 20 and late.sum() >= 20 and ef.sum() >= 20:
-            sp = _fit(ret, ofi_X, ofi_col, var_target, drift_target, early, ef, H, floor, sample_s, rv_windows)
-            spec.best = _best(sp, ret, ofi_X[:, ofi_col], var_target, late, floor)
-            return spec
-    spec.best = _best(spec, ret, ofi_X[:, ofi_col], var_target, rows, floor)
+    spec.best = "combo"  # too few rows to tell the baselines apart: combine them
+    if len(idx) < 3 * MIN_SELECT_ROWS:
+        return spec
+    cut = int(idx[int(len(idx) * 2 / 3)])
+    early = rows.copy()
+    early[cut - H :] = False
+    late = rows.copy()
+    late[:cut] = False
+    ef = fit_rows.copy()
+    ef[cut - H :] = False
+    if late.sum() >= MIN_SELECT_ROWS and early.sum() >= MIN_SELECT_ROWS and ef.sum() >= MIN_SELECT_ROWS:
+        sp = _fit(ret, ofi_X, ofi_col, var_target, drift_target, early, ef, H, floor, sample_s, rv_windows)
+        spec.best = _best(sp, ret, ofi_X[:, ofi_col], var_target, late, floor)
     return spec
 
 
@@ -237,7 +243,9 @@ def _best(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, var_target: np.n
 
     comp = _components(spec, ret, ofi)
     v = var_target[rows] + floor
-    scores = {name: bl.qlike(v, comp[rows, i] + floor) for i, name in enumerate(VAR_BASELINES)}
+    logs = np.log(comp[rows, : len(VAR_BASELINES)] + floor)
+    scores = {name: bl.qlike(v, np.exp(logs[:, i])) for i, name in enumerate(VAR_BASELINES)}
+    scores["combo"] = bl.qlike(v, np.exp(logs.mean(axis=1)))
     return min(scores, key=lambda k: scores[k] if math.isfinite(scores[k]) else math.inf)
 
 

@@ -104,7 +104,7 @@ def test_baseline_inputs_and_forecasts_online_equal_offline(binance, tmp_path):
     assert np.array_equal(B, X[:, len(feature_names(CFG)):])
 
 
-def test_untrained_correction_model_is_the_best_baseline(binance, tmp_path):
+def test_untrained_correction_model_is_the_best_baseline(binance, tmp_path, monkeypatch):
     """No correction (zero-initialised head and skip): the exported model outputs the OFI
     regression's drift and the best baseline's log variance, on both backends, which agree."""
     rec, ev, meta = binance
@@ -128,9 +128,27 @@ def test_untrained_correction_model_is_the_best_baseline(binance, tmp_path):
     fr[ds.warmup : last] = True
     args = (ds.ff.X[:, feature_names(CFG).index("ofi")], spec.H, spec.floor, CFG.sample_s, CFG.rv_windows)
     ofi = feature_names(CFG).index("ofi")
+    monkeypatch.setattr(bi, "MIN_SELECT_ROWS", 100)  # this slice is short: select anyway
     s1 = bi.fit_spec(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, tr, fr, *args[1:])
     s2 = bi.fit_spec(X3[:, 0], X3, ofi, var2, drift2, tr, fr, *args[1:])
-    assert s1.to_dict() == s2.to_dict() and s1.best in bi.VAR_BASELINES
+    assert s1.to_dict() == s2.to_dict() and s1.best in bi.VAR_BASELINES + ("combo",)
+    # the selection: the candidate with the best QLIKE on the last third of the training rows,
+    # for baselines fitted on the first two thirds (never on the test rows)
+    idx = np.flatnonzero(tr)
+    cut = int(idx[int(len(idx) * 2 / 3)])
+    early, late, ef = tr.copy(), tr.copy(), fr.copy()
+    early[cut - spec.H :] = False
+    late[:cut] = False
+    ef[cut - spec.H :] = False
+    sp = bi._fit(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, early, ef, *args[1:])
+    comp = bi._components(sp, ds.ff.X[:, 0], ds.ff.X[:, ofi])[:, :4] + spec.floor
+    v = ds.tg.var[late] + spec.floor
+    q = {n: np.mean(v / comp[late, i] - np.log(v / comp[late, i]) - 1) for i, n in enumerate(bi.VAR_BASELINES)}
+    g = np.exp(np.log(comp[late]).mean(axis=1))
+    q["combo"] = np.mean(v / g - np.log(v / g) - 1)
+    assert s1.best == min(q, key=q.get)
+    monkeypatch.setattr(bi, "MIN_SELECT_ROWS", 10**6)  # too few rows: the combination
+    assert bi.fit_spec(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, tr, fr, *args[1:]).best == "combo"
     # and a trained one runs equally on both backends
     path2, X2, _ = _correction_model(ds, tr, tmp_path / "t", trained_weights=True)
     module2, m3 = load_model(path2)
@@ -176,7 +194,7 @@ def test_train_correction_arch_through_the_cli(binance, tmp_path):
     res = train([rec], registry=reg, arch="correction", until="6m", sample_s=0.1, horizon="1s", rv_windows="5,20,50",
                 hidden=8, lookback=16, batch=8, max_epochs=3, patience=2, folds=2, progress=False, json_out=True)
     module, meta = load_model(reg / "v0001" / "model.pt")
-    assert meta["arch"]["kind"] == "correction" and meta["baseline_inputs"]["spec"]["best"] in bi.VAR_BASELINES
+    assert meta["arch"]["kind"] == "correction" and meta["baseline_inputs"]["spec"]["best"] in bi.VAR_BASELINES + ("combo",)
     assert "--arch correction" in meta["command"]
     report = (reg / "v0001" / "report.md").read_text()
     assert "LSTM (correction)" in report and report.count("Diebold-Mariano test of the LSTM against") == 2
