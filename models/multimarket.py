@@ -186,6 +186,10 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
         tau = cal.fit_tau(ds.tg.drift[calib], mu[calib])
         met = {"model": {**cal.vol_metrics(v, var[test], floor), **cal.drift_metrics(y, mu[test], cal.classify(mu[test], tau))}}
         losses = {"qlike": {"model": dm_.qlike_rows(v + floor, var[test])}, "sqerr": {"model": (y - mu[test]) ** 2}}
+        oc = st.kw.get("offset_cols")
+        if oc is not None:  # the correction model's own baseline, without the correction
+            met["own_baseline"] = {**cal.vol_metrics(v, np.exp(st.X[test, oc[1]]), floor),
+                                   **cal.drift_metrics(y, st.X[test, oc[0]], cal.classify(st.X[test, oc[0]], tau))}
         b = cal.fit_baselines(ds, calib, floor)
         for name, h in b["var"].items():
             met[name] = cal.vol_metrics(v, h[test], floor)
@@ -194,7 +198,7 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
             met.setdefault(name, {}).update(cal.drift_metrics(y, mb[test], b["cls"][name][test]))
             losses["sqerr"][name] = (y - mb[test]) ** 2
         H = ds.horizon(calib)[0]
-        best_v = min((k for k in cal.VOL_MODELS if k in met and k != "lstm"), key=lambda k: met[k]["qlike"])
+        best_v = min((k for k in cal.VOL_MODELS if k in met and k != "lstm"), key=lambda k: met[k]["qlike"])  # ex post
         best_d = min((k for k in cal.DRIFT_MODELS if k in met and k != "lstm"), key=lambda k: met[k]["mse"])
         row.update(metrics=met, best_vol=best_v, best_drift=best_d, epochs=res.best_epoch,
                    dm_vol=dm_.diebold_mariano(losses["qlike"]["model"], losses["qlike"][best_v], H),
@@ -215,20 +219,21 @@ _SHORT = {"ewma": "EWMA 0.94", "ewma_fit": "EWMA fit", "garch": "GARCH", "har": 
 def lomo_table(rows: list[dict], arch: str) -> str:
     """Markdown tables of :func:`lomo`'s results (volatility, drift), with a summary line."""
     L = [f"Volatility ({arch}): QLIKE on each held-out market's test rows", "",
-         "| held-out market | test rows | model | EWMA fit | GARCH | HAR-RV | best baseline | model / best | DM | p |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+         "| held-out market | test rows | model | its own baseline | EWMA 0.94 | EWMA fit | GARCH | HAR-RV | best baseline | model / best | DM | p |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ratios, dwins = [], 0
     ok = [r for r in rows if "metrics" in r]
     for r in rows:
         if "metrics" not in r:
-            L.append(f"| {r['market']} | {r['test_rows']} | {r.get('error')} | | | | | | | |")
+            L.append(f"| {r['market']} | {r['test_rows']} | {r.get('error')} | | | | | | | | | |")
             continue
         m = r["metrics"]
         b = r["best_vol"]
         ratio = m["model"]["qlike"] / m[b]["qlike"]
         ratios.append(ratio)
         d = r["dm_vol"]
-        L.append(f"| {r['market']} | {r['test_rows']} | {m['model']['qlike']:.4f} | {m['ewma_fit']['qlike']:.4f} | "
+        own = f"{m['own_baseline']['qlike']:.4f} ({r.get('corr_baseline')})" if "own_baseline" in m else "-"
+        L.append(f"| {r['market']} | {r['test_rows']} | {m['model']['qlike']:.4f} | {own} | {m['ewma']['qlike']:.4f} | {m['ewma_fit']['qlike']:.4f} | "
                  f"{m['garch']['qlike']:.4f} | {m['har']['qlike']:.4f} | {_SHORT[b]} | {ratio:.3f} | {d['dm']:+.2f} | {d['p']:.3g} |")
     L += ["", f"Drift ({arch}): MSE (bp^2) and macro F1 (3 classes, dead zone fitted on the calibration prefix)", "",
           "| held-out market | model MSE | zero | OFI lin. | imb. logit | best baseline | DM | p | model F1 | best F1 |",

@@ -48,6 +48,8 @@ def test_lomo_scores_each_market_against_its_baselines(recs):
         assert set(m) >= {"model", "ewma", "ewma_fit", "garch", "har", "zero", "ofi_linear", "imb_logistic"}
         assert np.isfinite(m["model"]["qlike"]) and m["model"]["qlike"] > 0 and 0 <= m["model"]["f1"] <= 1
         assert r["best_vol"] in ("ewma", "ewma_fit", "garch", "har")
+        assert r["corr_baseline"] == "combo"  # minutes of data: the combination, not a selection
+        assert np.isfinite(m["own_baseline"]["qlike"])  # the correction's baseline alone, for comparison
         assert m[r["best_vol"]]["qlike"] == min(m[k]["qlike"] for k in ("ewma", "ewma_fit", "garch", "har"))
         for d in (r["dm_vol"], r["dm_drift"]):
             assert d["n"] == r["test_rows"] and (np.isnan(d["p"]) or 0 <= d["p"] <= 1)
