@@ -20,8 +20,8 @@ Fitted on training rows only (:func:`fit_spec`), stored in the model's metadata
 * HAR-RV (Corsi 2009) on the realised variance over the last H, 5H, 22H rows, with
   non-negative coefficients (NNLS; OLS on a short or calm span can forecast ~0 later);
 * the linear regression of the drift on the row's OFI and its sum over the last H rows;
-* ``best``: whichever of the four variance baselines, or their equal-weight combination in
-  logs (``combo``, the geometric mean), has the lowest QLIKE out of sample within the
+* ``best``: whichever of the four variance baselines, or their combination (``combo``: the
+  median in logs, robust to one baseline that is far off, as GARCH or HAR-RV can be), has the lowest QLIKE out of sample within the
   training rows (fitted on their first 2/3, scored on the last 1/3; never test rows); with
   fewer than ``MIN_SELECT_ROWS`` rows in that last third, the combination (selection on a
   few minutes is noise). In-sample QLIKE would favour HAR-RV, which can overfit.
@@ -180,8 +180,9 @@ class BaselineState:
         v_rm, v_ew, v_g, v_h, slow, mu = self.components(ret, ofi)
         fl = s.floor
         vr, ve, vg, vh = v_rm + fl, v_ew + fl, v_g + fl, v_h + fl
-        if s.best == "combo":  # equal-weight combination in logs (geometric mean)
-            best = math.exp(0.25 * (math.log(vr) + math.log(ve) + math.log(vg) + math.log(vh)))
+        if s.best == "combo":  # the median of the four in logs (robust to one that is far off)
+            a, b, c, d = sorted((math.log(vr), math.log(ve), math.log(vg), math.log(vh)))
+            best = math.exp(0.5 * (b + c))
         else:
             best = {"ewma": vr, "ewma_fit": ve, "garch": vg, "har": vh}[s.best]
         slow_v = s.H * slow + fl
@@ -208,7 +209,7 @@ def _components(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray) -> np.ndar
 
 def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.ndarray, drift_target: np.ndarray,
              rows: np.ndarray, fit_rows: np.ndarray, H: int, floor: float, sample_s: float,
-             rv_windows: tuple[int, ...]) -> BaselineSpec:
+             rv_windows: tuple[int, ...], best: str = "auto") -> BaselineSpec:
     """Fit the baselines on training rows and pick the best variance baseline (QLIKE out of
     sample within the training rows, see the module docstring).
 
@@ -216,8 +217,15 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
         ret: grid returns (bp) of every row; ofi_X: the feature matrix (its ``ofi_col`` is used).
         rows: boolean mask of training rows with targets (purged); fit_rows: rows whose returns
             the GARCH / EWMA initial level may use (the training span, after the warm-up).
+        best: "auto" (select as above) or the baseline to use (e.g. "combo" for every market
+            of a multi-market model, so that the correction means the same on each).
     """
     spec = _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows)
+    if best != "auto":
+        if best not in VAR_BASELINES + ("combo",):
+            raise ValueError(f"unknown baseline {best!r}")
+        spec.best = best
+        return spec
     # the best variance baseline: chosen out of sample within the training rows (fitted on
     # their first 2/3, scored on the last 1/3), since in-sample QLIKE favours HAR-RV's OLS,
     # which can forecast ~0 (the floor) out of sample; then every baseline is refitted on all rows
@@ -238,6 +246,13 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
     return spec
 
 
+def combo(logs: np.ndarray) -> np.ndarray:
+    """The combination of the four variance baselines, from their logs (rows x 4): the mean
+    of the middle two, i.e. the median (what :meth:`BaselineState.step` computes per row)."""
+    srt = np.sort(logs, axis=1)
+    return np.exp(0.5 * (srt[:, 1] + srt[:, 2]))
+
+
 def _best(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, var_target: np.ndarray, rows: np.ndarray, floor: float) -> str:
     from models import baselines as bl
 
@@ -245,7 +260,7 @@ def _best(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, var_target: np.n
     v = var_target[rows] + floor
     logs = np.log(comp[rows, : len(VAR_BASELINES)] + floor)
     scores = {name: bl.qlike(v, np.exp(logs[:, i])) for i, name in enumerate(VAR_BASELINES)}
-    scores["combo"] = bl.qlike(v, np.exp(logs.mean(axis=1)))
+    scores["combo"] = bl.qlike(v, combo(logs))
     return min(scores, key=lambda k: scores[k] if math.isfinite(scores[k]) else math.inf)
 
 

@@ -8,6 +8,10 @@ common grid and horizon, and its own standardisation, fitted on its own rows onl
 * targets: drift / the market's drift std, variance / its mean variance (bp^2), so one loss
   weighs every market alike.
 
+With ``--arch correction`` every market uses the same variance baseline (by default the
+combination, ``combo``), so that a correction learned on some markets means the same on
+another; chosen per market (``--base auto``), "log V / V_best" would compare different things.
+
 The standardised markets are stacked in time order of their starts. Training streams run
 through the stack, so the recurrent state crosses from the end of one market into the
 first rows of the next; those are the next market's warm-up rows (no loss), so nothing is
@@ -260,12 +264,14 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
                  rv_windows: str = "10,60", hidden: int = 8, lookback: int = 128, max_epochs: int = 30,
                  calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
-                 weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8) -> tuple[list[dict], str]:
+                 weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
+                 base: str = "combo") -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
     are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
     fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
     cfg = TrainConfig(hidden=hidden, lookback=lookback, max_epochs=max_epochs, patience=patience, batch=16, arch=arch,
-                      seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2)
+                      seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2,
+                      base=base)
     warmup = max(max(fcfg.rv_windows), lookback)
     Horizon.parse(horizon)
     markets = []
@@ -291,12 +297,13 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--lookback", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--corr-l2", type=float, default=1.0)
+    ap.add_argument("--base", default="combo", help="correction arch: the variance baseline of every market (auto = chosen per market)")
     ap.add_argument("--calib-frac", type=float, default=0.3)
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
-                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2)
+                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))

@@ -46,6 +46,7 @@ class TrainConfig:
     skip: bool = True
     arch: str = "plain"  # plain | correction (models.baseline_inputs)
     corr_l2: float = 1.0  # correction arch: L2 penalty on the (standardised) corrections
+    base: str = "auto"  # correction arch: the variance baseline (auto = chosen on training rows)
     val_frac: float = 0.15
     grad_clip: float = 1.0
     seed: int = 0

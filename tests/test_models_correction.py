@@ -144,11 +144,18 @@ def test_untrained_correction_model_is_the_best_baseline(binance, tmp_path, monk
     comp = bi._components(sp, ds.ff.X[:, 0], ds.ff.X[:, ofi])[:, :4] + spec.floor
     v = ds.tg.var[late] + spec.floor
     q = {n: np.mean(v / comp[late, i] - np.log(v / comp[late, i]) - 1) for i, n in enumerate(bi.VAR_BASELINES)}
-    g = np.exp(np.log(comp[late]).mean(axis=1))
+    g = np.exp(np.median(np.log(comp[late]), axis=1))  # the combination: median in logs
     q["combo"] = np.mean(v / g - np.log(v / g) - 1)
     assert s1.best == min(q, key=q.get)
     monkeypatch.setattr(bi, "MIN_SELECT_ROWS", 10**6)  # too few rows: the combination
-    assert bi.fit_spec(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, tr, fr, *args[1:]).best == "combo"
+    sc = bi.fit_spec(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, tr, fr, *args[1:])
+    assert sc.best == "combo"
+    # whose variance, computed row by row, is the median of the four baselines in logs
+    Xc = bi.full_inputs(ds.ff.X, sc, feature_names(CFG))
+    comp = bi._components(sc, ds.ff.X[:, 0], ds.ff.X[:, ofi])[:, :4] + sc.floor
+    assert np.allclose(Xc[:, lv_c], np.median(np.log(comp), axis=1), rtol=1e-12, atol=1e-12)
+    forced = bi.fit_spec(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, tr, fr, *args[1:], best="garch")
+    assert forced.best == "garch"
     # and a trained one runs equally on both backends
     path2, X2, _ = _correction_model(ds, tr, tmp_path / "t", trained_weights=True)
     module2, m3 = load_model(path2)
