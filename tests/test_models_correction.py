@@ -252,3 +252,15 @@ def test_diebold_mariano_signs_and_degenerate_cases():
     assert r2["dm"] == -r["dm"] and r2["p"] == r["p"]
     assert math.isnan(diebold_mariano(good, good)["dm"])  # identical forecasts: undefined
     assert math.isnan(diebold_mariano(good[:5], bad[:5])["p"])  # too few rows
+
+
+def test_unknown_arch_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "models.cli", "train", str(tmp_path), "--arch", "deep"], cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: --arch must be 'plain' or 'correction', got 'deep'"
