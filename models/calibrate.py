@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from models import baselines as bl
+from models import dm as dm_
 from models.features import FeatureConfig, FeatureFrame, offline_features
 from models.targets import Horizon, Targets, direction_classes, make_targets, variance_floor
 from models.train import FitResult, TrainConfig, fit
@@ -227,6 +228,8 @@ class FoldResult:
     baselines_info: dict
     series: dict | None = None  # test-row series for plots (last fold)
     history: list = field(default_factory=list)
+    losses: dict = field(default_factory=dict)  # "qlike"/"sqerr" -> model -> per test row loss
+    horizon_rows: int = 1
 
 
 def fit_baselines(ds: Dataset, tr: np.ndarray, floor: float | None = None) -> dict:
@@ -286,9 +289,10 @@ def run_fold(ds: Dataset, fold: Fold, cfg: TrainConfig, progress: bool = False, 
     if tr.sum() < 10:
         raise ValueError(f"fold {fold.index}: too few training rows")
     floor = variance_floor(ds.tg.var[tr])
-    res = fit(ds.ff.X, ds.tg.drift, ds.tg.var, tr, va, fold.val_start, cfg, floor, stream_start=t0,
-              warmup=ds.warmup, progress=progress, label=f"fold {fold.index}")
-    mu, var = res.predict(ds.ff.X)
+    X, kw, spec = model_inputs(ds, cfg, tr | va, floor, t0)
+    res = fit(X, ds.tg.drift, ds.tg.var, tr, va, fold.val_start, cfg, floor, stream_start=t0,
+              warmup=ds.warmup, progress=progress, label=f"fold {fold.index}", **kw)
+    mu, var = res.predict(X)
     a, b = fold.test
     te = np.zeros(ds.n, bool)
     te[a:b] = True
@@ -301,20 +305,49 @@ def run_fold(ds: Dataset, fold: Fold, cfg: TrainConfig, progress: bool = False, 
     lstm_m.update(drift_metrics(y, mu[te], classify(mu[te], tau)))
     metrics["lstm"] = lstm_m
     info = {}
+    losses = {"qlike": {"lstm": dm_.qlike_rows(v + floor, var[te])}, "sqerr": {"lstm": (y - mu[te]) ** 2}}
     if baselines:
         b_ = fit_baselines(ds, trv, floor)
         for name, h in b_["var"].items():
             metrics[name] = vol_metrics(v, h[te], floor)
+            losses["qlike"][name] = dm_.qlike_rows(v + floor, h[te])
         for name, m in b_["drift"].items():
             metrics.setdefault(name, {}).update(drift_metrics(y, m[te], b_["cls"][name][te]))
+            losses["sqerr"][name] = (y - m[te]) ** 2
         info = b_["info"]
+    if spec is not None:
+        info["correction"] = {"best_var_baseline": spec.best, "best_epoch": res.best_epoch}
     series = None
     if keep_series:
         series = {"ts_ns": ds.ff.ts_ns[te], "var": v + floor, "lstm_var": var[te], "drift": y, "lstm_drift": mu[te]}
         if baselines:
             series.update({f"{k}_var": h[te] for k, h in b_["var"].items()})
-    fr = FoldResult(fold, metrics, res.best_epoch, res.seconds, info, series, res.history)
+    fr = FoldResult(fold, metrics, res.best_epoch, res.seconds, info, series, res.history, losses,
+                    ds.horizon(trv)[0])
     return fr, res
+
+
+def model_inputs(ds: Dataset, cfg: TrainConfig, rows: np.ndarray, floor: float, span_start: int = 0):
+    """(input matrix, extra fit() arguments, baseline spec or None) for ``cfg.arch``.
+
+    plain: the features. correction: the features and the baseline inputs
+    (:mod:`models.baseline_inputs`), the baselines fitted on ``rows`` (training + validation
+    rows of the fold; the best variance baseline is chosen on them too)."""
+    if cfg.arch == "plain":
+        return ds.ff.X, {}, None
+    if cfg.arch != "correction":
+        raise ValueError(f"arch must be 'plain' or 'correction', got {cfg.arch!r}")
+    from models import baseline_inputs as bi
+
+    ff = ds.ff
+    H, _ = ds.horizon(rows)
+    fit_rows = np.zeros(ds.n, bool)
+    fit_rows[span_start : int(np.flatnonzero(rows)[-1]) + 1] = True
+    fit_rows[: ds.warmup] = False
+    spec = bi.fit_spec(ff.ret_bp, ff.X, ff.names.index("ofi"), ds.tg.var, ds.tg.drift, rows, fit_rows, H, floor,
+                       ff.cfg.sample_s, ff.cfg.rv_windows, best=cfg.base)
+    X = bi.full_inputs(ff.X, spec, ff.names)
+    return X, {"offset_cols": bi.offset_columns(ff.cfg), "mask_cols": bi.masked_columns(ff.cfg)}, spec
 
 
 def walk_forward(ds: Dataset, cfg: TrainConfig, n_folds: int = 4, initial_frac: float = 0.5, scheme: str = "expanding",
@@ -382,8 +415,9 @@ def tune(events: np.ndarray, meta: dict, fcfg: FeatureConfig, base: TrainConfig,
             t0, s = f.train
             tr, va = _masks(ds, t0, f.val_start, s)
             floor = variance_floor(ds.tg.var[tr])
-            res = fit(ds.ff.X, ds.tg.drift, ds.tg.var, tr, va, f.val_start, cfg, floor, stream_start=t0, warmup=ds.warmup)
-            mu, var = res.predict(ds.ff.X)
+            X, kw, _ = model_inputs(ds, cfg, tr | va, floor, t0)
+            res = fit(X, ds.tg.drift, ds.tg.var, tr, va, f.val_start, cfg, floor, stream_start=t0, warmup=ds.warmup, **kw)
+            mu, var = res.predict(X)
             te = np.zeros(ds.n, bool)
             te[f.test[0] : f.test[1]] = True
             te &= ds.usable() & (ds.end_row < b)
@@ -472,7 +506,45 @@ def verdict(results: list[FoldResult]) -> list[str]:
              ("Direction", DRIFT_MODELS, _DRIFT_LABEL, "dir_acc", "directional accuracy", False, ""),
              ("Direction", DRIFT_MODELS, _DRIFT_LABEL, "f1", "macro F1", False, "")]
     lines = [_verdict_line(results, s, *spec) for spec in specs]
-    return [x for x in lines if x]
+    return [x for x in lines if x] + dm_lines(results)
+
+
+def dm_tests(results: list[FoldResult]) -> dict:
+    """Diebold-Mariano tests of the LSTM against the best baseline (by mean loss over the
+    folds), per head, on the test rows of every fold pooled (Newey-West variance, lags at
+    least the horizon's rows - 1): {"vol": {...}, "drift": {...}}, each with the baseline's
+    name, the statistic, the two-sided p-value, the mean loss difference and the rows."""
+    if not results or not results[0].losses:
+        return {}
+    s = summarize(results)
+    out = {}
+    for head, models, metric, loss in (("vol", VOL_MODELS, "qlike", "qlike"), ("drift", DRIFT_MODELS, "mse", "sqerr")):
+        b = _best(s, models, metric, True)
+        if b is None or any(b not in r.losses.get(loss, {}) for r in results):
+            continue
+        la = np.concatenate([r.losses[loss]["lstm"] for r in results])
+        lb = np.concatenate([r.losses[loss][b] for r in results])
+        H = max(r.horizon_rows for r in results)
+        out[head] = {"baseline": b, **dm_.diebold_mariano(la, lb, H)}
+    return out
+
+
+def dm_lines(results: list[FoldResult]) -> list[str]:
+    t = dm_tests(results)
+    lines = []
+    for head, what, labels, loss in (("vol", "Volatility", _VOL_LABEL, "QLIKE"), ("drift", "Drift", _DRIFT_LABEL, "squared error")):
+        if head not in t:
+            continue
+        d = t[head]
+        if not math.isfinite(d["dm"]):
+            lines.append(f"{what}: Diebold-Mariano test against {labels[d['baseline']]} undefined ({d['n']} rows).")
+            continue
+        who = "the LSTM" if d["dm"] < 0 else labels[d["baseline"]]
+        sig = "significant at 5 %" if d["p"] < 0.05 else "not significant at 5 %"
+        lines.append(f"{what}: Diebold-Mariano test of the LSTM against {labels[d['baseline']]} on {loss} "
+                     f"({d['n']} test rows, Newey-West, {d['lags']} lags): DM = {d['dm']:+.2f}, p = {d['p']:.3g} "
+                     f"(two-sided): lower loss for {who}, {sig}.")
+    return lines
 
 
 def beats_baselines(results: list[FoldResult]) -> tuple[bool, str]:
@@ -517,7 +589,7 @@ def write_report(out_dir: Path, *, title: str, command: str, meta: dict, results
           f"* horizon: {meta.get('horizon')} ({meta.get('horizon_s'):.4g} s, {meta.get('horizon_steps')} grid rows); "
           f"warm-up {meta.get('warmup_steps')} rows",
           f"* features ({len(meta['features']['names'])}): {', '.join(meta['features']['names'])}",
-          f"* model: LSTM hidden {meta['arch']['hidden']}, layers {meta['arch']['layers']}, dropout {meta['arch']['dropout']}; "
+          f"* model: LSTM ({meta['arch'].get('kind', 'plain')}) hidden {meta['arch']['hidden']}, layers {meta['arch']['layers']}, dropout {meta['arch']['dropout']}; "
           f"training: {json.dumps(meta.get('train', {}))}", ""]
     if results:
         f0 = results[0].fold

@@ -127,6 +127,8 @@ def train(
     patience: Annotated[int, typer.Option(help="early-stopping patience, epochs")] = 8,
     drift_weight: Annotated[float, typer.Option("--drift-weight", help="weight of the drift loss against QLIKE")] = 1.0,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
+    arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
+    corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
     folds: Annotated[int, typer.Option(help="walk-forward test folds (0 = no evaluation)")] = 4,
@@ -166,6 +168,8 @@ def train(
                    tune_epochs=tune_epochs, seed=seed, n_levels=n_levels)
     if scheme not in ("expanding", "rolling"):
         raise MmbotError(f"--scheme must be 'expanding' or 'rolling', got {scheme!r}")
+    if arch not in ("plain", "correction"):
+        raise MmbotError(f"--arch must be 'plain' or 'correction', got {arch!r}")
     try:
         hz = Horizon.parse(horizon)
         hz_list = [str(Horizon.parse(h)) for h in horizons.split(",") if h.strip()] or [str(hz)]
@@ -178,7 +182,7 @@ def train(
         raise MmbotError(str(e)) from None
     cfg = TrainConfig(hidden=hidden, layers=layers, dropout=dropout, lookback=lookback, batch=batch, lr=lr,
                       weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, drift_weight=drift_weight,
-                      skip=skip, seed=seed, threads=threads)
+                      skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2)
     init = None
     parent = None
     reg = Registry(registry)
@@ -189,7 +193,9 @@ def train(
         hz = Horizon.parse(pmeta["horizon"])
         hz_list = [str(hz)]
         a = pmeta["arch"]
-        cfg = replace(cfg, hidden=int(a["hidden"]), layers=int(a["layers"]), skip=bool(a.get("skip", False)))
+        if a.get("kind", "plain") != "plain":
+            raise MmbotError(f"{p}: fine-tuning a {a.get('kind')} model is not supported yet; train it anew (--arch {a.get('kind')})")
+        cfg = replace(cfg, hidden=int(a["hidden"]), layers=int(a["layers"]), skip=bool(a.get("skip", False)), arch="plain")
         init = _unfold_net(module, pmeta)
         parent = init_from
         trials = 0
@@ -255,8 +261,9 @@ def train(
         from models.targets import variance_floor
 
         floor = variance_floor(ds.tg.var[tr]) if init is None else init[2].var_floor
-        final = fit(ds.ff.X, ds.tg.drift, ds.tg.var, tr, va, v0, cfg, floor, warmup=warmup,
-                    progress=progress and not json_out, label="final", init=init)
+        Xf, fkw, spec = cal.model_inputs(ds, cfg, tr | va, floor) if init is None else (ds.ff.X, {}, None)
+        final = fit(Xf, ds.tg.drift, ds.tg.var, tr, va, v0, cfg, floor, warmup=warmup,
+                    progress=progress and not json_out, label="final", init=init, **fkw)
         say(f"final model: best epoch {final.best_epoch}, validation loss {final.best_val:.4f}, {final.seconds:.1f} s")
         # baseline the online guard compares with: EWMA with the half-life fitted on the training rows
         from models import baselines as bl
@@ -290,6 +297,13 @@ def train(
                             if summary else None)},
             "parent": parent, "command": command,
         }
+        if spec is not None:
+            from models.baseline_inputs import input_names
+
+            meta["baseline_inputs"] = {"names": input_names(fcfg), "spec": spec.to_dict()}
+        dmt = cal.dm_tests(results) if results else {}
+        if dmt:
+            meta["metrics"]["diebold_mariano"] = dmt
         if trial_rows:
             meta["optuna"] = {"trials": trial_rows}
         version, vdir = reg.new_dir()
@@ -330,7 +344,8 @@ def train(
         result = {"version": version, "model": str(mpath), "report": str(rpath), "horizon": str(hz),
                   "sample_s": fcfg.sample_s, "rows": int(ds.n), "seconds": round(time.perf_counter() - t_all, 1),
                   "walk_forward_mean": summary, "verdict": cal.verdict(results) if results else [],
-                  "default": promote, "default_note": default_note}
+                  "default": promote, "default_note": default_note, "arch": cfg.arch,
+                  "diebold_mariano": dmt}
         if out is not None:
             result["out"] = str(out / f"{name}.pt")
         if json_out:
@@ -357,6 +372,7 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
             ("--batch", args["batch"]), ("--lr", args["lr"]), ("--weight-decay", args["weight_decay"]),
             ("--max-epochs", args["max_epochs"]), ("--patience", args["patience"]),
             ("--drift-weight", args["drift_weight"]), ("--seed", args["seed"]), ("--threads", args["threads"]),
+            ("--arch", args["arch"]), ("--corr-l2", args["corr_l2"]),
             ("--folds", args["folds"]), ("--scheme", args["scheme"]), ("--initial-frac", args["initial_frac"])]
     if trials:
         opts += [("--trials", trials), ("--tune-epochs", args["tune_epochs"])]

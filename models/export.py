@@ -12,7 +12,10 @@ Metadata (``format`` = ``mmbot-forecaster``, ``format_version`` 1):
 * ``normalization``: mean, std, clip (also baked into the module);
 * ``horizon`` (e.g. ``"10s"``), ``horizon_s``, ``sample_s``, ``horizon_steps`` (grid rows of
   the horizon for the online guard), ``warmup_steps`` (rows before the first forecast);
-* ``arch`` (n_features, hidden, layers, dropout), ``train`` (hyperparameters, seed, epochs),
+* ``arch`` (n_features, hidden, layers, dropout, ``kind`` plain | correction, and for a
+  correction model ``offset_cols``), ``baseline_inputs`` (correction models: the names of
+  the inputs appended to the features and the fitted baselines' spec,
+  :mod:`models.baseline_inputs`), ``train`` (hyperparameters, seed, epochs),
   ``data`` (source, exchange, symbol, training span in ns and ISO time, rows);
 * ``baseline`` (the EWMA decay per step the online guard compares against) and
   ``var_floor_bp2``;
@@ -178,8 +181,22 @@ def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
             raise DataError(f"{path}: metadata lacks {key!r}")
     arch = meta["arch"]
     n = len(meta["features"]["names"])
+    kind = arch.get("kind", "plain")
+    if kind == "correction":
+        bi = meta.get("baseline_inputs")
+        if not isinstance(bi, dict) or "spec" not in bi or "names" not in bi:
+            raise DataError(f"{path}: a correction model without its baseline_inputs in the metadata")
+        from models.baseline_inputs import input_names
+
+        cfg = FeatureConfig.from_dict(meta["features"]["config"])
+        if bi["names"] != input_names(cfg):
+            raise DataError(f"{path}: baseline inputs {bi['names']} differ from what this code computes "
+                            f"{input_names(cfg)}; retrain the model (mmbot train --arch correction)")
+        n += len(bi["names"])
+    elif kind != "plain":
+        raise DataError(f"{path}: unknown model architecture {kind!r} (this mmbot runs plain and correction)")
     if int(arch.get("n_features", -1)) != n:
-        raise DataError(f"{path}: model input size {arch.get('n_features')} != {n} features in its schema")
+        raise DataError(f"{path}: model input size {arch.get('n_features')} != {n} inputs in its schema")
     _check_network(module, arch, path)
     return module, meta
 

@@ -15,6 +15,10 @@ sigma = m * sqrt(V / 1e8 / horizon_s) (quote per base per sqrt(second)). Until t
 seen ``warmup_steps`` grid rows the forecast has drift=None and sigma=None (the strategy then
 uses its own estimator).
 
+A correction model (``arch.kind == "correction"``) gets the baselines' inputs appended to
+each feature row (:class:`models.baseline_inputs.BaselineState`, the same code the training
+data went through); its output is already the corrected baseline.
+
 Misspecification guard (:class:`GuardConfig`). Each forecast is scored ``H`` grid rows
 later, when its outcome is known: the variance forecast by QLIKE against the EWMA baseline
 (RiskMetrics recursion with the decay fitted on the training data, stored in the model's
@@ -37,6 +41,8 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from models.export import load_model
 from models.features import BP, OnlineFeatures, _Q
@@ -158,6 +164,13 @@ class LstmForecaster:
         self.base_init = float(base.get("init_r2_bp2", 1.0))
         self.predictor = StatefulPredictor(module, meta["arch"], float(meta["normalization"].get("clip", 10.0)), backend)
         self.feats = OnlineFeatures(self.fcfg)
+        self.base_inputs = None  # correction models: the baselines' inputs, computed online
+        bi = meta.get("baseline_inputs")
+        if meta["arch"].get("kind", "plain") == "correction" and bi:
+            from models.baseline_inputs import BaselineSpec, BaselineState
+
+            self.base_inputs = BaselineState(BaselineSpec.from_dict(bi["spec"]))
+            self._ofi_col = self.feats.names.index("ofi")
         self.feats.track_window(self.H)
         self.guard_cfg = guard or GuardConfig()
         self.max_gap_rows = max_gap_rows if max_gap_rows is not None else max(10 * self.H, 600)
@@ -172,6 +185,8 @@ class LstmForecaster:
     # -- state ---------------------------------------------------------------------------
     def reset(self) -> None:
         self.feats.reset()
+        if self.base_inputs is not None:
+            self.base_inputs.reset()
         self.predictor.reset()
         self.guard = MisspecificationGuard(self.guard_cfg, self.floor)
         self.last_g: int | None = None
@@ -214,6 +229,8 @@ class LstmForecaster:
         if x is None:
             return
         mid = self.feats.mid
+        if self.base_inputs is not None:
+            x = np.concatenate([x, self.base_inputs.step(float(x[0]), float(x[self._ofi_col]))])
         mu, logv = self.predictor.step(x)
         var_m = math.exp(logv)
         r = x[0]

@@ -29,9 +29,13 @@ from torch import Tensor, nn
 class LSTMNet(nn.Module):
     """Sequence model for training: ``forward(z [B, T, F], state) -> (out [B, T, 2], state)``."""
 
-    def __init__(self, n_features: int, hidden: int = 32, layers: int = 1, dropout: float = 0.1, skip: bool = True) -> None:
+    def __init__(self, n_features: int, hidden: int = 32, layers: int = 1, dropout: float = 0.1, skip: bool = True,
+                 offset_cols: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.n_features, self.hidden, self.layers, self.dropout_p, self.use_skip = n_features, hidden, layers, dropout, skip
+        # correction architecture: the outputs are corrections added to the raw input columns
+        # offset_cols = (drift bp, log variance bp^2) of the baselines (models.baseline_inputs)
+        self.offset_cols = tuple(int(c) for c in offset_cols) if offset_cols is not None else None
         self.lstm = nn.LSTM(n_features, hidden, num_layers=layers, batch_first=True,
                             dropout=dropout if layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
@@ -44,6 +48,8 @@ class LSTMNet(nn.Module):
             self.head.bias.zero_()
             if self.skip is not None:
                 self.skip.weight.zero_()
+            if self.offset_cols is not None:  # correction: start at exactly no correction
+                self.head.weight.zero_()
 
     def forward(self, z: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         out, state = self.lstm(z, state)
@@ -53,13 +59,21 @@ class LSTMNet(nn.Module):
         return y, state
 
     def arch(self) -> dict:
-        return {"n_features": self.n_features, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout_p,
-                "skip": self.use_skip}
+        d = {"n_features": self.n_features, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout_p,
+             "skip": self.use_skip, "kind": "plain"}
+        if self.offset_cols is not None:
+            d.update(kind="correction", offset_cols=list(self.offset_cols))
+        return d
 
 
 class StepModule(nn.Module):
     """The exported model: raw features in, (drift bp, log variance bp^2) out, one grid step
     per call with the recurrent state passed in and out.
+
+    ``y = head(h) + skip(z) + raw(x)``: ``raw`` is a fixed linear map of the raw (not
+    normalised) inputs, zero for the plain LSTM; for the correction architecture it copies
+    the baselines' drift (bp) and log variance (log bp^2) columns to the outputs, so the
+    network's part is the correction.
 
     ``forward(x [F] float32, h [L, H], c [L, H]) -> (y [2], h', c')``; ``forward_seq(X [T, F],
     h, c) -> (Y [T, 2], h', c')`` runs the very same step in a loop (so a backtest's batch
@@ -76,8 +90,13 @@ class StepModule(nn.Module):
         self.cells = nn.ModuleList([nn.LSTMCell(F if i == 0 else H, H) for i in range(L)])
         self.head = nn.Linear(H, 2)
         self.skip = nn.Linear(F, 2, bias=False)  # zero when the network has no skip path
+        self.raw = nn.Linear(F, 2, bias=False)  # baseline offsets (correction architecture), else zero
         with torch.no_grad():
             self.skip.weight.zero_()
+            self.raw.weight.zero_()
+            if net.offset_cols is not None:
+                self.raw.weight[0, net.offset_cols[0]] = 1.0
+                self.raw.weight[1, net.offset_cols[1]] = 1.0
             if net.skip is not None:
                 ws = net.skip.weight.detach().clone()
                 ws[0] *= drift_scale
@@ -92,7 +111,8 @@ class StepModule(nn.Module):
             b = net.head.bias.detach().clone()
             w[0] *= drift_scale
             b[0] *= drift_scale
-            b[1] += math.log(var_scale)
+            if net.offset_cols is None:  # correction: the offset column is log V_best itself
+                b[1] += math.log(var_scale)
             self.head.weight.copy_(w)
             self.head.bias.copy_(b)
         self.n_layers = L
@@ -100,9 +120,10 @@ class StepModule(nn.Module):
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         z = torch.clamp((x - self.mean) * self.inv_std, -self.clip, self.clip).unsqueeze(0)
+        r = self.raw(x.unsqueeze(0))
         if self.n_layers == 1:
             h1, c1 = self.cells[0](z, (h, c))
-            return (self.head(h1) + self.skip(z))[0], h1, c1
+            return (self.head(h1) + self.skip(z) + r)[0], h1, c1
         hs: List[Tensor] = []
         cs: List[Tensor] = []
         inp = z
@@ -113,7 +134,7 @@ class StepModule(nn.Module):
             cs.append(c1)
             inp = h1
             i += 1
-        return (self.head(inp) + self.skip(z))[0], torch.cat(hs, 0), torch.cat(cs, 0)
+        return (self.head(inp) + self.skip(z) + r)[0], torch.cat(hs, 0), torch.cat(cs, 0)
 
     @torch.jit.export
     def forward_seq(self, X: Tensor, h: Tensor, c: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -127,11 +148,11 @@ class StepModule(nn.Module):
 
     @torch.jit.export
     def params(self) -> List[Tensor]:
-        """[mean, inv_std, (w_ih, w_hh, b_ih, b_hh) per layer, head_w, head_b, skip_w]."""
+        """[mean, inv_std, (w_ih, w_hh, b_ih, b_hh) per layer, head_w, head_b, skip_w, raw_w]."""
         out: List[Tensor] = [self.mean, self.inv_std]
         for cell in self.cells:
             out += [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
-        out += [self.head.weight, self.head.bias, self.skip.weight]
+        out += [self.head.weight, self.head.bias, self.skip.weight, self.raw.weight]
         return out
 
 
@@ -139,7 +160,9 @@ def net_from_params(params: list[Tensor], arch: dict) -> tuple[LSTMNet, np.ndarr
     """Rebuild a training network (output scaling folded into its head as exported) and the
     normalisation (mean, std) from :meth:`StepModule.params`, e.g. to fine-tune a model."""
     L = int(arch["layers"])
-    net = LSTMNet(int(arch["n_features"]), int(arch["hidden"]), L, float(arch.get("dropout", 0.0)), bool(arch.get("skip", False)))
+    oc = arch.get("offset_cols")
+    net = LSTMNet(int(arch["n_features"]), int(arch["hidden"]), L, float(arch.get("dropout", 0.0)), bool(arch.get("skip", False)),
+                  offset_cols=tuple(oc) if oc is not None else None)
     mean = params[0].detach().double().numpy()
     std = 1.0 / params[1].detach().double().numpy()
     with torch.no_grad():
@@ -161,8 +184,8 @@ def net_from_params(params: list[Tensor], arch: dict) -> tuple[LSTMNet, np.ndarr
 # ----------------------------------------------------------------------------------------
 def pack_params(params: list[Tensor], layers: int) -> tuple[np.ndarray, np.ndarray]:
     """Flatten :meth:`StepModule.params` for :func:`nb_step`: (weights float32, layout int64)
-    layout = [F, H, L, off_mean, off_inv_std, (off_wih, off_whh, off_b) per layer, off_hw, off_hb, off_skip]
-    (the two LSTM biases are summed)."""
+    layout = [F, H, L, off_mean, off_inv_std, (off_wih, off_whh, off_b) per layer, off_hw, off_hb, off_skip, off_raw]
+    (the two LSTM biases are summed; models saved before the raw path get a zero one)."""
     arrs: list[np.ndarray] = []
     offs: list[int] = []
     pos = 0
@@ -187,6 +210,7 @@ def pack_params(params: list[Tensor], layers: int) -> tuple[np.ndarray, np.ndarr
     add(p[2 + 4 * layers])
     add(p[3 + 4 * layers])
     add(p[4 + 4 * layers] if len(p) > 4 + 4 * layers else np.zeros((2, F), np.float32))
+    add(p[5 + 4 * layers] if len(p) > 5 + 4 * layers else np.zeros((2, F), np.float32))
     layout = np.array([F, H, layers] + offs, dtype=np.int64)
     return np.concatenate(arrs), layout
 
@@ -244,11 +268,14 @@ def nb_step(x, W, layout, clip, h, c, out, buf):
     ohw = layout[5 + 3 * L]
     ohb = layout[6 + 3 * L]
     osk = layout[7 + 3 * L]
+    orw = layout[8 + 3 * L]
     for r in range(2):
         acc = W[ohb + r]
         for j in range(H):
             acc += W[ohw + r * H + j] * h[L - 1, j]
         sk = np.float32(0.0)
+        rw = np.float32(0.0)
         for j in range(F):
             sk += W[osk + r * F + j] * z0[j]
-        out[r] = acc + sk
+            rw += W[orw + r * F + j] * np.float32(x[j])
+        out[r] = acc + sk + rw

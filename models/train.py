@@ -44,6 +44,9 @@ class TrainConfig:
     min_epochs: int = 3
     drift_weight: float = 1.0
     skip: bool = True
+    arch: str = "plain"  # plain | correction (models.baseline_inputs)
+    corr_l2: float = 1.0  # correction arch: L2 penalty on the (standardised) corrections
+    base: str = "auto"  # correction arch: the variance baseline (auto = chosen on training rows)
     val_frac: float = 0.15
     grad_clip: float = 1.0
     seed: int = 0
@@ -90,8 +93,15 @@ class FitResult:
         """(drift bp, variance bp^2) for every row of the raw feature matrix X, running the
         network from a zero state over all rows (as the online forecaster would)."""
         z = self.normalizer.transform(X).astype(np.float32)
-        out = run_sequence(self.net, z)
-        return out[:, 0] * self.scales.drift_scale, np.exp(out[:, 1]) * self.scales.var_scale
+        out = run_sequence(self.net, z).astype(np.float64)
+        mu, lv = out[:, 0] * self.scales.drift_scale, out[:, 1]
+        oc = self.net.offset_cols
+        if oc is None:
+            lv = lv + math.log(self.scales.var_scale)
+        else:  # correction: the standardised offset log(V_best / var_scale) and the scale cancel
+            mu = mu + X[:, oc[0]]
+            lv = lv + X[:, oc[1]]
+        return mu, np.exp(lv)
 
 
 def set_seed(seed: int) -> None:
@@ -112,14 +122,23 @@ def run_sequence(net: LSTMNet, z: np.ndarray, state=None, chunk: int = 20000) ->
     return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)
 
 
-def _loss(out: torch.Tensor, yd: torch.Tensor, yv: torch.Tensor, m: torch.Tensor, w: float) -> tuple[torch.Tensor, float, float]:
+def _loss(out: torch.Tensor, yd: torch.Tensor, yv: torch.Tensor, m: torch.Tensor, w: float,
+          off: torch.Tensor | None = None, l2: float = 0.0) -> tuple[torch.Tensor, float, float]:
+    """QLIKE + w * drift MSE (standardised). ``off``: the baselines' standardised outputs that
+    the correction ``out`` is added to; ``l2`` penalises the correction's size."""
+    corr = out
+    if off is not None:
+        out = out + off
     s = out[..., 1]
     q = yv * torch.exp(-s) + s
     e = (out[..., 0] - yd) ** 2
     n = m.sum().clamp(min=1.0)
     ql = (q * m).sum() / n
     mse = (e * m).sum() / n
-    return ql + w * mse, float(ql.detach()), float(mse.detach())
+    loss = ql + w * mse
+    if off is not None and l2 > 0:
+        loss = loss + l2 * (((corr ** 2).sum(-1)) * m).sum() / n
+    return loss, float(ql.detach()), float(mse.detach())
 
 
 @contextlib.contextmanager
@@ -137,7 +156,9 @@ def _bar(enabled: bool, total: int, label: str):
 
 def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray,
         stream_end: int, cfg: TrainConfig, var_floor: float, *, stream_start: int = 0, warmup: int = 0,
-        progress: bool = False, label: str = "train", init: tuple[LSTMNet, Normalizer, Scales] | None = None) -> FitResult:
+        progress: bool = False, label: str = "train", init: tuple[LSTMNet, Normalizer, Scales] | None = None,
+        offset_cols: tuple[int, int] | None = None, mask_cols: tuple[int, ...] | list[int] = (),
+        normalizer: Normalizer | None = None, scales: Scales | None = None) -> FitResult:
     """Train on the raw feature matrix ``X`` (all rows of the series) and targets.
 
     Args:
@@ -148,6 +169,13 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
         var_floor: added to variance targets (bp^2), see :func:`models.targets.variance_floor`.
         init: (network, normaliser, scales) to fine-tune instead of a fresh model (their
             normalisation and scales are kept).
+        offset_cols: correction architecture: the columns of X holding the baselines' drift
+            (bp) and log variance (log bp^2); the network learns the correction on top of them
+            (zero-initialised, L2 ``cfg.corr_l2`` towards no correction).
+        mask_cols: columns the network does not see (normalised to 0: mean 0, std 1e30).
+        normalizer / scales: use these instead of fitting them on the training rows (several
+            markets, each standardised on its own rows before they are stacked:
+            :mod:`models.multimarket`).
     """
     t_start = time.perf_counter()
     set_seed(cfg.seed)
@@ -156,9 +184,14 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
     fit_rows = np.zeros(len(X), bool)
     fit_rows[stream_start:stream_end] = True
     if init is None:
-        norm = Normalizer.fit(X[fit_rows & np.all(np.isfinite(X), axis=1)])
-        sc = Scales.fit(drift[train_rows], var[train_rows], var_floor)
-        net = LSTMNet(X.shape[1], cfg.hidden, cfg.layers, cfg.dropout, cfg.skip)
+        if normalizer is not None:
+            norm = normalizer
+        else:
+            norm = Normalizer.fit(X[fit_rows & np.all(np.isfinite(X), axis=1)])
+            for j in mask_cols:
+                norm.mean[j], norm.std[j] = 0.0, 1e30
+        sc = scales if scales is not None else Scales.fit(drift[train_rows], var[train_rows], var_floor)
+        net = LSTMNet(X.shape[1], cfg.hidden, cfg.layers, cfg.dropout, cfg.skip, offset_cols=offset_cols)
     else:
         net, norm, sc = init
         net = copy.deepcopy(net)
@@ -168,6 +201,11 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
     yv = np.where(np.isfinite(var), (var + sc.var_floor) / sc.var_scale, 1.0).astype(np.float32)
     mtr = (train_rows & np.isfinite(drift) & np.isfinite(var)).astype(np.float32)
     mva = (val_rows & np.isfinite(drift) & np.isfinite(var)).astype(np.float32)
+    oc = net.offset_cols
+    offt = None
+    if oc is not None:
+        off = np.column_stack([X[:, oc[0]] / sc.drift_scale, X[:, oc[1]] - math.log(sc.var_scale)])
+        offt = torch.from_numpy(np.nan_to_num(off).astype(np.float32))
     if warmup:
         mtr[:warmup] = 0.0
         mva[:warmup] = 0.0
@@ -179,6 +217,12 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
         v_lo = max(0, int(val_idx[0]) - 4 * L)
         v_hi = int(val_idx[-1]) + 1
     best = (math.inf, 0, copy.deepcopy(net.state_dict()))
+    if offt is not None and len(val_idx) and init is None:
+        # epoch 0 = no correction (the best baseline itself): kept unless training beats it
+        out0 = torch.from_numpy(run_sequence(net, Z[v_lo:v_hi]))
+        sl = slice(v_lo, v_hi)
+        vl0, _, _ = _loss(out0, ydt[sl], yvt[sl], torch.from_numpy(mva[sl]), cfg.drift_weight, offt[sl], 0.0)
+        best = (float(vl0), 0, copy.deepcopy(net.state_dict()))
     history: list[dict] = []
     bad = 0
     with _bar(progress, cfg.max_epochs, label) as bar:
@@ -203,7 +247,8 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
                 m = mtrt[ii]
                 if float(m.sum()) == 0.0:
                     continue
-                loss, q, e = _loss(out, ydt[ii], yvt[ii], m, cfg.drift_weight)
+                loss, q, e = _loss(out, ydt[ii], yvt[ii], m, cfg.drift_weight,
+                                   None if offt is None else offt[ii], cfg.corr_l2)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -217,7 +262,8 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
             if len(val_idx):
                 out = torch.from_numpy(run_sequence(net, Z[v_lo:v_hi]))
                 sl = slice(v_lo, v_hi)
-                vl, vq, vm = _loss(out, ydt[sl], yvt[sl], torch.from_numpy(mva[sl]), cfg.drift_weight)
+                vl, vq, vm = _loss(out, ydt[sl], yvt[sl], torch.from_numpy(mva[sl]), cfg.drift_weight,
+                                   None if offt is None else offt[sl], 0.0)
                 rec.update(val_loss=float(vl), val_qlike=vq, val_mse=vm)
                 score = float(vl)
             else:

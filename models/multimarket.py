@@ -1,0 +1,309 @@
+"""Several markets in one dataset, and the leave-one-market-out (LOMO) evaluation.
+
+Each market (a recording: venue, symbol, span) gets its own features and targets on the
+common grid and horizon, and its own standardisation, fitted on its own rows only:
+
+* inputs: the :class:`~models.features.Normalizer` (z-scores; with ``--arch correction`` also
+  the baselines of :mod:`models.baseline_inputs`, fitted on the market's own rows);
+* targets: drift / the market's drift std, variance / its mean variance (bp^2), so one loss
+  weighs every market alike.
+
+With ``--arch correction`` every market uses the same variance baseline (by default the
+combination, ``combo``), so that a correction learned on some markets means the same on
+another; chosen per market (``--base auto``), "log V / V_best" would compare different things.
+
+The standardised markets are stacked in time order of their starts. Training streams run
+through the stack, so the recurrent state crosses from the end of one market into the
+first rows of the next; those are the next market's warm-up rows (no loss), so nothing is
+learned across the seam. No target spans two markets (targets are computed per market).
+
+Leave-one-market-out (:func:`lomo`): for each market M, the model is trained on the other
+markets and tested on M. A market whose span overlaps M's (captured at the same time, e.g.
+the perpetual or another coin on the same venue) is used only up to M's test start, so it
+cannot leak what happened on M's test span (correlated moves, shared volatility) into the
+model; markets captured at other times are used whole. M's first ``calib_frac`` of usable rows (its
+calibration prefix, not scored) is what M's standardisation (inputs, target scales) and
+M's baselines are fitted on, the baselines being fitted on the same rows as the model's
+standardisation; the model is never trained on M. Scores on M's remaining rows: QLIKE and
+MSE of the variance, drift MSE, R^2 and macro F1, and Diebold-Mariano tests against the
+baseline with the lowest test loss per head (the strongest comparison, chosen after the
+fact).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from models import calibrate as cal
+from models import dm as dm_
+from models.features import FeatureConfig, Normalizer, offline_features
+from models.targets import Horizon, variance_floor
+from models.train import FitResult, Scales, TrainConfig, fit
+
+
+@dataclass
+class Market:
+    """One market's dataset (features and targets on the common grid)."""
+
+    name: str
+    ds: cal.Dataset
+    events: np.ndarray
+    meta: dict
+
+    @property
+    def start_ns(self) -> int:
+        return int(self.ds.ff.ts_ns[0])
+
+
+def load_market(path: str | Path, fcfg: FeatureConfig, horizon: str, warmup: int, name: str | None = None,
+                max_hours: float | None = None) -> Market:
+    """A recording directory as a :class:`Market` (the first ``max_hours`` only, if given)."""
+    ev, meta = cal.load_events(path)
+    until = None
+    if max_hours is not None:
+        until = int(ev["local_ts"][0] + max_hours * 3600e9)
+    ds = cal.build_dataset(ev, meta, fcfg, horizon, warmup, until_ns=until)
+    nm = name or f"{meta.get('exchange')} {meta.get('market', '')} {meta.get('symbol')}".replace("  ", " ")
+    return Market(nm, ds, ev, meta)
+
+
+def _cut(m: Market, t_end_ns: int) -> cal.Dataset | None:
+    """The market's dataset restricted to grid times < ``t_end_ns`` (targets end there too)."""
+    ff = m.ds.ff
+    n = int(np.searchsorted(ff.ts_ns, t_end_ns, side="left"))
+    if n >= len(ff):
+        return m.ds
+    if n <= m.ds.warmup + 10:
+        return None
+    return cal.build_dataset(m.events, m.meta, ff.cfg, m.ds.tg.horizon, m.ds.warmup, ff=ff.slice(0, n),
+                             until_ns=int(ff.ts_ns[n - 1]))
+
+
+@dataclass
+class _Std:
+    """One market's standardised inputs and targets and what standardised them."""
+
+    X: np.ndarray  # raw model inputs
+    Z: np.ndarray  # standardised (offset columns: standardised baseline offsets)
+    drift: np.ndarray  # standardised
+    var: np.ndarray  # standardised (floor included)
+    scales: Scales
+    floor: float
+    spec: object
+    kw: dict
+
+
+def _standardise(ds: cal.Dataset, cfg: TrainConfig, rows: np.ndarray) -> _Std:
+    """Fit the market's standardisation (and baseline inputs) on ``rows`` and apply it."""
+    floor = variance_floor(ds.tg.var[rows])
+    X, kw, spec = cal.model_inputs(ds, cfg, rows, floor)
+    span = np.zeros(ds.n, bool)
+    span[ds.warmup : int(np.flatnonzero(rows)[-1]) + 1] = True
+    norm = Normalizer.fit(X[span & np.all(np.isfinite(X), axis=1)])
+    for j in kw.get("mask_cols", ()):
+        norm.mean[j], norm.std[j] = 0.0, 1e30
+    sc = Scales.fit(ds.tg.drift[rows], ds.tg.var[rows], floor)
+    Z = norm.transform(X)
+    oc = kw.get("offset_cols")
+    if oc is not None:
+        Z[:, oc[0]] = X[:, oc[0]] / sc.drift_scale
+        Z[:, oc[1]] = X[:, oc[1]] - math.log(sc.var_scale)
+    return _Std(X, Z, ds.tg.drift / sc.drift_scale, (ds.tg.var + floor) / sc.var_scale, sc, floor, spec, kw)
+
+
+def _identity(n: int, offset_cols) -> Normalizer:
+    std = np.ones(n)
+    if offset_cols is not None:
+        std[list(offset_cols)] = 1e30  # offsets: added to the output, not seen by the network
+    return Normalizer(np.zeros(n), std, 1e6)
+
+
+def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = False, label: str = "markets") -> tuple[FitResult, dict]:
+    """Train one network on several markets (each standardised on its own rows; the last
+    ``cfg.val_frac`` of each market's usable rows for early stopping). Returns the fit (its
+    normaliser is the identity: inputs must be standardised per market) and the kwargs."""
+    Zs, ds_, vs_, tr_, va_ = [], [], [], [], []
+    kw: dict = {}
+    for ds in datasets:
+        use = ds.usable()
+        u = np.flatnonzero(use)
+        v0 = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * (1.0 - cfg.val_frac))
+        idx = np.arange(ds.n)
+        tr = use & (idx < v0) & (ds.end_row < v0)
+        va = use & (idx >= v0)
+        st = _standardise(ds, cfg, tr | va)
+        kw = st.kw
+        Zs.append(st.Z)
+        ds_.append(st.drift)
+        vs_.append(st.var)
+        tr_.append(tr)
+        va_.append(va)
+    Z = np.vstack(Zs)
+    oc = kw.get("offset_cols")
+    res = fit(Z, np.concatenate(ds_), np.concatenate(vs_), np.concatenate(tr_), np.concatenate(va_), len(Z), cfg, 0.0,
+              progress=progress, label=label, offset_cols=oc, normalizer=_identity(Z.shape[1], oc),
+              scales=Scales(1.0, 1.0, 0.0))
+    return res, kw
+
+
+def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=None, progress: bool = False) -> list[dict]:
+    """Leave-one-market-out evaluation (see the module docstring); one result dict per market."""
+    markets = sorted(markets, key=lambda m: m.start_ns)
+    out = []
+    for held in markets:
+        t = time.perf_counter()
+        ds = held.ds
+        use = ds.usable()
+        u = np.flatnonzero(use)
+        c_end = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * calib_frac)
+        idx = np.arange(ds.n)
+        calib = use & (idx < c_end) & (ds.end_row < c_end)
+        test = use & (idx >= c_end)
+        t_test = int(ds.ff.ts_ns[c_end])
+        train_sets, used = [], []
+        for m in markets:
+            if m is held:
+                continue
+            t_end = int(ds.ff.ts_ns[-1])
+            overlaps = m.start_ns <= t_end and int(m.ds.ff.ts_ns[-1]) >= held.start_ns
+            d = _cut(m, t_test) if overlaps else m.ds
+            if d is not None and d.usable().sum() > 50:
+                train_sets.append(d)
+                used.append(m.name if d is m.ds else f"{m.name} (before the test start)")
+        row = {"market": held.name, "test_rows": int(test.sum()), "calib_rows": int(calib.sum()), "trained_on": used}
+        if not train_sets or test.sum() < 20 or calib.sum() < 20:
+            row["error"] = "no training market outside its test span" if not train_sets else "too few rows"
+            out.append(row)
+            continue
+        res, kw = fit_markets(train_sets, cfg, progress=progress, label=f"without {held.name}")
+        st = _standardise(ds, cfg, calib)
+        mu_s, var_s = res.predict(st.Z)
+        mu = mu_s * st.scales.drift_scale
+        var = var_s * st.scales.var_scale
+        floor = st.floor
+        v, y = ds.tg.var[test], ds.tg.drift[test]
+        tau = cal.fit_tau(ds.tg.drift[calib], mu[calib])
+        met = {"model": {**cal.vol_metrics(v, var[test], floor), **cal.drift_metrics(y, mu[test], cal.classify(mu[test], tau))}}
+        losses = {"qlike": {"model": dm_.qlike_rows(v + floor, var[test])}, "sqerr": {"model": (y - mu[test]) ** 2}}
+        oc = st.kw.get("offset_cols")
+        if oc is not None:  # the correction model's own baseline, without the correction
+            met["own_baseline"] = {**cal.vol_metrics(v, np.exp(st.X[test, oc[1]]), floor),
+                                   **cal.drift_metrics(y, st.X[test, oc[0]], cal.classify(st.X[test, oc[0]], tau))}
+        b = cal.fit_baselines(ds, calib, floor)
+        for name, h in b["var"].items():
+            met[name] = cal.vol_metrics(v, h[test], floor)
+            losses["qlike"][name] = dm_.qlike_rows(v + floor, h[test])
+        for name, mb in b["drift"].items():
+            met.setdefault(name, {}).update(cal.drift_metrics(y, mb[test], b["cls"][name][test]))
+            losses["sqerr"][name] = (y - mb[test]) ** 2
+        H = ds.horizon(calib)[0]
+        best_v = min((k for k in cal.VOL_MODELS if k in met and k != "lstm"), key=lambda k: met[k]["qlike"])  # ex post
+        best_d = min((k for k in cal.DRIFT_MODELS if k in met and k != "lstm"), key=lambda k: met[k]["mse"])
+        row.update(metrics=met, best_vol=best_v, best_drift=best_d, epochs=res.best_epoch,
+                   dm_vol=dm_.diebold_mariano(losses["qlike"]["model"], losses["qlike"][best_v], H),
+                   dm_drift=dm_.diebold_mariano(losses["sqerr"]["model"], losses["sqerr"][best_d], H),
+                   corr_baseline=getattr(st.spec, "best", None), seconds=round(time.perf_counter() - t, 1))
+        out.append(row)
+        if log is not None:
+            log(f"{held.name}: QLIKE model {met['model']['qlike']:.4f} vs {best_v} {met[best_v]['qlike']:.4f} "
+                f"(DM p {row['dm_vol']['p']:.3g}); drift MSE {met['model']['mse']:.4g} vs {best_d} {met[best_d]['mse']:.4g}; "
+                f"{row['seconds']} s")
+    return out
+
+
+_SHORT = {"ewma": "EWMA 0.94", "ewma_fit": "EWMA fit", "garch": "GARCH", "har": "HAR-RV", "zero": "zero",
+          "ofi_linear": "OFI lin.", "imb_logistic": "imb. logit"}
+
+
+def lomo_table(rows: list[dict], arch: str) -> str:
+    """Markdown tables of :func:`lomo`'s results (volatility, drift), with a summary line."""
+    L = [f"Volatility ({arch}): QLIKE on each held-out market's test rows", "",
+         "| held-out market | test rows | model | its own baseline | EWMA 0.94 | EWMA fit | GARCH | HAR-RV | best baseline | model / best | DM | p |",
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios, dwins = [], 0
+    ok = [r for r in rows if "metrics" in r]
+    for r in rows:
+        if "metrics" not in r:
+            L.append(f"| {r['market']} | {r['test_rows']} | {r.get('error')} | | | | | | | | | |")
+            continue
+        m = r["metrics"]
+        b = r["best_vol"]
+        ratio = m["model"]["qlike"] / m[b]["qlike"]
+        ratios.append(ratio)
+        d = r["dm_vol"]
+        own = f"{m['own_baseline']['qlike']:.4f} ({r.get('corr_baseline')})" if "own_baseline" in m else "-"
+        L.append(f"| {r['market']} | {r['test_rows']} | {m['model']['qlike']:.4f} | {own} | {m['ewma']['qlike']:.4f} | {m['ewma_fit']['qlike']:.4f} | "
+                 f"{m['garch']['qlike']:.4f} | {m['har']['qlike']:.4f} | {_SHORT[b]} | {ratio:.3f} | {d['dm']:+.2f} | {d['p']:.3g} |")
+    L += ["", f"Drift ({arch}): MSE (bp^2) and macro F1 (3 classes, dead zone fitted on the calibration prefix)", "",
+          "| held-out market | model MSE | zero | OFI lin. | imb. logit | best baseline | DM | p | model F1 | best F1 |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        m = r["metrics"]
+        b = r["best_drift"]
+        d = r["dm_drift"]
+        if m["model"]["mse"] < m["zero"]["mse"] and m["model"]["mse"] < m["ofi_linear"]["mse"]:
+            dwins += 1
+        bf = max((k for k in cal.DRIFT_MODELS if k in m and k != "lstm"), key=lambda k: m[k]["f1"])
+        L.append(f"| {r['market']} | {m['model']['mse']:.4g} | {m['zero']['mse']:.4g} | {m['ofi_linear']['mse']:.4g} | "
+                 f"{m['imb_logistic']['mse']:.4g} | {_SHORT[b]} | {d['dm']:+.2f} | {d['p']:.3g} | {m['model']['f1']:.3f} | "
+                 f"{m[bf]['f1']:.3f} ({_SHORT[bf]}) |")
+    if ratios:
+        vw = sum(x < 1 for x in ratios)
+        L += ["", f"Volatility: the model beats the best baseline on {vw} of {len(ratios)} held-out markets; mean "
+                  f"QLIKE ratio model / best baseline {np.mean(ratios):.3f}. Drift: the model beats both zero drift and "
+                  f"the OFI regression on MSE on {dwins} of {len(ok)} markets."]
+    return "\n".join(L)
+
+
+def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1.0, horizon: str = "10s",
+                 rv_windows: str = "10,60", hidden: int = 8, lookback: int = 128, max_epochs: int = 30,
+                 calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
+                 progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
+                 weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
+                 base: str = "combo") -> tuple[list[dict], str]:
+    """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
+    are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
+    fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
+    cfg = TrainConfig(hidden=hidden, lookback=lookback, max_epochs=max_epochs, patience=patience, batch=16, arch=arch,
+                      seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2,
+                      base=base)
+    warmup = max(max(fcfg.rv_windows), lookback)
+    Horizon.parse(horizon)
+    markets = []
+    for p in data:
+        m = load_market(p, fcfg, horizon, warmup, name=Path(p).name, max_hours=max_hours)
+        log(f"{m.name}: {m.ds.n} rows, {int(m.ds.usable().sum())} usable")
+        markets.append(m)
+    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress)
+    return rows, lomo_table(rows, arch)
+
+
+if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|correction]
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="leave-one-market-out evaluation of the forecaster")
+    ap.add_argument("data", nargs="+", type=Path)
+    ap.add_argument("--arch", default="correction")
+    ap.add_argument("--sample-s", type=float, default=1.0)
+    ap.add_argument("--horizon", default="10s")
+    ap.add_argument("--rv-windows", default="10,60")
+    ap.add_argument("--hidden", type=int, default=8)
+    ap.add_argument("--lookback", type=int, default=128)
+    ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--corr-l2", type=float, default=1.0)
+    ap.add_argument("--base", default="combo", help="correction arch: the variance baseline of every market (auto = chosen per market)")
+    ap.add_argument("--calib-frac", type=float, default=0.3)
+    ap.add_argument("--max-hours", type=float, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
+                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base)
+    print(table)
+    if a.json:
+        a.json.write_text(json.dumps(rows, default=float, indent=1))
