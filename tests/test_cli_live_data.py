@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from waiting import CEILING_S, db_count
+
 ROOT = Path(__file__).resolve().parents[1]
-CEILING_S = 120.0  # how long a condition may take on a loaded machine before the test fails
 
 
 async def mmbot(*args, cwd=ROOT, timeout=90):
@@ -36,15 +37,6 @@ async def start_mmbot(*args, cwd=ROOT):
     )
 
 
-def db_count(db, sql) -> int:
-    try:
-        con = sqlite3.connect(db, timeout=30)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
 
 
 async def wait_then_interrupt(p, pred, what):

@@ -14,31 +14,14 @@ from pathlib import Path
 
 from bot.persistence import liveness
 from bot.persistence.store import open_store
+from waiting import db_rows, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKING = "('new','open','partially_filled')"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def wait_for(pred, what, proc, timeout=120.0):
-    end = time.monotonic() + timeout
-    while not pred():
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def q(db, sql):
-    try:
-        con = sqlite3.connect(db, timeout=30)
-        try:
-            return con.execute(sql).fetchall()
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # the database is not created yet
-        return []
+q = db_rows
 
 
 def report_json(db, run):

@@ -24,6 +24,7 @@ from bot.persistence.report import build_report
 from bot.persistence.store import open_store
 from paper_trading.fill_models import IntensityFillModel
 from paper_trading.paper_exchange import PaperExchange
+from waiting import db_count
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,15 +141,7 @@ def test_sigint_cancels_orders_and_marks_run_interrupted(tmp_path):
     assert con.execute("select count(*) from orders where state='canceled'").fetchone()[0] > 0
 
 
-def _count(db, sql) -> int:
-    try:
-        con = sqlite3.connect(db, timeout=30)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
+_count = db_count
 
 
 def _book(bid, ask):

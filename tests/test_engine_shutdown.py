@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -31,33 +30,11 @@ from paper_trading.fill_models import IntensityFillModel
 from paper_trading.paper_exchange import PaperExchange
 from paper_trading.sim_market import SimulatedMarket
 from strategies.market_maker import build_strategy
+from waiting import db_count, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 HL_CAPTURE = ROOT.parent / "shared" / "data" / "binance" / "hyperliquid" / "btcusd_20250126.gz"
 WORKING = "('new','open','partially_filled')"
-
-
-def wait_for(pred, what, timeout=120.0, proc=None):
-    """Poll ``pred`` until true; fail after ``timeout`` s (a generous ceiling, not a timing
-    assumption) or when ``proc`` exits first."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def db_count(db, sql):
-    try:
-        con = sqlite3.connect(db, timeout=30)
-        try:
-            return con.execute(sql).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
 
 
 def test_sigint_at_speed_0_stops_the_run(tmp_path):
