@@ -71,6 +71,7 @@ def tune(
     risk_penalty: float = typer.Option(1000.0, "--risk-penalty", help="phi of risk_adjusted_pnl, quote/(base^2 s)"),
     min_sharpe_minutes: int = typer.Option(10, "--min-sharpe-minutes", help="sharpe: fewest one-minute PnL changes"),
     grid_points: int = typer.Option(5, "--grid-points", min=1, help="grid sampler: values per numeric parameter"),
+    min_workers: int = typer.Option(1, "--min-workers", min=1, help="wait (at most 10 min) until this many worker processes, on any machine, joined the study before taking trials"),
     keep_best_db: bool = typer.Option(False, "--keep-best-db", help="re-run the best trial's folds with the full order log into OUT/best.db"),
     report_only: bool = typer.Option(False, "--report", help="only rebuild the outputs from --storage/--study"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (on a terminal)"),
@@ -80,7 +81,6 @@ def tune(
     import optuna
 
     from paper_trading.tune import objectives as obj
-    from paper_trading.tune import report as rep
     from paper_trading.tune import study as st
 
     from paper_trading.tune.study import quiet_optuna
@@ -145,7 +145,7 @@ def tune(
     study, created = st.open_study(stor, study_name, directions, trials, settings)
     out.mkdir(parents=True, exist_ok=True)
     s0 = Settings(url, study_name, plan, base_json, sp, objectives, sampler, pruner if len(objectives) == 1 else "none",
-                  seed, timeout, risk_penalty, min_sharpe_minutes, grid_points)
+                  seed, timeout, risk_penalty, min_sharpe_minutes, grid_points, min_workers=min_workers)
     t0 = time.perf_counter()
     stats, interrupted, crashed = _run_workers(s0, jobs, study, progress and sys.stdout.isatty() and not json_out, objectives)
     wall = time.perf_counter() - t0

@@ -127,6 +127,8 @@ class Worker:
         record the full run in (``--keep-best-db``) instead of the summary only."""
         from paper_trading.backtest import build_replay_engine
 
+        if not self.holdout and seg.end_ns > self.plan.cutoff_ns:
+            raise RuntimeError("a trial worker was given a segment past the held-out cut-off")  # a bug, never data
         if seg.duration_s <= cfg.replay.warmup_s + cfg.replay.interval_s:
             return None
         ev, meta = self.recording(seg.rec)
@@ -185,6 +187,7 @@ class Settings:
     min_sharpe_minutes: int = 10
     grid_points: int = 5
     worker_index: int = 0
+    min_workers: int = 1
     extra: dict = field(default_factory=dict)
 
 
@@ -316,6 +319,8 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
     for r in range(len(s.plan.recordings)):  # load once, before the first trial
         if s.plan.in_sample_limit(r) is not None and any(seg.rec == r for f in s.plan.folds for seg in f):
             worker.recording(r)
+    if s.min_workers > 1:
+        _wait_for_workers(study, storage, study_id, s.min_workers)
     deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
     n = 0
     t0 = time.perf_counter()
@@ -332,6 +337,21 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
             on_trial(n)
     return {"trials": n, "events": worker.events_replayed, "backtest_s": worker.backtest_s,
             "wall_s": time.perf_counter() - t0}
+
+
+def _wait_for_workers(study, storage, study_id: int, n: int, ceiling_s: float = 600.0) -> None:
+    """``--min-workers``: register this worker in the study, then wait until ``n`` workers
+    registered in the last ``ceiling_s`` seconds (or ``ceiling_s`` passed) before taking
+    trials: processes started together then share the trials."""
+    me = f"worker:{socket.gethostname()}:{os.getpid()}"
+    study.set_user_attr(me, time.time())
+    t_end = time.monotonic() + ceiling_s
+    while time.monotonic() < t_end:
+        now = time.time()
+        attrs = storage.get_study_user_attrs(study_id)
+        if sum(1 for k, v in attrs.items() if k.startswith("worker:") and now - float(v) < ceiling_s) >= n:
+            return
+        time.sleep(0.2)
 
 
 def process_main(s: Settings, out_q=None) -> None:
