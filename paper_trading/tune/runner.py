@@ -314,6 +314,7 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
     study = optuna.load_study(study_name=s.study_name, storage=storage,
                               sampler=make_sampler(s.sampler, s.seed + s.worker_index, s.space, len(s.objectives), s.grid_points),
                               pruner=make_pruner(s.pruner))
+    storage = study._storage  # Optuna wraps an RDB storage in a cache: claim trials through the same object
     study_id = storage.get_study_id_from_name(s.study_name)
     worker = Worker(s.plan)
     for r in range(len(s.plan.recordings)):  # load once, before the first trial
