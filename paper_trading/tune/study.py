@@ -75,11 +75,19 @@ def make_storage(url: str):
     retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
     cb_kw = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
              else {"failed_trial_callback": retry(max_retry=1)})
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **cb_kw)
-    except Exception as e:  # noqa: BLE001 - driver and connection errors of any kind
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--storage {_redact(url)}: cannot open the study storage: {msg}") from None
+    # processes that start together race to create Optuna's tables (a unique-key error in
+    # PostgreSQL's catalog for the loser): the tables exist on the next attempt
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=dict(kwargs), heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S, **cb_kw)
+        except Exception as e:  # noqa: BLE001 - driver and connection errors of any kind
+            last = e
+            if "duplicate key" not in str(e) and "already exists" not in str(e):
+                break
+            time.sleep(0.2 * (attempt + 1))
+    msg = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    raise ConfigError(f"--storage {_redact(url)}: cannot open the study storage: {msg}") from None
 
 
 def _redact(url: str) -> str:
@@ -87,7 +95,8 @@ def _redact(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
+        if ":" in cred:
+            return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
     return url
 
 
