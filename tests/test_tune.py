@@ -8,7 +8,6 @@ study alone, and trials are deterministic for a seed."""
 import csv
 import json
 import signal
-import sqlite3
 import time
 
 import pytest
@@ -44,18 +43,15 @@ def tune_args(rec, d, out, *extra):
     return ["tune", "--data", rec, "--space", space, "--config", base, "--out", out, "--no-progress", *extra]
 
 
-def study_trials(db, study="mmbot-tune"):
-    """(number, state, value, user summary) of every trial, straight from Optuna's tables."""
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute(
-            "SELECT t.number, t.state, v.value, a.value_json FROM trials t JOIN studies s ON s.study_id = t.study_id "
-            "LEFT JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 "
-            "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'summary' "
-            "WHERE s.study_name = ? ORDER BY t.number", (study,)).fetchall()
-    finally:
-        con.close()
-    return [(n, st, v, json.loads(s) if s else None) for n, st, v, s in rows]
+def study_trials(out, study="mmbot-tune"):
+    """(number, state, value, user summary) of every trial of the study in OUT/study.journal."""
+    import optuna
+
+    from paper_trading.tune.study import make_storage
+
+    st = optuna.load_study(study_name=study, storage=make_storage(f"journal:{out / 'study.journal'}"))
+    return [(t.number, t.state.name, t.values[0] if t.values else None, t.user_attrs.get("summary"))
+            for t in st.get_trials(deepcopy=False)]
 
 
 def test_tune_jobs2_beats_bad_config_holdout_untouched_report_rebuilt(rec, tmp_path):
@@ -64,7 +60,7 @@ def test_tune_jobs2_beats_bad_config_holdout_untouched_report_rebuilt(rec, tmp_p
                          "--holdout", 0.25, "--seed", 3, "--json"))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    trials = study_trials(out / "study.db")
+    trials = study_trials(out)
     # the exact budget, every trial finished, by two worker processes
     assert len(trials) == 10 and all(st in ("COMPLETE", "PRUNED") for _, st, _, _ in trials)
     assert len({s["worker"] for _, _, _, s in trials}) == 2
@@ -73,7 +69,7 @@ def test_tune_jobs2_beats_bad_config_holdout_untouched_report_rebuilt(rec, tmp_p
 
     from paper_trading.tune.study import SETTINGS_ATTR, make_storage
 
-    study = load_study(study_name="mmbot-tune", storage=make_storage(f"sqlite:///{out / 'study.db'}"))
+    study = load_study(study_name="mmbot-tune", storage=make_storage(f"journal:{out / 'study.journal'}"))
     settings = study.user_attrs[SETTINGS_ATTR]
     cutoff = settings["cutoff_ns"]
     assert all(0 < s["last_ts"] < cutoff for _, _, _, s in trials)
@@ -97,7 +93,7 @@ def test_tune_jobs2_beats_bad_config_holdout_untouched_report_rebuilt(rec, tmp_p
     assert "In-sample and held-out" in html and "history.png" in html and (out / "history.png").stat().st_size > 1000
     # the report from the study alone, into another directory
     out2 = tmp_path / "again"
-    r = mmbot("tune", "--report", "--storage", f"sqlite:///{out / 'study.db'}", "--study", "mmbot-tune", "--out", out2)
+    r = mmbot("tune", "--report", "--storage", f"journal:{out / 'study.journal'}", "--study", "mmbot-tune", "--out", out2)
     assert r.returncode == 0, r.stderr
     assert "In-sample and held-out" in (out2 / "report.html").read_text()
     assert yaml.safe_load((out2 / "best.yaml").read_text()) == best
@@ -115,10 +111,10 @@ def test_best_yaml_reproduces_in_backtest_and_trials_are_deterministic(rec, tmp_
                              "--seed", 11, "--json"))
         assert r.returncode == 0, r.stderr
         res.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        assert [st for _, st, _, _ in study_trials(d / "out" / "study.db")] == ["COMPLETE"] * 3
+        assert [st for _, st, _, _ in study_trials(d / "out")] == ["COMPLETE"] * 3
     assert res[0]["best"] == res[1]["best"]
-    a = [(n, v) for n, _, v, _ in study_trials(tmp_path / "a" / "out" / "study.db")]
-    assert a == [(n, v) for n, _, v, _ in study_trials(tmp_path / "b" / "out" / "study.db")]
+    a = [(n, v) for n, _, v, _ in study_trials(tmp_path / "a" / "out")]
+    assert a == [(n, v) for n, _, v, _ in study_trials(tmp_path / "b" / "out")]
     assert len({v for _, v in a}) > 1  # the parameters matter
     d = tmp_path / "a"
     r = mmbot("backtest", "--data", rec, "--config", d / "out" / "best.yaml", "--db", d / "best_bt.db", "--out", d / "bt",
@@ -136,10 +132,10 @@ def _wait(cond, what, ceiling=120.0):
         time.sleep(0.1)
 
 
-def _finished(db):
+def _finished(out):
     try:
-        return sum(1 for _, st, _, _ in study_trials(db) if st in ("COMPLETE", "PRUNED"))
-    except sqlite3.Error:
+        return sum(1 for _, st, _, _ in study_trials(out) if st in ("COMPLETE", "PRUNED"))
+    except KeyError:  # the study is not created yet
         return 0
 
 
@@ -147,12 +143,12 @@ def test_ctrl_c_stops_after_running_trial_and_same_command_resumes(rec, tmp_path
     out = tmp_path / "out"
     args = tune_args(rec, tmp_path, out, "--trials", 40, "--folds", 1, "--holdout", 0, "--pruner", "none", "--seed", 5)
     p = mmbot_popen(*args)
-    _wait(lambda: (out / "study.db").exists() and _finished(out / "study.db") >= 1, "a first finished trial")
+    _wait(lambda: (out / "study.journal").exists() and _finished(out) >= 1, "a first finished trial")
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 130, err
     assert "interrupted" in err and "the same command resumes" in err
-    trials = study_trials(out / "study.db")
+    trials = study_trials(out)
     states = [st for _, st, _, _ in trials]
     done = states.count("COMPLETE") + states.count("PRUNED")
     assert 1 <= done < 40
@@ -161,7 +157,7 @@ def test_ctrl_c_stops_after_running_trial_and_same_command_resumes(rec, tmp_path
     assert (out / "best.yaml").exists() and (out / "trials.csv").exists()  # finished work is kept
     r = mmbot(*args)
     assert r.returncode == 0, r.stderr
-    trials = study_trials(out / "study.db")
+    trials = study_trials(out)
     assert len(trials) == 40 and all(st == "COMPLETE" for _, st, _, _ in trials)
 
 

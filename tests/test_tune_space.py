@@ -70,7 +70,7 @@ def test_cli_bad_space_is_one_line_exit_2_before_any_trial(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert "strategy.pricing.gamma: value 0.0 is rejected by the config" in lines[0]
-    assert not (tmp_path / "out" / "study.db").exists()  # nothing ran, no study was created
+    assert not (tmp_path / "out" / "study.journal").exists()  # nothing ran, no study was created
 
 
 def test_cli_bad_objective_and_sampler(tmp_path):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ def tune(
     trials: int = typer.Option(50, "--trials", min=1, help="finished trials the study holds (its budget, shared by all workers)"),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop pulling new trials after this many seconds"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="worker processes on this machine"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... to share a study between machines; journal:PATH"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage (default: journal file OUT/study.journal); postgresql://... to share a study between machines; journal:PATH"),
     study_name: str = typer.Option("mmbot-tune", "--study", help="study name: processes with the same --study and --storage cooperate"),
     objective: list[str] = typer.Option(["pnl"], "--objective", help="pnl | risk_adjusted_pnl | sharpe | pnl_per_volume | inventory_risk; two (comma-separated or repeated) for a Pareto front"),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe | random | cmaes | grid | nsga2 (default: tpe, nsga2 for two objectives)"),
@@ -88,8 +89,8 @@ def tune(
     quiet_optuna()
     url = st.storage_url(storage, out)
     if report_only:
-        if storage is None and not (out / "study.db").exists():
-            raise ConfigError(f"--report: no study database at {out / 'study.db'}; give --storage and --study")
+        if storage is None and not (out / "study.journal").exists():
+            raise ConfigError(f"--report: no study at {out / 'study.journal'}; give --storage and --study")
         stor = st.make_storage(url)
         study = st.load_settings(stor, study_name)
         settings = study.user_attrs[st.SETTINGS_ATTR]
@@ -214,6 +215,11 @@ def _run_workers(s0, jobs: int, study, show: bool, objectives: list[str]):
     while not q.empty():
         stats.append(q.get())
     crashed = [p.exitcode for p in procs if p.exitcode != 0]
+    if crashed:  # their running trials go back to the queue (RDB storages do this by heartbeat)
+        from paper_trading.tune.study import requeue_dead
+
+        host = socket.gethostname()
+        requeue_dead(study, {f"{host}:{p.pid}" for p in procs if p.exitcode != 0})
     return stats, stop.set, crashed
 
 

@@ -224,6 +224,7 @@ def run_trial(study, trial_id: int, worker: Worker, s: Settings) -> None:
     from optuna.trial import TrialState
 
     trial = optuna.Trial(study, trial_id)
+    trial.set_user_attr("claimed_by", f"{socket.gethostname()}:{os.getpid()}")
     seed = trial_seed(s.seed, trial.number)
     random.seed(seed)
     np.random.seed(seed)
@@ -320,6 +321,7 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
     for r in range(len(s.plan.recordings)):  # load once, before the first trial
         if s.plan.in_sample_limit(r) is not None and any(seg.rec == r for f in s.plan.folds for seg in f):
             worker.recording(r)
+    _warm_up(worker, s)
     if s.min_workers > 1:
         _wait_for_workers(study, storage, study_id, s.min_workers)
     deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
@@ -338,6 +340,16 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
             on_trial(n)
     return {"trials": n, "events": worker.events_replayed, "backtest_s": worker.backtest_s,
             "wall_s": time.perf_counter() - t0}
+
+
+def _warm_up(worker: Worker, s: Settings) -> None:
+    """One short backtest of the base config before the first trial (numba's cached
+    kernels load, imports finish), so that trials cost the same from the first one on."""
+    cfg = config_from_dict(s.base_config, "(tuning config)")
+    seg = s.plan.folds[0][0]
+    span = int((cfg.replay.warmup_s + 20 * cfg.replay.interval_s) * 1e9)
+    worker.run_segment(cfg, Segment(seg.rec, seg.start_ns, min(seg.end_ns, seg.start_ns + span)))
+    worker.events_replayed, worker.backtest_s = 0, 0.0
 
 
 def _wait_for_workers(study, storage, study_id: int, n: int, ceiling_s: float = 600.0) -> None:

@@ -2,17 +2,21 @@
 
 Storage (``--storage``):
 
-* unset: ``sqlite:///OUT/study.db`` next to the output; all ``--jobs`` processes of one
-  machine share it (Optuna's RDB storage with a 60 s lock timeout, heartbeats on);
+* unset: Optuna's journal file storage, ``OUT/study.journal``; all ``--jobs`` processes of
+  one machine share it (appends under a file lock; claiming a queued trial is atomic);
 * ``postgresql://user:pass@host:port/db`` (or ``postgresql+psycopg://...``): one study
-  shared by any number of processes on any number of machines (psycopg 3 driver);
-* ``journal:PATH``: Optuna's journal file storage (one machine or a shared file system;
-  no heartbeats: a killed worker's running trial stays RUNNING).
+  shared by any number of processes on any number of machines (psycopg 3 driver; Optuna's
+  RDB storage, which claims trials with row locks);
+* ``journal:PATH``: a journal file elsewhere (e.g. on a shared file system);
+* ``sqlite:///PATH``: fine for one worker process; SQLite has no row locks, so two processes
+  may claim the same queued trial: use the journal file for ``--jobs`` above 1.
 
-With RDB storage the workers record a heartbeat every ``HEARTBEAT_S`` seconds; a trial whose
-worker died is marked failed after ``GRACE_S`` seconds by the next worker that looks
-(``optuna.storages.fail_stale_trials``) and re-queued once (Optuna's retry callback), so the
-study still ends with its full number of finished trials.
+With RDB storage (PostgreSQL) the workers record a heartbeat every ``HEARTBEAT_S`` seconds;
+a trial whose worker died is marked failed after ``GRACE_S`` seconds by the next worker that
+looks (``optuna.storages.fail_stale_trials``) and re-queued once (Optuna's retry callback),
+so the study still ends with its full number of finished trials. The journal file has no
+heartbeats: when one of the ``--jobs`` worker processes dies, ``mmbot tune`` itself marks
+that process's running trial failed and re-queues it.
 
 The trial budget is Optuna's own trial queue: the process that creates the study enqueues
 ``--trials`` WAITING trials (no fixed parameters: the sampler picks them when a worker
@@ -42,7 +46,7 @@ def storage_url(storage: str | None, out: Path) -> str:
             return "postgresql+psycopg://" + storage[len("postgresql://"):]
         return storage
     out.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(out / 'study.db').resolve()}"
+    return f"journal:{(out / 'study.journal').resolve()}"
 
 
 def quiet_optuna() -> None:
@@ -165,6 +169,20 @@ def open_study(storage, name: str, directions: list[str], budget: int, settings:
         raise ConfigError(f"study {name!r} was created with other settings (objectives, space, data or folds): "
                           "use another --study name, or the same options")
     return study, False
+
+
+def requeue_dead(study, dead: set[str]) -> int:
+    """Mark RUNNING trials claimed by the dead workers (``host:pid``) failed and queue a
+    fresh trial for each; returns how many."""
+    from optuna.trial import TrialState
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("claimed_by") in dead:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            study.enqueue_trial({})
+            n += 1
+    return n
 
 
 def load_settings(storage, name: str) -> dict:
