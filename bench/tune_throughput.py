@@ -14,7 +14,10 @@ start, imports, loading the recording and one warm-up backtest happen before it 
 workers wait for each other, ``--min-workers``, so both loops start together); the held-out
 evaluation and the report after it. ``trials_per_hour`` = trials / the longest worker loop;
 ``events_per_s_per_worker`` = recording rows replayed by a worker / its loop time.
-``wall_s`` is the whole command, startup and outputs included.
+``events_per_cpu_s_per_worker`` divides by the worker's CPU time instead, and ``cpu_share``
+is CPU time / loop time: on a machine shared with other work, a share well below 1 means
+the worker waited for a core, not for the study. ``wall_s`` is the whole command, startup
+and outputs included.
 
 Prints one JSON line.
 """
@@ -47,6 +50,8 @@ def run(rec: Path, jobs: int, trials: int, out: Path) -> dict:
     return {"jobs": jobs, "trials": sum(x["trials"] for x in w), "trials_per_worker": [x["trials"] for x in w],
             "loop_s": round(loop, 2), "trials_per_hour": round(sum(x["trials"] for x in w) / loop * 3600),
             "events_per_s_per_worker": [round(x["events"] / x["wall_s"]) for x in w],
+            "events_per_cpu_s_per_worker": [round(x["events"] / x["cpu_s"]) for x in w],
+            "cpu_share": [round(x["cpu_s"] / x["wall_s"], 3) for x in w],
             "backtest_share": [round(x["backtest_s"] / x["wall_s"], 3) for x in w], "wall_s": s["wall_s"]}
 
 

@@ -178,3 +178,30 @@ def test_two_processes_one_journal_study(rec, tmp_path):
     assert len(trials) == 8
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
     assert len({t.user_attrs["summary"]["worker"] for t in trials}) == 2
+
+
+def test_two_objectives_pareto_set_held_out_and_best_db(rec, tmp_path):
+    """PnL against inventory risk with NSGA-II: the Pareto set is re-run on the held-out
+    segment and drawn; --keep-best-db records the best trial's folds with the full order log."""
+    out = tmp_path / "out"
+    r = mmbot(*tune_args(rec, tmp_path, out, "--trials", 6, "--folds", 2, "--holdout", 0.25, "--objective", "pnl,inventory_risk",
+                         "--keep-best-db", "--json"))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    import optuna
+
+    from paper_trading.tune.study import make_storage
+
+    study = optuna.load_study(study_name="mmbot-tune", storage=make_storage(f"journal:{out / 'study.journal'}"))
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    pareto = sorted(t.number for t in study.best_trials)
+    assert [row["trial"] for row in s["holdout"]] == pareto
+    assert s["best"]["trial"] in pareto
+    assert "pareto.png" in (out / "report.html").read_text() and (out / "pareto.png").exists()
+    import sqlite3
+
+    con = sqlite3.connect(out / "best.db")
+    runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    orders = con.execute("SELECT count(*) FROM orders").fetchone()[0]
+    con.close()
+    assert runs == 2 and orders > 0  # one run per fold, with its orders

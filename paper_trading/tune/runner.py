@@ -326,7 +326,7 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
         _wait_for_workers(study, storage, study_id, s.min_workers)
     deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
     n = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     heartbeat = hasattr(storage, "get_heartbeat_interval") and storage.get_heartbeat_interval()
     while not stop.set and time.monotonic() < deadline:
         if heartbeat:
@@ -339,7 +339,7 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
         if on_trial is not None:
             on_trial(n)
     return {"trials": n, "events": worker.events_replayed, "backtest_s": worker.backtest_s,
-            "wall_s": time.perf_counter() - t0}
+            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 def _warm_up(worker: Worker, s: Settings) -> None:
