@@ -31,6 +31,7 @@ def write_inputs(d, maker_fee=0.0):
     strategy's, not the fee floor's) and the two-parameter space."""
     cfg = yaml.safe_load((ROOT / "config" / "backtest.yaml").read_text())
     cfg["paper"]["maker_fee"] = maker_fee
+    cfg["forecaster"]["model"] = "none"  # its 300 s warm-up exceeds the slice (tested in test_tune_forecasts.py)
     cfg["database"]["url"] = f"sqlite:///{d / 'bt.db'}"
     cfg["replay"]["report_dir"] = str(d / "bt_report")
     (d / "base.yaml").write_text(yaml.safe_dump(cfg))

@@ -109,16 +109,16 @@ def tune(
         raise ConfigError(f"--timeout must be positive, got {timeout}")
     from bot.config import load_config
     from paper_trading.tune.folds import make_plan
-    from paper_trading.tune.runner import Settings, tuning_config
+    from paper_trading.tune.runner import Settings
     from paper_trading.tune.space import load_space
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
-    base = tuning_config(load_config(config))
+    base = load_config(config)
+    from bot.config import build_forecaster
+
+    build_forecaster(base)  # a bad model file fails here, before any trial
     sp = load_space(space, base)
-    bad = [p for p in sp.paths if p.startswith("forecaster.")]
-    if bad:
-        raise ConfigError(f"{space}: {bad[0]}: the forecaster is off in tuning (forecaster.model: none); remove forecaster paths")
     st.check_sampler(sampler, len(objectives), sp)
     recs = _recordings(data)
     min_fold = base.replay.warmup_s + 10 * base.replay.interval_s

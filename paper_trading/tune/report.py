@@ -92,7 +92,7 @@ def write_best_yaml(settings: dict, trial, objectives: list[str], path: Path) ->
     vals = ", ".join(f"{n} = {v:.6g}" for n, v in zip(objectives, trial.values))
     head = (f"# mmbot config from `mmbot tune`, study {settings.get('study')!r}, trial {trial.number}: {vals} (in-sample)\n"
             f"# tuned parameters: {json.dumps(trial.params)}\n"
-            "# The forecaster is off (forecaster.model: none) as it was in every trial. Units as in config/backtest.yaml.\n")
+            "# Units as in config/backtest.yaml.\n")
     path.write_text(head + yaml.safe_dump(data, sort_keys=False))
     return path
 

@@ -8,8 +8,9 @@ orders and fills) and leaves one summary row in the study (the trial's user attr
 every objective, fills, traded notional, events replayed, elapsed seconds, the last
 recorded timestamp it read).
 
-The forecaster is off in tuning (``forecaster.model: none``): a trial's backtest runs the
-pricing model and controls only.
+Forecasts do not depend on strategy parameters: with the forecaster on, each worker
+computes a segment's forecasts once and every trial replays them
+(:mod:`paper_trading.tune.forecasts`).
 
 Determinism: a backtest has no random element (the replay venue and the strategy are
 deterministic given the data and the config); each trial still gets its own seed,
@@ -85,13 +86,6 @@ class SummaryStore:
         pass
 
 
-def tuning_config(cfg: Config) -> Config:
-    """The config trials start from: ``cfg`` with the forecaster off (see the module docstring)."""
-    data = cfg.model_dump(mode="json")
-    data["forecaster"]["model"] = "none"
-    return config_from_dict(data, "(tuning config)")
-
-
 def trial_seed(seed: int, number: int) -> int:
     return (seed * 1_000_003 + number) % (2**32)
 
@@ -103,6 +97,7 @@ class Worker:
         self.plan = plan
         self.holdout = holdout
         self._events: dict[int, tuple] = {}
+        self._forecasts: dict[tuple, object] = {}
         self.events_replayed = 0
         self.backtest_s = 0.0
 
@@ -145,7 +140,8 @@ class Worker:
 
             db_store.record_pnl = record_pnl
         engine, source = build_replay_engine(self.plan.recordings[seg.rec].path, cfg, db_store or store, mode="backtest", speed=0.0,
-                                             events_meta=(events, meta), forecaster=None, start_ns=seg.start_ns)
+                                             events_meta=(events, meta), forecaster=self.forecasts(cfg, seg, events, meta),
+                                             start_ns=seg.start_ns)
         engine.handle_signals = False  # Ctrl-C is the worker's: it finishes the running trial
         gc.freeze()
         try:
@@ -164,6 +160,18 @@ class Worker:
             snap_ts=np.asarray(store.ts, dtype=np.int64), snap_q=np.asarray(store.q), snap_pnl=np.asarray(store.pnl),
             events=n - i0, first_ts=int(events["local_ts"][i0]) if i0 < len(events) else 0,
             last_ts=int(events["local_ts"][n - 1]) if n else 0)
+
+    def forecasts(self, cfg: Config, seg: Segment, events, meta):
+        """The segment's forecasts, computed on first use and shared by every later trial
+        with the same decision grid and forecaster config (see :mod:`forecasts`)."""
+        from paper_trading.tune.forecasts import cache_key, precompute
+
+        if cfg.forecaster.model.lower() == "none":
+            return None
+        key = cache_key(cfg, seg)
+        if key not in self._forecasts:
+            self._forecasts[key] = precompute(events, meta, cfg, seg.start_ns)
+        return self._forecasts[key]
 
     def run_segments(self, cfg: Config, segs) -> list[obj.FoldResult]:
         return [r for r in (self.run_segment(cfg, s) for s in segs) if r is not None]
@@ -344,11 +352,16 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
 
 def _warm_up(worker: Worker, s: Settings) -> None:
     """One short backtest of the base config before the first trial (numba's cached
-    kernels load, imports finish), so that trials cost the same from the first one on."""
+    kernels load, imports finish) and the folds' forecasts, so that trials cost the same
+    from the first one on."""
     cfg = config_from_dict(s.base_config, "(tuning config)")
     seg = s.plan.folds[0][0]
     span = int((cfg.replay.warmup_s + 20 * cfg.replay.interval_s) * 1e9)
     worker.run_segment(cfg, Segment(seg.rec, seg.start_ns, min(seg.end_ns, seg.start_ns + span)))
+    for fold in s.plan.folds:  # the folds' forecasts (a trial that tunes the decision grid computes its own)
+        for sg in fold:
+            ev, meta = worker.recording(sg.rec)
+            worker.forecasts(cfg, sg, ev[: int(np.searchsorted(ev["local_ts"], sg.end_ns, side="left"))], meta)
     worker.events_replayed, worker.backtest_s = 0, 0.0
 
 
@@ -390,5 +403,4 @@ def replay_holdout(plan: Plan, base_config: dict, params: dict, objectives: list
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
-__all__ = ["SummaryStore", "Worker", "Settings", "work", "process_main", "run_trial", "replay_holdout", "tuning_config",
-           "trial_seed"]
+__all__ = ["SummaryStore", "Worker", "Settings", "work", "process_main", "run_trial", "replay_holdout", "trial_seed"]
