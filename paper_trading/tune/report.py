@@ -117,13 +117,13 @@ def _plots(study, objectives: list[str], out: Path) -> list[tuple[str, str]]:
     target = None if len(objectives) == 1 else (lambda t: t.values[0])
     tname = objectives[0]
 
-    def save(title: str, fname: str, fn) -> None:
+    def save(title: str, fname: str, fn, width: float = 8.0) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = fn()
                 fig = ax.ravel()[0].figure if hasattr(ax, "ravel") else ax.figure
-                fig.set_size_inches(8, 4.5)
+                fig.set_size_inches(width, 4.5)
                 fig.tight_layout()
                 fig.savefig(out / fname, dpi=80)
             plt.close(fig)
@@ -145,7 +145,7 @@ def _plots(study, objectives: list[str], out: Path) -> list[tuple[str, str]]:
     save("Parameter importances", "importances.png", lambda: ov.plot_param_importances(study, target=target, target_name=tname))
     top = list(importances)[:3] or None
     save("Slices of the most important parameters", "slices.png",
-         lambda: ov.plot_slice(study, params=top, target=target, target_name=tname))
+         lambda: ov.plot_slice(study, params=top, target=target, target_name=tname), width=4.5 * len(top or [1, 1, 1]) + 1)
     if len(objectives) == 2:
         save("Pareto front", "pareto.png", lambda: ov.plot_pareto_front(study, target_names=objectives))
     return made
