@@ -206,3 +206,17 @@ def test_two_objectives_pareto_set_held_out_and_best_db(rec, tmp_path):
     orders = con.execute("SELECT count(*) FROM orders").fetchone()[0]
     con.close()
     assert runs == 2 and orders > 0  # one run per fold, with its orders
+
+
+def test_unreachable_storage_is_one_line_error(rec, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = mmbot(*tune_args(rec, tmp_path, tmp_path / "out", "--storage", f"postgresql://tuner:secret@127.0.0.1:{port}/nodb"))
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert f"--storage postgresql+psycopg://tuner:***@127.0.0.1:{port}/nodb: cannot open the study storage" in line
+    assert "secret" not in line
