@@ -220,3 +220,43 @@ def test_unreachable_storage_is_one_line_error(rec, tmp_path):
     assert "\n" not in line and "Traceback" not in line
     assert f"--storage postgresql+psycopg://tuner:***@127.0.0.1:{port}/nodb: cannot open the study storage" in line
     assert "secret" not in line
+
+
+def test_killed_worker_loses_only_its_running_trial(rec, tmp_path):
+    """SIGKILL one of two worker processes while it runs a trial: that trial is marked failed
+    and re-queued, the other worker finishes the budget, and the command says a worker failed."""
+    import os
+
+    out = tmp_path / "out"
+    p = mmbot_popen(*tune_args(rec, tmp_path, out, "--trials", 16, "--jobs", 2, "--min-workers", 2, "--folds", 2,
+                               "--holdout", 0.25, "--pruner", "none"))
+    import optuna
+    from optuna.trial import TrialState
+
+    from paper_trading.tune.study import make_storage
+
+    victim = {}
+
+    def running_claimed():
+        try:
+            st = optuna.load_study(study_name="mmbot-tune", storage=make_storage(f"journal:{out / 'study.journal'}"))
+        except KeyError:
+            return False
+        for t in st.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if "claimed_by" in t.user_attrs and _finished(out) >= 1:
+                victim["pid"] = int(t.user_attrs["claimed_by"].rsplit(":", 1)[1])
+                victim["trial"] = t.number
+                return True
+        return False
+
+    _wait(lambda: (out / "study.journal").exists() and running_claimed(), "a running trial of a worker")
+    os.kill(victim["pid"], signal.SIGKILL)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 2 and "1 worker process(es) failed" in err, err
+    trials = study_trials(out)
+    states = {n: st for n, st, _, _ in trials}
+    assert sum(1 for st in states.values() if st == "COMPLETE") == 16  # the full budget, by the surviving worker
+    failed = [n for n, st in states.items() if st == "FAIL"]
+    assert len(failed) <= 1 and set(states.values()) <= {"COMPLETE", "FAIL"}
+    if failed:  # the kill landed while the trial ran (not between its end and the next claim)
+        assert failed == [victim["trial"]] and len(trials) == 17

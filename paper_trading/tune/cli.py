@@ -141,6 +141,9 @@ def tune(
                 "budget": trials, "space": {p.path: repr(p) for p in sp.params}, "plan": plan.describe(),
                 "cutoff_ns": plan.cutoff_ns, "base_config": base_json, "risk_penalty": risk_penalty,
                 "min_sharpe_minutes": min_sharpe_minutes, "fingerprint": hashlib.sha256(fp_src.encode()).hexdigest()}
+    if jobs > 1 and url.startswith("sqlite"):
+        raise ConfigError("--storage sqlite: SQLite has no row locks, so several workers could run the same trial; "
+                          "for --jobs above 1 use the default journal file (or journal:PATH) or PostgreSQL")
     stor = st.make_storage(url)
     directions = [obj.DIRECTIONS[o] for o in objectives]
     study, created = st.open_study(stor, study_name, directions, trials, settings)
@@ -195,6 +198,19 @@ def _run_workers(s0, jobs: int, study, show: bool, objectives: list[str]):
     old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     stop.install()
     forwarded = False
+    dead: set[int] = set()
+    stats = []
+
+    def requeue_crashed() -> None:
+        # a worker that died: its running trial fails and a fresh one is queued at once, for
+        # the workers still running (RDB storages also do this by heartbeat)
+        from paper_trading.tune.study import requeue_dead
+
+        new = {p.pid for p in procs if p.exitcode not in (None, 0) and p.pid not in dead}
+        if new:
+            dead.update(new)
+            requeue_dead(study, {f"{socket.gethostname()}:{pid}" for pid in new})
+
     try:
         for p in procs:
             p.start()
@@ -207,19 +223,17 @@ def _run_workers(s0, jobs: int, study, show: bool, objectives: list[str]):
                     forwarded = True
                 for p in procs:
                     p.join(timeout=0.5 / jobs)
+                while not q.empty():
+                    stats.append(q.get())
+                requeue_crashed()
                 bar.update()
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
-    stats = []
     while not q.empty():
         stats.append(q.get())
+    requeue_crashed()
     crashed = [p.exitcode for p in procs if p.exitcode != 0]
-    if crashed:  # their running trials go back to the queue (RDB storages do this by heartbeat)
-        from paper_trading.tune.study import requeue_dead
-
-        host = socket.gethostname()
-        requeue_dead(study, {f"{host}:{p.pid}" for p in procs if p.exitcode != 0})
     return stats, stop.set, crashed
 
 
