@@ -16,9 +16,13 @@ pytestmark = pytest.mark.skipif(not CAPTURE.exists(), reason=f"real market data 
 def test_two_processes_one_postgresql_study(rec, tmp_path, pg_server):  # noqa: F811
     import psycopg
 
-    procs = [mmbot_popen(*tune_args(rec, tmp_path, tmp_path / f"out{i}", "--trials", 8, "--folds", 2, "--holdout", 0.25,
+    import shutil
+
+    other = tmp_path / "elsewhere" / "rec"  # the second "machine" reads the same recording from another path
+    shutil.copytree(rec, other)
+    procs = [mmbot_popen(*tune_args(data, tmp_path, tmp_path / f"out{i}", "--trials", 8, "--folds", 2, "--holdout", 0.25,
                                     "--storage", pg_server, "--study", "shared", "--min-workers", 2, "--seed", 4))
-             for i in range(2)]
+             for i, data in enumerate((rec, other))]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err

@@ -134,7 +134,9 @@ def tune(
             print(f"mmbot tune: the grid has {n_grid} points: --trials {trials} lowered to {n_grid}", file=sys.stderr)
             trials = n_grid
     base_json = base.model_dump(mode="json")
-    fp_src = json.dumps({"objectives": objectives, "space": [repr(p) for p in sp.params], "plan": plan.describe(),
+    # the same study on another machine may read the same recordings from another path
+    plan_id = [{k: v for k, v in row.items() if k != "recording"} for row in plan.describe()]
+    fp_src = json.dumps({"objectives": objectives, "space": [repr(p) for p in sp.params], "plan": plan_id,
                          "config": base_json, "risk_penalty": risk_penalty, "min_sharpe_minutes": min_sharpe_minutes},
                         sort_keys=True, default=str)
     settings = {"study": study_name, "objectives": objectives, "sampler": sampler, "pruner": pruner, "seed": seed,
@@ -155,7 +157,7 @@ def tune(
     wall = time.perf_counter() - t0
     study = optuna.load_study(study_name=study_name, storage=stor)
     if plan.holdout:
-        _evaluate_holdout(study, settings, objectives, top)
+        _evaluate_holdout(study, settings, objectives, top, plan)
     extra = {"jobs": jobs, "wall_s": round(wall, 3), "interrupted": interrupted, "workers": stats, "storage": st._redact(url)}
     if crashed:
         extra["crashed_workers"] = crashed
@@ -277,15 +279,15 @@ class _Progress:
             self.bar.__exit__(*exc)
 
 
-def _evaluate_holdout(study, settings: dict, objectives: list[str], top: int) -> None:
-    """Re-run the best trials (or the Pareto set) on the held-out segment; stored in the study."""
+def _evaluate_holdout(study, settings: dict, objectives: list[str], top: int, plan) -> None:
+    """Re-run the best trials (or the Pareto set) on the held-out segment of ``plan`` (this
+    machine's paths); stored in the study."""
     from paper_trading.tune.report import HOLDOUT_ATTR, selected_trials
     from paper_trading.tune.runner import Worker, replay_holdout
 
     sel = selected_trials(study, objectives, top)
     if not sel:
         return
-    plan = _plan_of(settings)
     w = Worker(plan, holdout=True)
     rows = []
     for t in sel:
