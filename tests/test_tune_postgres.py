@@ -41,3 +41,48 @@ def test_two_processes_one_postgresql_study(rec, tmp_path, pg_server):  # noqa: 
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["best"]["values"]["pnl"] == pytest.approx(best, abs=1e-12)
     assert summary["holdout"] and (tmp_path / "report" / "best.yaml").exists()
+
+
+def test_dead_worker_on_postgresql_loses_only_its_trial(rec, tmp_path, pg_server):  # noqa: F811
+    """SIGKILL one of two `mmbot tune` processes while it runs a trial: its heartbeat stops,
+    the other process fails that trial after the grace period, runs the re-queued copy, and
+    the study ends with its full budget of finished trials."""
+    import os
+    import signal
+    import time
+
+    import psycopg
+
+    args = ["--trials", 12, "--folds", 2, "--holdout", 0.25, "--pruner", "none", "--storage", pg_server, "--study", "crash",
+            "--min-workers", 2, "--heartbeat-grace", 3]
+    procs = [mmbot_popen(*tune_args(rec, tmp_path, tmp_path / f"out{i}", *args)) for i in range(2)]
+    pids = {p.pid for p in procs}
+    victim = None
+    t_end = time.monotonic() + 180
+    with psycopg.connect(pg_server, autocommit=True) as con:
+        while victim is None:  # a trial RUNNING in one of our processes, after at least one finished
+            assert time.monotonic() < t_end, "no running trial seen"
+            try:
+                rows = con.execute(
+                    "SELECT t.number, t.state, a.value_json FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                    "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'claimed_by' "
+                    "WHERE s.study_name = 'crash'").fetchall()
+            except psycopg.errors.UndefinedTable:
+                rows = []
+            done = sum(1 for _, st, _ in rows if st == "COMPLETE")
+            for number, st, claimed in rows:
+                if st == "RUNNING" and claimed and done >= 1 and int(json.loads(claimed).rsplit(":", 1)[1]) in pids:
+                    victim = (number, int(json.loads(claimed).rsplit(":", 1)[1]))
+            time.sleep(0.05)
+    os.kill(victim[1], signal.SIGKILL)
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        if p.pid != victim[1]:
+            assert p.returncode == 0, err
+    with psycopg.connect(pg_server) as con:
+        states = dict(con.execute("SELECT t.number, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                                  "WHERE s.study_name = 'crash'").fetchall())
+    assert sum(1 for s in states.values() if s == "COMPLETE") == 12
+    assert [n for n, s in states.items() if s not in ("COMPLETE",)] in ([], [victim[0]])
+    if states[victim[0]] == "FAIL":  # killed while running (not just after it finished): re-queued and re-run
+        assert len(states) == 13

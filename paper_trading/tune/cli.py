@@ -73,6 +73,7 @@ def tune(
     min_sharpe_minutes: int = typer.Option(10, "--min-sharpe-minutes", help="sharpe: fewest one-minute PnL changes"),
     grid_points: int = typer.Option(5, "--grid-points", min=1, help="grid sampler: values per numeric parameter"),
     min_workers: int = typer.Option(1, "--min-workers", min=1, help="wait (at most 10 min) until this many worker processes, on any machine, joined the study before taking trials"),
+    heartbeat_grace: int = typer.Option(40, "--heartbeat-grace", min=2, help="PostgreSQL: fail (and re-queue) a running trial after this many seconds without its worker's heartbeat"),
     keep_best_db: bool = typer.Option(False, "--keep-best-db", help="re-run the best trial's folds with the full order log into OUT/best.db"),
     report_only: bool = typer.Option(False, "--report", help="only rebuild the outputs from --storage/--study"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar (on a terminal)"),
@@ -146,12 +147,13 @@ def tune(
     if jobs > 1 and url.startswith("sqlite"):
         raise ConfigError("--storage sqlite: SQLite has no row locks, so several workers could run the same trial; "
                           "for --jobs above 1 use the default journal file (or journal:PATH) or PostgreSQL")
-    stor = st.make_storage(url)
+    stor = st.make_storage(url, heartbeat_grace)
     directions = [obj.DIRECTIONS[o] for o in objectives]
     study, created = st.open_study(stor, study_name, directions, trials, settings)
     out.mkdir(parents=True, exist_ok=True)
     s0 = Settings(url, study_name, plan, base_json, sp, objectives, sampler, pruner if len(objectives) == 1 else "none",
-                  seed, timeout, risk_penalty, min_sharpe_minutes, grid_points, min_workers=min_workers)
+                  seed, timeout, risk_penalty, min_sharpe_minutes, grid_points, min_workers=min_workers,
+                  grace_s=heartbeat_grace)
     t0 = time.perf_counter()
     stats, interrupted, crashed = _run_workers(s0, jobs, study, progress and sys.stdout.isatty() and not json_out, objectives)
     wall = time.perf_counter() - t0

@@ -196,6 +196,7 @@ class Settings:
     grid_points: int = 5
     worker_index: int = 0
     min_workers: int = 1
+    grace_s: int = 40
     extra: dict = field(default_factory=dict)
 
 
@@ -315,11 +316,13 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
     Returns this worker's counts: trials run, events replayed, backtest seconds."""
     import optuna
 
+    from optuna.trial import TrialState
+
     from paper_trading.tune.study import make_pruner, make_sampler, make_storage, quiet_optuna
 
     quiet_optuna()
     stop = stop or StopFlag()
-    storage = make_storage(s.storage_url)
+    storage = make_storage(s.storage_url, s.grace_s)
     study = optuna.load_study(study_name=s.study_name, storage=storage,
                               sampler=make_sampler(s.sampler, s.seed + s.worker_index, s.space, len(s.objectives), s.grid_points),
                               pruner=make_pruner(s.pruner))
@@ -334,6 +337,7 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
         _wait_for_workers(study, storage, study_id, s.min_workers)
     deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
     n = 0
+    idle_since = None
     t0, c0 = time.perf_counter(), time.process_time()
     heartbeat = hasattr(storage, "get_heartbeat_interval") and storage.get_heartbeat_interval()
     while not stop.set and time.monotonic() < deadline:
@@ -341,7 +345,18 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
             optuna.storages.fail_stale_trials(study)
         tid = pop_waiting_trial(storage, study_id)
         if tid is None:
+            # others still run trials: one may die, go stale and come back to the queue; wait
+            # for that (at most twice the grace period: a worker killed between claiming a
+            # trial and its first heartbeat leaves a trial Optuna never calls stale)
+            if heartbeat and storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since < 2 * s.grace_s + 5:
+                    time.sleep(1.0)
+                    continue
             break
+        idle_since = None
+        if heartbeat:
+            storage.record_heartbeat(tid)  # at once: a trial without any heartbeat is never failed as stale
         run_trial(study, tid, worker, s)
         n += 1
         if on_trial is not None:

@@ -11,10 +11,14 @@ Storage (``--storage``):
 * ``sqlite:///PATH``: fine for one worker process; SQLite has no row locks, so two processes
   may claim the same queued trial: use the journal file for ``--jobs`` above 1.
 
-With RDB storage (PostgreSQL) the workers record a heartbeat every ``HEARTBEAT_S`` seconds;
-a trial whose worker died is marked failed after ``GRACE_S`` seconds by the next worker that
-looks (``optuna.storages.fail_stale_trials``) and re-queued once (Optuna's retry callback),
-so the study still ends with its full number of finished trials. The journal file has no
+With RDB storage (PostgreSQL) the workers record a heartbeat every ``grace / 4`` seconds
+(``--heartbeat-grace``, default ``GRACE_S``); a trial whose worker died is marked failed after
+``grace`` seconds without a heartbeat by a worker that looks (``optuna.storages.fail_stale_trials``,
+before every claim, and while waiting: a worker that finds the queue empty while other
+trials still run waits for them, at most twice the grace period, so that it can take over a
+dead worker's trial) and
+re-queued once with the same parameters (Optuna's retry callback), so the study still ends
+with its full number of finished trials. The journal file has no
 heartbeats: when one of the ``--jobs`` worker processes dies, ``mmbot tune`` itself marks
 that process's running trial failed and re-queues it.
 
@@ -35,7 +39,6 @@ from bot.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
-HEARTBEAT_S = 10
 GRACE_S = 40
 SETTINGS_ATTR = "mmbot_tune"
 
@@ -59,8 +62,9 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def make_storage(url: str):
-    """An Optuna storage for ``url``; ConfigError with the reason when it cannot be opened."""
+def make_storage(url: str, grace_s: int = GRACE_S):
+    """An Optuna storage for ``url``; ConfigError with the reason when it cannot be opened.
+    ``grace_s``: RDB storages fail a running trial after this many seconds without heartbeat."""
     import optuna
 
     quiet_optuna()
@@ -83,8 +87,8 @@ def make_storage(url: str):
     # PostgreSQL's catalog for the loser): the tables exist on the next attempt
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=dict(kwargs), heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S, **cb_kw)
+            return optuna.storages.RDBStorage(url, engine_kwargs=dict(kwargs), heartbeat_interval=max(1, grace_s // 4),
+                                              grace_period=grace_s, **cb_kw)
         except Exception as e:  # noqa: BLE001 - driver and connection errors of any kind
             last = e
             if "duplicate key" not in str(e) and "already exists" not in str(e):
