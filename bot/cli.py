@@ -208,6 +208,15 @@ def import_lobster_cmd(
     _print_stats(stats, json_out, f"Imported into {out}")
 
 DEFAULT_CONFIG = Path("config/paper.yaml")
+METRICS_PORT_HELP = "serve Prometheus metrics on this port (0 = any free port; the URL is printed on stderr)"
+METRICS_LINGER_HELP = "keep the metrics endpoint up this many seconds after the run (SIGTERM ends it)"
+LOG_JSON_HELP = "write JSON-line event logs (fills, order errors, guard switches, run start/end) to this rotating file"
+
+
+def _observability_options(metrics_port, metrics_linger, log_json) -> dict:
+    """The command-line options of the metrics endpoint and the JSON log, for _with_options."""
+    return {"--metrics-port": ("metrics.port", metrics_port), "--metrics-linger": ("metrics.linger_s", metrics_linger),
+            "--log-json": ("logging.json_file", log_json)}
 DEFAULT_BACKTEST_CONFIG = Path("config/backtest.yaml")
 
 
@@ -228,6 +237,9 @@ def paper(
     replay: Optional[Path] = typer.Option(None, "--replay", help="replay a recording directory (mmbot import / mmbot record) instead"),
     replay_speed: Optional[float] = typer.Option(None, "--replay-speed", help="with --replay: recorded seconds per wall second (0 = as fast as possible)"),
     json_out: bool = typer.Option(False, "--json", help="print the final summary as one JSON object"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help=METRICS_PORT_HELP),
+    metrics_linger: Optional[float] = typer.Option(None, "--metrics-linger", help=METRICS_LINGER_HELP),
+    log_json: Optional[str] = typer.Option(None, "--log-json", help=LOG_JSON_HELP),
 ) -> None:
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
@@ -240,7 +252,7 @@ def paper(
     cfg = _with_options(cfg, {"--exchange": ("exchange", exchange), "--symbol": ("symbol", symbol),
                               "--duration": ("duration_s", duration), "--db": ("database.url", db),
                               "--speed": ("sim.speed", speed), "--seed": ("sim.seed", seed), "--live": ("ui.live", live),
-                              "--replay-speed": ("replay.speed", replay_speed)})
+                              "--replay-speed": ("replay.speed", replay_speed), **_observability_options(metrics_port, metrics_linger, log_json)})
     if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
         raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     console = _console()
@@ -251,8 +263,12 @@ def paper(
 
         events_meta = load_recording(replay)  # a bad recording fails before the database is touched
     forecaster = build_forecaster(cfg)  # ... and so does a bad model file
+    from bot.observability.runtime import Observability
+
+    obs = None
     store = _open_store(cfg.database.url)
     try:
+        obs = Observability(cfg)
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_live else None
         if replay is not None:
             from paper_trading.backtest import build_replay_engine
@@ -261,13 +277,17 @@ def paper(
                                             forecaster=forecaster)
         else:
             engine = build_paper_engine(cfg, store, on_tick=panel, forecaster=forecaster)
+        engine.observer = obs.observer
         if panel is not None:
             with panel:
                 summary = asyncio.run(engine.run())
         else:
             summary = asyncio.run(engine.run())
+        obs.linger()
     finally:
         store.close()
+        if obs is not None:
+            obs.close()
     summary["database"] = cfg.database.url
     if json_out:
         print(json.dumps(summary, default=str))
