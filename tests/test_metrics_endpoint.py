@@ -1,0 +1,178 @@
+"""The Prometheus endpoint of a real ``mmbot paper`` process on the simulated market, scraped
+over HTTP and checked against the database the same process writes.
+
+Not racy by design: during the run only monotone bounds are checked (a counter is copied from
+the engine after the event was committed, so the database read after a scrape holds at least
+as many rows); exact equality is checked after the run ended, while ``--metrics-linger`` holds
+the process (it says so on stderr), before SIGTERM lets it exit. All waits are on lines of
+the process's stderr or its exit, with generous ceilings; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+CEILING_S = 240  # loaded CI machines: generous ceilings, never a timed assertion
+
+
+class Proc:
+    """A subprocess whose stderr lines are read by a thread into a queue."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+        self.p = subprocess.Popen([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.p.stderr:  # type: ignore[union-attr]
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_line(self, prefix: str) -> str:
+        while True:
+            try:
+                line = self.lines.get(timeout=CEILING_S)
+            except queue.Empty:
+                self.p.kill()
+                pytest.fail(f"no stderr line starting {prefix!r} within {CEILING_S} s; seen: {self.seen}")
+            if line is None:
+                pytest.fail(f"process ended (code {self.p.wait()}) before a line starting {prefix!r}; stderr: {self.seen}")
+            self.seen.append(line)
+            if line.startswith(prefix):
+                return line
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted label items): value} of one scrape."""
+    with urllib.request.urlopen(url, timeout=60) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m: dict, name: str, **labels) -> float:
+    hits = [v for (n, lb), v in m.items() if n == name and all((k, v2) in lb for k, v2 in labels.items())]
+    assert len(hits) == 1, f"{name} {labels}: {len(hits)} samples"
+    return hits[0]
+
+
+def db_counts(db: Path, run_id: int) -> dict:
+    con = sqlite3.connect(db)
+    try:
+        fills = con.execute("select side, size, fee from fills where run_id = ?", (run_id,)).fetchall()
+        run = con.execute("select status, summary_json from runs where id = ?", (run_id,)).fetchone()
+    finally:
+        con.close()
+    inv = sum((Decimal(sz) if side == "buy" else -Decimal(sz)) for side, sz, _ in fills)
+    return {"fills": len(fills), "inventory": inv, "fees": sum(Decimal(f) for *_, f in fills),
+            "status": run[0] if run else None, "summary": json.loads(run[1]) if run and run[1] else None}
+
+
+def test_metrics_scraped_during_and_after_a_paper_run_match_the_database(tmp_path):
+    db = tmp_path / "m.db"
+    cfg = tmp_path / "c.yaml"
+    # a fast lag probe and frequent state copies, so a short run exercises both
+    cfg.write_text("metrics:\n  update_interval_s: 0.01\n  loop_lag_interval_s: 0.001\n")
+    p = Proc(["paper", "--config", str(cfg), "--exchange", "sim", "--duration", "300", "--speed", "200", "--seed", "5",
+              "--db", str(db), "--no-live", "--json", "--metrics-port", "0", "--metrics-linger", "600"])
+    try:
+        url = p.wait_line("mmbot: metrics on ").split()[-1]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+
+        # during the run: monotone bounds only
+        m1 = scrape(url)
+        fills_1 = [v for (n, _), v in m1.items() if n == "mmbot_fills_total"]
+        if fills_1:  # the run has started (its labels exist)
+            run_id = int(dict(next(lb for (n, lb) in m1 if n == "mmbot_run_info"))["run_id"])
+            assert fills_1[0] <= db_counts(db, run_id)["fills"]
+
+        p.wait_line("mmbot: run ended; metrics held on ")
+        m = scrape(url)
+        run_labels = dict(next(lb for (n, lb) in m if n == "mmbot_run_info"))
+        run_id = int(run_labels["run_id"])
+        assert run_labels["mode"] == "paper" and run_labels["exchange"] == "sim" and run_labels["symbol"] == "SIM/USD"
+        mk = {"exchange": "sim", "symbol": "SIM/USD"}
+        assert value(m, "mmbot_run_ended", **mk) == 1
+        d = db_counts(db, run_id)
+        s = d["summary"]
+        assert d["status"] == "completed" and s is not None
+        assert d["fills"] > 0
+        assert value(m, "mmbot_fills_total", **mk) == d["fills"]
+        if fills_1:
+            assert fills_1[0] <= value(m, "mmbot_fills_total", **mk)
+        assert Decimal(repr(value(m, "mmbot_inventory_base", **mk))) == d["inventory"]
+        assert value(m, "mmbot_pnl_quote", component="fees", **mk) == pytest.approx(float(d["fees"]), abs=1e-9)
+        assert value(m, "mmbot_pnl_quote", component="total", **mk) == pytest.approx(s["pnl"], abs=1e-9)
+        assert value(m, "mmbot_pnl_quote", component="spread_capture", **mk) == pytest.approx(s["spread_capture"], abs=1e-9)
+        parts = (value(m, "mmbot_pnl_quote", component="spread_capture", **mk) + value(m, "mmbot_pnl_quote", component="inventory", **mk)
+                 - value(m, "mmbot_pnl_quote", component="fees", **mk))
+        assert parts == pytest.approx(s["pnl"], abs=1e-9)
+        assert value(m, "mmbot_orders_placed_total", **mk) == s["orders_placed"]
+        assert value(m, "mmbot_orders_canceled_total", **mk) == s["orders_canceled"]
+        assert value(m, "mmbot_orders_rejected_total", **mk) == s["orders_rejected"]
+        assert value(m, "mmbot_market_events_total", **mk) == s["events"]
+        assert value(m, "mmbot_volume_quote_total", **mk) == pytest.approx(s["volume_quote"], rel=1e-12)
+        assert value(m, "mmbot_mid_price", **mk) == s["final_mid"]
+        # every processed event observed once in the latency histogram
+        assert value(m, "mmbot_tick_to_quote_seconds_count", **mk) == s["events"]
+        assert value(m, "mmbot_tick_to_quote_seconds_sum", **mk) > 0
+        # the forecaster: the source in use and the guard's state as the run's summary has them
+        fc = s["forecaster"]
+        assert value(m, "mmbot_forecast_source", source=fc["source"], **mk) == 1
+        assert value(m, "mmbot_forecast_guard_fallback", head="vol", **mk) == (1 if fc["vol_fallback"] else 0)
+        assert value(m, "mmbot_forecast_guard_switches_total", head="vol", **mk) == fc["guard_switches"]["vol"]
+        # the simulated market has no rate-limited client; staleness and loop lag are measured
+        assert math.isnan(value(m, "mmbot_rate_limit_budget_per_second", **mk))
+        assert value(m, "mmbot_feed_staleness_seconds", **mk) >= 0
+        assert value(m, "mmbot_event_loop_lag_seconds_count") >= 1
+        assert value(m, "mmbot_event_loop_lag_last_seconds") >= 0
+        assert value(m, "process_resident_memory_bytes") > 0
+    finally:
+        if p.p.poll() is None:
+            p.p.send_signal(signal.SIGTERM)
+    out, _ = p.p.communicate(timeout=CEILING_S)
+    assert p.p.returncode == 0, p.seen
+    assert json.loads(out.strip().splitlines()[-1])["fills"] == d["fills"]
+
+
+def test_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "bot.cli", "paper", "--exchange", "sim", "--duration", "5", "--speed", "0",
+                            "--db", str(tmp_path / "x.db"), "--no-live", "--metrics-port", str(port)],
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=CEILING_S)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and f"--metrics-port {port}" in err[0] and "Traceback" not in r.stderr
+
+
+def test_metrics_port_out_of_range_is_refused(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bot.cli", "paper", "--exchange", "sim", "--duration", "5", "--db", str(tmp_path / "x.db"),
+                        "--no-live", "--metrics-port", "70000"],
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=CEILING_S)
+    assert r.returncode == 2 and "--metrics-port" in r.stderr and "Traceback" not in r.stderr
