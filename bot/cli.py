@@ -349,6 +349,9 @@ def backtest(
     variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated variants on the same data: lstm (configured model + forecaster), glft, avellaneda_stoikov, symmetric (no forecaster)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help=METRICS_PORT_HELP),
+    metrics_linger: Optional[float] = typer.Option(None, "--metrics-linger", help=METRICS_LINGER_HELP),
+    log_json: Optional[str] = typer.Option(None, "--log-json", help=LOG_JSON_HELP),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
     from bot.config import build_forecaster, load_config
@@ -357,7 +360,10 @@ def backtest(
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
-    cfg = _with_options(load_config(config), {"--db": ("database.url", db)})
+    cfg = _with_options(load_config(config), {"--db": ("database.url", db), **_observability_options(metrics_port, metrics_linger, log_json)})
+    if variants and (cfg.metrics.port is not None or cfg.logging.json_file):
+        raise MmbotError("--compare runs several backtests: metrics (--metrics-port, metrics.port) and JSON logs "
+                         "(--log-json, logging.json_file) are for single runs")
     events_meta = load_recording(data)  # validate before touching the database
     forecaster = build_forecaster(cfg)
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
@@ -366,12 +372,19 @@ def backtest(
         _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
                  progress=progress)
         return
+    from bot.observability.runtime import Observability
+
+    obs = None
     store = _open_store(cfg.database.url)
     try:
+        obs = Observability(cfg)
         summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
-                               events_meta=events_meta, forecaster=forecaster)
+                               events_meta=events_meta, forecaster=forecaster, observer=obs.observer)
+        obs.linger()
     finally:
         store.close()
+        if obs is not None:
+            obs.close()
     if json_out:
         print(json.dumps(summary, default=str))
     else:

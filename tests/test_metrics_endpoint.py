@@ -176,3 +176,49 @@ def test_metrics_port_out_of_range_is_refused(tmp_path):
                         "--no-live", "--metrics-port", "70000"],
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=CEILING_S)
     assert r.returncode == 2 and "--metrics-port" in r.stderr and "Traceback" not in r.stderr
+
+
+HYPERLIQUID = ROOT.parent / "shared" / "data" / "binance" / "hyperliquid" / "btcusd_20250126.gz"
+
+
+def test_backtest_on_a_real_recording_serves_metrics_and_writes_json_logs_matching_the_database(tmp_path):
+    """``mmbot backtest`` (a replay at full speed) with both: the recording's market labels, the
+    fills counter and the JSON fill lines equal the database's fills."""
+    if not HYPERLIQUID.exists():
+        pytest.skip(f"real market data not found at {HYPERLIQUID}")
+    from bot.importers.hyperliquid import import_hyperliquid
+
+    rec = tmp_path / "rec"
+    import_hyperliquid([HYPERLIQUID], rec)
+    db, log = tmp_path / "b.db", tmp_path / "b.jsonl"
+    p = Proc(["backtest", "--data", str(rec), "--db", str(db), "--out", str(tmp_path / "rep"), "--no-progress", "--json",
+              "--metrics-port", "0", "--metrics-linger", "600", "--log-json", str(log)])
+    try:
+        url = p.wait_line("mmbot: metrics on ").split()[-1]
+        p.wait_line("mmbot: run ended; metrics held on ")
+        m = scrape(url)
+        run_labels = dict(next(lb for (n, lb) in m if n == "mmbot_run_info"))
+        run_id = int(run_labels["run_id"])
+        assert run_labels["mode"] == "backtest" and run_labels["exchange"] == "hyperliquid"
+        mk = {"exchange": "hyperliquid", "symbol": run_labels["symbol"]}
+        d = db_counts(db, run_id)
+        assert d["status"] == "completed" and d["fills"] > 0
+        assert value(m, "mmbot_fills_total", **mk) == d["fills"]
+        assert value(m, "mmbot_market_events_total", **mk) == d["summary"]["events"]
+        assert Decimal(repr(value(m, "mmbot_inventory_base", **mk))) == d["inventory"]
+    finally:
+        if p.p.poll() is None:
+            p.p.send_signal(signal.SIGTERM)
+    p.p.communicate(timeout=CEILING_S)
+    assert p.p.returncode == 0, p.seen
+    lines = [json.loads(x) for x in log.read_text(encoding="utf-8").splitlines()]
+    fill_lines = [x for x in lines if x["event"] == "fill"]
+    assert len(fill_lines) == d["fills"]
+    assert all(x["run_id"] == run_id and x["exchange"] == "hyperliquid" and x["mode"] == "backtest" for x in fill_lines)
+
+
+def test_backtest_compare_refuses_metrics_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--data", str(tmp_path), "--compare", "glft,symmetric",
+                        "--metrics-port", "0", "--db", str(tmp_path / "x.db")],
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=CEILING_S)
+    assert r.returncode == 2 and "--compare" in r.stderr and "Traceback" not in r.stderr

@@ -34,6 +34,7 @@ from bot.errors import MmbotError
 from bot.observability import Observer, classify_order_error, market_labels
 
 EVENTS_LOGGER = "mmbot.events"
+CONTEXT_KEYS = ("run_id", "exchange", "symbol", "mode")
 SECRET_ENV = ("MMBOT_API_KEY", "MMBOT_API_SECRET", "MMBOT_API_PASSWORD")
 MIN_SECRET_LEN = 4  # shorter values would blank out ordinary text; keys and secrets are far longer
 REDACTED = "***"
@@ -116,9 +117,10 @@ class JsonFormatter(logging.Formatter):
              "level": record.levelname, "event": _tag(record), "run_id": c.run_id, "exchange": c.exchange,
              "symbol": c.symbol, "mode": c.mode, "logger": record.name, "message": record.getMessage()}
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
+        if isinstance(fields, dict):  # an engine's own run and market win over the process's context
             for k, v in fields.items():
-                d.setdefault(k, v)
+                if k in CONTEXT_KEYS or k not in d:
+                    d[k] = v
         if record.exc_info:
             d["exception"] = self.formatException(record.exc_info)
         return self.redactor(json.dumps(d, default=str, ensure_ascii=False))
@@ -178,42 +180,51 @@ class JsonLog:
 
 
 class JsonLogObserver(Observer):
-    """Engine observer writing the run's events (see the module docstring) with its context."""
+    """Engine observer writing the run's events (see the module docstring). Each event carries
+    this engine's run id and market (several engines in one process each have their own
+    observer); the process-wide context, used for other log lines, is the first run's."""
 
     def __init__(self, jlog: JsonLog) -> None:
-        self.ctx = jlog.context
+        self.process_ctx = jlog.context
+        self.ctx = RunContext()
         self._switches = 0
+
+    def _emit(self, event: str, level: int = logging.INFO, message: str = "", **fields) -> None:
+        c = self.ctx
+        emit(event, level, message, run_id=c.run_id, exchange=c.exchange, symbol=c.symbol, mode=c.mode, **fields)
 
     def run_started(self, engine) -> None:
         c = self.ctx
         c.exchange, c.symbol = market_labels(engine)
         c.run_id, c.mode = engine.store.run_id, engine.mode
+        if self.process_ctx.run_id is None:
+            vars(self.process_ctx).update(vars(c))
         sw = getattr(engine.forecaster, "switches", None)
         self._switches = len(sw) if sw is not None else 0
-        emit("run_start", message=f"run {c.run_id} started: {c.mode} {c.exchange} {c.symbol}")
+        self._emit("run_start", message=f"run {c.run_id} started: {c.mode} {c.exchange} {c.symbol}")
 
     def tick(self, engine) -> None:
         sw = getattr(engine.forecaster, "switches", None)
         if sw is not None and len(sw) > self._switches:
             for t_ns, head, fallback, ratio in sw[self._switches:]:
-                emit("guard_switch", logging.INFO, f"forecaster {head} head {'on the baseline' if fallback else 'on the model'}",
+                self._emit("guard_switch", logging.INFO, f"forecaster {head} head {'on the baseline' if fallback else 'on the model'}",
                      head=head, fallback=bool(fallback), loss_ratio=ratio, market_ts_ns=t_ns)
             self._switches = len(sw)
 
     def fill(self, engine, fill) -> None:
-        emit("fill", message=f"fill {fill.side.value if hasattr(fill.side, 'value') else fill.side} {fill.size} @ {fill.price}",
+        self._emit("fill", message=f"fill {fill.side.value if hasattr(fill.side, 'value') else fill.side} {fill.size} @ {fill.price}",
              trade_id=fill.trade_id, client_id=fill.client_id, side=getattr(fill.side, "value", str(fill.side)),
              price=str(fill.price), size=str(fill.size), fee=str(fill.fee), liquidity=fill.liquidity,
              market_ts_ns=fill.ts_ns, mid=fill.mid, inventory=str(engine.inventory.base))
 
     def order_error(self, engine, ack) -> None:
-        emit("order_error", logging.INFO, f"order {ack.client_id} rejected: {ack.reason}",
+        self._emit("order_error", logging.INFO, f"order {ack.client_id} rejected: {ack.reason}",
              client_id=ack.client_id, type=classify_order_error(ack.reason), reason=ack.reason, market_ts_ns=ack.ts_ns)
 
     def run_ended(self, engine, summary: dict) -> None:
         reason = str(summary.get("stop_reason") or "")
         if "kill" in reason.lower():
-            emit("kill_switch", logging.INFO, f"kill switch: {reason}", reason=reason)
-        emit("run_end", message=f"run {self.ctx.run_id} ended: {summary.get('status')} ({reason})",
+            self._emit("kill_switch", logging.INFO, f"kill switch: {reason}", reason=reason)
+        self._emit("run_end", message=f"run {self.ctx.run_id} ended: {summary.get('status')} ({reason})",
              status=summary.get("status"), stop_reason=reason, events=summary.get("events"), fills=summary.get("fills"),
              pnl=summary.get("pnl"), orders_placed=summary.get("orders_placed"), orders_rejected=summary.get("orders_rejected"))

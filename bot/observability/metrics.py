@@ -99,12 +99,13 @@ class MetricsObserver(Observer):
 
     ``update_interval_s``: wall seconds between copies of the engine's state (the latency
     histogram and the feed's last-event time are updated on every event).
-    ``loop_lag_interval_s``: period of the event-loop lag probe, seconds."""
+    ``loop_lag_interval_s``: period of the event-loop lag probe, seconds (None: no probe --
+    one per process is enough when several engines share the loop)."""
 
-    def __init__(self, metrics: MmbotMetrics, update_interval_s: float = 0.25, loop_lag_interval_s: float = 0.25) -> None:
+    def __init__(self, metrics: MmbotMetrics, update_interval_s: float = 0.25, loop_lag_interval_s: float | None = 0.25) -> None:
         self.m = metrics
         self.update_interval_s = update_interval_s
-        self.probe = LoopLagProbe(loop_lag_interval_s, self._lag)
+        self.probe = LoopLagProbe(loop_lag_interval_s, self._lag) if loop_lag_interval_s else None
         self._next = 0.0
         self._last_event = time.monotonic()
         self._seen: dict[str, float] = {}
@@ -125,7 +126,8 @@ class MetricsObserver(Observer):
         self._hist = m.tick_to_quote.labels(*lb)
         self._last_event = time.monotonic()
         m.staleness.labels(*lb).set_function(lambda: time.monotonic() - self._last_event)
-        self.probe.start()
+        if self.probe is not None:
+            self.probe.start()
         self._update(engine)
 
     def tick(self, engine) -> None:
@@ -139,7 +141,8 @@ class MetricsObserver(Observer):
         self.m.order_errors.labels(*self.labels, classify_order_error(ack.reason)).inc()
 
     def run_ended(self, engine, summary: dict) -> None:
-        self.probe.stop()
+        if self.probe is not None:
+            self.probe.stop()
         self._update(engine)
         self.m.run_ended.labels(*self.labels).set(1)
 

@@ -22,24 +22,40 @@ class Observability:
         self.cfg = cfg
         self.server = None
         self.jlog = None
-        observers: list[Observer] = []
         lc, mc = cfg.logging, cfg.metrics
         if lc.json_file:
-            from bot.observability.jsonlog import JsonLog, JsonLogObserver
+            from bot.observability.jsonlog import JsonLog
 
             self.jlog = JsonLog(lc.json_file, lc.max_bytes, lc.backup_count)
-            observers.append(JsonLogObserver(self.jlog))
         if mc.port is not None:
-            from bot.observability.metrics import MetricsObserver, MetricsServer
+            from bot.observability.metrics import MetricsServer
 
             try:
                 self.server = MetricsServer(mc.port, mc.host)
             except OSError as e:
                 self.close()
                 raise MmbotError(f"--metrics-port {mc.port} (metrics.port) on {mc.host}: cannot listen ({e.strerror or e})") from None
-            observers.append(MetricsObserver(self.server.metrics, mc.update_interval_s, mc.loop_lag_interval_s))
             print(f"mmbot: metrics on {self.server.url}", file=sys.stderr, flush=True)
-        self.observer: Observer | None = Observers(*observers) if observers else None
+        self._observers = 0
+        self.observer: Observer | None = self.new_observer()
+
+    def new_observer(self) -> Observer | None:
+        """An observer for one more engine (one per market when a process runs several):
+        its own metric labels and JSON-log run context; the event-loop lag probe (one per
+        process) runs in the first only. None when neither metrics nor JSON logs are on."""
+        mc = self.cfg.metrics
+        observers: list[Observer] = []
+        if self.jlog is not None:
+            from bot.observability.jsonlog import JsonLogObserver
+
+            observers.append(JsonLogObserver(self.jlog))
+        if self.server is not None:
+            from bot.observability.metrics import MetricsObserver
+
+            observers.append(MetricsObserver(self.server.metrics, mc.update_interval_s,
+                                             mc.loop_lag_interval_s if self._observers == 0 else None))
+        self._observers += 1
+        return Observers(*observers) if observers else None
 
     def linger(self) -> None:
         s = self.cfg.metrics.linger_s
