@@ -191,7 +191,9 @@ def test_backtest_on_a_real_recording_serves_metrics_and_writes_json_logs_matchi
     rec = tmp_path / "rec"
     import_hyperliquid([HYPERLIQUID], rec)
     db, log = tmp_path / "b.db", tmp_path / "b.jsonl"
-    p = Proc(["backtest", "--data", str(rec), "--db", str(db), "--out", str(tmp_path / "rep"), "--no-progress", "--json",
+    cfg = tmp_path / "tight.yaml"  # quotes at the touch (a spread finer than the $1 tick), so the short capture fills us
+    cfg.write_text("forecaster:\n  model: none\nstrategy:\n  pricing:\n    gamma: 0.0001\n    k: 5.0\n    sigma: 1.0\n")
+    p = Proc(["backtest", "--data", str(rec), "--config", str(cfg), "--db", str(db), "--out", str(tmp_path / "rep"), "--no-progress", "--json",
               "--metrics-port", "0", "--metrics-linger", "600", "--log-json", str(log)])
     try:
         url = p.wait_line("mmbot: metrics on ").split()[-1]
