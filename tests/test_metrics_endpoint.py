@@ -224,3 +224,130 @@ def test_backtest_compare_refuses_metrics_in_one_line(tmp_path):
                         "--metrics-port", "0", "--db", str(tmp_path / "x.db")],
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=CEILING_S)
     assert r.returncode == 2 and "--compare" in r.stderr and "Traceback" not in r.stderr
+
+
+async def test_rate_limit_metrics_of_a_polled_feed_against_a_local_binance(fake_binance, tmp_path):
+    """On live public data (ccxt's REST client against a local Binance server) the rate-limit
+    metrics come from the polling source: its budget as configured, its request count never
+    ahead of the requests the server received (read after the scrape)."""
+    import asyncio
+
+    cfg = tmp_path / "live.yaml"
+    cfg.write_text(f"market_data:\n  transport: rest\n  api_url: {fake_binance.base_url}\n  poll_interval_s: 0.05\n  rate_limit_per_s: 20\n"
+                   "strategy:\n  pricing:\n    gamma: 0.001\n    k: 0.5\n    initial_sigma: 5.0\n"
+                   "  controls:\n    order_size: 0.001\n    max_inventory: 0.01\nforecaster:\n  model: none\n"
+                   "metrics:\n  update_interval_s: 0.01\n")
+    p = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "paper", "--config", str(cfg), "--exchange", "binance", "--symbol", "BTC/USDT",
+        "--duration", "3600", "--db", str(tmp_path / "l.db"), "--no-live", "--json", "--metrics-port", "0",
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = (await asyncio.wait_for(p.stderr.readline(), CEILING_S)).decode()
+        assert line.startswith("mmbot: metrics on "), line
+        url = line.split()[-1]
+        mk = {"exchange": "binance", "symbol": "BTC/USDT"}
+        loop = asyncio.get_running_loop()
+        end = loop.time() + CEILING_S
+        while True:  # wait for the condition (three polls counted), with a ceiling
+            m = await asyncio.to_thread(scrape, url)
+            served = fake_binance.requests["/api/v3/depth"]
+            reqs = [v for (n, lb), v in m.items() if n == "mmbot_rate_limit_requests_total"]
+            if reqs:
+                assert reqs[0] <= served  # copied after the poll's event was processed
+                if reqs[0] >= 3:
+                    break
+            assert p.returncode is None and loop.time() < end, "no three polls counted"
+            await asyncio.sleep(0.05)
+        assert value(m, "mmbot_rate_limit_budget_per_second", **mk) == 20
+        assert 0 <= value(m, "mmbot_rate_limit_window_used", **mk) <= 20
+        assert value(m, "mmbot_feed_staleness_seconds", **mk) >= 0
+        assert value(m, "mmbot_run_ended", **mk) == 0
+        assert not math.isnan(value(m, "mmbot_mid_price", **mk))
+        p.send_signal(signal.SIGINT)
+        await asyncio.wait_for(p.communicate(), CEILING_S)
+        assert p.returncode == 130
+    finally:
+        if p.returncode is None:
+            p.kill()
+            await p.communicate()
+
+
+class CrossingBidStrategy:
+    """A real strategy that always bids at the best ask: a post-only venue rejects every bid."""
+
+    def __init__(self, market) -> None:
+        self.market = market
+
+    def on_trades(self, trades, now_ns) -> None:
+        pass
+
+    def on_update(self, book, inventory, now_ns, forecast=None):
+        from strategies.base import QuoteLevel, Quotes
+
+        ask = book.best_ask()
+        px = Decimal(repr(ask[0] if isinstance(ask, tuple) else ask)).quantize(self.market.tick)
+        return Quotes(bids=[QuoteLevel(px, self.market.lot)], asks=[], mid=book.mid())
+
+
+async def test_order_errors_counted_by_type_and_logged_as_json(tmp_path):
+    """An engine on the simulated market whose bids all cross: each rejection is counted under
+    type post_only, logged as one order_error JSON line, and stored as a rejected order."""
+    from bot.engine import Engine
+    from bot.observability import Observers
+    from bot.observability.jsonlog import JsonLog, JsonLogObserver
+    from bot.observability.metrics import MetricsObserver, MmbotMetrics
+    from bot.persistence.store import open_store
+    from paper_trading.fees import MakerTakerFees
+    from paper_trading.fill_models import IntensityFillModel
+    from paper_trading.paper_exchange import PaperExchange
+    from paper_trading.sim_market import SimulatedMarket
+
+    store = open_store(str(tmp_path / "e.db"))
+    jl = JsonLog(tmp_path / "e.jsonl")
+    metrics = MmbotMetrics()
+    try:
+        eng = Engine(SimulatedMarket(duration_s=5.0, speed=0.0, seed=3), PaperExchange(IntensityFillModel(0.2, 1.5, seed=4), MakerTakerFees(0, 0)),
+                     CrossingBidStrategy, store, handle_signals=False, config_snapshot={"exchange": "sim"})
+        eng.observer = Observers(MetricsObserver(metrics), JsonLogObserver(jl))
+        summary = await eng.run()
+    finally:
+        jl.close()
+        store.close()
+    from prometheus_client import generate_latest
+
+    m = {}
+    for fam in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for s in fam.samples:
+            m[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    n = summary["orders_rejected"]
+    assert n > 0
+    assert value(m, "mmbot_order_errors_total", type="post_only", exchange="sim", symbol="SIM/USD") == n
+    assert value(m, "mmbot_orders_rejected_total", exchange="sim", symbol="SIM/USD") == n
+    con = sqlite3.connect(tmp_path / "e.db")
+    try:
+        assert con.execute("select count(*) from orders where state = 'rejected'").fetchone()[0] == n
+    finally:
+        con.close()
+    errs = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines() if '"order_error"' in x]
+    assert len(errs) == n and all(e["type"] == "post_only" and "would cross" in e["reason"] for e in errs)
+
+
+async def test_loop_lag_probe_sees_a_blocked_loop():
+    """A step that holds the loop for 50 ms (a busy wait on the monotonic clock) delays the
+    probe's 1 ms wake-up by at least 49 ms: a lower bound that load can only raise."""
+    import asyncio
+    import time
+
+    from bot.observability.looplag import LoopLagProbe
+
+    seen: list[float] = []
+    got = asyncio.Event()
+    probe = LoopLagProbe(0.001, lambda s: (seen.append(s), got.set()))
+    probe.start()
+    await asyncio.sleep(0)  # the probe's task starts its sleep
+    t_end = time.monotonic() + 0.05
+    while time.monotonic() < t_end:  # hold the loop, as a long synchronous step would
+        pass
+    await asyncio.wait_for(got.wait(), CEILING_S)
+    probe.stop()
+    assert seen[0] >= 0.049 and probe.max_s >= 0.049
