@@ -13,6 +13,11 @@ Per market event::
 The clock is the event's timestamp (simulated time in simulation and replay, exchange
 time live), so a strategy sees the same time base in every mode.
 
+Observability: ``Engine.observer`` (None by default; see bot/observability) is told of the run's
+start and end, each event (after ``on_tick``), each fill and each rejected order. The engine
+stamps each event's tick-to-quote time (``EngineState.tick_to_quote_ns``: from entering
+:meth:`step` to the strategy's quotes, ``time.perf_counter_ns``) whether or not one is set.
+
 Signals: SIGINT/SIGTERM stop the loop after the current event. A feed that never waits
 (``--speed 0``, backtests) would never let the event loop run the signal handler, so the
 loop yields to it every ``YIELD_EVERY_EVENTS`` events or ``YIELD_EVERY_S`` of wall time.
