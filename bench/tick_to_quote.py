@@ -101,9 +101,12 @@ def main() -> None:
         eng = SimpleNamespace(state=EngineState(), inventory=Inventory(), source=SimpleNamespace(), forecaster=fc,
                               config_snapshot={"exchange": "bench"}, market=mkt, mode="bench",
                               store=SimpleNamespace(run_id=0), exchange_name=lambda: "bench")
-        obs = MetricsObserver(MmbotMetrics())
-        obs.labels = ("bench", mkt.symbol)  # run_started without a running loop (no lag probe here)
-        obs._hist = obs.m.tick_to_quote.labels(*obs.labels)
+        from bot.observability import Observers
+
+        mo = MetricsObserver(MmbotMetrics())
+        mo.labels = ("bench", mkt.symbol)  # run_started without a running loop (no lag probe here)
+        mo._hist = mo.m.tick_to_quote.labels(*mo.labels)
+        obs = Observers(mo)  # as the CLI gives it to the engine
     for i in range(n):
         # the update as it arrives from a feed: new best levels after a mid move
         mid_t += int(steps[i])

@@ -351,3 +351,41 @@ async def test_loop_lag_probe_sees_a_blocked_loop():
     await asyncio.wait_for(got.wait(), CEILING_S)
     probe.stop()
     assert seen[0] >= 0.049 and probe.max_s >= 0.049
+
+
+async def test_a_failing_observer_never_stops_the_run(tmp_path, caplog):
+    """An observer that raises in every hook: the run completes as without it, the other
+    observer still sees every event, and each failing hook is logged once."""
+    from bot.engine import Engine
+    from bot.observability import Observer, Observers
+    from bot.persistence.store import open_store
+    from paper_trading.fees import MakerTakerFees
+    from paper_trading.fill_models import IntensityFillModel
+    from paper_trading.paper_exchange import PaperExchange
+    from paper_trading.sim_market import SimulatedMarket
+
+    class Broken(Observer):
+        def run_started(self, engine):
+            raise RuntimeError("broken start")
+
+        def tick(self, engine):
+            raise RuntimeError("broken tick")
+
+    class Counting(Observer):
+        ticks = 0
+
+        def tick(self, engine):
+            Counting.ticks += 1
+
+    store = open_store(str(tmp_path / "f.db"))
+    try:
+        eng = Engine(SimulatedMarket(duration_s=5.0, speed=0.0, seed=3), PaperExchange(IntensityFillModel(0.2, 1.5, seed=4), MakerTakerFees(0, 0)),
+                     CrossingBidStrategy, store, handle_signals=False)
+        eng.observer = Observers(Broken(), Counting())
+        with caplog.at_level("WARNING", logger="mmbot.observability"):
+            summary = await eng.run()
+    finally:
+        store.close()
+    assert summary["status"] == "completed" and Counting.ticks == summary["events"] > 1
+    msgs = [r.getMessage() for r in caplog.records if r.name == "mmbot.observability"]
+    assert len(msgs) == 2 and any("Broken.tick failed" in m for m in msgs) and any("Broken.run_started failed" in m for m in msgs)

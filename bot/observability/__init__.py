@@ -38,22 +38,31 @@ class Observers(Observer):
     def __init__(self, *observers: Observer) -> None:
         self.observers = [o for o in observers if o is not None]
         self._failed: set[tuple[int, str]] = set()
+        self._ticks = [o.tick for o in self.observers]  # bound once: tick runs on every event
+
+    def _failure(self, i: int, name: str, e: Exception) -> None:
+        if (i, name) not in self._failed:
+            self._failed.add((i, name))
+            o = self.observers[i]
+            log.warning("observer %s.%s failed (further failures not logged): %s: %s",
+                        type(o).__name__, name, type(e).__name__, e)
 
     def _call(self, name: str, *args) -> None:
         for i, o in enumerate(self.observers):
             try:
                 getattr(o, name)(*args)
             except Exception as e:  # noqa: BLE001 - watching must never stop trading
-                if (i, name) not in self._failed:
-                    self._failed.add((i, name))
-                    log.warning("observer %s.%s failed (further failures not logged): %s: %s",
-                                type(o).__name__, name, type(e).__name__, e)
+                self._failure(i, name, e)
 
     def run_started(self, engine) -> None:
         self._call("run_started", engine)
 
     def tick(self, engine) -> None:
-        self._call("tick", engine)
+        for i, f in enumerate(self._ticks):
+            try:
+                f(engine)
+            except Exception as e:  # noqa: BLE001
+                self._failure(i, "tick", e)
 
     def fill(self, engine, fill) -> None:
         self._call("fill", engine, fill)
