@@ -13,9 +13,15 @@ passed to the strategy. Updates come every 10 ms of simulated time, so with the 
 also reported separately (``grid_step_p50_us``/``grid_step_p99_us``). About one update in
 ten carries a synthetic public trade (made outside the timed region).
 
+With ``--metrics`` the Prometheus observer (bot/observability/metrics.py) runs after every
+update as it does in the engine: the update's tick-to-quote time into the latency histogram,
+and its copy of the state every ``update_interval_s`` (0.25 s). That work is outside the timed
+region (it follows the decision), so compare the p50 with and without ``--metrics`` for its
+effect on the decision itself; ``observer_p50_us``/``observer_p99_us`` give its own cost.
+
 Prints one JSON line: {"n": ..., "model": ..., "p50_us": ..., "p99_us": ..., ...}.
 Usage: python bench/tick_to_quote.py [--n 200000] [--model avellaneda_stoikov|glft]
-       [--forecaster PATH|default] [--backend numba|torchscript]
+       [--forecaster PATH|default] [--backend numba|torchscript] [--metrics]
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=1)
     ap.add_argument("--forecaster", default=None, help="model file or 'default' (the shipped model): time the forecaster too")
     ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript")
+    ap.add_argument("--metrics", action="store_true", help="run the Prometheus metrics observer after every update")
     args = ap.parse_args()
 
     fc = None
@@ -82,6 +89,24 @@ def main() -> None:
     ts = 1_700_000_000_000_000_000
     q = 0.0
     pc = time.perf_counter_ns
+    obs = eng = None
+    t_obs = np.zeros(n, dtype=np.int64)
+    if args.metrics:
+        from types import SimpleNamespace
+
+        from bot.engine import EngineState
+        from bot.inventory import Inventory
+        from bot.observability.metrics import MetricsObserver, MmbotMetrics
+
+        eng = SimpleNamespace(state=EngineState(), inventory=Inventory(), source=SimpleNamespace(), forecaster=fc,
+                              config_snapshot={"exchange": "bench"}, market=mkt, mode="bench",
+                              store=SimpleNamespace(run_id=0), exchange_name=lambda: "bench")
+        from bot.observability import Observers
+
+        mo = MetricsObserver(MmbotMetrics())
+        mo.labels = ("bench", mkt.symbol)  # run_started without a running loop (no lag probe here)
+        mo._hist = mo.m.tick_to_quote.labels(*mo.labels)
+        obs = Observers(mo)  # as the CLI gives it to the engine
     for i in range(n):
         # the update as it arrives from a feed: new best levels after a mid move
         mid_t += int(steps[i])
@@ -101,6 +126,13 @@ def main() -> None:
         t2 = pc()
         t_quote[i] = t1 - t0
         t_orders[i] = t2 - t0
+        if obs is not None:  # as Engine.step does after the decision: state, then the observer
+            st = eng.state
+            st.tick_to_quote_ns, st.mid, st.quotes = t1 - t0, quotes.mid, quotes
+            st.events += 1
+            t3 = pc()
+            obs.tick(eng)
+            t_obs[i] = pc() - t3
         # acknowledge outside the timed region, keep the book consistent
         for o in cancels:
             om.on_ack(OrderAck(o.client_id, OrderState.CANCELED, ts))
@@ -125,6 +157,8 @@ def main() -> None:
         "bench": "tick_to_quote", "n": n, "model": args.model, "levels": args.levels, "forecaster": args.forecaster,
         "p50_us": round(us(t_quote, 50), 2), "p99_us": round(us(t_quote, 99), 2), "mean_us": round(t_quote.mean() / 1000, 2),
         "with_order_diff_p50_us": round(us(t_orders, 50), 2), "with_order_diff_p99_us": round(us(t_orders, 99), 2),
+        **({"metrics": True, "observer_p50_us": round(us(t_obs, 50), 2), "observer_p99_us": round(us(t_obs, 99), 2),
+            "observer_mean_us": round(t_obs.mean() / 1000, 2)} if obs is not None else {"metrics": False}),
         "python": platform.python_version(), "machine": platform.machine(), **extra,
     }))
 

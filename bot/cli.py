@@ -208,6 +208,15 @@ def import_lobster_cmd(
     _print_stats(stats, json_out, f"Imported into {out}")
 
 DEFAULT_CONFIG = Path("config/paper.yaml")
+METRICS_PORT_HELP = "serve Prometheus metrics on this port (0 = any free port; the URL is printed on stderr)"
+METRICS_LINGER_HELP = "keep the metrics endpoint up this many seconds after the run (SIGTERM ends it)"
+LOG_JSON_HELP = "write JSON-line event logs (fills, order errors, guard switches, run start/end) to this rotating file"
+
+
+def _observability_options(metrics_port, metrics_linger, log_json) -> dict:
+    """The command-line options of the metrics endpoint and the JSON log, for _with_options."""
+    return {"--metrics-port": ("metrics.port", metrics_port), "--metrics-linger": ("metrics.linger_s", metrics_linger),
+            "--log-json": ("logging.json_file", log_json)}
 DEFAULT_BACKTEST_CONFIG = Path("config/backtest.yaml")
 
 
@@ -228,6 +237,9 @@ def paper(
     replay: Optional[Path] = typer.Option(None, "--replay", help="replay a recording directory (mmbot import / mmbot record) instead"),
     replay_speed: Optional[float] = typer.Option(None, "--replay-speed", help="with --replay: recorded seconds per wall second (0 = as fast as possible)"),
     json_out: bool = typer.Option(False, "--json", help="print the final summary as one JSON object"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help=METRICS_PORT_HELP),
+    metrics_linger: Optional[float] = typer.Option(None, "--metrics-linger", help=METRICS_LINGER_HELP),
+    log_json: Optional[str] = typer.Option(None, "--log-json", help=LOG_JSON_HELP),
 ) -> None:
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
@@ -240,7 +252,7 @@ def paper(
     cfg = _with_options(cfg, {"--exchange": ("exchange", exchange), "--symbol": ("symbol", symbol),
                               "--duration": ("duration_s", duration), "--db": ("database.url", db),
                               "--speed": ("sim.speed", speed), "--seed": ("sim.seed", seed), "--live": ("ui.live", live),
-                              "--replay-speed": ("replay.speed", replay_speed)})
+                              "--replay-speed": ("replay.speed", replay_speed), **_observability_options(metrics_port, metrics_linger, log_json)})
     if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
         raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     console = _console()
@@ -251,8 +263,12 @@ def paper(
 
         events_meta = load_recording(replay)  # a bad recording fails before the database is touched
     forecaster = build_forecaster(cfg)  # ... and so does a bad model file
+    from bot.observability.runtime import Observability
+
+    obs = None
     store = _open_store(cfg.database.url)
     try:
+        obs = Observability(cfg)
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_live else None
         if replay is not None:
             from paper_trading.backtest import build_replay_engine
@@ -261,13 +277,17 @@ def paper(
                                             forecaster=forecaster)
         else:
             engine = build_paper_engine(cfg, store, on_tick=panel, forecaster=forecaster)
+        engine.observer = obs.observer
         if panel is not None:
             with panel:
                 summary = asyncio.run(engine.run())
         else:
             summary = asyncio.run(engine.run())
+        obs.linger()
     finally:
         store.close()
+        if obs is not None:
+            obs.close()
     summary["database"] = cfg.database.url
     if json_out:
         print(json.dumps(summary, default=str))
@@ -331,6 +351,9 @@ def backtest(
     variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated variants on the same data: lstm (configured model + forecaster), glft, avellaneda_stoikov, symmetric (no forecaster)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help=METRICS_PORT_HELP),
+    metrics_linger: Optional[float] = typer.Option(None, "--metrics-linger", help=METRICS_LINGER_HELP),
+    log_json: Optional[str] = typer.Option(None, "--log-json", help=LOG_JSON_HELP),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
     from bot.config import build_forecaster, load_config
@@ -339,7 +362,10 @@ def backtest(
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
-    cfg = _with_options(load_config(config), {"--db": ("database.url", db)})
+    cfg = _with_options(load_config(config), {"--db": ("database.url", db), **_observability_options(metrics_port, metrics_linger, log_json)})
+    if variants and (cfg.metrics.port is not None or cfg.logging.json_file):
+        raise MmbotError("--compare runs several backtests: metrics (--metrics-port, metrics.port) and JSON logs "
+                         "(--log-json, logging.json_file) are for single runs")
     events_meta = load_recording(data)  # validate before touching the database
     forecaster = build_forecaster(cfg)
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
@@ -348,12 +374,19 @@ def backtest(
         _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
                  progress=progress)
         return
+    from bot.observability.runtime import Observability
+
+    obs = None
     store = _open_store(cfg.database.url)
     try:
+        obs = Observability(cfg)
         summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
-                               events_meta=events_meta, forecaster=forecaster)
+                               events_meta=events_meta, forecaster=forecaster, observer=obs.observer)
+        obs.linger()
     finally:
         store.close()
+        if obs is not None:
+            obs.close()
     if json_out:
         print(json.dumps(summary, default=str))
     else:

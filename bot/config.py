@@ -110,6 +110,24 @@ class UiConfig(_Strict):
     refresh_per_s: float = Field(4.0, gt=0, description="status panel refresh rate, per second")
 
 
+class MetricsConfig(_Strict):
+    """The Prometheus endpoint (docs/operations.md lists the metrics)."""
+
+    port: int | None = Field(None, ge=0, le=65535, description="serve /metrics on this TCP port; 0 = any free port (printed); null = no endpoint")
+    host: str = Field("127.0.0.1", description="address to bind the endpoint to (0.0.0.0 = every interface)")
+    update_interval_s: float = Field(0.25, gt=0, le=3600, description="wall seconds between copies of the engine's state into the metrics")
+    loop_lag_interval_s: float = Field(0.25, gt=0, le=3600, description="period of the event-loop lag probe, seconds")
+    linger_s: float = Field(0.0, ge=0, le=MAX_SECONDS, description="keep serving after the run ended, wall seconds (SIGINT/SIGTERM end it early)")
+
+
+class LoggingConfig(_Strict):
+    """Structured JSON-line event logs (docs/operations.md has the format)."""
+
+    json_file: str | None = Field(None, description="JSON-lines event log file (rotated); null = none")
+    max_bytes: int = Field(10_000_000, ge=1024, description="rotate the JSON log when it would exceed this size, bytes")
+    backup_count: int = Field(5, ge=0, le=1000, description="rotated JSON log files kept (FILE.1 ... FILE.N)")
+
+
 class Config(_Strict):
     exchange: str = Field("sim", description="'sim' = the simulated market, else a ccxt exchange id")
     symbol: str = Field("SIM/USD", description="ccxt unified symbol")
@@ -123,6 +141,8 @@ class Config(_Strict):
     strategy: StrategyParams = Field(default_factory=StrategyParams)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
 def build_forecaster(cfg: "Config"):

@@ -13,6 +13,11 @@ Per market event::
 The clock is the event's timestamp (simulated time in simulation and replay, exchange
 time live), so a strategy sees the same time base in every mode.
 
+Observability: ``Engine.observer`` (None by default; see bot/observability) is told of the run's
+start and end, each event (after ``on_tick``), each fill and each rejected order. The engine
+stamps each event's tick-to-quote time (``EngineState.tick_to_quote_ns``: from entering
+:meth:`step` to the strategy's quotes, ``time.perf_counter_ns``) whether or not one is set.
+
 Signals: SIGINT/SIGTERM stop the loop after the current event. A feed that never waits
 (``--speed 0``, backtests) would never let the event loop run the signal handler, so the
 loop yields to it every ``YIELD_EVERY_EVENTS`` events or ``YIELD_EVERY_S`` of wall time.
@@ -72,6 +77,7 @@ class EngineState:
     canceled: int = 0
     rejected: int = 0
     pnl: float = 0.0
+    tick_to_quote_ns: int = 0  # last event: from its arrival (step entered) to the strategy's quotes, ns (perf_counter)
 
 
 class Engine:
@@ -120,6 +126,9 @@ class Engine:
         self._next_pnl_ns = 0
         self._next_yield = 0.0
         self.shutdown_errors: list[tuple[str, BaseException]] = []
+        # bot.observability.Observer (metrics, JSON logs), set by the CLI: told of the run's
+        # start and end, each event (after on_tick), each fill and each rejected order
+        self.observer = None
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to finish after the current event; a wait for market data (which may
@@ -163,6 +172,8 @@ class Engine:
             self.mid0 = book.mid()
             self._snapshot(t0, force=True)
             self.store.commit()
+            if self.observer is not None:
+                self.observer.run_started(self)
             self._task = asyncio.current_task()
             self._next_yield = time.monotonic() + YIELD_EVERY_S
             since_yield = 0
@@ -199,6 +210,8 @@ class Engine:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             summary = await self._shutdown(status, started)
+            if self.observer is not None and started:
+                self.observer.run_ended(self, summary)
             for what, close in (("closing the market source", self.source.close), ("closing the exchange", self.exchange.close)):
                 try:
                     await close()
@@ -218,6 +231,7 @@ class Engine:
 
     async def step(self, ev: MarketEvent) -> None:
         """Process one market event (public so that tests and backtests can drive it)."""
+        t_in = time.perf_counter_ns()
         st = self.state
         st.events += 1
         st.ts_ns = ev.ts_ns
@@ -235,6 +249,7 @@ class Engine:
         if forecast is not None:
             st.forecast_source = forecast.source
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
+        st.tick_to_quote_ns = time.perf_counter_ns() - t_in
         # the same Quotes object means the same desired orders: with no order activity since
         # the last reconcile (and no age limit) there is nothing to change
         if quotes is not st.quotes or self._orders_changed or self._age_limited:
@@ -252,6 +267,8 @@ class Engine:
                 self._last_commit = now
         if self.on_tick is not None:
             self.on_tick(self)
+        if self.observer is not None:
+            self.observer.tick(self)
 
     async def _reconcile(self, quotes: Quotes, now_ns: int) -> None:
         om = self.om
@@ -266,6 +283,8 @@ class Engine:
             om.on_ack(ack)  # type: ignore[union-attr]
             if ack.state is OrderState.REJECTED:
                 self.state.rejected += 1
+                if self.observer is not None:
+                    self.observer.order_error(self, ack)
             else:
                 self.state.placed += 1
 
@@ -279,6 +298,8 @@ class Engine:
             self.om.on_fill(fill)  # type: ignore[union-attr]
             self.inventory.apply(fill)
             self._orders_changed = True
+            if self.observer is not None:
+                self.observer.fill(self, fill)
         u = self.exchange.order_updates
         while not u.empty():
             ack = u.get_nowait()
@@ -286,6 +307,8 @@ class Engine:
             self._orders_changed = True
             if ack.state is OrderState.REJECTED:
                 self.state.rejected += 1
+                if self.observer is not None:
+                    self.observer.order_error(self, ack)
 
     def _snapshot(self, ts_ns: int, force: bool = False) -> None:
         """Update the PnL shown; write a snapshot every ``pnl_interval_s`` (or when forced)."""

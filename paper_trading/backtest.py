@@ -144,8 +144,9 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
 
 
 def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool = False, report_dir: str | Path | None = None,
-                 events_meta=None, forecaster=FROM_CONFIG) -> dict:
-    """Run a backtest; returns the engine summary plus metrics and the report path."""
+                 events_meta=None, forecaster=FROM_CONFIG, observer=None) -> dict:
+    """Run a backtest; returns the engine summary plus metrics and the report path.
+    ``observer``: the engine's observer (bot.observability: metrics, JSON logs), or None."""
     t0 = time.perf_counter()
     if events_meta is None:
         events_meta = load_recording(data)
@@ -160,6 +161,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         cb = lambda i: bar.update(task, completed=i)  # noqa: E731
     engine, source = build_replay_engine(data, cfg, store, mode="backtest", speed=0.0, on_progress=cb, events_meta=events_meta,
                                          forecaster=forecaster)
+    engine.observer = observer
     # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
     # long-lived ones (modules, config, arrays) at every collection
     gc.freeze()
