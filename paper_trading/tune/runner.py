@@ -49,6 +49,8 @@ class SummaryStore:
     orders and fills are dropped (fills are still de-duplicated like the real store) and the
     PnL snapshots are kept in memory: ts (ns), inventory (base units), PnL (quote)."""
 
+    installation_id = "tune"  # client-id prefix: a trial's orders never reach a venue
+
     def __init__(self) -> None:
         self.run_id = 0
         self._fill_keys: set = set()
