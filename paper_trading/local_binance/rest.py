@@ -110,7 +110,7 @@ class RestApi:
         if fault.kind == "drop":
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionResetError("local_binance: connection dropped by fault")
+            return web.Response(status=500)  # never delivered: the transport is gone
         # timeout: hold the reply until the client gives up (closes), a release, or hold_s
         seq = faults.release_seq
         loop = asyncio.get_running_loop()
