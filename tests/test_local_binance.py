@@ -504,3 +504,134 @@ async def test_silent_stall_is_detected_by_a_short_keepalive(ex: LocalBinance) -
     finally:
         await books.stop()
         await c.close()
+
+
+async def test_legacy_listen_key_stream(ex: LocalBinance, client) -> None:
+    """ccxt 4.5 no longer uses it for spot, but the listenKey route works for raw clients."""
+    import aiohttp
+
+    key = (await client.publicPostUserDataStream())["listenKey"]
+    assert await client.publicPutUserDataStream({"listenKey": key}) == {}
+    with pytest.raises(ccxt.AuthenticationError):  # -1125 unknown listenKey
+        await client.publicPutUserDataStream({"listenKey": "nope"})
+    async with aiohttp.ClientSession() as s:
+        async with s.ws_connect(f"{ex.ws_url}/ws/{key}") as ws:
+            await ex.wait_until(lambda: len(ex.user.subscribed) == 1, CEIL, "listenKey connection")
+            await client.create_order(SYMBOL, "limit", "buy", 0.001, 49990, {"clientOrderId": "lk"})
+            msg = await asyncio.wait_for(ws.receive_json(), CEIL)
+            assert (msg["e"], msg["x"], msg["X"], msg["c"]) == ("executionReport", "NEW", "NEW", "lk")
+            msg = await asyncio.wait_for(ws.receive_json(), CEIL)
+            assert msg["e"] == "outboundAccountPosition" and {b["a"] for b in msg["B"]} == {"BTC", "USDT"}
+
+
+async def test_admin_api_and_record_match_the_rest_view(ex: LocalBinance, client) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        async def post(path: str, body: Any) -> tuple[int, Any]:
+            async with s.post(ex.base_url + path, json=body) as r:
+                return r.status, await r.json()
+
+        await client.create_order(SYMBOL, "limit", "buy", 0.002, 49990, {"clientOrderId": "ad-b"})
+        o = await client.create_order(SYMBOL, "limit", "sell", 0.001, 50010, {"clientOrderId": "ad-s"})
+        await client.create_order(SYMBOL, "limit", "sell", 0.001, 50020, {"clientOrderId": "ad-x"})
+        st, body = await post("/_admin/taker", {"side": "sell", "qty": "0.001", "price": "49990"})
+        assert st == 200 and [f["client_order_id"] for f in body["fills"]] == ["ad-b"]
+        assert (await post("/_admin/expire", {"client_order_id": "ad-x"}))[0] == 200
+        st, body = await post("/_admin/fault", {"kind": "http", "match": "cancel", "status": 503})
+        assert st == 200 and body["queued"]["match"] == "DELETE /api/v3/order"
+        with pytest.raises(ccxt.ExchangeNotAvailable):
+            await client.cancel_order(o["id"], SYMBOL)
+        # bad input: one clear error, HTTP 400, nothing changes
+        st, body = await post("/_admin/fault", {"kind": "meteor"})
+        assert st == 400 and "unknown fault kind 'meteor'" in body["error"]
+        st, body = await post("/_admin/taker", {"side": "sell", "qty": "0.001"})
+        assert st == 400 and body["error"] == "/_admin/taker: missing field 'price'"
+        st, body = await post("/_admin/clock", {"offset_ms": 1500})
+        assert st == 200 and ex.clock_offset_ms == 1500
+        async with s.get(ex.base_url + "/_admin/record") as r:
+            rec = await r.json()
+    assert rec["orders"] == ex.record()["orders"]
+    # the record agrees with what ccxt sees over REST
+    trades = await client.fetch_my_trades(SYMBOL)
+    assert [int(t["id"]) for t in trades] == [f["trade_id"] for f in rec["fills"]]
+    open_ids = {x["clientOrderId"] for x in await client.fetch_open_orders(SYMBOL)}
+    assert open_ids == {r["client_order_id"] for r in rec["orders"] if r["status"] in ("NEW", "PARTIALLY_FILLED")} == {"ad-b", "ad-s"}
+    assert {r["client_order_id"]: r["status"] for r in rec["orders"]}["ad-x"] == "EXPIRED"
+    bal = (await client.fetch_balance())["info"]["balances"]
+    assert {b["asset"]: {"free": b["free"], "locked": b["locked"]} for b in bal} == rec["balances"]
+
+
+# -- standalone server and market driver ------------------------------------------------------
+async def test_standalone_server_with_driver_fills_a_resting_order() -> None:
+    import os
+    import re
+    import signal
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paper_trading.local_binance", "--port", "0", "--drive", "--drive-interval", "0.05",
+        cwd=str(root), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    c = None
+    try:
+        base = None
+        while base is None:
+            line = (await asyncio.wait_for(proc.stdout.readline(), CEIL)).decode()
+            assert line, "server exited before printing its URLs"
+            m = re.search(r"REST base:\s+(http://127\.0\.0\.1:\d+)", line)
+            base = m.group(1) if m else None
+        c = ccxt_async.binance({"apiKey": "test-key", "secret": "test-secret", "options": dict(OPTIONS)})
+        c.urls = dict(c.urls)
+        c.urls["api"] = _rewrite(dict(c.urls["api"]), base)
+        c.timeout_on_exit = 0
+        await c.load_markets()
+        ob = await c.fetch_order_book(SYMBOL, 5)
+        o = await c.create_order(SYMBOL, "limit", "buy", 0.0005, ob["bids"][0][0], {"postOnly": True, "clientOrderId": "drv"})
+        loop = asyncio.get_running_loop()
+        end = loop.time() + CEIL
+        while (await c.fetch_order(o["id"], SYMBOL))["status"] == "open":
+            assert loop.time() < end, "the driver never filled the order"
+            await c.fetch_order_book(SYMBOL, 5)  # (one round trip per poll)
+        trades = await c.fetch_my_trades(SYMBOL)
+        assert trades and all(t["order"] == o["id"] for t in trades)
+    finally:
+        if c is not None:
+            await c.close()
+        proc.send_signal(signal.SIGINT)
+        rc = await asyncio.wait_for(proc.wait(), CEIL)
+    assert rc == 0
+
+
+def test_standalone_bad_arguments_exit_2_with_one_line() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    for args, needle in ((["--symbol", "BTCUSDT"], "--symbol 'BTCUSDT'"), (["--mid", "abc"], "--mid 'abc'"),
+                         (["--balance", "BTC"], "--balance 'BTC'"), (["--port", "70000"], "--port 70000")):
+        r = subprocess.run([sys.executable, "-m", "paper_trading.local_binance", *args], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=CEIL)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+async def test_driver_keeps_a_sane_book_and_trades_against_resting_orders(ex: LocalBinance) -> None:
+    from paper_trading.local_binance.driver import MarketDriver
+
+    d = MarketDriver(ex, seed=7)
+    ex.state.place("BTCUSDT", "SELL", "LIMIT_MAKER", "0.0005", "50000.05")
+    ex.state.place("BTCUSDT", "BUY", "LIMIT_MAKER", "0.0005", "49999.95")
+    for _ in range(300):
+        d.step()
+        bids, asks = ex.state.books["BTCUSDT"]
+        assert bids and asks and bids[0][0] < asks[0][0] and len(bids) == len(asks) == d.depth
+        if not ex.state.open_orders():
+            break
+    assert not ex.state.open_orders() and {f.side for f in ex.fills} == {"BUY", "SELL"}
+    assert all(f.maker for f in ex.fills)
