@@ -188,6 +188,7 @@ class CcxtLiveExchange(Exchange):
         self.counters: Counter[str] = Counter()  # order errors, rate limits, resyncs, unknowns
         self.banned_until = 0.0  # time.monotonic() until which nothing is sent
         self._ban_backoff_s = 0.0
+        self._auth_like = 0  # consecutive -2015 answers
         self.side_blocked: dict[Side, str] = {}  # side -> reason (insufficient funds)
         self.mid: float | None = None
         self.market: MarketInfo | None = None
@@ -247,6 +248,16 @@ class CcxtLiveExchange(Exchange):
 
     def _note_rate_limit(self, e: BaseException) -> None:
         self.counters["rate_limited"] += 1
+        if "-2015" in str(e):
+            # ccxt turns Binance's -2015 ("Invalid API-key, IP, or permissions") into
+            # DDoSProtection once the key has worked (Binance also sends it on temporary
+            # bans); the same answer three times in a row means the key no longer works
+            self._auth_like += 1
+            if self._auth_like >= 3:
+                self._set_fatal(e)
+                return
+        else:
+            self._auth_like = 0
         retry = None
         headers = getattr(self.ex, "last_response_headers", None) or {}
         for k, v in headers.items():
@@ -286,6 +297,7 @@ class CcxtLiveExchange(Exchange):
             try:
                 out = await fn()
                 self._ban_backoff_s = 0.0
+                self._auth_like = 0
                 return out
             except ccxt.InvalidNonce as e:
                 if resynced:
@@ -548,6 +560,10 @@ class CcxtLiveExchange(Exchange):
             raise ExchangeError(f"cancel-all on {self.name} failed: {redact(short_reason(e, self.name))}") from None
         for cid, a in acks.items():
             self._state[cid] = a.state
+        try:  # the last fills before the cancels took effect (the engine drains them next)
+            await self.poll_fills_once()
+        except (ccxt.BaseError, ExchangeError) as e:
+            log.warning("%s: last fills poll failed: %s", self.name, redact(short_reason(e, self.name)))
         return list(acks.values())
 
     async def open_orders(self, symbol: str) -> list[OrderAck]:
