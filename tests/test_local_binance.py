@@ -213,12 +213,14 @@ async def test_duplicate_client_id_and_insufficient_balance(ex: LocalBinance, cl
 
 # -- REST faults ---------------------------------------------------------------------------
 async def test_order_request_times_out_although_placed(ex: LocalBinance) -> None:
-    c = rest_client(ex, timeout=1500)  # ms
+    c = rest_client(ex)
     try:
         await c.load_markets()
         ex.fault("timeout", "order")
+        c.timeout = 1500  # ms, for the faulted call only (others keep a loaded-machine margin)
         with pytest.raises(ccxt.RequestTimeout):
             await c.create_order(SYMBOL, "limit", "buy", 0.001, 49990, {"clientOrderId": "to-1"})
+        c.timeout = 60_000
         # the exchange placed it: resolvable by client id
         got = await c.fetch_order(None, SYMBOL, {"origClientOrderId": "to-1"})
         assert got["status"] == "open" and got["clientOrderId"] == "to-1"
@@ -228,8 +230,10 @@ async def test_order_request_times_out_although_placed(ex: LocalBinance) -> None
             await c.create_order(SYMBOL, "limit", "buy", 0.001, 49990, {"clientOrderId": "to-1"})
         # cancel that times out although it took effect
         ex.fault("timeout", "cancel")
+        c.timeout = 1500
         with pytest.raises(ccxt.RequestTimeout):
             await c.cancel_order(None, SYMBOL, {"origClientOrderId": "to-1"})
+        c.timeout = 60_000
         assert (await c.fetch_order(None, SYMBOL, {"origClientOrderId": "to-1"}))["status"] == "canceled"
         with pytest.raises(ccxt.OrderNotFound):
             await c.cancel_order(None, SYMBOL, {"origClientOrderId": "to-1"})
@@ -239,9 +243,10 @@ async def test_order_request_times_out_although_placed(ex: LocalBinance) -> None
 
 async def test_timeout_without_execution_and_connection_drop(ex: LocalBinance, client) -> None:
     ex.fault("timeout", "order", execute=False, hold_s=120)
-    client.timeout = 1500
+    client.timeout = 1500  # ms, for the faulted call only
     with pytest.raises(ccxt.RequestTimeout):
         await client.create_order(SYMBOL, "limit", "buy", 0.001, 49990, {"clientOrderId": "lost"})
+    client.timeout = 60_000
     with pytest.raises(ccxt.OrderNotFound):
         await client.fetch_order(None, SYMBOL, {"origClientOrderId": "lost"})
     ex.fault("drop", "order")  # executed, then the TCP connection is closed without a reply
@@ -588,10 +593,16 @@ async def test_standalone_server_with_driver_fills_a_resting_order() -> None:
         c.urls["api"] = _rewrite(dict(c.urls["api"]), base)
         c.timeout_on_exit = 0
         await c.load_markets()
-        ob = await c.fetch_order_book(SYMBOL, 5)
-        o = await c.create_order(SYMBOL, "limit", "buy", 0.0005, ob["bids"][0][0], {"postOnly": True, "clientOrderId": "drv"})
         loop = asyncio.get_running_loop()
         end = loop.time() + CEIL
+        o = None
+        while o is None:  # the book moves under us: a post-only at the best bid may cross by now
+            assert loop.time() < end, "could not rest a post-only order"
+            ob = await c.fetch_order_book(SYMBOL, 5)
+            try:
+                o = await c.create_order(SYMBOL, "limit", "buy", 0.0005, ob["bids"][0][0], {"postOnly": True})
+            except ccxt.OrderImmediatelyFillable:
+                pass
         while (await c.fetch_order(o["id"], SYMBOL))["status"] == "open":
             assert loop.time() < end, "the driver never filled the order"
             await c.fetch_order_book(SYMBOL, 5)  # (one round trip per poll)
@@ -635,3 +646,49 @@ async def test_driver_keeps_a_sane_book_and_trades_against_resting_orders(ex: Lo
             break
     assert not ex.state.open_orders() and {f.side for f in ex.fills} == {"BUY", "SELL"}
     assert all(f.maker for f in ex.fills)
+
+
+async def test_record_helpers(ex: LocalBinance, client) -> None:
+    from paper_trading.local_binance import record as R
+
+    await client.create_order(SYMBOL, "limit", "buy", 0.003, 49990, {"clientOrderId": "r1"})
+    await client.create_order(SYMBOL, "limit", "sell", 0.002, 50010, {"clientOrderId": "r2"})
+    ex.taker_trade("sell", 0.001, 49990)
+    ex.taker_trade("buy", 0.002, 50010)
+    await client.cancel_order(None, SYMBOL, {"origClientOrderId": "r1"})
+    await client.create_order(SYMBOL, "limit", "buy", 0.001, 49980, {"clientOrderId": "r1"})  # reuse after close
+    rec = ex.record()
+    assert R.open_orders(rec, "BTCUSDT").keys() == {"r1"}
+    assert sorted(R.final_states(rec).values()) == ["CANCELED", "FILLED", "NEW"]
+    assert R.fill_ids(rec) == [f.trade_id for f in ex.fills] and len(R.fill_ids(rec)) == 2
+    assert R.duplicate_client_ids(rec) == ["r1"]
+    assert R.net_base_from_fills(rec) == D("-0.001")
+    net = R.net_base_from_fills(rec, base="BTC")
+    assert net == D("-0.001") - D("0.000001")
+    assert R.balance_total(rec, "BTC") == D(1) + net
+    assert R.balance_total(rec, "XRP") == 0
+
+
+async def test_market_stream_drop_reconnects_resubscribes_and_resyncs(ex: LocalBinance, pro) -> None:
+    books = Collector(lambda: pro.watch_order_book(SYMBOL))
+    try:
+        await ex.wait_until(lambda: books.items, CEIL, "first book")
+        subs, snaps = ex.subscribe_count("depth"), ex.count("/api/v3/depth")
+        assert await ex.drop_ws("market") == 1
+        await ex.wait_until(lambda: books.errors, CEIL, "drop noticed")
+        await ex.wait_until(lambda: ex.subscribe_count("depth") > subs and ex.count("/api/v3/depth") > snaps,
+                            CEIL, "resubscribe + new snapshot")
+        await ex.wait_until(lambda: len(ex.market_ws.connections) == 1, CEIL, "reconnected")
+        u = await ex.push_depth([(49999.90, 3)])
+        await ex.wait_until(lambda: SYMBOL in pro.orderbooks and pro.orderbooks[SYMBOL]["nonce"] == u, CEIL, "live")
+        assert [49999.90, 3.0] in pro.orderbooks[SYMBOL]["bids"]
+        assert ex.market_ws.connects == 2
+    finally:
+        await books.stop()
+
+
+def test_binance_spot_has_no_countdown_cancel_all() -> None:
+    """The dead-man switch the issue asks for does not exist for Binance spot in ccxt 4.5
+    (only futures/options have countdownCancelAll): the server does not fake one."""
+    assert not ccxt.binance().has.get("cancelAllOrdersAfter")
+    assert not hasattr(ccxt.binance(), "sapiPostCountdownCancelAll")

@@ -586,15 +586,7 @@ class ExchangeState:
 
     # -- record --------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
-        """The exchange's own record as plain JSON: every order (client id, final state),
-        every fill (trade id), balances, rejections."""
-        assets = sorted(set(self.free) | set(self.locked))
-        return {
-            "server_time_ms": self.now_ms(),
-            "orders": [o.record() for o in self.orders.values()],
-            "fills": [f.record() for f in self.fills],
-            "balances": {a: {"free": fmt(self.free.get(a, ZERO)), "locked": fmt(self.locked.get(a, ZERO))}
-                         for a in assets},
-            "rejections": [{"time_ms": r.time_ms, "client_order_id": r.client_order_id, "code": r.code,
-                            "msg": r.msg} for r in self.rejections],
-        }
+        """The exchange's own record as plain JSON (see :mod:`.record`)."""
+        from .record import build_record
+
+        return build_record(self)
