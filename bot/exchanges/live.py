@@ -198,6 +198,7 @@ class CcxtLiveExchange(Exchange):
         self._chain: dict[str, asyncio.Task] = {}  # client id -> last request task
         self._tasks: set[asyncio.Task] = set()
         self._seen_trades: set[str] = set()
+        self.base_fees: dict[str, Decimal] = {}  # trade id -> fee charged in the base currency, base units
         self.last_trade_id: str | None = None  # newest trade id handed out (for polling)
         self.last_trade_ms: int | None = None
         self._bg: list[asyncio.Task] = []
@@ -622,6 +623,7 @@ class CcxtLiveExchange(Exchange):
                 fee = cost
             elif cur == m.base:
                 fee = cost * price  # charged in base units: valued at the fill price
+                self.base_fees[str(t["id"])] = cost  # ... and it leaves the base balance (see LiveInventory)
             else:
                 log.warning("%s: fee of trade %s in %s is not converted (recorded as 0)", self.name, t.get("id"), cur)
         ts = int(t.get("timestamp") or time.time() * 1000) * 1_000_000

@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 from bot.engine import Engine
 from bot.errors import ExchangeError
 from bot.exchanges.base import OrderAck
 from bot.inventory import Inventory
-from bot.live.reconcile import Reconciler, StartupReport
+from bot.live.reconcile import Reconciler, StartupReport, record_base_fee
 from bot.live.risk import KillSwitch, OrderRate, RiskLimits, limit_quotes
 from bot.orders import Order, OrderState, Side
 from strategies.base import Quotes
@@ -37,6 +38,27 @@ from strategies.base import Quotes
 log = logging.getLogger(__name__)
 
 _PULLABLE = (OrderState.OPEN, OrderState.PARTIALLY_FILLED, OrderState.PENDING_NEW, OrderState.UNKNOWN, OrderState.NEW)
+
+
+@dataclass
+class LiveInventory(Inventory):
+    """Inventory whose base follows the exchange balance when a fee is charged in the base
+    currency (Binance charges a buyer in base units): the fee's base units leave ``base``
+    and, as the fill's quote-valued fee was taken from ``cash``, go back there (PnL is the
+    same either way). The fee row is written with the fill (same commit)."""
+
+    exchange: object = None
+    conn: object = None
+
+    def apply(self, fill) -> None:
+        super().apply(fill)
+        fees = getattr(self.exchange, "base_fees", None)
+        bf = fees.pop(fill.trade_id, None) if fees else None
+        if bf:
+            self.base -= bf
+            self.cash += bf * fill.price
+            if self.conn is not None:
+                record_base_fee(self.conn, fill.exchange, fill.trade_id, bf)
 
 
 class LiveEngine(Engine):
@@ -77,7 +99,7 @@ class LiveEngine(Engine):
         self.startup_report = rep
         log.info("reconciled with %s: %d orders closed, %d missed fills, %d unknown orders cancelled; balance %s %s",
                  ex.name, len(rep.closed), rep.missed_fills, len(rep.cancelled_unknown), rep.base, rep.quote)
-        self.inventory = Inventory(base=rep.base, cash=rep.quote)
+        self.inventory = LiveInventory(base=rep.base, cash=rep.quote, exchange=ex, conn=self.store.conn)
         summary = await super().run()
         if self.fatal_reason:
             raise ExchangeError(self.fatal_reason)

@@ -33,7 +33,7 @@ from decimal import Decimal
 from typing import Callable
 
 import ccxt
-from sqlalchemy import BigInteger, Integer, String, func, insert, select, update
+from sqlalchemy import BigInteger, Integer, String, UniqueConstraint, func, insert, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bot.errors import MmbotError
@@ -68,6 +68,25 @@ class BalanceCheckpoint(_Base):
     base: Mapped[Decimal] = mapped_column(DecimalText)  # base units
     quote: Mapped[Decimal] = mapped_column(DecimalText)  # quote currency
     max_fill_id: Mapped[int] = mapped_column(Integer)
+
+
+class BaseFee(_Base):
+    """A fee the exchange charged in the base currency (e.g. Binance on a buy), base units.
+    The fills table values every fee in quote currency; this keeps what left the base
+    balance so that inventory = balance (I5) holds."""
+
+    __tablename__ = "live_base_fees"
+    __table_args__ = (UniqueConstraint("exchange", "trade_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exchange: Mapped[str] = mapped_column(String(32))
+    trade_id: Mapped[str] = mapped_column(String(64))
+    base_fee: Mapped[Decimal] = mapped_column(DecimalText)
+
+
+def record_base_fee(conn, exchange: str, trade_id: str, fee: Decimal) -> None:
+    """Add a base-currency fee row on ``conn`` (committed with the fill it belongs to)."""
+    if conn.execute(select(BaseFee.id).where(BaseFee.exchange == exchange, BaseFee.trade_id == trade_id)).first() is None:
+        conn.execute(insert(BaseFee).values(exchange=exchange, trade_id=trade_id, base_fee=str(fee)))
 
 
 @dataclass
@@ -128,13 +147,19 @@ class Reconciler:
                                          client_id=fill.client_id, symbol=fill.symbol, side=fill.side.value,
                                          price=str(fill.price), size=str(fill.size), fee=str(fill.fee),
                                          liquidity=fill.liquidity, ts_ns=fill.ts_ns, mid=fill.mid))
+        bf = self.ex.base_fees.pop(fill.trade_id, None)
+        if bf:
+            record_base_fee(c, fill.exchange, fill.trade_id, bf)
         return True
 
     def fills_sum(self, after_fill_id: int = 0) -> Decimal:
         """Signed size of the recorded fills of this market after a fills row id, base units."""
-        rows = self.store.conn.execute(select(FillRow.side, FillRow.size).where(
-            FillRow.exchange == self.ex.name, FillRow.symbol == self.symbol, FillRow.id > after_fill_id))
-        return sum((Decimal(s) * (1 if side == Side.BUY.value else -1) for side, s in rows), Decimal(0))
+        rows = self.store.conn.execute(
+            select(FillRow.side, FillRow.size, BaseFee.base_fee)
+            .outerjoin(BaseFee, (BaseFee.exchange == FillRow.exchange) & (BaseFee.trade_id == FillRow.trade_id))
+            .where(FillRow.exchange == self.ex.name, FillRow.symbol == self.symbol, FillRow.id > after_fill_id))
+        return sum((Decimal(s) * (1 if side == Side.BUY.value else -1) - Decimal(bf or 0) for side, s, bf in rows),
+                   Decimal(0))
 
     def checkpoint(self, base: Decimal, quote: Decimal) -> None:
         c = self.store.conn
@@ -280,7 +305,8 @@ class Reconciler:
             return None
         bal = await ex.balances()
         m = ex.market
-        pending = sum((f.size * f.side.sign for f in list(ex.fills._queue)), Decimal(0))  # type: ignore[attr-defined]
+        pending = sum((f.size * f.side.sign - ex.base_fees.get(f.trade_id, Decimal(0))
+                       for f in list(ex.fills._queue)), Decimal(0))  # type: ignore[attr-defined]
         diff = bal.get(m.base, Decimal(0)) - (inventory.base + pending)
         if abs(diff) > self.tolerance:
             self.mismatches += 1
