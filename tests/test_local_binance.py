@@ -269,6 +269,14 @@ async def test_5xx_with_and_without_execution(ex: LocalBinance, client) -> None:
     with pytest.raises(ccxt.RequestTimeout):  # ccxt maps -1007 (status unknown) to RequestTimeout
         await client.cancel_order(None, SYMBOL, {"origClientOrderId": "x502"})
     assert not next(iter(ex.orders.values())).is_open
+    # latency: served normally, only later; a path-only match takes any method
+    ex.fault("latency", "/api/v3/order", delay_s=0.05)
+    ex.fault("http", "GET /api/v3/account", status=504)
+    o = await client.create_order(SYMBOL, "limit", "buy", 0.001, 49990, {"clientOrderId": "slow"})
+    assert o["status"] == "open" and ex.faults.fired_count("latency") == 1
+    with pytest.raises(ccxt.RequestTimeout):  # HTTP 504 -> RequestTimeout in ccxt
+        await client.fetch_balance()
+    assert ex.faults.pending == []
 
 
 async def test_rate_limit_429_and_418_ban_with_retry_after(ex: LocalBinance, client) -> None:

@@ -74,7 +74,33 @@ Faults, from Python (:class:`LocalBinance`) or the admin API:
 
 Record: :meth:`LocalBinance.record` / ``GET /_admin/record`` -> ``{"orders": [...],
 "fills": [...], "balances": {asset: {"free", "locked"}}, "rejections": [...]}`` (every
-order with client id and final state and ``closed_by``, every fill with trade id).
+order with client id and final state and ``closed_by``, every fill with trade id); the
+live objects are :attr:`LocalBinance.orders` / :attr:`LocalBinance.fills`. Helpers for the
+checks a reconciliation test makes (open orders by client id, fill ids, duplicate client
+ids, net position from fills, balance totals) are in :mod:`.record`.
+
+ccxt 4.5.90 behaviours these tests pin down (an adapter has to live with them):
+
+* -1007 "Timeout waiting for response from backend server" (HTTP 5xx) -> ``RequestTimeout``;
+  a bare 5xx -> ``ExchangeNotAvailable``; a dropped connection -> ``NetworkError``.
+* -2015 becomes ``DDoSProtection`` (not ``AuthenticationError``) once any signed call has
+  succeeded on that client (ccxt reads it as a temporary ban); look at the code in the message.
+* -1021 -> ``InvalidNonce``, a ``NetworkError`` subclass; ``load_time_difference()`` with
+  ``options['adjustForTimeDifference']`` fixes the skew.
+* a refused ``userDataStream.subscribe.signature`` (e.g. bad signature) surfaces from
+  ``watch_orders`` as ``KeyError('spot')`` rather than ``AuthenticationError`` (ccxt's cleanup
+  deletes the subscription twice).
+* the cancel reply's ``clientOrderId`` is the *cancel request's* id (Binance sends the
+  order's as ``origClientOrderId``); the ``executionReport`` of a cancel carries both, and
+  ccxt's ``watch_orders`` reports the order's own.
+* a gap in the depth diffs makes ``watch_order_book`` raise ``ChecksumError`` once; the next
+  call resubscribes and refetches the snapshot.
+* the user stream never replays what happened while the client was disconnected: fills
+  in that window are only in ``fetch_my_trades`` (REST).
+
+Market driver (``--drive``, :mod:`.driver`): a random-walk book with depth diffs and taker
+trades that fill resting orders, so ``mmbot live`` against the standalone server sees a
+moving market and gets fills.
 
 Admin API (JSON bodies, no auth, for the standalone server): ``GET /_admin/record``;
 ``POST /_admin/fault`` (fields of :class:`~.faults.Fault`), ``DELETE /_admin/fault`` (clear);
