@@ -700,3 +700,44 @@ def test_binance_spot_has_no_countdown_cancel_all() -> None:
     (only futures/options have countdownCancelAll): the server does not fake one."""
     assert not ccxt.binance().has.get("cancelAllOrdersAfter")
     assert not hasattr(ccxt.binance(), "sapiPostCountdownCancelAll")
+
+
+async def test_order_count_limit_and_rate_headers() -> None:
+    async with LocalBinance(orders_per_10s=3) as ex:
+        c = rest_client(ex)
+        try:
+            await c.load_markets()
+            assert int(c.last_response_headers["X-MBX-USED-WEIGHT-1M"]) >= 1
+            for i in range(3):
+                await c.create_order(SYMBOL, "limit", "buy", 0.001, 49990 - i, {"clientOrderId": f"oc{i}"})
+                assert c.last_response_headers["X-MBX-ORDER-COUNT-10S"] == str(i + 1)
+            with pytest.raises(ccxt.DDoSProtection, match="-1015"):
+                await c.create_order(SYMBOL, "limit", "buy", 0.001, 49980, {"clientOrderId": "oc3"})
+            assert 1 <= int(c.last_response_headers["Retry-After"]) <= 11
+            assert len(ex.orders) == 3
+            await c.cancel_all_orders(SYMBOL)  # cancels do not count as new orders
+        finally:
+            await c.close()
+
+
+async def test_user_stream_terminated_by_the_exchange(ex: LocalBinance, pro) -> None:
+    """``eventStreamTerminated``: ccxt 4.5.90 drops its subscription flag but rejects only a
+    future keyed "spot", so a pending ``watch_orders`` is *not* woken - to the caller the
+    stream just goes quiet (a stale-feed timer must catch it); the next ``watch_*`` call
+    subscribes again on the same socket."""
+    first = asyncio.ensure_future(pro.watch_orders(SYMBOL))
+    try:
+        await ex.wait_until(lambda: len(ex.user.subscribed) == 1, CEIL, "subscription")
+        client = pro.clients[ex.ws_api_url]
+        assert client.subscriptions.get("spot") is True
+        assert ex.terminate_user_stream() == 1 and ex.user.subscribed == []
+        await ex.wait_until(lambda: "spot" not in client.subscriptions, CEIL, "ccxt saw the termination")
+        assert not first.done()
+        again = asyncio.ensure_future(pro.watch_orders(SYMBOL))
+        await ex.wait_until(lambda: len(ex.user.subscribed) == 1 and len(ex.user.requests) == 2, CEIL, "resubscribed")
+        assert ex.user.connects == 1
+        o = await pro.create_order(SYMBOL, "limit", "buy", 0.001, 49990, {"clientOrderId": "after-term"})
+        got = await asyncio.wait_for(again, CEIL)
+        assert got[-1]["id"] == o["id"]
+    finally:
+        first.cancel()

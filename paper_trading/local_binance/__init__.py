@@ -69,6 +69,10 @@ Faults, from Python (:class:`LocalBinance`) or the admin API:
 * websockets: :meth:`LocalBinance.drop_ws` (close), :meth:`LocalBinance.stall_ws` (open,
   silent, no pongs), :meth:`LocalBinance.block_ws` (refuse reconnects - e.g. a fill while
   the client is disconnected: drop + block, ``taker_trade``, unblock);
+* :meth:`LocalBinance.terminate_user_stream` (``eventStreamTerminated`` on the ws-api);
+* order-count limit: ``LocalBinance(orders_per_10s=N)`` -> 429 / -1015 with ``Retry-After``
+  past N orders in 10 s; replies carry ``X-MBX-ORDER-COUNT-10S`` / ``-1D`` and
+  ``X-MBX-USED-WEIGHT-1M`` like Binance's;
 * :meth:`LocalBinance.expire_order` (the exchange expires/cancels an order);
 * depth sequence gap: ``push_depth(..., drop=True)`` or ``skip_ids=k``.
 
@@ -95,6 +99,9 @@ ccxt 4.5.90 behaviours these tests pin down (an adapter has to live with them):
   ccxt's ``watch_orders`` reports the order's own.
 * a gap in the depth diffs makes ``watch_order_book`` raise ``ChecksumError`` once; the next
   call resubscribes and refetches the snapshot.
+* ``eventStreamTerminated`` does not wake a pending ``watch_orders`` (ccxt rejects only a
+  future keyed "spot"): the stream just goes quiet until the next ``watch_*`` call
+  resubscribes - only a stale-feed timer notices.
 * the user stream never replays what happened while the client was disconnected: fills
   in that window are only in ``fetch_my_trades`` (REST).
 
@@ -108,7 +115,7 @@ Admin API (JSON bodies, no auth, for the standalone server): ``GET /_admin/recor
 drop, skip_ids]}``; ``/_admin/book`` ``{bids, asks}``; ``/_admin/trade`` ``{price, qty,
 side}``; ``/_admin/expire`` ``{order_id | client_order_id[, status]}``; ``/_admin/clock``
 ``{offset_ms}``; ``/_admin/balance`` ``{asset, free}``; ``/_admin/key`` ``{enabled}``;
-``/_admin/ws`` ``{action: drop|stall|resume|block|unblock, kind: market|user|all}``;
+``/_admin/ws`` ``{action: drop|stall|resume|block|unblock|terminate, kind: market|user|all}``;
 ``/_admin/lift_ban``.
 """
 

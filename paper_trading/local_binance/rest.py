@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -48,6 +49,9 @@ class RestApi:
     def __init__(self, server: "LocalBinance") -> None:
         self.server = server
         self.state = server.state
+        self.weight_times: deque[float] = deque()  # monotonic s of API requests, last minute
+        self.order_times: deque[float] = deque()   # monotonic s of order requests, last 10 s
+        self.orders_today = 0
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -85,9 +89,17 @@ class RestApi:
             left = max(1, (faults.banned_until_ms - now + 999) // 1000)
             return self._error(418, -1003, f"Way too much request weight used; IP banned until {faults.banned_until_ms}. "
                                "Please use WebSocket Streams for live updates to avoid bans.", retry_after=left)
+        now_s = time.monotonic()
+        w = self.weight_times
+        while w and now_s - w[0] > 60:
+            w.popleft()
+        w.append(now_s)
         fault = faults.take(method, path)
         if fault is None:
-            return await self._run(handler, request)
+            response = await self._run(handler, request)
+            if not response.prepared:
+                response.headers["X-MBX-USED-WEIGHT-1M"] = str(len(w))
+            return response
         if fault.kind == "latency":
             await asyncio.sleep(fault.delay_s)
             return await self._run(handler, request)
@@ -133,7 +145,7 @@ class RestApi:
             self.server.unexpected.append(f"{request.method} {request.path}")
             raise
         except BinanceApiError as e:
-            return self._error(e.status, e.code, e.msg)
+            return self._error(e.status, e.code, e.msg, e.retry_after)
 
     @staticmethod
     def _error(status: int, code: int, msg: str, retry_after: int | None = None) -> web.Response:
@@ -244,6 +256,7 @@ class RestApi:
     # -- trading -------------------------------------------------------------------------------
     async def new_order(self, request: web.Request) -> web.Response:
         p = await self.signed(request)
+        count_10s = self._count_order()
         sid = _need_symbol(p)
         self.state.market(sid)
         if "quantity" not in p:
@@ -261,7 +274,24 @@ class RestApi:
                 body["fills"] = [{"price": fmt(f.price), "qty": fmt(f.qty), "commission": fmt(f.commission),
                                   "commissionAsset": f.commission_asset, "tradeId": f.trade_id}
                                  for f in self.state.fills if f.order_id == o.order_id]
-        return web.json_response(body)
+        return web.json_response(body, headers={"X-MBX-ORDER-COUNT-10S": str(count_10s),
+                                                "X-MBX-ORDER-COUNT-1D": str(self.orders_today)})
+
+    def _count_order(self) -> int:
+        """Binance's order-count limit (``server.orders_per_10s``, 0 = off): past it, HTTP
+        429 with -1015 and ``Retry-After``. Returns the count in the last 10 s."""
+        now = time.monotonic()
+        q = self.order_times
+        while q and now - q[0] > 10:
+            q.popleft()
+        limit = self.server.orders_per_10s
+        if limit and len(q) >= limit:
+            wait = max(1, int(10 - (now - q[0])) + 1)
+            raise BinanceApiError(429, -1015, f"Too many new orders; current limit is {limit} orders per TEN_SECONDS.",
+                                  retry_after=wait)
+        q.append(now)
+        self.orders_today += 1
+        return len(q)
 
     @staticmethod
     def _ids(p: dict[str, str]) -> tuple[str | None, str | None]:

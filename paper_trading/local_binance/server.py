@@ -28,6 +28,8 @@ class LocalBinance:
         balances: initial free balances per asset (default 1 BTC, 100000 USDT).
         maker_fee, taker_fee: fee fractions (default 0.001).
         recv_window_ms: accepted timestamp age when a request sends no recvWindow (5000).
+        orders_per_10s: order-count limit (Binance's ``ORDERS`` 100 per 10 s; 0 = none):
+            beyond it POST /api/v3/order answers 429 / -1015 with ``Retry-After``.
         host, port: where to listen (port 0 = a free port).
 
     After start: :attr:`base_url` (``http://127.0.0.1:PORT``, the REST base for ccxt's
@@ -38,12 +40,13 @@ class LocalBinance:
     def __init__(self, markets: Iterable[MarketSpec] | None = None, *, api_key: str = "test-key",
                  secret: str = "test-secret", balances: dict[str, Any] | None = None,
                  maker_fee: Any = "0.001", taker_fee: Any = "0.001", recv_window_ms: int = 5000,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 orders_per_10s: int = 100, host: str = "127.0.0.1", port: int = 0) -> None:
         self.state = ExchangeState(markets, balances=balances, maker_fee=maker_fee, taker_fee=taker_fee)
         self.faults = FaultPlan()
         self.api_key, self.secret = api_key, secret
         self.key_enabled = True
         self.recv_window_ms = recv_window_ms
+        self.orders_per_10s = orders_per_10s
         self.host, self._port_wanted = host, port
         self.requests: Counter[str] = Counter()
         self.calls: list[tuple[float, str, str, str]] = []
@@ -198,6 +201,11 @@ class LocalBinance:
         for k in kinds:
             (self.ws_blocked.add if blocked else self.ws_blocked.discard)(k)
 
+    def terminate_user_stream(self) -> int:
+        """Binance's ``eventStreamTerminated`` on every ws-api user-data subscription (the
+        socket stays open, events stop until the client subscribes again)."""
+        return self.user.terminate()
+
     # -- observations ---------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
         """The exchange's own record (orders, fills, balances, rejections) as plain JSON."""
@@ -290,11 +298,13 @@ class LocalBinance:
                     n = await self.drop_ws(kind)
                 elif what in ("stall", "resume"):
                     n = self.stall_ws(kind, what == "stall")
+                elif what == "terminate":
+                    n = self.terminate_user_stream()
                 elif what in ("block", "unblock"):
                     self.block_ws(kind, what == "block")
                     n = 0
                 else:
-                    return web.json_response({"error": "ws action must be drop, stall, resume, block or unblock"},
+                    return web.json_response({"error": "ws action must be drop, stall, resume, block, unblock or terminate"},
                                              status=400)
                 return web.json_response({"action": what, "kind": kind, "connections": n})
             if action == "lift_ban":

@@ -18,6 +18,7 @@ Model (a simplification of Binance spot, stated so tests know what they get):
 * Fees: ``maker_fee`` / ``taker_fee`` (fractions, default 0.001 = Binance's 10 bps),
   charged like Binance without BNB: in the asset received (base on a buy, quote on a sell).
 * Trade ids are one sequence per symbol shared by public trades and our fills, as on Binance.
+* Our own orders never trade with each other (no self-trade prevention is modelled).
 * ``newClientOrderId`` must be unique among *open* orders (Binance's rule); a clash is
   rejected with -2010 "Duplicate order sent.".
 
@@ -53,9 +54,9 @@ def dec(x: Any) -> Decimal:
 class BinanceApiError(Exception):
     """A Binance error reply: ``{"code": code, "msg": msg}`` with HTTP ``status``."""
 
-    def __init__(self, status: int, code: int, msg: str) -> None:
+    def __init__(self, status: int, code: int, msg: str, retry_after: int | None = None) -> None:
         super().__init__(msg)
-        self.status, self.code, self.msg = status, code, msg
+        self.status, self.code, self.msg, self.retry_after = status, code, msg, retry_after
 
 
 @dataclass
@@ -440,8 +441,8 @@ class ExchangeState:
             self._take_from_book(o, lim)
         if o.is_open and (otype == "MARKET" or tif in ("IOC", "FOK")):
             self._close(o, "EXPIRED", "tif")
-        else:
-            self._emit(Event("balance", assets=(m.base, m.quote)))
+        elif not o.executed_qty:
+            self._emit(Event("balance", assets=(m.base, m.quote)))  # the lock
         return o
 
     @staticmethod
@@ -504,8 +505,7 @@ class ExchangeState:
         o.trade_ids.append(tid)
         self.fills.append(f)
         self._emit(Event("execution", symbol=o.symbol, order=o, exec_type="TRADE", fill=f, time_ms=now))
-        if not o.is_open:
-            self._emit(Event("balance", assets=(m.base, m.quote), time_ms=now))
+        self._emit(Event("balance", assets=(m.base, m.quote), time_ms=now))
         return f
 
     def _close(self, o: Order, status: str, by: str, cancel_client_id: str = "") -> None:

@@ -12,7 +12,8 @@ ccxt 4.5 ``ccxt.pro.binance`` subscribes spot ``watch_orders`` / ``watch_my_trad
 arrive wrapped as ``{"subscriptionId": N, "event": {...}}``: ``executionReport`` per order
 change (x = NEW / TRADE / CANCELED / EXPIRED; on a cancel by request ``c`` is the cancel's
 client id and ``C`` the order's) and ``outboundAccountPosition`` (balances of the assets
-that changed). Also answered: ``ping``, ``time``, ``userDataStream.unsubscribe``,
+that changed); :meth:`UserStreams.terminate` sends ``eventStreamTerminated``. Also
+answered: ``ping``, ``time``, ``userDataStream.unsubscribe``,
 ``session.subscriptions``.
 
 The legacy listenKey route (``POST /api/v3/userDataStream`` -> ``/ws/<listenKey>``, bare
@@ -161,6 +162,19 @@ class UserStreams:
         if not hmac.compare_digest(expected, str(sig).lower()):
             raise BinanceApiError(400, -1022, "Signature for this request is not valid.")
         srv.rest.check_timestamp(params)
+
+    def terminate(self) -> int:
+        """End every WebSocket API user-data subscription as Binance does when the
+        session's key is revoked: ``{"subscriptionId": N, "event": {"e":
+        "eventStreamTerminated", "E": ms}}``; the socket stays open. Returns how many."""
+        n = 0
+        now = self.server.state.now_ms()
+        for conn in list(self.connections):
+            for sub_id in list(conn.subscriptions):
+                conn.send({"subscriptionId": sub_id, "event": {"e": "eventStreamTerminated", "E": now}})
+                n += 1
+            conn.subscriptions.clear()
+        return n
 
     def on_event(self, ev: Event) -> None:
         if ev.kind == "execution":
