@@ -4,7 +4,8 @@
 
 Prints the REST and websocket base URLs and the credentials, then serves until Ctrl-C.
 ``--drive`` starts the background market driver (:mod:`.driver`): a random-walk book
-with depth diffs and taker trades that fill resting orders. Bad arguments -> one line
+(``--drive-step`` quote units per step) with depth diffs and taker trades reaching up to
+``--drive-reach`` quote units beyond the touch, which fill resting orders. Bad arguments -> one line
 on stderr, exit code 2.
 """
 
@@ -16,12 +17,13 @@ import re
 import signal
 import sys
 from decimal import Decimal, InvalidOperation
+from typing import NoReturn
 
 from .server import LocalBinance
 from .state import MarketSpec
 
 
-def _fail(msg: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def _fail(msg: str) -> NoReturn:
     print(f"local_binance: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -35,11 +37,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="market(s) to list, BASE/QUOTE (repeatable); default BTC/USDT")
     ap.add_argument("--mid", default="50000", help="initial mid price of the book (quote/base); default 50000")
     ap.add_argument("--balance", action="append", default=None, metavar="ASSET=AMOUNT",
-                    help="initial free balance (repeatable); default 1 of each base, 100000 of each quote")
+                    help="initial free balance (repeatable); default 0.01 of each base, 10000 of each quote")
     ap.add_argument("--api-key", default="test-key")
     ap.add_argument("--secret", default="test-secret")
     ap.add_argument("--drive", action="store_true", help="run the background market driver")
     ap.add_argument("--drive-interval", type=float, default=0.5, help="seconds between driver steps; default 0.5")
+    ap.add_argument("--drive-step", default="1", help="largest mid move per driver step, quote units; default 1")
+    ap.add_argument("--drive-reach", default="60",
+                    help="how far beyond the touch a driver taker order may reach, quote units; default 60")
     try:
         return ap.parse_args(argv)
     except SystemExit as e:
@@ -63,10 +68,19 @@ def build(args: argparse.Namespace) -> tuple[LocalBinance, Decimal]:
         _fail(f"--mid {args.mid!r}: not a number")
     if mid <= 0:
         _fail(f"--mid {args.mid!r}: must be > 0")
+    if args.drive_interval <= 0:
+        _fail(f"--drive-interval {args.drive_interval}: must be > 0 seconds")
+    for name in ("drive_step", "drive_reach"):
+        try:
+            ok = Decimal(getattr(args, name)) >= 0
+        except InvalidOperation:
+            ok = False
+        if not ok:
+            _fail(f"--{name.replace('_', '-')} {getattr(args, name)!r}: expected a number >= 0 (quote units)")
     balances: dict[str, str] = {}
     for m_ in markets:
-        balances.setdefault(m_.base, "1")
-        balances.setdefault(m_.quote, "100000")
+        balances.setdefault(m_.base, "0.01")
+        balances.setdefault(m_.quote, "10000")
     for item in args.balance or []:
         asset, sep, amount = item.partition("=")
         try:
@@ -78,11 +92,10 @@ def build(args: argparse.Namespace) -> tuple[LocalBinance, Decimal]:
         balances[asset.upper()] = amount
     ex = LocalBinance(markets, api_key=args.api_key, secret=args.secret, balances=balances,
                       host=args.host, port=args.port)
-    tick = Decimal(markets[0].tick_size)
-    for m_ in markets:
+    for m_ in markets:  # 20 levels of 1 base unit each side, one tick apart around mid
         t = Decimal(m_.tick_size)
+        mid = (mid / t).to_integral_value() * t
         ex.set_book([(mid - t * i, "1") for i in range(1, 21)], [(mid + t * i, "1") for i in range(1, 21)], m_.id)
-    del tick
     return ex, mid
 
 
@@ -102,7 +115,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.drive:
         from .driver import MarketDriver
 
-        driver = MarketDriver(ex, interval_s=args.drive_interval)
+        driver = MarketDriver(ex, interval_s=args.drive_interval, step=args.drive_step, reach=args.drive_reach)
         driver.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
