@@ -633,7 +633,8 @@ def test_standalone_bad_arguments_exit_2_with_one_line() -> None:
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
     for args, needle in ((["--symbol", "BTCUSDT"], "--symbol 'BTCUSDT'"), (["--mid", "abc"], "--mid 'abc'"),
-                         (["--balance", "BTC"], "--balance 'BTC'"), (["--port", "70000"], "--port 70000")):
+                         (["--balance", "BTC"], "--balance 'BTC'"), (["--port", "70000"], "--port 70000"),
+                         (["--port", "x"], "--port: invalid int value: 'x'"), (["--bogus"], "unrecognized arguments: --bogus")):
         r = subprocess.run([sys.executable, "-m", "paper_trading.local_binance", *args], cwd=root, env=env,
                            capture_output=True, text=True, timeout=CEIL)
         assert r.returncode == 2, (args, r.stderr)

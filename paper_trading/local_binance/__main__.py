@@ -28,8 +28,13 @@ def _fail(msg: str) -> NoReturn:
     raise SystemExit(2)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints the usage too)
+        _fail(message)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m paper_trading.local_binance",
+    ap = _Parser(prog="python -m paper_trading.local_binance",
                                  description="Local exchange speaking Binance spot's REST + websocket API.")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8765, help="TCP port (0 = any free port); default 8765")
@@ -45,10 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--drive-step", default="1", help="largest mid move per driver step, quote units; default 1")
     ap.add_argument("--drive-reach", default="60",
                     help="how far beyond the touch a driver taker order may reach, quote units; default 60")
-    try:
-        return ap.parse_args(argv)
-    except SystemExit as e:
-        raise SystemExit(2 if e.code else 0) from None
+    return ap.parse_args(argv)
 
 
 def build(args: argparse.Namespace) -> tuple[LocalBinance, Decimal]:
