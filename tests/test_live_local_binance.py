@@ -61,15 +61,15 @@ async def run_scenario(tmp_path, actor, **over):
                 eng.stop("scenario failed")
                 raise
 
-        def settled(e):
-            return (done.is_set() and e.inventory.n_fills == len(ex.fills)
-                    and not any(not t.done() for t in e.exchange._tasks))
+        def settled(e):  # the scenario is over and every exchange fill reached the engine
+            return done.is_set() and e.inventory.n_fills == len(ex.fills)
         eng.on_tick = lambda e: e.stop("scenario done") if settled(e) else None
         side = asyncio.ensure_future(act())
         try:
             summary = await asyncio.wait_for(eng.run(), CEILING)
-            if side.done() and side.exception():
-                raise side.exception()
+            if not done.is_set():  # the actor failed (its exception) or never finished
+                await asyncio.wait_for(side, 10)
+                raise AssertionError("the scenario did not complete")
         finally:
             side.cancel()
             with contextlib.suppress(BaseException):
@@ -141,7 +141,7 @@ async def test_cancel_timeout_although_cancelled(tmp_path):
         ex.fault("timeout", "cancel")
         ex.set_book([(50010.00, 1.0)], [(50010.01, 1.0)])  # the market moves: requote = cancel + place
         await until(lambda: ex.faults.fired_count("timeout") >= 1, "the cancel timeout")
-        await until(lambda: resting(ex, "BUY") and resting(ex, "BUY")[0].price > 50000, "the new bid")
+        await until(lambda: eng.exchange.counters["resolved"] >= 1 and resting(ex, "BUY"), "resolution and a bid")
         await taker_fills(ex)
     summary, eng, rec = await run_scenario(tmp_path, actor)
     assert eng.exchange.counters["unknown_outcomes"] >= 1

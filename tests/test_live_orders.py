@@ -127,3 +127,19 @@ def test_kill_switch_loss_drawdown_daily():
     assert k.check(-4, 0) is None
     assert k.check(-8, day) is None  # a new UTC day starts from -8
     assert k.check(-12, day + 1) is None and "today" in k.check(-13, day + 2)
+
+
+def test_database_decimals_never_in_exponent_form(tmp_path):
+    import sqlite3
+
+    from bot.persistence.store import open_store
+
+    store = open_store(str(tmp_path / "d.db"))
+    store.start_run("live", "x", "X/Y", {})
+    o = Order("X/Y", Side.BUY, D("49950").normalize(), D("1E-7"))
+    assert "E" in str(o.price)  # what the order manager's normalized prices look like
+    store.record_order(o)
+    store.commit()
+    store.close()
+    row = sqlite3.connect(tmp_path / "d.db").execute("select price, size from orders").fetchone()
+    assert row == ("49950", "0.0000001")

@@ -18,7 +18,12 @@ class DecimalText(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return None if value is None else str(value)
+        if value is None:
+            return None
+        s = value if isinstance(value, str) else str(value)
+        if "E" in s or "e" in s:  # never exponent form in the database (a normalized 49950 prints 4.995E+4)
+            s = format(Decimal(s), "f")
+        return s
 
     def process_result_value(self, value, dialect):
         return None if value is None else Decimal(value)
