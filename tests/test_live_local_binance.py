@@ -207,3 +207,64 @@ async def test_order_expired_by_the_exchange(tmp_path):
         await until(lambda: resting(ex, "BUY"), "a new bid")
         await taker_fills(ex)
     await run_scenario(tmp_path, actor)
+
+
+async def test_sigkill_of_mmbot_live_then_restart(tmp_path):
+    """The real command: SIGKILL while orders rest and a fill is in flight, a fill while it
+    is down, then a restart on the same database: the database equals the exchange's record."""
+    import json
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    db = tmp_path / "kill.db"
+    env = {**os.environ, "PYTHONPATH": str(root), "MMBOT_API_KEY": "test-key", "MMBOT_API_SECRET": "test-secret"}
+    async with LocalBinance() as ex:
+        cfg = tmp_path / "live.yaml"
+        cfg.write_text(f"""
+exchange: binance
+symbol: BTC/USDT
+forecaster: {{model: none}}
+market_data: {{transport: rest, api_url: "{ex.base_url}", poll_interval_s: 0.1, rate_limit_per_s: 100}}
+strategy: {{controls: {{order_size: 0.001, refresh_tolerance_ticks: 100000}}}}
+live: {{ws_url: "{ex.ws_url}", poll_interval_s: 0.2, reconcile_interval_s: 1, request_timeout_s: 3}}
+database: {{url: "sqlite:///{db}"}}
+""")
+
+        async def mmbot(*args):
+            return await asyncio.create_subprocess_exec(sys.executable, "-m", "bot.cli", "live", "--config", str(cfg),
+                                                        "--yes", *args, cwd=root, env=env, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+
+        def recorded_open():
+            if not db.exists():
+                return False
+            con = sqlite3.connect(db)
+            try:
+                states = dict(con.execute("select client_id, state from orders").fetchall())
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                con.close()
+            mine = [o for o in ex.orders.values() if o.is_open]
+            return len(mine) >= 2 and all(states.get(o.client_order_id) == "open" for o in mine)
+
+        proc = await mmbot()
+        try:
+            await until(recorded_open, "two resting orders recorded open")
+            bid = resting(ex, "BUY")[0]
+            ex.taker_trade("sell", bid.orig_qty / 2, bid.price)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.communicate()
+        ex.taker_trade("sell", bid.orig_qty, bid.price)  # while the bot is down
+        assert sqlite3.connect(db).execute("select status from runs").fetchone()[0] == "running"
+        proc = await mmbot("--duration", "3", "--json")
+        out, err = await asyncio.wait_for(proc.communicate(), CEILING)
+        assert proc.returncode == 0, err.decode()
+        summary = json.loads(out)
+        check_against_record(db, ex.record(), summary)
+        con = sqlite3.connect(db)
+        assert dict(con.execute("select client_id, state from orders").fetchall())[bid.client_order_id] == "filled"
