@@ -268,3 +268,25 @@ async def test_wrong_key_at_start_refuses_with_a_clear_message(fake_binance, tmp
     finally:
         store.close()
     assert not fake_binance.order_requests
+
+
+async def test_stale_market_data_pulls_all_quotes(fake_binance, tmp_path, caplog):
+    fake = fake_binance
+    cfg = live_cfg(fake, tmp_path / "stale.db", **{"live.risk.stale_after_s": 1.0})
+    store = open_store(cfg.database.url)
+    eng = build_live_engine(cfg, store, CREDS, handle_signals=False)
+
+    async def freeze_feed():
+        await wait_for(lambda: len(ours_open(fake)) >= 2, "two quotes resting")
+        fake.hang_after("/api/v3/depth", count=10_000)  # the book feed goes silent
+        await wait_for(lambda: eng.pulled and not ours_open(fake), "quotes pulled")
+        eng.stop("test done")
+    side = asyncio.ensure_future(freeze_feed())
+    try:
+        summary = await asyncio.wait_for(eng.run(), CEILING)
+        await side
+    finally:
+        store.close()
+    assert not ours_open(fake) and summary["status"] == "completed"
+    assert any("no dead-man switch" in r.getMessage() for r in caplog.records)  # binance spot has none: said so
+    check_db_equals_exchange(tmp_path / "stale.db", fake)

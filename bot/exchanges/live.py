@@ -162,6 +162,8 @@ class CcxtLiveExchange(Exchange):
             also cancels other orders on the symbol); False: only our orders, one by one.
         is_ours: tells our client ids from others' (the per-installation prefix).
         on_fatal: called with the message when an authentication/permission error occurs.
+        dead_man_s: arm the exchange's cancel-all-after with this timeout, seconds, where
+            ccxt has it (``has['cancelAllOrdersAfter']``); elsewhere a warning says there is none.
         client: a ready ccxt client (tests); otherwise one is created in :meth:`start`.
     """
 
@@ -170,7 +172,7 @@ class CcxtLiveExchange(Exchange):
                  request_timeout_s: float = 10.0, fills_transport: str = "auto", poll_interval_s: float = 2.0,
                  resolve_not_found_checks: int = 3, resolve_interval_s: float = 1.0, dedicated_account: bool = True,
                  is_ours: Callable[[str], bool] | None = None, on_fatal: Callable[[str], None] | None = None,
-                 client: Any = None) -> None:
+                 dead_man_s: float | None = 60.0, client: Any = None) -> None:
         super().__init__()
         self.exchange_id = exchange_id.strip().lower()
         self.name = self.exchange_id
@@ -184,6 +186,7 @@ class CcxtLiveExchange(Exchange):
         self.dedicated_account = dedicated_account
         self.is_ours = is_ours or (lambda cid: True)
         self.on_fatal = on_fatal
+        self.dead_man_s = dead_man_s
         self.fatal: str | None = None
         self.counters: Counter[str] = Counter()  # order errors, rate limits, resyncs, unknowns
         self.banned_until = 0.0  # time.monotonic() until which nothing is sent
@@ -222,6 +225,22 @@ class CcxtLiveExchange(Exchange):
         elif self.fills_transport == "ws":
             log.warning("%s has no watch_my_trades: polling fetch_my_trades instead", self.name)
         self._bg.append(asyncio.ensure_future(self._poll_fills()))
+        if self.dead_man_s:
+            if self.ex.has.get("cancelAllOrdersAfter"):
+                self._bg.append(asyncio.ensure_future(self._dead_man()))
+            else:
+                log.warning("%s has no cancel-all-after in ccxt: no dead-man switch; open orders are cancelled at exit "
+                            "and reconciled at the next start", self.name)
+
+    async def _dead_man(self) -> None:
+        """Re-arm the exchange's cancel-all-after every third of ``dead_man_s``: if this
+        process dies, the exchange cancels our orders ``dead_man_s`` seconds later."""
+        while not self._closed:
+            try:
+                await self._call(lambda: self.ex.cancel_all_orders_after(int(self.dead_man_s * 1000), {"symbol": self.symbol}))
+            except (ccxt.BaseError, ExchangeError) as e:
+                log.warning("%s dead-man switch: %s", self.name, redact(short_reason(e, self.name)))
+            await asyncio.sleep(self.dead_man_s / 3)
 
     async def close(self) -> None:
         if self._closed:

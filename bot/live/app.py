@@ -48,7 +48,7 @@ def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on
         cfg.exchange, credentials=credentials.ccxt(), api_url=lv.api_url or cfg.market_data.api_url,
         ws_url=lv.ws_url or cfg.market_data.ws_url, sandbox=lv.sandbox, request_timeout_s=lv.request_timeout_s,
         fills_transport=lv.fills_transport, poll_interval_s=lv.poll_interval_s, dedicated_account=lv.dedicated_account,
-        is_ours=lambda cid: cid.startswith(prefix),
+        is_ours=lambda cid: cid.startswith(prefix), dead_man_s=lv.dead_man_s,
     )
     reconciler = Reconciler(store, exchange, cfg.symbol, is_ours=lambda cid: cid.startswith(prefix),
                             unknown_orders=lv.unknown_orders, tolerance=tol, balance_check=lv.balance_check)
