@@ -123,6 +123,13 @@ async def test_live_run_quotes_fills_and_matches_the_exchange(fake_binance, tmp_
     assert con.execute("select mode from runs").fetchone()[0] == "live"
     r = build_report(str(db))
     assert r.fills == summary["fills"]
+    from rich.console import Console
+
+    from bot.status import status_table
+    con_ = Console(record=True, width=200)
+    con_.print(status_table(eng))
+    panel = con_.export_text()
+    assert "order errors / unknown outcomes" in panel and "rate limited" in panel and "quoting" in panel
     # the order-type sent is post-only with our client id, as plain decimal strings
     assert all(p["type"] == "LIMIT_MAKER" and "e" not in p["price"].lower() for p in fake.order_requests)
 

@@ -249,6 +249,25 @@ class LiveEngine(Engine):
             self.stop_reason = self.kill_reason
         return await super()._shutdown(status, started)
 
+    def status_rows(self) -> list[tuple[str, str]]:
+        """Extra rows of the live status panel."""
+        ex = self.exchange
+        c = getattr(ex, "counters", {})
+        s = self.summary()
+        rows = [("order errors / unknown outcomes", f"{s['order_errors']} / {c.get('unknown_outcomes', 0)}"),
+                ("rate limited / held back by rate", f"{s['rate_limited']} / {self.held_back}")]
+        state = []
+        if getattr(ex, "banned", False):
+            state.append("BANNED: quotes pulled")
+        for side, why in getattr(ex, "side_blocked", {}).items():
+            state.append(f"{side.value}s off: {why}")
+        if self.pulled:
+            state.append("stale data: quotes pulled")
+        if self.kill_reason:
+            state.append(self.kill_reason)
+        rows.append(("live state", "; ".join(state) or "quoting"))
+        return rows
+
     def summary(self) -> dict:
         s = super().summary()
         counters = getattr(self.exchange, "counters", {})
