@@ -123,6 +123,7 @@ class LiveConfig(_Strict):
     client_id_prefix: str = Field("mm", min_length=1, description="client order ids starting with this are ours (reconciliation cancels unknown ones)")
     unknown_orders: Literal["cancel", "adopt"] = Field("cancel", description="open orders with our prefix that the database does not know")
     dedicated_account: bool = Field(True, description="true: cancel-all uses the exchange's cancel_all_orders for the symbol (cancels other orders on it too); false: only ours, one by one")
+    target_inventory: float | None = Field(None, description="base units the strategy treats as flat (its inventory skew is measured from here); null = the balance at start")
     dead_man_s: float | None = Field(60.0, gt=0, description="exchange-side cancel-all-after timeout, seconds, re-armed every third of it, where ccxt offers it (null = off)")
     balance_check: bool = Field(True, description="check the exchange balance against the recorded fills (at start and every reconciliation)")
     balance_tolerance: str = Field("0.00000001", description="allowed inventory mismatch, base units (decimal string)")

@@ -143,3 +143,17 @@ def test_database_decimals_never_in_exponent_form(tmp_path):
     store.close()
     row = sqlite3.connect(tmp_path / "d.db").execute("select price, size from orders").fetchone()
     assert row == ("49950", "0.0000001")
+
+
+def test_live_inventory_skews_around_the_target_and_follows_base_fees():
+    from bot.live.engine import LiveInventory
+
+    class Ex:
+        base_fees = {"t1": D("0.001")}
+
+    inv = LiveInventory(base=D("2"), cash=D("100"), exchange=Ex(), target=D("2"))
+    assert inv.q == 0.0  # a spot balance at start is "flat" for the strategy
+    o = Order("X/Y", Side.BUY, D("10"), D("1"))
+    inv.apply(fill(o, "1"))
+    assert inv.base == D("2.999") and inv.q == pytest.approx(0.999)
+    assert inv.cash == D("100") - D("10") + D("0.01")  # the base fee was not paid in cash

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 from bot.engine import Engine
 from bot.errors import ExchangeError
@@ -49,6 +50,13 @@ class LiveInventory(Inventory):
 
     exchange: object = None
     conn: object = None
+    target: Decimal | None = None  # base units the strategy treats as flat (None: 0)
+
+    @property
+    def q(self) -> float:
+        """The strategy's inventory: base units away from the target (spot accounts hold a
+        balance; the strategy skews around ``target``, by default the balance at start)."""
+        return float(self.base - (self.target or 0))
 
     def apply(self, fill) -> None:
         super().apply(fill)
@@ -63,7 +71,7 @@ class LiveInventory(Inventory):
 
 class LiveEngine(Engine):
     def __init__(self, *args, reconciler: Reconciler, limits: RiskLimits, reconcile_interval_s: float = 30.0,
-                 **kwargs) -> None:
+                 target_inventory: Decimal | None = None, **kwargs) -> None:
         kwargs["mode"] = "live"
         super().__init__(*args, **kwargs)
         self.reconciler = reconciler
@@ -71,6 +79,7 @@ class LiveEngine(Engine):
         self.kill = KillSwitch(limits)
         self.rate = OrderRate(limits.max_orders_per_window, limits.rate_window_s)
         self.reconcile_interval_s = reconcile_interval_s
+        self.target_inventory = target_inventory
         self.fatal_reason: str | None = None
         self.kill_reason: str | None = None
         self.startup_report: StartupReport | None = None
@@ -99,7 +108,8 @@ class LiveEngine(Engine):
         self.startup_report = rep
         log.info("reconciled with %s: %d orders closed, %d missed fills, %d unknown orders cancelled; balance %s %s",
                  ex.name, len(rep.closed), rep.missed_fills, len(rep.cancelled_unknown), rep.base, rep.quote)
-        self.inventory = LiveInventory(base=rep.base, cash=rep.quote, exchange=ex, conn=self.store.conn)
+        target = rep.base if self.target_inventory is None else self.target_inventory
+        self.inventory = LiveInventory(base=rep.base, cash=rep.quote, exchange=ex, conn=self.store.conn, target=target)
         summary = await super().run()
         if self.fatal_reason:
             raise ExchangeError(self.fatal_reason)
@@ -129,8 +139,6 @@ class LiveEngine(Engine):
         rep = self.startup_report
         if rep is None or not rep.adopted:
             return
-        from decimal import Decimal
-
         for o in rep.adopted:
             order = Order(self.market.symbol, Side(o["side"]), Decimal(str(o["price"])), Decimal(str(o["amount"])),
                           client_id=o["clientOrderId"], created_ns=time.time_ns(), updated_ns=time.time_ns())
