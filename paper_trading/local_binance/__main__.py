@@ -48,8 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--drive", action="store_true", help="run the background market driver")
     ap.add_argument("--drive-interval", type=float, default=0.5, help="seconds between driver steps; default 0.5")
     ap.add_argument("--drive-step", default="1", help="largest mid move per driver step, quote units; default 1")
-    ap.add_argument("--drive-reach", default="60",
-                    help="how far beyond the touch a driver taker order may reach, quote units; default 60")
+    ap.add_argument("--drive-reach", default="100",
+                    help="how far beyond the touch a driver taker order may reach, quote units; default 100")
     return ap.parse_args(argv)
 
 
