@@ -45,6 +45,7 @@ class MarketDataConfig(_Strict):
         "auto", description="auto = websockets (ccxt.pro watch_order_book/watch_trades) where the exchange has them, else REST polling"
     )
     ws_url: str | None = Field(None, description="override the exchange's websocket URL (tests, testnets)")
+    ws_keepalive_s: float | None = Field(10.0, gt=0, description="websocket ping interval, seconds: a silent stall is detected within about this long (null = ccxt's default, minutes on some exchanges)")
     poll_interval_s: float = Field(1.0, gt=0, description="REST polling interval, seconds")
     rate_limit_per_s: float = Field(5.0, gt=0, description="max REST requests per second")
     depth: int = Field(20, ge=1, description="order-book levels requested per side")

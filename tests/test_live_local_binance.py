@@ -57,19 +57,19 @@ async def run_scenario(tmp_path, actor, **over):
                 await until(lambda: eng.om is not None, "the engine to start")
                 await actor(ex, eng)
                 done.set()
+                await until(lambda: eng.inventory.n_fills == len(ex.fills), "every fill to reach the engine")
+                eng.stop("scenario done")
             except BaseException:
                 eng.stop("scenario failed")
                 raise
 
-        def settled(e):  # the scenario is over and every exchange fill reached the engine
-            return done.is_set() and e.inventory.n_fills == len(ex.fills)
-        eng.on_tick = lambda e: e.stop("scenario done") if settled(e) else None
         side = asyncio.ensure_future(act())
         try:
             summary = await asyncio.wait_for(eng.run(), CEILING)
             if not done.is_set():  # the actor failed (its exception) or never finished
                 await asyncio.wait_for(side, 10)
                 raise AssertionError("the scenario did not complete")
+            assert summary["status"] == "completed" and summary["stop_reason"] == "scenario done", summary
         finally:
             side.cancel()
             with contextlib.suppress(BaseException):
@@ -268,3 +268,36 @@ database: {{url: "sqlite:///{db}"}}
         check_against_record(db, ex.record(), summary)
         con = sqlite3.connect(db)
         assert dict(con.execute("select client_id, state from orders").fetchall())[bid.client_order_id] == "filled"
+
+
+async def test_websocket_book_stall_and_sequence_gap(tmp_path):
+    """Market data over websockets: a silent stall (socket open, no data, no pongs) is
+    detected by the short keep-alive and the feed reconnects; a depth sequence gap is
+    resynced from a snapshot; trading goes on and the database equals the record."""
+    async def actor(ex, eng):
+        stop = asyncio.Event()
+
+        async def ticker():  # book updates keep coming
+            i = 0
+            while not stop.is_set():
+                i += 1
+                await ex.push_depth([(49999.50, 1 + i % 3)])
+                await asyncio.sleep(0.05)
+        tick = asyncio.ensure_future(ticker())
+        try:
+            await until(lambda: resting(ex, "BUY"), "our bid")
+            connects = ex.market_ws.connects
+            assert ex.stall_ws("market") >= 1
+            await until(lambda: eng.source.reconnects >= 1 and ex.market_ws.connects > connects, "stall detected, reconnected")
+            await ex.push_depth([(49999.40, 2)], drop=True)  # a diff that never arrives: a gap
+            await ex.push_depth([(49999.30, 2)])
+
+            def synced():  # the dropped diff's level can only come from a fresh snapshot
+                return any(abs(lv[0] - 49999.40) < 1e-9 for lv in eng.source.book.bids.levels())
+            await until(synced, "the book resynced after the gap")
+            await taker_fills(ex)
+        finally:
+            stop.set()
+            await tick
+    summary, eng, rec = await run_scenario(tmp_path, actor, **{"market_data.transport": "ws", "market_data.ws_keepalive_s": 0.5})
+    assert eng.source.reconnects >= 1

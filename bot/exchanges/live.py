@@ -78,7 +78,7 @@ def plain(d: Decimal | str) -> str:
 
 def create_trading_client(exchange_id: str, *, credentials: dict | None = None, api_url: str | None = None,
                           ws_url: str | None = None, sandbox: bool = False, options: dict | None = None,
-                          timeout_ms: int = 10_000) -> Any:
+                          timeout_ms: int = 10_000, keepalive_s: float | None = 10.0) -> Any:
     """An authenticated ccxt client (``ccxt.pro`` class when it exists: REST and websockets
     in one object). ``sandbox`` switches to the exchange's testnet URLs first; then
     ``api_url`` rewrites every REST URL (public and private) and ``ws_url`` every websocket
@@ -104,6 +104,8 @@ def create_trading_client(exchange_id: str, *, credentials: dict | None = None, 
         ex = getattr(mod, eid)(config)
     except ccxt.BaseError as e:
         raise ExchangeError(f"cannot create ccxt client for {eid}: {redact(short_reason(e, eid))}") from None
+    if keepalive_s is not None and isinstance(getattr(ex, "streaming", None), dict):
+        ex.streaming = {**ex.streaming, "keepAlive": int(keepalive_s * 1000)}  # a silent user stream is noticed
     if sandbox:
         try:
             ex.set_sandbox_mode(True)
