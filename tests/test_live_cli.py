@@ -81,6 +81,7 @@ async def test_cli_live_run_then_report(fake_binance, tmp_path):
     proc = await mmbot("live", "--config", str(cfg), "--yes", "--duration", "3", "--json")
     rc, out, err = await finish(proc)
     assert rc == 0, err
+    assert "test-secret" not in out + err  # the secret never reaches the terminal
     summary = json.loads(out)
     assert summary["status"] == "completed" and summary["orders_placed"] >= 2
     assert "order_errors" in summary and "rate_limited" in summary
