@@ -133,3 +133,20 @@ async def test_sigkill_then_restart_on_the_same_database(fake_binance, tmp_path)
     first_fills = sum(D(s) * (1 if side == "buy" else -1)
                       for side, s in con.execute("select side, size from fills where run_id=1"))
     assert start_inv == D(1) + first_fills
+
+
+async def test_sigterm_cancels_everything_and_records_interrupted(fake_binance, tmp_path):
+    fake = fake_binance
+    db = tmp_path / "term.db"
+    cfg = write_cfg(tmp_path, fake, db)
+    proc = await mmbot("live", "--config", str(cfg), "--yes", "--json")
+    try:
+        await wait_for(lambda: len(ours_open(fake)) >= 2, "our quotes")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    rc, out, err = await finish(proc)
+    assert rc == 0, err
+    assert json.loads(out)["status"] == "interrupted"
+    assert not ours_open(fake)
+    assert sqlite3.connect(db).execute("select status from runs").fetchone()[0] == "interrupted"
+    check_db_equals_exchange(db, fake)

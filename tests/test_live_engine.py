@@ -297,3 +297,17 @@ async def test_stale_market_data_pulls_all_quotes(fake_binance, tmp_path, caplog
     assert not ours_open(fake) and summary["status"] == "completed"
     assert any("no dead-man switch" in r.getMessage() for r in caplog.records)  # binance spot has none: said so
     check_db_equals_exchange(tmp_path / "stale.db", fake)
+
+
+async def test_inventory_mismatch_while_running_stops_and_says_by_how_much(fake_binance, tmp_path):
+    fake = fake_binance
+    db = tmp_path / "mis.db"
+    cfg = live_cfg(fake, db)
+
+    async def withdraw(eng):  # something else takes BTC from the account while the bot runs
+        await wait_for(lambda: len(ours_open(fake)) >= 2, "our quotes")
+        fake.free["BTC"] -= D("0.5")
+    summary, eng = await run_live(cfg, lambda e: False, withdraw)
+    assert summary["status"] == "killed" and "inventory mismatch" in summary["stop_reason"]
+    assert "off by -0.5" in summary["stop_reason"]
+    assert not ours_open(fake)  # everything cancelled on the way out
