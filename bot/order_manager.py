@@ -99,7 +99,8 @@ class OrderManager:
         if ack.exchange_id and not o.exchange_id:
             o.exchange_id = ack.exchange_id
         if ack.state is not o.state and ack.state in _NEXT[o.state]:
-            if o.state is OrderState.PENDING_CANCEL and ack.state in (OrderState.OPEN, OrderState.PARTIALLY_FILLED):
+            if (o.state in (OrderState.PENDING_CANCEL, OrderState.UNKNOWN) and o.cancel_requested
+                    and ack.state in (OrderState.OPEN, OrderState.PARTIALLY_FILLED)):
                 o.cancel_requested = False  # the cancel did not take: the order rests and may be cancelled again
             o.transition(ack.state, ack.ts_ns, ack.reason)
             if o.state.terminal:

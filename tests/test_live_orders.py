@@ -157,3 +157,18 @@ def test_live_inventory_skews_around_the_target_and_follows_base_fees():
     inv.apply(fill(o, "1"))
     assert inv.base == D("2.999") and inv.q == pytest.approx(0.999)
     assert inv.cash == D("100") - D("10") + D("0.01")  # the base fee was not paid in cash
+
+
+def test_a_cancel_that_timed_out_but_did_not_take_frees_the_order():
+    om = OrderManager(MKT)
+    _, places = om.plan(Q([("99.00", "1")]), 0)
+    o = places[0]
+    om.submitted(o)
+    om.on_ack(OrderAck(o.client_id, OrderState.OPEN, 0, "E1"))
+    o.cancel_requested = True
+    om.on_ack(OrderAck(o.client_id, OrderState.PENDING_CANCEL, 1))
+    om.on_ack(OrderAck(o.client_id, OrderState.UNKNOWN, 2, reason="timeout"))
+    om.on_ack(OrderAck(o.client_id, OrderState.OPEN, 3, reason="resolved by client id"))  # the cancel did not take
+    assert o.state is OrderState.OPEN and not o.cancel_requested
+    c, _ = om.plan(Q([("97.00", "1")]), 4)
+    assert o in c
