@@ -301,3 +301,12 @@ async def test_websocket_book_stall_and_sequence_gap(tmp_path):
             await tick
     summary, eng, rec = await run_scenario(tmp_path, actor, **{"market_data.transport": "ws", "market_data.ws_keepalive_s": 0.5})
     assert eng.source.reconnects >= 1
+
+
+async def test_fills_over_the_websocket_user_stream_alone(tmp_path):
+    """With polling effectively off, fills reach the engine through watch_my_trades (the
+    websocket API's userDataStream.subscribe.signature)."""
+    summary, eng, rec = await run_scenario(tmp_path, taker_fills, **{"live.poll_interval_s": 3600.0,
+                                                                      "live.reconcile_interval_s": 3600.0})
+    assert summary["fills"] == len(rec["fills"]) >= 3
+    assert eng.exchange.counters["ws_errors"] == 0

@@ -190,7 +190,7 @@ class Reconciler:
             # I3/I4: our open orders at the exchange
             for o in await ex._call(lambda: ex.ex.fetch_open_orders(self.symbol)):
                 cid = o.get("clientOrderId") or ""
-                if not cid or not self.is_ours(cid):
+                if not cid or not (self.is_ours(cid) or cid in owner):
                     continue  # I4: not ours, never touched
                 if cid not in owner and self.unknown_orders == "adopt":
                     rep.adopted.append(o)
