@@ -311,3 +311,21 @@ async def test_inventory_mismatch_while_running_stops_and_says_by_how_much(fake_
     assert summary["status"] == "killed" and "inventory mismatch" in summary["stop_reason"]
     assert "off by -0.5" in summary["stop_reason"]
     assert not ours_open(fake)  # everything cancelled on the way out
+
+
+async def test_insufficient_funds_stops_that_side_until_balances_allow(fake_binance, tmp_path):
+    fake = fake_binance
+    fake.free["USDT"] = D("1")  # cannot buy: only asks are quoted
+    cfg = live_cfg(fake, tmp_path / "funds.db", **{"live.balance_check": False})
+
+    async def fund(eng):
+        await wait_for(lambda: any(o.side == "SELL" for o in ours_open(fake)) and eng.exchange.side_blocked, "asks only")
+        assert not any(o.side == "BUY" for o in ours_open(fake))
+        n = len(fake.order_requests)
+        await wait_for(lambda: eng.state.events >= 20, "more updates")
+        assert sum(1 for p in fake.order_requests[n:] if p["side"] == "BUY") == 0  # no retry storm on the blocked side
+        fake.free["USDT"] = D("100000")  # a deposit
+        await wait_for(lambda: any(o.side == "BUY" for o in ours_open(fake)), "bids again")
+        eng.stop("test done")
+    summary, eng = await run_live(cfg, lambda e: False, fund)
+    assert eng.exchange.counters["insufficient_funds"] == 1

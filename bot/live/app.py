@@ -51,7 +51,8 @@ def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on
         is_ours=lambda cid: cid.startswith(prefix), dead_man_s=lv.dead_man_s,
     )
     reconciler = Reconciler(store, exchange, cfg.symbol, is_ours=lambda cid: cid.startswith(prefix),
-                            unknown_orders=lv.unknown_orders, tolerance=tol, balance_check=lv.balance_check)
+                            unknown_orders=lv.unknown_orders, tolerance=tol, balance_check=lv.balance_check,
+                            order_size=Decimal(repr(cfg.strategy.controls.order_size)))
     c = cfg.strategy.controls
     return LiveEngine(
         build_source(cfg), exchange, lambda market: build_strategy(cfg.strategy, market), store,

@@ -103,12 +103,14 @@ class StartupReport:
 class Reconciler:
     def __init__(self, store: Store, exchange: CcxtLiveExchange, symbol: str, *,
                  is_ours: Callable[[str], bool], unknown_orders: str = "cancel",
-                 tolerance: Decimal = Decimal("0.00000001"), balance_check: bool = True) -> None:
+                 tolerance: Decimal = Decimal("0.00000001"), balance_check: bool = True,
+                 order_size: Decimal | None = None) -> None:
         self.store, self.ex, self.symbol = store, exchange, symbol
         self.is_ours = is_ours
         self.unknown_orders = unknown_orders
         self.tolerance = tolerance
         self.balance_check = balance_check
+        self.order_size = order_size  # base units: a blocked side comes back when one order is affordable
         self.mismatches = 0
         _Base.metadata.create_all(store.engine)
 
@@ -301,9 +303,11 @@ class Reconciler:
             await ex._resolve(cid)
         # I1: missed fills (the queue dedupes by trade id; the store by (exchange, trade id))
         await ex.poll_fills_once()
+        if not self.balance_check and not ex.side_blocked:
+            return None
+        bal = await ex.refresh_balances(self.order_size)  # also re-enables a side once funds allow
         if not self.balance_check:
             return None
-        bal = await ex.balances()
         m = ex.market
         pending = sum((f.size * f.side.sign - ex.base_fees.get(f.trade_id, Decimal(0))
                        for f in list(ex.fills._queue)), Decimal(0))  # type: ignore[attr-defined]
