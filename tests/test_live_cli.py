@@ -150,3 +150,11 @@ async def test_sigterm_cancels_everything_and_records_interrupted(fake_binance, 
     assert not ours_open(fake)
     assert sqlite3.connect(db).execute("select status from runs").fetchone()[0] == "interrupted"
     check_db_equals_exchange(db, fake)
+
+
+async def test_unknown_exchange_is_one_line_before_the_database(tmp_path):
+    db = tmp_path / "x.db"
+    rc, out, err = await finish(await mmbot("live", "--exchange", "binanse", "--symbol", "BTC/USDT", "--yes",
+                                            "--db", str(db)))
+    assert rc == 2 and "unknown exchange 'binanse'" in err and "binance" in err and "Traceback" not in err
+    assert not db.exists()

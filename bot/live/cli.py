@@ -39,6 +39,12 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
                                  "live.key_file": str(key_file) if key_file else None})
     if cfg.exchange == "sim":
         raise ConfigError("mmbot live needs a real exchange: give --exchange (e.g. binance) or set exchange in the config")
+    import ccxt
+
+    from bot.exchanges.ccxt_client import _close_matches
+    if cfg.exchange.strip().lower() not in ccxt.exchanges:  # before the database is touched
+        close = ", ".join(_close_matches(cfg.exchange, list(ccxt.exchanges))) or "none close; see ccxt.exchanges"
+        raise ConfigError(f"unknown exchange {cfg.exchange!r} (ccxt knows: {close})")
     if cfg.symbol == "SIM/USD":
         raise ConfigError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     if not (yes or cfg.live.confirm or cfg.live.sandbox):
