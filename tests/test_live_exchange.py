@@ -43,6 +43,14 @@ def buy(price="49000", size="0.001", **kw) -> Order:
     return Order("BTC/USDT", Side.BUY, D(price), D(size), **kw)
 
 
+def test_venue_names_keep_testnets_and_local_servers_apart():
+    from bot.exchanges.live import venue_name
+
+    assert venue_name("binance") == "binance"
+    assert venue_name("binance", sandbox=True) == "binance-sandbox"
+    assert venue_name("binance", api_url="http://127.0.0.1:8765") == "binance@127.0.0.1:8765"
+
+
 def test_plain_never_exponent():
     assert plain(D("1E+2")) == "100"
     assert plain(D("1E-7")) == "0.0000001"
@@ -311,7 +319,8 @@ async def test_fills_by_polling_my_trades_once_each(fake_binance):
         assert await ex.poll_fills_once() == 0  # the cursor moved: nothing twice
         f1, f2 = ex.fills.get_nowait(), ex.fills.get_nowait()
         assert {f1.client_id, f2.client_id} == {o.client_id}
-        assert f1.size + f2.size == D("0.001") and f1.side is Side.BUY and f1.exchange == "binance"
+        assert f1.size + f2.size == D("0.001") and f1.side is Side.BUY
+        assert f1.exchange == ex.name == f"binance@127.0.0.1:{fake_binance.port}"  # a local stand-in is its own venue
         assert f1.fee == D("49000") * D("0.0004") * D("0.001")
     finally:
         await ex.close()

@@ -128,6 +128,18 @@ def create_trading_client(exchange_id: str, *, credentials: dict | None = None, 
     return ex
 
 
+def venue_name(exchange_id: str, sandbox: bool = False, api_url: str | None = None) -> str:
+    """The venue's name in the database (runs.exchange, fills.exchange): the ccxt id, with
+    ``-sandbox`` on a testnet and ``@host:port`` behind an ``api_url`` override, so that
+    trade ids of a testnet or a local stand-in never collide with the real exchange's
+    (fills are unique on (exchange, trade id))."""
+    name = exchange_id + ("-sandbox" if sandbox else "")
+    if api_url:
+        from urllib.parse import urlsplit
+        name += "@" + urlsplit(api_url).netloc
+    return name
+
+
 def _state_of(o: dict) -> tuple[OrderState, Decimal]:
     """(our state, cumulative filled size) of a ccxt unified order."""
     filled = Decimal(str(o.get("filled") or 0))
@@ -177,7 +189,7 @@ class CcxtLiveExchange(Exchange):
                  dead_man_s: float | None = 60.0, client: Any = None) -> None:
         super().__init__()
         self.exchange_id = exchange_id.strip().lower()
-        self.name = self.exchange_id
+        self.name = venue_name(self.exchange_id, sandbox, api_url)
         self._client_args = dict(credentials=credentials, api_url=api_url, ws_url=ws_url, sandbox=sandbox,
                                  options=options, timeout_ms=int(request_timeout_s * 1000))
         self.ex = client
