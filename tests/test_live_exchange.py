@@ -6,6 +6,7 @@ event with a generous ceiling."""
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -158,6 +159,7 @@ async def test_rate_limit_backs_off_with_retry_after_and_sends_nothing(fake_bina
         a = await final(ex, o.client_id)
         assert a.state is OrderState.REJECTED and "rate limited" in a.reason
         assert ex.banned and ex.counters["rate_limited"] == 1
+        assert ex.banned_until - time.monotonic() > 300  # the server's Retry-After (600 s), not a guess
         n = fake_binance.count("/api/v3/order")
         for _ in range(5):  # the engine would pull quotes; a placement anyway is refused locally
             ack = await ex.place(buy(), 0)

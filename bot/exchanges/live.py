@@ -574,6 +574,8 @@ class CcxtLiveExchange(Exchange):
                         st = OrderState.CANCELED if st in (OrderState.OPEN, OrderState.PARTIALLY_FILLED) else st
                         acks[cid] = OrderAck(cid, st, now_ns, o.get("id"), filled, "cancel-all")
             else:
+                if self.dedicated_account:
+                    log.info("%s has no cancel_all_orders in ccxt: cancelling our orders one by one", self.name)
                 for o in await self._call(lambda: self.ex.fetch_open_orders(sym)):
                     cid = o.get("clientOrderId") or ""
                     if cid and self.is_ours(cid):
