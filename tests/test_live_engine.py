@@ -201,7 +201,7 @@ async def test_balance_mismatch_refuses_to_trade_and_says_by_how_much(fake_binan
 async def test_kill_switch_cancels_everything_stops_and_records_why(fake_binance, tmp_path):
     db = tmp_path / "kill.db"
     fake = fake_binance
-    cfg = live_cfg(fake, db, **{"live.risk.max_loss": 1.0})
+    cfg = live_cfg(fake, db, **{"live.risk.max_loss": 0.5})
 
     async def crash_market(eng):  # our bid fills, then the market falls 1000
         await wait_for(lambda: any(o.side == "BUY" for o in ours_open(fake)), "our bid")
@@ -211,6 +211,8 @@ async def test_kill_switch_cancels_everything_stops_and_records_why(fake_binance
 
     summary, eng = await run_live(cfg, lambda e: False, crash_market)
     assert summary["status"] == "killed" and "kill switch" in summary["stop_reason"]
+    # the 0.001 BTC bought lost about 1000 * 0.001 = 1 USDT; the 1 BTC held from the start is not the bot's loss
+    assert -1.2 < eng.trading_pnl() < -0.5 and summary["pnl"] < -900
     assert not ours_open(fake)
     con = sqlite3.connect(db)
     status, s = con.execute("select status, summary_json from runs").fetchone()
@@ -329,3 +331,16 @@ async def test_insufficient_funds_stops_that_side_until_balances_allow(fake_bina
         eng.stop("test done")
     summary, eng = await run_live(cfg, lambda e: False, fund)
     assert eng.exchange.counters["insufficient_funds"] == 1
+
+
+async def test_a_market_move_against_the_held_balance_does_not_trip_the_kill_switch(fake_binance, tmp_path):
+    fake = fake_binance
+    cfg = live_cfg(fake, tmp_path / "hold.db", **{"live.risk.max_loss": 0.5})
+
+    async def move(eng):  # no fill: only the 1 BTC the account holds loses value
+        await wait_for(lambda: len(ours_open(fake)) >= 2, "our quotes")
+        fake.set_book([(49000.00, 1.0)], [(49000.01, 1.0)])
+        await wait_for(lambda: eng.state.mid < 49500 and eng.state.events >= 10, "the move seen")
+        eng.stop("test done")
+    summary, eng = await run_live(cfg, lambda e: False, move)
+    assert summary["status"] == "completed" and summary["pnl"] < -900 and abs(eng.trading_pnl()) < 0.5

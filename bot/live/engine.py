@@ -128,11 +128,21 @@ class LiveEngine(Engine):
             self.pulled = False
             self._orders_changed = True
         await super().step(ev)
-        reason = self.kill.check(self.state.pnl, ev.ts_ns)
+        reason = self.kill.check(self.trading_pnl(), ev.ts_ns)
         if reason and not self.kill_reason:
             self.kill_reason = reason
             log.error("%s", reason)
             self.stop(reason)
+
+    def trading_pnl(self) -> float:
+        """The run's PnL less the price move of the balance it started with (quote currency):
+        what the bot's trading made or lost. The kill switch watches this, so a market move
+        against coins the account simply holds does not stop the bot (the recorded PnL, as
+        in paper, includes it)."""
+        inv, mid = self.inventory, self.state.mid
+        if self.mid0 is None or mid != mid:  # no mid yet
+            return 0.0
+        return self.state.pnl - float(inv.initial_base) * (mid - self.mid0)
 
     def _adopt(self) -> None:
         """Orders with our prefix found open at start, under ``unknown_orders: adopt``."""
