@@ -42,7 +42,7 @@ def build_source(cfg: Config) -> MarketSource:
     md = cfg.market_data
     if md.transport == "ws" or (md.transport == "auto" and has_websocket_book(cfg.exchange)):
         return CcxtWsSource(cfg.exchange, cfg.symbol, depth=md.depth, api_url=md.api_url, ws_url=md.ws_url,
-                            duration_s=cfg.duration_s)
+                            duration_s=cfg.duration_s, keepalive_s=md.ws_keepalive_s)
     return CcxtPollingSource(
         cfg.exchange, cfg.symbol, depth=md.depth, poll_interval_s=md.poll_interval_s,
         rate_limit_per_s=md.rate_limit_per_s, api_url=md.api_url, duration_s=cfg.duration_s,

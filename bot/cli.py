@@ -299,6 +299,25 @@ def paper(
         raise typer.Exit(code)
 
 
+@app.command()
+def live(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: config/live.yaml if present)"),
+    exchange: Optional[str] = typer.Option(None, help="ccxt exchange id, e.g. binance"),
+    symbol: Optional[str] = typer.Option(None, help="ccxt unified symbol, e.g. BTC/USDT"),
+    duration: Optional[float] = typer.Option(None, help="run length, wall seconds"),
+    db: Optional[str] = typer.Option(None, help="database file or SQLAlchemy URL"),
+    sandbox: bool = typer.Option(False, "--sandbox", help="the exchange's testnet (ccxt sandbox mode)"),
+    yes: bool = typer.Option(False, "--yes", help="confirm trading real money"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="key file (mode 0600) instead of MMBOT_API_KEY/MMBOT_API_SECRET"),
+    live_panel: Optional[bool] = typer.Option(None, "--live/--no-live", help="show the live status panel"),
+    json_out: bool = typer.Option(False, "--json", help="print the final summary as one JSON object"),
+) -> None:
+    """Trade live: real orders through ccxt, reconciled with the exchange, under risk limits (see docs/live.md)."""
+    from bot.live.cli import run_live_command
+
+    run_live_command(config, exchange, symbol, duration, db, sandbox, yes, key_file, live_panel, json_out)
+
+
 @simulate_app.command("as2008")
 def simulate_as2008(
     gamma: float = typer.Option(0.1, help="risk aversion (paper: 0.1, 0.01, 1)"),

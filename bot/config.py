@@ -52,6 +52,7 @@ class MarketDataConfig(_Strict):
         "auto", description="auto = websockets (ccxt.pro watch_order_book/watch_trades) where the exchange has them, else REST polling"
     )
     ws_url: str | None = Field(None, description="override the exchange's websocket URL (tests, testnets)")
+    ws_keepalive_s: float | None = Field(10.0, gt=0, description="websocket ping interval, seconds: a silent stall is detected within about this long (null = ccxt's default, minutes on some exchanges)")
     poll_interval_s: float = Field(1.0, gt=0, description="REST polling interval, seconds")
     rate_limit_per_s: float = Field(5.0, gt=0, description="max REST requests per second")
     depth: int = Field(20, ge=1, description="order-book levels requested per side")
@@ -101,6 +102,42 @@ class ForecasterConfig(_Strict):
     guard_drift: bool = Field(True, description="guard the drift head too (against a zero-drift forecast)")
 
 
+class LiveRiskConfig(_Strict):
+    """Risk limits of a live run (null = off). Money in quote currency."""
+
+    max_order_notional: float | None = Field(None, gt=0, description="largest order, price*size, quote currency")
+    max_open_orders: int | None = Field(None, ge=1, description="most orders working at once, both sides")
+    max_orders_per_window: int | None = Field(40, ge=1, description="order requests (place + cancel) per rate_window_s; stay under the exchange's order-count limit")
+    rate_window_s: float = Field(10.0, gt=0, description="order-rate window, seconds")
+    max_loss: float | None = Field(None, gt=0, description="kill switch: loss since the run's start, quote currency")
+    max_drawdown: float | None = Field(None, gt=0, description="kill switch: drop from the run's best PnL, quote currency")
+    max_daily_loss: float | None = Field(None, gt=0, description="kill switch: loss since 00:00 UTC, quote currency")
+    stale_after_s: float | None = Field(10.0, gt=0, description="no book update for this long pulls all quotes until data is fresh, seconds")
+
+
+class LiveConfig(_Strict):
+    """Live trading (mmbot live). Keys never come from here: MMBOT_API_KEY / MMBOT_API_SECRET
+    (/ MMBOT_API_PASSWORD) in the environment, or key_file (mode 0600). See docs/live.md."""
+
+    confirm: bool = Field(False, description="true = trade real money without --yes on the command line")
+    sandbox: bool = Field(False, description="use the exchange's testnet (ccxt sandbox mode)")
+    key_file: str | None = Field(None, description="path of a key file (mode 0600) instead of the environment")
+    api_url: str | None = Field(None, description="trading REST base URL override (default: market_data.api_url)")
+    ws_url: str | None = Field(None, description="trading websocket base URL override (default: market_data.ws_url)")
+    request_timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of order requests, seconds (a timeout leaves the order unknown until resolved)")
+    fills_transport: Literal["auto", "ws", "rest"] = Field("auto", description="our fills: auto = watch_my_trades where ccxt.pro has it plus REST polling as a safety net; rest = poll fetch_my_trades")
+    poll_interval_s: float = Field(2.0, gt=0, description="fetch_my_trades polling interval, seconds")
+    reconcile_interval_s: float = Field(30.0, gt=0, description="periodic reconciliation with the exchange, seconds")
+    client_id_prefix: str = Field("mm", min_length=1, description="client order ids starting with this are ours (reconciliation cancels unknown ones)")
+    unknown_orders: Literal["cancel", "adopt"] = Field("cancel", description="open orders with our prefix that the database does not know")
+    dedicated_account: bool = Field(True, description="true: cancel-all uses the exchange's cancel_all_orders for the symbol (cancels other orders on it too); false: only ours, one by one")
+    target_inventory: float | None = Field(None, description="base units the strategy treats as flat (its inventory skew is measured from here); null = the balance at start")
+    dead_man_s: float | None = Field(60.0, gt=0, description="exchange-side cancel-all-after timeout, seconds, re-armed every third of it, where ccxt offers it (null = off)")
+    balance_check: bool = Field(True, description="check the exchange balance against the recorded fills (at start and every reconciliation)")
+    balance_tolerance: str = Field("0.00000001", description="allowed inventory mismatch, base units (decimal string)")
+    risk: LiveRiskConfig = Field(default_factory=LiveRiskConfig)
+
+
 class DatabaseConfig(_Strict):
     url: str = Field("sqlite:///runs/mmbot.db", description="SQLAlchemy URL or a file path (SQLite, WAL mode)")
 
@@ -139,6 +176,7 @@ class Config(_Strict):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     forecaster: ForecasterConfig = Field(default_factory=ForecasterConfig)
     strategy: StrategyParams = Field(default_factory=StrategyParams)
+    live: LiveConfig = Field(default_factory=LiveConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

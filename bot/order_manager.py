@@ -7,7 +7,12 @@ order on that side whose size equals the level's size and whose price is within
 ``max_age_ns``. Matched orders are left working (they keep their queue position);
 unmatched working orders are cancelled; unmatched desired levels become new orders.
 Orders still in flight (state ``new``: sent, not yet accepted) count as working; orders
-with a cancel in flight are neither matched nor cancelled again.
+with a cancel in flight (``cancel_requested``, state ``pending_cancel``) are neither
+matched nor cancelled again. Live trading: while a level's placement is in flight
+(``pending_new``) or its outcome is ``unknown``, no second order is placed for that side
+and level: the in-flight order is matched like a working one, and if the quote moved away
+it is cancelled (the adapter runs that cancel only once the placement is resolved) but
+its replacement waits until the level is free.
 
 Every state change is reported to ``on_change(order)`` (the engine persists it).
 """
@@ -56,7 +61,8 @@ class OrderManager:
         return cancels, places
 
     def _plan_side(self, side: Side, levels: list[QuoteLevel], mine: list[Order], now_ns: int) -> tuple[list[Order], list[Order]]:
-        live = [o for o in mine if not o.cancel_requested]
+        live = [o for o in mine if not o.cancel_requested and o.state is not OrderState.PENDING_CANCEL]
+        busy = {o.level for o in mine if o.state in _IN_FLIGHT}
         if self.max_age_ns is None:
             free, stale = live, []
         else:
@@ -75,6 +81,8 @@ class OrderManager:
                         break
             if best is not None:
                 free.remove(best)
+            elif i in busy:
+                continue  # the level's placement is in flight: never a second order for it
             else:
                 places.append(Order(self.market.symbol, side, lv.price, lv.size, client_id=self.new_client_id(),
                                     post_only=self.post_only, level=i, created_ns=now_ns, updated_ns=now_ns))
@@ -95,6 +103,9 @@ class OrderManager:
         if ack.exchange_id and not o.exchange_id:
             o.exchange_id = ack.exchange_id
         if ack.state is not o.state and ack.state in _NEXT[o.state]:
+            if (o.state in (OrderState.PENDING_CANCEL, OrderState.UNKNOWN) and o.cancel_requested
+                    and ack.state in (OrderState.OPEN, OrderState.PARTIALLY_FILLED)):
+                o.cancel_requested = False  # the cancel did not take: the order rests and may be cancelled again
             o.transition(ack.state, ack.ts_ns, ack.reason)
             if o.state.terminal:
                 self.working.pop(o.client_id, None)
@@ -110,6 +121,9 @@ class OrderManager:
             o.transition(OrderState.OPEN, fill.ts_ns)
             self.on_change(o)
         if o.state.terminal and o.state is not OrderState.CANCELED:
+            # the venue reported the final state before this fill arrived: keep the count right
+            o.filled = min(o.size, o.filled + fill.size)
+            self.on_change(o)
             return o
         if o.state is OrderState.CANCELED:
             # a fill that arrives after our cancel ack: the venue traded first. Record the
@@ -124,10 +138,18 @@ class OrderManager:
         return o
 
 
+_IN_FLIGHT = {OrderState.PENDING_NEW, OrderState.UNKNOWN}
+
+# states an acknowledgement may move an order to (fills move it to partially_filled/filled)
+_RESOLVED = {OrderState.OPEN, OrderState.REJECTED, OrderState.CANCELED, OrderState.FILLED, OrderState.UNKNOWN}
 _NEXT = {
-    OrderState.NEW: {OrderState.OPEN, OrderState.REJECTED, OrderState.CANCELED},
-    OrderState.OPEN: {OrderState.CANCELED},
-    OrderState.PARTIALLY_FILLED: {OrderState.CANCELED},
+    OrderState.NEW: {OrderState.OPEN, OrderState.REJECTED, OrderState.CANCELED, OrderState.PENDING_NEW, OrderState.UNKNOWN},
+    OrderState.PENDING_NEW: _RESOLVED | {OrderState.PARTIALLY_FILLED},
+    OrderState.UNKNOWN: (_RESOLVED - {OrderState.UNKNOWN}) | {OrderState.PARTIALLY_FILLED},
+    OrderState.OPEN: {OrderState.CANCELED, OrderState.PENDING_CANCEL, OrderState.FILLED},
+    OrderState.PARTIALLY_FILLED: {OrderState.CANCELED, OrderState.PENDING_CANCEL, OrderState.FILLED},
+    OrderState.PENDING_CANCEL: {OrderState.CANCELED, OrderState.FILLED, OrderState.OPEN, OrderState.PARTIALLY_FILLED,
+                                OrderState.UNKNOWN},
     OrderState.FILLED: set(),
     OrderState.CANCELED: set(),
     OrderState.REJECTED: set(),

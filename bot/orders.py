@@ -13,6 +13,19 @@ State machine::
      +--> rejected | canceled | partially_filled | filled   (a marketable order may fill at once)
 
 ``filled``, ``canceled`` and ``rejected`` are terminal.
+
+In-flight states (live trading, where a request takes time and may fail ambiguously)::
+
+    new -> pending_new (request sent) -> open | partially_filled | filled | rejected | canceled
+                                      -> unknown (timeout, 5xx: the exchange may or may not
+                                                  have the order) -> resolved by client id to
+                                                  open | partially_filled | filled | canceled | rejected
+    open | partially_filled -> pending_cancel (cancel sent) -> canceled | filled
+                                      | open | partially_filled (the cancel failed, the order still rests)
+                                      | unknown
+
+A partial fill while a cancel is pending keeps ``pending_cancel``. ``pending_new``,
+``pending_cancel`` and ``unknown`` are working (non-terminal) states: the order may trade.
 """
 
 from __future__ import annotations
@@ -44,6 +57,9 @@ class OrderState(str, enum.Enum):
     FILLED = "filled"
     CANCELED = "canceled"
     REJECTED = "rejected"
+    PENDING_NEW = "pending_new"  # placement sent, no answer yet
+    PENDING_CANCEL = "pending_cancel"  # cancel sent, no answer yet
+    UNKNOWN = "unknown"  # a request failed ambiguously: resolve by client id before acting
 
     @property
     def terminal(self) -> bool:
@@ -51,10 +67,16 @@ class OrderState(str, enum.Enum):
 
 
 _TERMINAL = {OrderState.FILLED, OrderState.CANCELED, OrderState.REJECTED}
+_RESOLVED = {OrderState.OPEN, OrderState.PARTIALLY_FILLED, OrderState.FILLED, OrderState.CANCELED, OrderState.REJECTED}
 _ALLOWED: dict[OrderState, set[OrderState]] = {
-    OrderState.NEW: {OrderState.OPEN, OrderState.REJECTED, OrderState.CANCELED, OrderState.PARTIALLY_FILLED, OrderState.FILLED},
-    OrderState.OPEN: {OrderState.PARTIALLY_FILLED, OrderState.FILLED, OrderState.CANCELED},
-    OrderState.PARTIALLY_FILLED: {OrderState.PARTIALLY_FILLED, OrderState.FILLED, OrderState.CANCELED},
+    OrderState.NEW: {OrderState.OPEN, OrderState.REJECTED, OrderState.CANCELED, OrderState.PARTIALLY_FILLED, OrderState.FILLED,
+                     OrderState.PENDING_NEW, OrderState.UNKNOWN},
+    OrderState.PENDING_NEW: _RESOLVED | {OrderState.UNKNOWN},
+    OrderState.UNKNOWN: _RESOLVED | {OrderState.UNKNOWN},
+    OrderState.OPEN: {OrderState.PARTIALLY_FILLED, OrderState.FILLED, OrderState.CANCELED, OrderState.PENDING_CANCEL},
+    OrderState.PARTIALLY_FILLED: {OrderState.PARTIALLY_FILLED, OrderState.FILLED, OrderState.CANCELED, OrderState.PENDING_CANCEL},
+    OrderState.PENDING_CANCEL: {OrderState.PENDING_CANCEL, OrderState.CANCELED, OrderState.FILLED, OrderState.OPEN,
+                                OrderState.PARTIALLY_FILLED, OrderState.UNKNOWN},
     OrderState.FILLED: set(),
     OrderState.CANCELED: set(),
     OrderState.REJECTED: set(),
@@ -159,7 +181,12 @@ class Order:
         if self.filled + size > self.size:
             raise OrderStateError(f"order {self.client_id}: fill {size} exceeds remaining {self.remaining}")
         self.filled += size
-        self.transition(OrderState.FILLED if self.filled == self.size else OrderState.PARTIALLY_FILLED, ts_ns)
+        if self.filled == self.size:
+            self.transition(OrderState.FILLED, ts_ns)
+        elif self.state is OrderState.PENDING_CANCEL:
+            self.transition(OrderState.PENDING_CANCEL, ts_ns)  # still cancelling what is left
+        else:
+            self.transition(OrderState.PARTIALLY_FILLED, ts_ns)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ def status_table(engine: Engine) -> Table:
     t.add_row("fills / volume (quote)", f"{inv.n_fills} / {float(inv.volume):.2f}")
     t.add_row("orders placed / canceled / rejected", f"{st.placed} / {st.canceled} / {st.rejected}")
     t.add_row("events", f"{st.events}")
+    for k, v in getattr(engine, "status_rows", lambda: [])():  # live: error and rate-limit counters
+        t.add_row(k, v)
     return t
 
 

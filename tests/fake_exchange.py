@@ -27,6 +27,12 @@ Test controls:
 * :attr:`FakeBinance.latency_s` delays every reply;
 * :attr:`FakeBinance.requests` counts calls per path; :attr:`FakeBinance.calls` logs
   ``(monotonic_s, method, path, query)``;
+* :attr:`FakeBinance.clock_offset_ms` shifts the server clock (``/api/v3/time`` and the
+  recvWindow check) to provoke -1021; :meth:`FakeBinance.hang_after` makes the next N calls
+  of a path run (the order is placed / cancelled) and then never answer, as a request that
+  times out although the exchange acted; ``GET /api/v3/myTrades`` and ``DELETE
+  /api/v3/openOrders`` serve ``fetch_my_trades`` / ``cancel_all_orders``;
+  :attr:`FakeBinance.trades` lists every execution;
 * orders: limit orders that do not cross the served book rest; crossing limit and
   market orders fill at once at the best opposite level (whole size, no depth walk);
   :meth:`FakeBinance.fill_order` fills a resting order (a maker fill). Balances move
@@ -38,6 +44,7 @@ Prices are quote/base, quantities base units, Binance times are ms since the epo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -215,6 +222,11 @@ class FakeBinance:
             k: Decimal(str(v)) for k, v in (balances or {"BTC": "1", "USDT": "100000"}).items()
         }
         self.locked: dict[str, Decimal] = {}
+        self.clock_offset_ms = 0
+        self.trades: list[dict[str, Any]] = []  # every execution, myTrades shape
+        self._hang: dict[str, int] = {}
+        self.hung = asyncio.Event()  # set when a hung request has been processed
+        self._unhang = asyncio.Event()  # set by stop(): hung requests answer (late)
 
         # market data state (per symbol id); levels stored as (Decimal price, Decimal qty)
         self._books: dict[str, tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]] = {}
@@ -234,6 +246,7 @@ class FakeBinance:
 
         # orders
         self.orders: dict[int, FakeOrder] = {}
+        self.order_requests: list[dict[str, str]] = []  # parameters of every POST /api/v3/order, as sent
         self._order_ids = itertools.count(1)
         self._trade_ids = itertools.count(1)
 
@@ -255,6 +268,8 @@ class FakeBinance:
         r.add_get("/api/v3/order", self._get_order)
         r.add_get("/api/v3/openOrders", self._open_orders)
         r.add_get("/api/v3/account", self._account)
+        r.add_get("/api/v3/myTrades", self._my_trades)
+        r.add_delete("/api/v3/openOrders", self._cancel_open_orders)
         return app
 
     async def start(self, app: web.Application | None = None) -> str:
@@ -269,6 +284,7 @@ class FakeBinance:
 
     async def stop(self) -> None:
         """Stop listening and close connections. Safe to call twice."""
+        self._unhang.set()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -294,13 +310,18 @@ class FakeBinance:
         return self._update_id[symbol]
 
     def fail_next(self, path: str, count: int = 1, status: int = 503, code: int | None = None,
-                  msg: str = "Service Unavailable") -> None:
+                  msg: str = "Service Unavailable", headers: dict[str, str] | None = None) -> None:
         """Answer the next ``count`` requests to ``path`` with HTTP ``status``.
 
         With ``code`` the body is Binance's ``{"code": code, "msg": msg}`` (ccxt maps the
         code, e.g. -1121 -> BadSymbol); without, a plain-text body.
         """
-        self._failures.setdefault(path, []).extend([(status, code, msg)] * count)
+        self._failures.setdefault(path, []).extend([(status, code, msg, headers)] * count)
+
+    def hang_after(self, path: str, count: int = 1) -> None:
+        """The next ``count`` requests to ``path`` take effect, then get no answer (the
+        client's timeout fires); :attr:`hung` is set once one has been processed."""
+        self._hang[path] = self._hang.get(path, 0) + count
 
     def count(self, path: str) -> int:
         """Number of requests received for ``path`` (all methods, failed ones included)."""
@@ -327,12 +348,18 @@ class FakeBinance:
             await asyncio.sleep(self.latency_s)
         queue = self._failures.get(path)
         if queue:
-            status, code, msg = queue.pop(0)
+            status, code, msg, headers = queue.pop(0)
             if code is None:
-                return web.Response(status=status, text=msg)
-            return web.json_response({"code": code, "msg": msg}, status=status)
+                return web.Response(status=status, text=msg, headers=headers)
+            return web.json_response({"code": code, "msg": msg}, status=status, headers=headers)
         try:
-            return await handler(request)
+            resp = await handler(request)
+            if self._hang.get(path):
+                self._hang[path] -= 1
+                self.hung.set()
+                with contextlib.suppress(asyncio.TimeoutError):  # the client times out first
+                    await asyncio.wait_for(self._unhang.wait(), 3600)
+            return resp
         except web.HTTPNotFound:
             self.unexpected.append(f"{request.method} {path}")
             return web.Response(status=404, text="<html><body><h1>404 Not Found</h1></body></html>",
@@ -388,7 +415,7 @@ class FakeBinance:
         except (KeyError, ValueError):
             raise BinanceApiError(400, -1102, "Mandatory parameter 'timestamp' was not sent, was empty/null, or malformed.") from None
         window = int(params.get("recvWindow", self.recv_window_ms))
-        now = _ms()
+        now = _ms() + self.clock_offset_ms
         if ts > now + 1000 or now - ts > window:
             raise BinanceApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
         return params
@@ -398,7 +425,7 @@ class FakeBinance:
         return web.json_response({})
 
     async def _time(self, request: web.Request) -> web.Response:
-        return web.json_response({"serverTime": _ms()})
+        return web.json_response({"serverTime": _ms() + self.clock_offset_ms})
 
     async def _exchange_info(self, request: web.Request) -> web.Response:
         return web.json_response({
@@ -452,7 +479,11 @@ class FakeBinance:
 
     async def _new_order(self, request: web.Request) -> web.Response:
         p = await self._signed_params(request)
+        self.order_requests.append(dict(p))
         m = self._symbol(p)
+        cid = p.get("newClientOrderId")
+        if cid and any(o.client_order_id == cid and o.is_open for o in self.orders.values()):
+            raise BinanceApiError(400, -2010, "Duplicate order sent.")
         side, otype = p.get("side", "").upper(), p.get("type", "").upper()
         if side not in ("BUY", "SELL"):
             raise BinanceApiError(400, -1102, "Mandatory parameter 'side' was not sent, was empty/null, or malformed.")
@@ -530,6 +561,29 @@ class FakeBinance:
         return web.json_response([o.to_json() for o in self.orders.values()
                                   if o.is_open and (sid is None or o.symbol == sid)])
 
+    async def _my_trades(self, request: web.Request) -> web.Response:
+        p = await self._signed_params(request)
+        m = self._symbol(p)
+        rows = [t for t in self.trades if t["symbol"] == m.id]
+        if "fromId" in p:
+            rows = [t for t in rows if t["id"] >= int(p["fromId"])]
+        elif "startTime" in p:
+            rows = [t for t in rows if t["time"] >= int(p["startTime"])]
+        return web.json_response(rows[: int(p.get("limit", 500))])
+
+    async def _cancel_open_orders(self, request: web.Request) -> web.Response:
+        p = await self._signed_params(request)
+        m = self._symbol(p)
+        out = []
+        for o in self.orders.values():
+            if o.symbol == m.id and o.is_open:
+                self._release(o)
+                o.status, o.update_ms = "CANCELED", _ms()
+                out.append({**o.to_json(), "origClientOrderId": o.client_order_id})
+        if not out:
+            raise BinanceApiError(400, -2011, "Unknown order sent.")
+        return web.json_response(out)
+
     # -- order helpers ------------------------------------------------------------------
     def _find_order(self, p: dict[str, str], code: int, msg: str) -> FakeOrder:
         m = self._symbol(p)
@@ -566,8 +620,13 @@ class FakeBinance:
         o.cum_quote += qty * price
         o.status = "FILLED" if o.executed_qty >= o.orig_qty else "PARTIALLY_FILLED"
         o.update_ms = _ms()
+        tid = next(self._trade_ids)
         o.fills.append({"price": _s(price), "qty": _s(qty), "commission": _s(fee), "commissionAsset": m.quote,
-                        "tradeId": next(self._trade_ids)})
+                        "tradeId": tid})
+        self.trades.append({"symbol": o.symbol, "id": tid, "orderId": o.order_id, "orderListId": -1, "price": _s(price),
+                            "qty": _s(qty), "quoteQty": _s(price * qty), "commission": _s(fee),
+                            "commissionAsset": m.quote, "time": o.update_ms, "isBuyer": o.side == "BUY",
+                            "isMaker": maker, "isBestMatch": True})
 
 
 __all__ = ["FakeBinance", "FakeMarket", "FakeOrder", "BinanceApiError"]

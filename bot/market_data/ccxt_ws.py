@@ -102,11 +102,16 @@ class CcxtWsSource(MarketSource):
         max_consecutive_errors: network errors in a row tolerated (ccxt reconnects and
             resyncs) before ``ExchangeError``.
         first_book_timeout_s: how long :meth:`start` waits for the first book.
+        keepalive_s: ccxt.pro's websocket ping interval, seconds (``streaming.keepAlive``): a
+            silent stall (socket open, no data, no pongs) surfaces as ``RequestTimeout``
+            within about this long, and the source reconnects, resubscribes and resyncs
+            the book from a snapshot. ccxt's default (180 s on binance) leaves a stalled
+            stream unnoticed for minutes. None keeps ccxt's default.
     """
 
     def __init__(self, exchange_id: str, symbol: str, *, depth: int = 20, api_url: str | None = None,
                  ws_url: str | None = None, duration_s: float | None = None, max_consecutive_errors: int = 5,
-                 first_book_timeout_s: float = 30.0) -> None:
+                 first_book_timeout_s: float = 30.0, keepalive_s: float | None = None) -> None:
         self.exchange_id = exchange_id.strip().lower()
         self.symbol = symbol
         self.depth = depth
@@ -114,6 +119,8 @@ class CcxtWsSource(MarketSource):
         self.duration_s = duration_s
         self.max_errors = max_consecutive_errors
         self.first_book_timeout_s = first_book_timeout_s
+        self.keepalive_s = keepalive_s
+        self.reconnects = 0
         self.book = OrderBook(symbol)
         self.ex = None
         self._trades: list[Trade] = []
@@ -128,6 +135,8 @@ class CcxtWsSource(MarketSource):
     async def start(self) -> MarketInfo:
         self.ex = create_pro_exchange(self.exchange_id, api_url=self.api_url, ws_url=self.ws_url)
         self._guard_message_handler()
+        if self.keepalive_s is not None:
+            self.ex.streaming = {**(getattr(self.ex, "streaming", None) or {}), "keepAlive": int(self.keepalive_s * 1000)}
         try:
             self.market = await load_market(self.ex, self.symbol)
             self.symbol = self.market.symbol
@@ -224,6 +233,9 @@ class CcxtWsSource(MarketSource):
                 return None  # the run's time is up while waiting for an update
             except ccxt.NetworkError as e:
                 errors += 1
+                self.reconnects += 1
+                log.warning("%s book stream: %s; reconnecting (resubscribe, book resynced from a snapshot)",
+                            self.exchange_id, short_reason(e, self.exchange_id))
                 if errors >= self.max_errors:
                     raise ExchangeError(f"cannot reach {self.exchange_id}: {errors} websocket failures in a row, "
                                         f"last: {short_reason(e, self.exchange_id)}") from None

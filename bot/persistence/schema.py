@@ -23,7 +23,10 @@ class DecimalText(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
-        return format(value, "f") if isinstance(value, Decimal) else str(value)
+        if isinstance(value, Decimal):
+            return format(value, "f")  # never exponent form (a normalized 49950 prints 4.995E+4)
+        s = str(value)
+        return format(Decimal(s), "f") if ("E" in s or "e" in s) else s
 
     def process_result_value(self, value, dialect):
         return None if value is None else Decimal(value)

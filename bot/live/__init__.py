@@ -1,0 +1,1 @@
+"""Live trading: secrets, risk limits, reconciliation with the exchange, the live engine."""

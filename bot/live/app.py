@@ -1,0 +1,65 @@
+"""Wiring of a live run: credentials, the trading client, reconciliation, risk limits and
+the live engine, from a :class:`~bot.config.Config`."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from bot.config import Config, build_forecaster
+from bot.errors import ConfigError
+from bot.exchanges.live import CcxtLiveExchange
+from bot.live.engine import LiveEngine
+from bot.live.reconcile import Reconciler
+from bot.live.risk import RiskLimits
+from bot.live.secrets import Credentials
+from bot.persistence.store import Store
+from strategies.market_maker import build_strategy
+
+FROM_CONFIG = object()
+
+
+def risk_limits(cfg: Config) -> RiskLimits:
+    r = cfg.live.risk
+    return RiskLimits(
+        max_order_notional=None if r.max_order_notional is None else Decimal(repr(r.max_order_notional)),
+        max_open_orders=r.max_open_orders, max_orders_per_window=r.max_orders_per_window, rate_window_s=r.rate_window_s,
+        max_loss=r.max_loss, max_drawdown=r.max_drawdown, max_daily_loss=r.max_daily_loss, stale_after_s=r.stale_after_s,
+    )
+
+
+def config_snapshot(cfg: Config) -> dict:
+    """The validated config as stored with the run. It holds no secrets (they never enter
+    the config); the key file's path is kept, its contents are not."""
+    return cfg.model_dump(mode="json")
+
+
+def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on_tick=None, handle_signals: bool = True,
+                      forecaster=FROM_CONFIG) -> LiveEngine:
+    """A live run on ``cfg.exchange`` / ``cfg.symbol`` with the configured strategy."""
+    from bot.app import build_source
+
+    lv = cfg.live
+    try:
+        tol = Decimal(lv.balance_tolerance)
+    except InvalidOperation:
+        raise ConfigError(f"invalid config: live.balance_tolerance: not a decimal number (got {lv.balance_tolerance!r})") from None
+    prefix = lv.client_id_prefix
+    exchange = CcxtLiveExchange(
+        cfg.exchange, credentials=credentials.ccxt(), api_url=lv.api_url or cfg.market_data.api_url,
+        ws_url=lv.ws_url or cfg.market_data.ws_url, sandbox=lv.sandbox, request_timeout_s=lv.request_timeout_s,
+        fills_transport=lv.fills_transport, poll_interval_s=lv.poll_interval_s, dedicated_account=lv.dedicated_account,
+        is_ours=lambda cid: cid.startswith(prefix), dead_man_s=lv.dead_man_s,
+    )
+    reconciler = Reconciler(store, exchange, cfg.symbol, is_ours=lambda cid: cid.startswith(prefix),
+                            unknown_orders=lv.unknown_orders, tolerance=tol, balance_check=lv.balance_check,
+                            order_size=Decimal(repr(cfg.strategy.controls.order_size)))
+    c = cfg.strategy.controls
+    return LiveEngine(
+        build_source(cfg), exchange, lambda market: build_strategy(cfg.strategy, market), store,
+        reconciler=reconciler, limits=risk_limits(cfg), reconcile_interval_s=lv.reconcile_interval_s,
+        target_inventory=None if lv.target_inventory is None else Decimal(repr(lv.target_inventory)),
+        forecaster=build_forecaster(cfg) if forecaster is FROM_CONFIG else forecaster,
+        config_snapshot=config_snapshot(cfg), tolerance_ticks=c.refresh_tolerance_ticks,
+        max_order_age_s=c.max_order_age_s, post_only=c.post_only, pnl_interval_s=cfg.pnl_snapshot_interval_s,
+        on_tick=on_tick, handle_signals=handle_signals,
+    )

@@ -1,0 +1,86 @@
+"""``mmbot live``: trade on a real exchange (or its testnet, or a local stand-in).
+
+Real money needs an explicit yes: ``--yes`` or ``live.confirm: true`` in the config;
+without it the command explains what it would do and exits with code 2. ``--sandbox``
+(ccxt sandbox mode: the exchange's testnet) needs no confirmation. Exit codes: 0 run
+ended (duration, Ctrl-C / SIGTERM), 2 user or exchange error (one line), 3 the kill
+switch stopped the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bot.errors import ConfigError, MmbotError
+
+DEFAULT_LIVE_CONFIG = Path("config/live.yaml")
+KILLED_EXIT = 3
+
+
+def run_live_command(config: Path | None, exchange: str | None, symbol: str | None, duration: float | None,
+                     db: str | None, sandbox: bool, yes: bool, key_file: Path | None, live_panel: bool | None,
+                     json_out: bool) -> None:
+    from bot.config import load_config, with_overrides
+    from bot.live.app import build_live_engine
+    from bot.live.secrets import RedactingFormatter, install_log_redaction, load_credentials
+    from bot.persistence.store import open_store
+    from bot.status import LivePanel, summary_table
+    from rich.console import Console
+
+    if config is None and DEFAULT_LIVE_CONFIG.exists():
+        config = DEFAULT_LIVE_CONFIG
+    cfg = load_config(config)
+    cfg = with_overrides(cfg, **{"exchange": exchange, "symbol": symbol, "duration_s": duration, "database.url": db,
+                                 "ui.live": live_panel, "live.sandbox": True if sandbox else None,
+                                 "live.key_file": str(key_file) if key_file else None})
+    if cfg.exchange == "sim":
+        raise ConfigError("mmbot live needs a real exchange: give --exchange (e.g. binance) or set exchange in the config")
+    import ccxt
+
+    from bot.exchanges.ccxt_client import _close_matches
+    if cfg.exchange.strip().lower() not in ccxt.exchanges:  # before the database is touched
+        close = ", ".join(_close_matches(cfg.exchange, list(ccxt.exchanges))) or "none close; see ccxt.exchanges"
+        raise ConfigError(f"unknown exchange {cfg.exchange!r} (ccxt knows: {close})")
+    if cfg.symbol == "SIM/USD":
+        raise ConfigError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
+    if not (yes or cfg.live.confirm or cfg.live.sandbox):
+        print(f"mmbot live places real orders with real money on {cfg.exchange} {cfg.symbol} "
+              f"(order size {cfg.strategy.controls.order_size} {cfg.symbol.split('/')[0]}, "
+              f"{cfg.strategy.controls.levels} level(s) a side). Try --sandbox (the exchange's testnet) first; "
+              f"to trade for real, add --yes or set live.confirm: true. See docs/live.md.", file=sys.stderr)
+        raise SystemExit(2)
+    install_log_redaction()
+    creds = load_credentials(cfg.live.key_file)  # registered for redaction before anything logs
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    console = Console()
+    use_panel = cfg.ui.live and console.is_terminal and not json_out
+    store = open_store(cfg.database.url)
+    try:
+        panel = LivePanel(console, cfg.ui.refresh_per_s) if use_panel else None
+        engine = build_live_engine(cfg, store, creds, on_tick=panel)
+        if panel is not None:
+            with panel:
+                summary = asyncio.run(engine.run())
+        else:
+            summary = asyncio.run(engine.run())
+    except MmbotError:
+        raise
+    finally:
+        store.close()
+    summary["database"] = cfg.database.url
+    if json_out:
+        print(json.dumps(summary, default=str))
+    else:
+        console.print(summary_table(summary, "Live run summary"))
+        console.print(f"Report: mmbot report --db {cfg.database.url.removeprefix('sqlite:///')} --run {summary['run_id']}")
+    if summary.get("status") == "killed":
+        print(f"mmbot: {summary.get('stop_reason')}", file=sys.stderr)
+        raise SystemExit(KILLED_EXIT)
