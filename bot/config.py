@@ -128,7 +128,7 @@ class LiveConfig(_Strict):
     fills_transport: Literal["auto", "ws", "rest"] = Field("auto", description="our fills: auto = watch_my_trades where ccxt.pro has it plus REST polling as a safety net; rest = poll fetch_my_trades")
     poll_interval_s: float = Field(2.0, gt=0, description="fetch_my_trades polling interval, seconds")
     reconcile_interval_s: float = Field(30.0, gt=0, description="periodic reconciliation with the exchange, seconds")
-    client_id_prefix: str = Field("mm", min_length=1, description="client order ids starting with this are ours (reconciliation cancels unknown ones)")
+    client_id_prefix: str | None = Field(None, min_length=1, description="client order ids starting with this are ours (reconciliation cancels unknown ones); null = this database's own prefix mm<installation id>- (other databases' bots on the account are left alone)")
     unknown_orders: Literal["cancel", "adopt"] = Field("cancel", description="open orders with our prefix that the database does not know")
     dedicated_account: bool = Field(True, description="true: cancel-all uses the exchange's cancel_all_orders for the symbol (cancels other orders on it too); false: only ours, one by one")
     target_inventory: float | None = Field(None, description="base units the strategy treats as flat (its inventory skew is measured from here); null = the balance at start")

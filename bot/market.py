@@ -135,9 +135,14 @@ class MarketInfo:
 
     # -- fast float helpers for the hot path (results exact multiples in float space) ----
     def price_ticks(self, price: float, side: str) -> int:
-        """Integer number of ticks: floor for bids, ceil for asks (1e-9 guard against FP noise)."""
+        """Integer number of ticks: floor for bids, ceil for asks.
+
+        A price within float noise of a tick counts as that tick: the guard is 1e-9 ticks plus
+        1e-12 relative, since the quotient's rounding error grows with its size (32768.02 / 0.0001
+        is 327680199.99999994 in floats, which a fixed 1e-9 guard floors one tick too low)."""
         x = price / self.tick_f  # type: ignore[attr-defined]
-        return math.floor(x + 1e-9) if side == "buy" else math.ceil(x - 1e-9)
+        eps = 1e-9 + abs(x) * 1e-12
+        return math.floor(x + eps) if side == "buy" else math.ceil(x - eps)
 
     def ticks_to_price(self, ticks: int) -> Decimal:
         return _cached_multiple(self._px_cache, ticks, self.tick)  # type: ignore[attr-defined]

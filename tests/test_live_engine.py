@@ -165,19 +165,21 @@ async def test_restart_reconciles_a_crashed_run(fake_binance, tmp_path):
     # while the bot is down: one order trades out, the other rests
     a, b = ours_open(fake)[:2]
     fake.fill_order(a.order_id)
-    # and an order with our prefix that the DB never heard of rests too
-    fake.orders[999] = type(a)(999, "mm99999x1", "BTCUSDT", "BUY", "LIMIT_MAKER", D("40000"), D("0.001"))
+    # and an order with our prefix (this database's installation id) that the DB never heard of rests too
+    inst = con.execute("select value from mmbot_meta where key = 'installation_id'").fetchone()[0]
+    ghost = f"mm{inst}-zz-1"
+    fake.orders[999] = type(a)(999, ghost, "BTCUSDT", "BUY", "LIMIT_MAKER", D("40000"), D("0.001"))
     fake.locked["USDT"] = fake.locked.get("USDT", 0) + D("40")
     fake.free["USDT"] -= D("40")
-    # and one that is not ours (another bot on the account): left alone
-    fake.orders[1000] = type(a)(1000, "other-bot-1", "BTCUSDT", "BUY", "LIMIT", D("39000"), D("0.001"))
+    # and one that is not ours (another mmbot with its own database on the account): left alone
+    fake.orders[1000] = type(a)(1000, "mmOtherDb1-1-1", "BTCUSDT", "BUY", "LIMIT", D("39000"), D("0.001"))
     fake.locked["USDT"] += D("39")
     fake.free["USDT"] -= D("39")
 
     summary, eng2 = await run_live(with_overrides(cfg, **{"live.dedicated_account": False}),
                                    lambda e: e.state.events >= 3)
     rep = eng2.startup_report
-    assert rep.missed_fills == 1 and rep.cancelled_unknown == ["mm99999x1"]
+    assert rep.missed_fills == 1 and rep.cancelled_unknown == [ghost]
     assert rep.closed[a.client_order_id] == "filled" and rep.closed[b.client_order_id] == "canceled"
     assert fake.orders[1000].is_open and not fake.orders[999].is_open
     run_of = dict(con.execute("select client_id, run_id from orders").fetchall())

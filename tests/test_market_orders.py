@@ -75,3 +75,11 @@ def test_inventory_accounting():
     assert inv.spread_capture == pytest.approx(2 * 1 + 1 * 1)
     assert inv.pnl(100.0, 100.0) == pytest.approx(2.8)  # 3 spread - 0.2 fees
     assert inv.max_abs_base == Decimal("2") and inv.volume == Decimal("299")
+
+
+def test_float_tick_count_is_exact_for_large_quotients():
+    """32768.02 / 0.0001 is 327680199.99999994 in floats: the fast path must still count it as
+    327680200 ticks on both sides (a fixed 1e-9 guard floored the bid one tick too low)."""
+    m = MarketInfo("X/Y", "X", "Y", Decimal("0.0001"), Decimal("1"))
+    assert m.price_ticks(32768.02, "buy") == m.price_ticks(32768.02, "sell") == 327680200
+    assert m.ticks_to_price(m.price_ticks(32768.02, "buy")) == m.round_price(32768.02, "buy") == Decimal("32768.02")

@@ -13,7 +13,7 @@ from bot.live.reconcile import Reconciler
 from bot.live.risk import RiskLimits
 from bot.live.secrets import Credentials
 from bot.persistence.store import Store
-from strategies.market_maker import build_strategy
+from strategies.market_maker import build_strategy, check_session
 
 FROM_CONFIG = object()
 
@@ -39,11 +39,13 @@ def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on
     from bot.app import build_source
 
     lv = cfg.live
+    session_s = cfg.duration_s  # the run's length (wall seconds live): the finite AS horizon; None = open-ended
+    check_session(cfg.strategy, session_s)
     try:
         tol = Decimal(lv.balance_tolerance)
     except InvalidOperation:
         raise ConfigError(f"invalid config: live.balance_tolerance: not a decimal number (got {lv.balance_tolerance!r})") from None
-    prefix = lv.client_id_prefix
+    prefix = lv.client_id_prefix or f"mm{store.installation_id}-"  # ids: mm<installation>-<run>-<n>
     exchange = CcxtLiveExchange(
         cfg.exchange, credentials=credentials.ccxt(), api_url=lv.api_url or cfg.market_data.api_url,
         ws_url=lv.ws_url or cfg.market_data.ws_url, sandbox=lv.sandbox, request_timeout_s=lv.request_timeout_s,
@@ -55,7 +57,7 @@ def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on
                             order_size=Decimal(repr(cfg.strategy.controls.order_size)))
     c = cfg.strategy.controls
     return LiveEngine(
-        build_source(cfg), exchange, lambda market: build_strategy(cfg.strategy, market), store,
+        build_source(cfg), exchange, lambda market: build_strategy(cfg.strategy, market, session_s), store,
         reconciler=reconciler, limits=risk_limits(cfg), reconcile_interval_s=lv.reconcile_interval_s,
         target_inventory=None if lv.target_inventory is None else Decimal(repr(lv.target_inventory)),
         forecaster=build_forecaster(cfg) if forecaster is FROM_CONFIG else forecaster,
