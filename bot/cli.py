@@ -312,9 +312,11 @@ def _register_commands() -> None:
     """Commands whose code lives beside what they drive (recorder, models)."""
     from bot.market_data.record_cli import record_command
     from models.cli import train
+    from paper_trading.tune.cli import tune
 
     app.command("record", help="Record live L2 depth and trades (ccxt websockets; REST polling otherwise) into a recording.")(record_command)
     app.command("train", help="Train the LSTM forecaster with walk-forward validation against baselines; writes a model and a report.")(train)
+    app.command("tune", help="Tune strategy parameters with Optuna on walk-forward backtests (parallel, distributed); writes best.yaml and a report.")(tune)
 
 
 _register_commands()

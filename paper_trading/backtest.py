@@ -92,7 +92,11 @@ def recorded_mids(events, tick: float):
 
 
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
-                        on_progress=None, events_meta=None, forecaster=FROM_CONFIG) -> tuple[Engine, ReplaySource]:
+                        on_progress=None, events_meta=None, forecaster=FROM_CONFIG,
+                        start_ns: int | None = None) -> tuple[Engine, ReplaySource]:
+    """``start_ns``: begin at this recorded local time (ns) instead of the recording's start
+    (the book is still built from the start; ``replay.warmup_s`` follows it). ``mmbot tune``
+    backtests its folds this way."""
     events, meta = events_meta if events_meta is not None else load_recording(data)
     if forecaster is FROM_CONFIG:
         forecaster = build_forecaster(cfg)
@@ -109,7 +113,7 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     venue = Venue(events, float(market.tick), float(market.lot), VenueParams(
         queue_model=r.queue_model, queue_power=r.queue_power, entry_latency_ns=int(r.entry_latency_ms * 1e6),
         latency_mode=r.latency_mode, latency_multiplier=r.latency_multiplier))
-    source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, warmup_s=r.warmup_s, on_progress=on_progress,
+    source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, start_ns=start_ns, warmup_s=r.warmup_s, on_progress=on_progress,
                           with_trades=with_trades or cfg.strategy.pricing.calibrate_intensity)
     source.trades_side_inferred = n_inferred
     exchange = ReplayExchange(source, MakerTakerFees(cfg.paper.maker_fee, cfg.paper.taker_fee))
