@@ -23,6 +23,9 @@ simulate_app = typer.Typer(no_args_is_help=True, help="Stylised market simulatio
 app.add_typer(simulate_app, name="simulate")
 import_app = typer.Typer(no_args_is_help=True, help="Import raw market data into mmbot's recording format.")
 app.add_typer(import_app, name="import")
+from bot.persistence.db_cli import db_app  # noqa: E402 - `mmbot db upgrade`
+
+app.add_typer(db_app, name="db")
 
 
 def _version() -> str:
