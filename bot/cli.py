@@ -271,12 +271,14 @@ def paper(
             summary = asyncio.run(engine.run())
     finally:
         store.close()
-    summary["database"] = cfg.database.url
+    from bot.persistence.dbpath import redact
+
+    summary["database"] = redact(cfg.database.url)
     if json_out:
         print(json.dumps(summary, default=str))
     else:
         console.print(summary_table(summary, "Paper run summary"))
-        console.print(f"Report: mmbot report --db {cfg.database.url.removeprefix('sqlite:///')} --run {summary['run_id']}")
+        console.print(f"Report: mmbot report --db {summary['database'].removeprefix('sqlite:///')} --run {summary['run_id']}")
     code = _exit_code(summary)
     if code:
         raise typer.Exit(code)

@@ -107,7 +107,11 @@ def test_paper_on_the_simulated_market_and_report_same_as_sqlite(pgdb, tmp_path)
     cfg = tmp_path / "fees.yaml"  # rebates: fees are exact decimal text with many digits
     cfg.write_text("paper:\n  maker_fee: -0.00025\n  A: 1.0\n")
     args = ("paper", "-c", cfg, "--speed", "0", "--duration", "20", "--seed", "3", "--json", "--no-live")
-    on_pg = last_json(mmbot(*args, "--db", pgdb))
+    with_password = pgdb.replace("://postgres@", "://postgres:hunter2@")  # the test server trusts; a password is ignored
+    run = mmbot(*args, "--db", with_password)
+    on_pg = last_json(run)
+    assert "hunter2" not in run.stdout + run.stderr and on_pg["database"].startswith("postgresql+psycopg://postgres:***@")
+    assert not pg_rows(pgdb, "SELECT id FROM runs WHERE config_json LIKE '%%hunter2%%'")
     on_lite = last_json(mmbot(*args, "--db", tmp_path / "lite.db"))
     assert on_pg["status"] == "completed" and on_pg["fills"] > 0
     assert on_pg["pnl"] == on_lite["pnl"] and on_pg["fills"] == on_lite["fills"]

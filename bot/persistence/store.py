@@ -157,6 +157,9 @@ class Store:
             self.conn.rollback()
             log.warning("could not check for crashed runs (%s); the next start will", " ".join(str(e).split())[:200])
         now = time.time_ns()
+        db = config.get("database") if isinstance(config, dict) else None
+        if isinstance(db, dict) and isinstance(db.get("url"), str):  # the database's own password stays out of it
+            config = {**config, "database": {**db, "url": redact(db["url"])}}
         res = self.conn.execute(insert(Run).values(
             mode=mode, exchange=exchange, symbol=symbol, config_json=_dumps(config),
             started_ns=started_ns or now, status="running"))
