@@ -109,8 +109,11 @@ def prepare(engine: Engine, label: str) -> str:
     refuse one older or newer than the code (ConfigError naming ``label``). Returns the
     state found (``empty``, ``legacy`` or ``versioned``)."""
     with engine.connect() as conn:
-        _locked(conn)
-        state, rev = schema_state(conn)
+        state, rev = schema_state(conn)  # the usual case, a versioned database, takes no lock
+        conn.rollback()
+        if state != "versioned":
+            _locked(conn)
+            state, rev = schema_state(conn)  # again, under the lock: another start may have made it
         if state == "empty":
             _upgrade(conn, HEAD)
             rev = HEAD
