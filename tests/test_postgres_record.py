@@ -210,3 +210,10 @@ def test_an_unreachable_postgresql_url_is_one_line_without_its_password():
         assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
         assert lines[0].startswith(f"mmbot: error: database postgresql://mm:***@127.0.0.1:") and "cannot be opened" in lines[0]
         assert "s3cret" not in r.stderr + r.stdout
+
+
+def test_a_database_driver_mmbot_does_not_install_is_one_line():
+    for args in (("report", "--db", "mysql://mm:s3cret@127.0.0.1/rec"), ("db", "upgrade", "--db", "mysql://mm:s3cret@127.0.0.1/rec")):
+        r = mmbot(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "mysql://mm:***@127.0.0.1/rec" in r.stderr and "s3cret" not in r.stderr

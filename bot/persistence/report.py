@@ -87,7 +87,7 @@ def _open(db: str) -> Session:
             has_runs = inspect(c).has_table("runs")
             if has_runs:
                 check_readable(c, redact(db))  # a schema older or newer than the code: one line
-    except SQLAlchemyError as e:
+    except (SQLAlchemyError, ImportError, ValueError) as e:  # ImportError: a driver mmbot does not install
         raise open_error(db, e) from None
     except ConfigError:
         eng.dispose()
