@@ -23,6 +23,9 @@ simulate_app = typer.Typer(no_args_is_help=True, help="Stylised market simulatio
 app.add_typer(simulate_app, name="simulate")
 import_app = typer.Typer(no_args_is_help=True, help="Import raw market data into mmbot's recording format.")
 app.add_typer(import_app, name="import")
+from bot.persistence.db_cli import db_app  # noqa: E402 - `mmbot db upgrade`
+
+app.add_typer(db_app, name="db")
 
 
 def _version() -> str:
@@ -288,12 +291,14 @@ def paper(
         store.close()
         if obs is not None:
             obs.close()
-    summary["database"] = cfg.database.url
+    from bot.persistence.dbpath import redact
+
+    summary["database"] = redact(cfg.database.url)
     if json_out:
         print(json.dumps(summary, default=str))
     else:
         console.print(summary_table(summary, "Paper run summary"))
-        console.print(f"Report: mmbot report --db {cfg.database.url.removeprefix('sqlite:///')} --run {summary['run_id']}")
+        console.print(f"Report: mmbot report --db {summary['database'].removeprefix('sqlite:///')} --run {summary['run_id']}")
     code = _exit_code(summary)
     if code:
         raise typer.Exit(code)

@@ -121,7 +121,9 @@ class RunData:
 
 
 def _url(db: str) -> str:
-    return db if "://" in db else f"sqlite:///{db}"
+    from bot.persistence.dbpath import engine_url
+
+    return engine_url(db)
 
 
 def _f(values) -> np.ndarray:

@@ -75,12 +75,14 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
         raise
     finally:
         store.close()
-    summary["database"] = cfg.database.url
+    from bot.persistence.dbpath import redact
+
+    summary["database"] = redact(cfg.database.url)
     if json_out:
         print(json.dumps(summary, default=str))
     else:
         console.print(summary_table(summary, "Live run summary"))
-        console.print(f"Report: mmbot report --db {cfg.database.url.removeprefix('sqlite:///')} --run {summary['run_id']}")
+        console.print(f"Report: mmbot report --db {summary['database'].removeprefix('sqlite:///')} --run {summary['run_id']}")
     if summary.get("status") == "killed":
         print(f"mmbot: {summary.get('stop_reason')}", file=sys.stderr)
         raise SystemExit(KILLED_EXIT)

@@ -1,4 +1,6 @@
-"""The record of every run: SQLAlchemy 2.x ORM on SQLite (WAL) by default, any URL accepted."""
+"""The record of every run: SQLAlchemy 2.x on SQLite (WAL) by default, or PostgreSQL
+(``postgresql+psycopg://``); the schema is managed by Alembic (:mod:`bot.persistence.migrate`,
+``docs/database.md``)."""
 
 from bot.persistence.store import Store, open_store
 

@@ -14,6 +14,28 @@ from bot.errors import ConfigError
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
 
 
+def engine_url(db: str) -> str:
+    """The SQLAlchemy URL for what the user typed: a bare path is a SQLite file;
+    ``postgresql://`` and ``postgres://`` use psycopg (version 3, installed with mmbot; the
+    SQLAlchemy 2.0 default would be psycopg2, which is not)."""
+    if "://" not in db:
+        return f"sqlite:///{db}"
+    for scheme in ("postgresql://", "postgres://"):
+        if db.startswith(scheme):
+            return "postgresql+psycopg://" + db[len(scheme):]
+    return db
+
+
+def redact(db: str) -> str:
+    """``db`` without its password (``postgresql://user:***@host/db``), for messages."""
+    if "://" in db and "@" in db:
+        scheme, rest = db.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        if ":" in cred:
+            return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
+    return db
+
+
 def sqlite_file(db: str) -> Path | None:
     """The file of a SQLite database given as a path or ``sqlite:///path``; None for
     in-memory databases and other drivers."""
@@ -58,4 +80,4 @@ def open_error(db: str, e: Exception) -> ConfigError:
     """One line for a driver error while opening ``db`` (``e`` a SQLAlchemy or sqlite3 error)."""
     orig = getattr(e, "orig", None) or e
     msg = " ".join(str(orig).split()) or type(orig).__name__
-    return ConfigError(f"database {db}: cannot be opened ({msg})")
+    return ConfigError(f"database {redact(db)}: cannot be opened ({msg})")

@@ -77,17 +77,24 @@ def _open(db: str) -> Session:
     """A session on an existing mmbot database; ConfigError naming ``db`` otherwise."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.persistence.dbpath import check_database, open_error
+    from bot.persistence.dbpath import check_database, engine_url, open_error, redact
+    from bot.persistence.migrate import check_readable
 
     check_database(db, create=False)
-    url = db if "://" in db else f"sqlite:///{db}"
     try:
-        eng = create_engine(url)
-        has_runs = inspect(eng).has_table("runs")
-    except SQLAlchemyError as e:
+        eng = create_engine(engine_url(db))
+        with eng.connect() as c:
+            has_runs = inspect(c).has_table("runs")
+            if has_runs:
+                check_readable(c, redact(db))  # a schema older or newer than the code: one line
+    except (SQLAlchemyError, ImportError, ValueError) as e:  # ImportError: a driver mmbot does not install
         raise open_error(db, e) from None
+    except ConfigError:
+        eng.dispose()
+        raise
     if not has_runs:
-        raise ConfigError(f"database {db} holds no mmbot runs (no 'runs' table)")
+        eng.dispose()
+        raise ConfigError(f"database {redact(db)} holds no mmbot runs (no 'runs' table)")
     return Session(eng)
 
 

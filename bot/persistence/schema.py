@@ -2,6 +2,9 @@
 always plain digits, never ``7.839E+4``); timestamps as integer ns since the epoch; prices
 quote per base, sizes base units, cash and fees quote currency.
 
+Alembic manages the schema (``bot/persistence/migrations``): a change here comes with a new
+migration (keep changes additive), and ``bot.persistence.migrate.REVISIONS`` names it.
+
 ``runs.started_ns`` / ``ended_ns`` and ``run_processes.heartbeat_ns`` are wall-clock times;
 order, fill and snapshot times are the event clock (exchange or simulated time)."""
 
@@ -30,6 +33,11 @@ class DecimalText(TypeDecorator):
 
     def process_result_value(self, value, dialect):
         return None if value is None else Decimal(value)
+
+
+#: row id of the growing tables: BIGINT on PostgreSQL (a service writes order events for
+#: months), INTEGER on SQLite (the 64-bit rowid; BIGINT would not auto-increment there)
+RowId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -80,7 +88,7 @@ class OrderRow(Base):
 
     __tablename__ = "orders"
     __table_args__ = (UniqueConstraint("run_id", "client_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     client_id: Mapped[str] = mapped_column(String(40))
     exchange_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -101,7 +109,7 @@ class OrderEvent(Base):
     """Every state transition of every order, timestamped."""
 
     __tablename__ = "order_events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     client_id: Mapped[str] = mapped_column(String(40), index=True)
     ts_ns: Mapped[int] = mapped_column(BigInteger)
@@ -113,7 +121,7 @@ class OrderEvent(Base):
 class FillRow(Base):
     __tablename__ = "fills"
     __table_args__ = (UniqueConstraint("exchange", "trade_id", name="uq_fill_exchange_trade"), Index("ix_fills_run_ts", "run_id", "ts_ns"))
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     exchange: Mapped[str] = mapped_column(String(32))
     trade_id: Mapped[str] = mapped_column(String(64))
@@ -131,7 +139,7 @@ class FillRow(Base):
 class PnlSnapshot(Base):
     __tablename__ = "pnl_snapshots"
     __table_args__ = (Index("ix_pnl_run_ts", "run_id", "ts_ns"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     ts_ns: Mapped[int] = mapped_column(BigInteger)
     mid: Mapped[float] = mapped_column(Float)

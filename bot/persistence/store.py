@@ -33,14 +33,22 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from bot.errors import ConfigError
 from bot.market import plain
 from bot.orders import Fill, Order, random_prefix
-from bot.persistence import liveness
-from bot.persistence.schema import Base, FillRow, Meta, OrderEvent, OrderRow, PnlSnapshot, Run, RunProcess
+from bot.persistence import liveness, migrate
+from bot.persistence.dbpath import engine_url, redact
+from bot.persistence.schema import FillRow, Meta, OrderEvent, OrderRow, PnlSnapshot, Run, RunProcess
 
 log = logging.getLogger("mmbot.store")
 
 HEARTBEAT_S = 5.0  # wall seconds between heartbeats (written with a commit)
 STALE_AFTER_S = 3600.0  # a run of another host is dead when its heartbeat is this old
 WORKING_STATES = ("new", "open", "partially_filled")
+REASON_CHARS = 200  # orders.reason / order_events.reason are VARCHAR(200): PostgreSQL enforces it
+
+
+def _fit(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters (an ellipsis marks the cut); SQLite would store more,
+    PostgreSQL refuses the whole batch."""
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def json_safe(x):
@@ -60,17 +68,20 @@ def _dumps(x) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """SQLAlchemy engine; for a SQLite file the folder is created and WAL mode switched on."""
-    if "://" not in url:  # a bare path
-        url = f"sqlite:///{url}"
+    """SQLAlchemy engine for a path or URL (:func:`bot.persistence.dbpath.engine_url`); for a
+    SQLite file the folder is created and WAL mode switched on. PostgreSQL
+    (``postgresql+psycopg://``) needs nothing of the kind: its connections are checked
+    before use (a server restart during a long run costs one reconnect, not the run)."""
+    url = engine_url(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         # several processes may share one database (a run, a report, the next start): wait
         # for a writer's lock instead of failing at once
-        eng = create_engine(url, connect_args={"timeout": 30}) if url.startswith("sqlite") else create_engine(url)
+        eng = (create_engine(url, connect_args={"timeout": 30}) if url.startswith("sqlite")
+               else create_engine(url, pool_pre_ping=True))
     except (SQLAlchemyError, ImportError, ValueError) as e:
-        raise ConfigError(f"database url {url!r} is not usable: {e}") from None
+        raise ConfigError(f"database url {redact(url)!r} is not usable: {e}") from None
     if eng.dialect.name == "sqlite":
 
         @event.listens_for(eng, "connect")
@@ -92,9 +103,13 @@ class Store:
     commit less often (``commit_every``) for speed, and always commits at the end.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, label: str | None = None) -> None:
+        """``label``: the database as the user named it, for messages (default: the URL
+        without its password). A new database gets the schema; one written before Alembic
+        is adopted; one older or newer than the code is refused (ConfigError, see
+        :mod:`bot.persistence.migrate`)."""
         self.engine = engine
-        Base.metadata.create_all(engine)
+        migrate.prepare(engine, label or engine.url.render_as_string(hide_password=True))
         self.conn = engine.connect()
         self.run_id: int | None = None
         self._known_orders: set[str] = set()  # client ids with a row in `orders`
@@ -142,6 +157,9 @@ class Store:
             self.conn.rollback()
             log.warning("could not check for crashed runs (%s); the next start will", " ".join(str(e).split())[:200])
         now = time.time_ns()
+        db = config.get("database") if isinstance(config, dict) else None
+        if isinstance(db, dict) and isinstance(db.get("url"), str):  # the database's own password stays out of it
+            config = {**config, "database": {**db, "url": redact(db["url"])}}
         res = self.conn.execute(insert(Run).values(
             mode=mode, exchange=exchange, symbol=symbol, config_json=_dumps(config),
             started_ns=started_ns or now, status="running"))
@@ -237,19 +255,20 @@ class Store:
         cid = o.client_id
         ts = o.updated_ns
         state = o.state.value
+        reason = _fit(o.reason, REASON_CHARS)
         if cid in self._known_orders or cid in self._new_orders:
             row = self._new_orders.get(cid)
             if row is not None:  # not written yet: just update the pending insert
-                row.update(state=state, filled=plain(o.filled), updated_ns=ts, reason=o.reason, exchange_id=o.exchange_id)
+                row.update(state=state, filled=plain(o.filled), updated_ns=ts, reason=reason, exchange_id=o.exchange_id)
             else:
                 self._order_updates[cid] = dict(b_run=self.run_id, b_cid=cid, state=state, filled=plain(o.filled),
-                                                updated_ns=ts, reason=o.reason, exchange_id=o.exchange_id)
+                                                updated_ns=ts, reason=reason, exchange_id=o.exchange_id)
         else:
             self._new_orders[cid] = dict(
                 run_id=self.run_id, client_id=cid, exchange_id=o.exchange_id, symbol=o.symbol, side=o.side.value,
                 price=plain(o.price), size=plain(o.size), filled=plain(o.filled), state=state, post_only=o.post_only,
-                level=o.level, created_ns=o.created_ns, updated_ns=ts, reason=o.reason)
-        self._events.append(dict(run_id=self.run_id, client_id=cid, ts_ns=ts, state=state, filled=plain(o.filled), reason=o.reason))
+                level=o.level, created_ns=o.created_ns, updated_ns=ts, reason=reason)
+        self._events.append(dict(run_id=self.run_id, client_id=cid, ts_ns=ts, state=state, filled=plain(o.filled), reason=reason))
 
     def record_fill(self, f: Fill) -> bool:
         """Store a fill once; False if (exchange, trade_id) is already recorded.
@@ -372,4 +391,9 @@ def process_gone(conn, run_id: int, stale_after_s: float = STALE_AFTER_S) -> str
 
 
 def open_store(url: str) -> Store:
-    return Store(make_engine(url))
+    eng = make_engine(url)
+    try:
+        return Store(eng, redact(url))
+    except BaseException:
+        eng.dispose()
+        raise
