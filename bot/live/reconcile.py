@@ -33,14 +33,13 @@ from decimal import Decimal
 from typing import Callable
 
 import ccxt
-from sqlalchemy import BigInteger, Integer, String, UniqueConstraint, func, insert, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import func, insert, select, update
 
 from bot.errors import MmbotError
 from bot.exchanges.live import CcxtLiveExchange, _state_of
 from bot.live.secrets import redact
 from bot.orders import OrderState, Side
-from bot.persistence.schema import DecimalText, FillRow, OrderEvent, OrderRow, Run
+from bot.persistence.schema import BalanceCheckpoint, BaseFee, FillRow, OrderEvent, OrderRow, Run
 from bot.persistence.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,37 +49,6 @@ WORKING = [s.value for s in OrderState if not s.terminal]
 
 class ReconcileError(MmbotError):
     """The exchange and the database disagree in a way the bot must not trade through."""
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class BalanceCheckpoint(_Base):
-    """The exchange balance of a market's base and quote currency at a moment when every
-    fill up to ``max_fill_id`` (the fills table's row id) was recorded."""
-
-    __tablename__ = "live_balance_checkpoints"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    exchange: Mapped[str] = mapped_column(String(32))
-    symbol: Mapped[str] = mapped_column(String(32))
-    ts_ns: Mapped[int] = mapped_column(BigInteger)
-    base: Mapped[Decimal] = mapped_column(DecimalText)  # base units
-    quote: Mapped[Decimal] = mapped_column(DecimalText)  # quote currency
-    max_fill_id: Mapped[int] = mapped_column(Integer)
-
-
-class BaseFee(_Base):
-    """A fee the exchange charged in the base currency (e.g. Binance on a buy), base units.
-    The fills table values every fee in quote currency; this keeps what left the base
-    balance so that inventory = balance (I5) holds."""
-
-    __tablename__ = "live_base_fees"
-    __table_args__ = (UniqueConstraint("exchange", "trade_id"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    exchange: Mapped[str] = mapped_column(String(32))
-    trade_id: Mapped[str] = mapped_column(String(64))
-    base_fee: Mapped[Decimal] = mapped_column(DecimalText)
 
 
 def record_base_fee(conn, exchange: str, trade_id: str, fee: Decimal) -> None:
@@ -112,7 +80,6 @@ class Reconciler:
         self.balance_check = balance_check
         self.order_size = order_size  # base units: a blocked side comes back when one order is affordable
         self.mismatches = 0
-        _Base.metadata.create_all(store.engine)
 
     # -- database helpers -----------------------------------------------------------------
     def _db_orders(self, working_only: bool) -> list:

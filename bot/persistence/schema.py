@@ -149,3 +149,31 @@ class PnlSnapshot(Base):
     pnl: Mapped[float] = mapped_column(Float)  # mtm change since the run started
     fees_paid: Mapped[Decimal] = mapped_column(DecimalText)
     spread_capture: Mapped[float] = mapped_column(Float)
+
+
+# -- live trading (in migration 0001) ------------------------------------------------------
+class BalanceCheckpoint(Base):
+    """The exchange balance of a market's base and quote currency at a moment when every
+    fill up to ``max_fill_id`` (the fills table's row id) was recorded."""
+
+    __tablename__ = "live_balance_checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exchange: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(32))
+    ts_ns: Mapped[int] = mapped_column(BigInteger)
+    base: Mapped[Decimal] = mapped_column(DecimalText)  # base units
+    quote: Mapped[Decimal] = mapped_column(DecimalText)  # quote currency
+    max_fill_id: Mapped[int] = mapped_column(BigInteger)  # fills.id (BIGINT on PostgreSQL)
+
+
+class BaseFee(Base):
+    """A fee the exchange charged in the base currency (e.g. Binance on a buy), base units.
+    The fills table values every fee in quote currency; this keeps what left the base
+    balance so that inventory = balance (I5) holds."""
+
+    __tablename__ = "live_base_fees"
+    __table_args__ = (UniqueConstraint("exchange", "trade_id", name="uq_live_base_fee_trade"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exchange: Mapped[str] = mapped_column(String(32))
+    trade_id: Mapped[str] = mapped_column(String(64))
+    base_fee: Mapped[Decimal] = mapped_column(DecimalText)

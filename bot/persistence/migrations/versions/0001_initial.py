@@ -1,5 +1,6 @@
 """The record's schema as it was when Alembic came in (runs, orders, order_events, fills,
-pnl_snapshots, mmbot_meta, run_processes).
+pnl_snapshots, mmbot_meta, run_processes, and live trading's live_balance_checkpoints and
+live_base_fees).
 
 Revision ID: 0001
 Revises:
@@ -7,7 +8,7 @@ Create Date: 2026-12-05
 
 A database written by mmbot before Alembic (no version table) is this revision: the tables
 it already has are kept as they are, and only the missing ones are created (databases of
-the first versions have no ``mmbot_meta`` nor ``run_processes``).
+the first versions have no ``mmbot_meta``, ``run_processes`` nor the live tables).
 
 Frozen here (not imported from ``bot.persistence.schema``, which moves on): money and
 sizes are exact decimal text (VARCHAR(40)); timestamps integer ns (BIGINT). Row ids of the
@@ -114,7 +115,27 @@ def _tables(md: sa.MetaData) -> list[sa.Table]:
         sa.Column("spread_capture", sa.Float(), nullable=False),
         sa.Index("ix_pnl_run_ts", "run_id", "ts_ns"),
     )
-    return [runs, meta, procs, orders, events, fills, pnl]
+    # live trading's reconciliation: the exchange balance (base units, quote currency) when
+    # every fill up to max_fill_id (fills.id) was recorded; fees charged in the base currency
+    checkpoints = sa.Table(
+        "live_balance_checkpoints", md,
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("exchange", sa.String(32), nullable=False),
+        sa.Column("symbol", sa.String(32), nullable=False),
+        sa.Column("ts_ns", sa.BigInteger(), nullable=False),
+        sa.Column("base", DEC, nullable=False),
+        sa.Column("quote", DEC, nullable=False),
+        sa.Column("max_fill_id", sa.BigInteger(), nullable=False),
+    )
+    base_fees = sa.Table(
+        "live_base_fees", md,
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("exchange", sa.String(32), nullable=False),
+        sa.Column("trade_id", sa.String(64), nullable=False),
+        sa.Column("base_fee", DEC, nullable=False),
+        sa.UniqueConstraint("exchange", "trade_id", name="uq_live_base_fee_trade"),
+    )
+    return [runs, meta, procs, orders, events, fills, pnl, checkpoints, base_fees]
 
 
 def upgrade() -> None:
