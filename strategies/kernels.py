@@ -194,3 +194,59 @@ def forecast_adjust(fc_sigma, use_forecast_sigma, fixed_sigma, ewma_sigma, fc_dr
         sigma = ewma_sigma
     drift = 0.0 if math.isnan(fc_drift) else drift_weight * fc_drift
     return sigma, drift
+
+
+# -- A/k trade-depth counting (strategies.intensity) ---------------------------------------
+@njit(cache=True)
+def depth_bucket(delta, step, top):
+    """Bucket of a trade at ``delta`` (quote per base) from the mid: floor(delta/step + 1e-9),
+    0 for delta <= 0, clipped to ``top`` (a trade deeper than the grid counts for every depth)."""
+    if not delta > 0:
+        return 0
+    x = math.floor(delta / step + 1e-9)
+    return top if x >= top else int(x)
+
+
+@njit(cache=True)
+def expire_trades(ts_buf, b_buf, head, tail, counts, cutoff_ns):
+    """Drop the trades at or before ``cutoff_ns`` (int ns) from the window buffer
+    ``ts_buf/b_buf[head:tail]`` and their ``counts``; returns the new head."""
+    while head < tail and ts_buf[head] <= cutoff_ns:
+        counts[b_buf[head]] -= 1
+        head += 1
+    return head
+
+
+@njit(cache=True)
+def count_trades(ts_buf, b_buf, head, tail, counts, ts_ns, price, side, mid, step, top, now_ns, has_now, win_ns):
+    """Append the trades (int ns times, prices quote per base, aggressor sides +1/-1, 0 =
+    unknown: skipped) measured from one ``mid`` to the window buffer (room for all of them
+    after ``tail`` is the caller's job), count their depth buckets, then expire what left the
+    window ``(now - win_ns, now]``. A time earlier than ``now_ns`` counts as ``now_ns``; a NaN
+    depth (unknown mid) is skipped but moves the clock. Returns (head, tail, now_ns, has_now,
+    first_ns, has_first): ``first_ns`` is the first known-side trade's time."""
+    first_ns = 0
+    has_first = False
+    for i in range(ts_ns.shape[0]):
+        sd = side[i]
+        if sd == 0:
+            continue
+        t = ts_ns[i]
+        if has_now and t < now_ns:
+            t = now_ns
+        now_ns = t
+        has_now = True
+        if not has_first:
+            first_ns = t
+            has_first = True
+        delta = (price[i] - mid) * sd
+        if math.isnan(delta):
+            continue
+        b = depth_bucket(delta, step, top)
+        ts_buf[tail] = t
+        b_buf[tail] = b
+        tail += 1
+        counts[b] += 1
+    if has_now:
+        head = expire_trades(ts_buf, b_buf, head, tail, counts, now_ns - win_ns)
+    return head, tail, now_ns, has_now, first_ns, has_first

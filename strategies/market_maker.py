@@ -148,12 +148,8 @@ class MarketMaker:
         if est is None or not trades or self._mid is None:
             return
         mid = self._mid
-        if isinstance(trades, TradeArrays):
-            known = trades.side != 0
-            if not known.all():
-                est.update_many(trades.ts_ns[known], trades.price[known], trades.side[known], mid)
-            else:
-                est.update_many(trades.ts_ns, trades.price, trades.side, mid)
+        if isinstance(trades, TradeArrays):  # side 0 (unknown) is skipped by the counting kernel
+            est.update_many(trades.ts_ns, trades.price, trades.side, mid)
         else:
             for t in trades:
                 if t.side:

@@ -97,3 +97,44 @@ def forecast_adjust(fc_sigma, use_forecast_sigma, fixed_sigma, ewma_sigma, fc_dr
     else:
         sigma = ewma_sigma
     return sigma, (drift_weight * fc_drift if fc_drift is not None else 0.0)
+
+
+class IntensityCounts:
+    """The A/k estimator's trade counting before the kernels: a deque of (ts, bucket) and
+    per-bucket counts (strategies/intensity.py at the branch point)."""
+
+    def __init__(self, window_s, depth_step, n_depths):
+        from collections import deque
+        self.win_ns = int(round(float(window_s) * 1_000_000_000))
+        self.step, self.top = float(depth_step), int(n_depths) - 1
+        self.counts = [0] * int(n_depths)
+        self.q = deque()
+        self.now = self.first = None
+
+    def advance(self, ts):
+        if self.now is not None and ts < self.now:
+            ts = self.now
+        self.now = ts
+        while self.q and self.q[0][0] <= ts - self.win_ns:
+            self.counts[self.q.popleft()[1]] -= 1
+
+    def update_many(self, ts_ns, price, side, mid):
+        now, first = self.now, self.first
+        for t, p, sd in zip(ts_ns, price, side):
+            if not sd:
+                continue
+            if now is not None and t < now:
+                t = now
+            now = t
+            if first is None:
+                first = t
+            delta = (p - mid) * sd
+            if delta != delta:
+                continue
+            b = int(delta / self.step + 1e-9) if delta > 0 else 0
+            b = b if b < self.top else self.top
+            self.q.append((t, b))
+            self.counts[b] += 1
+        self.first = first
+        if now is not None:
+            self.advance(now)

@@ -166,3 +166,30 @@ def test_market_maker_decisions_equal_the_reference_over_a_random_walk(model):
         assert (got.bids, got.asks) == (bids, asks), i
         assert (got.reservation, got.half_spread_bid, got.half_spread_ask, got.sigma, got.drift) == (
             r, s - bid, ask - s, sigma, drift), i
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), window_s=st.sampled_from([0.5, 5.0, 60.0]),
+       step=st.sampled_from([0.01, 0.05, 1.0]), n_depths=st.integers(3, 12))
+def test_trade_depth_counting_equals_the_deque_reference(seed, window_s, step, n_depths):
+    """IntensityEstimator's compiled counting (kernels.count_trades) against the old deque code:
+    unknown sides, NaN mids, times going backwards, trades beyond the grid, > 1024 in the window."""
+    from strategies.intensity import IntensityEstimator
+
+    rng = np.random.default_rng(seed)
+    est = IntensityEstimator(window_s, step, n_depths)
+    want = ref.IntensityCounts(window_s, step, n_depths)
+    t = 1_700_000_000_000_000_000
+    for _ in range(int(rng.integers(1, 40))):
+        n = int(rng.integers(0, 300))
+        grid = 50_000_000  # times on a 50 ms grid: trades exactly at the window's edge happen
+        t += grid * int(rng.integers(0, 40))
+        ts = t + grid * np.sort(rng.integers(-1, 10, n))
+        ts[rng.random(n) < 0.05] -= 20 * grid  # out of order
+        mid = float(rng.choice([100.0, math.nan])) if rng.random() < 0.1 else 100.0
+        price = mid + rng.normal(0, 5 * step * n_depths / 3, n).round(2)
+        side = rng.choice([1, -1, 0], n, p=[0.45, 0.45, 0.1]).astype(np.int8)
+        est.update_many(ts, price, side, mid)
+        want.update_many(ts.tolist(), price.tolist(), side.tolist(), mid)
+        assert est._counts.tolist() == want.counts and est.n_trades == len(want.q)
+        assert (est._now_ns, est._first_ns) == (want.now, want.first)
