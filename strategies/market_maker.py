@@ -124,6 +124,8 @@ class MarketMaker:
         self._last_key: tuple | None = None
         self._last_quotes: Quotes | None = None
         self.sizing: Sizing | None = None
+        self._cfg: np.ndarray | None = None  # packed config of strategies.kernels (set with the sizing)
+        self._out: np.ndarray | None = None  # the kernels' (4, levels) int64 output: ticks and lots
         self.warnings: list[str] = []
         self.horizon_ended_ns: int | None = None
         self.decisions = 0
