@@ -51,7 +51,7 @@ _EPS = 1e-9
 _CHUNK = 65_536
 
 
-def _side_sign(side) -> int:
+def side_sign(side) -> int:
     """+1 for a buy aggressor, -1 for a sell: accepts 'buy'/'sell' (any case, or Side), +1/-1."""
     if isinstance(side, str):  # also bot.orders.Side (a str enum)
         s = side.lower()
@@ -181,7 +181,7 @@ class IntensityEstimator:
             side: aggressor side, 'buy' / 'sell' (or :class:`bot.orders.Side`, or +1 / -1).
             mid: mid price just before the trade, quote per base.
         """
-        sgn = _side_sign(side)
+        sgn = side_sign(side)
         if isinstance(price, (list, tuple, np.ndarray)):
             px = float(max(price)) if sgn > 0 else float(min(price))
         else:

@@ -44,7 +44,7 @@ from strategies import avellaneda_stoikov as AS
 from strategies import glft
 from strategies import kernels as K
 from strategies.base import Quotes
-from strategies.intensity import IntensityEstimator
+from strategies.intensity import IntensityEstimator, side_sign
 from strategies.params import StrategyParams
 from strategies.quoting import (Sizing, levels_from_buffer, market_min_size, new_levels_buffer, pack_config,
                                 resolve_sizing)
@@ -152,10 +152,12 @@ class MarketMaker:
         mid = self._mid
         if isinstance(trades, TradeArrays):  # side 0 (unknown) is skipped by the counting kernel
             est.update_many(trades.ts_ns, trades.price, trades.side, mid)
-        else:
-            for t in trades:
-                if t.side:
-                    est.update(t.ts_ns, t.price, t.size, t.side, mid)
+        else:  # one kernel call for the batch (equal to one update() per trade)
+            known = [t for t in trades if t.side]
+            if known:
+                est.update_many(np.array([t.ts_ns for t in known], dtype=np.int64),
+                                np.array([float(t.price) for t in known]),
+                                np.array([side_sign(t.side) for t in known], dtype=np.int64), mid)
         if now_ns >= self._next_fit_ns and est.n_trades >= self.p.intensity_min_trades:
             self._next_fit_ns = now_ns + int(self.p.intensity_refresh_s * 1e9)
             fit = est.estimate(now_ns)

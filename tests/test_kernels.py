@@ -193,3 +193,34 @@ def test_trade_depth_counting_equals_the_deque_reference(seed, window_s, step, n
         want.update_many(ts.tolist(), price.tolist(), side.tolist(), mid)
         assert est._counts.tolist() == want.counts and est.n_trades == len(want.q)
         assert (est._now_ns, est._first_ns) == (want.now, want.first)
+
+
+def test_market_maker_counts_trade_objects_and_trade_arrays_alike():
+    """on_trades with Trade objects (live feeds) and with TradeArrays (replays) count the same
+    trades (unknown sides skipped) and fit the same A and k."""
+    from bot.market_data.base import Trade, TradeArrays
+
+    mkt = MarketInfo("B/U", "B", "U", D("0.01"), D("0.001"))
+    p = ModelParams(model="glft", initial_sigma=1.0, calibrate_intensity=True, intensity_window_s=20.0,
+                    intensity_n_depths=8, intensity_min_trades=5, intensity_refresh_s=1.0)
+    c = QuoteControls(order_size=0.01, max_inventory=1.0)
+    a, b = (MarketMaker(StrategyParams(pricing=p, controls=c), mkt) for _ in range(2))
+    ob = OrderBook("B/U")
+    ob.apply_snapshot([[99.99, 1.0]], [[100.01, 1.0]])
+    rng = np.random.default_rng(3)
+    t = 1_700_000_000_000_000_000
+    for i in range(300):
+        t += 100_000_000
+        for m in (a, b):
+            m.on_update(ob, 0.0, t)
+        n = int(rng.integers(0, 6))
+        ts = t + np.sort(rng.integers(0, 90_000_000, n))
+        px = 100.0 + rng.normal(0, 0.04, n).round(2)
+        sd = rng.choice([1, -1, 0], n, p=[0.45, 0.45, 0.1]).astype(np.int8)
+        arr = TradeArrays(ts, px, np.full(n, 0.01), sd, np.arange(n))
+        a.on_trades(list(arr), t + 100_000_000)
+        b.on_trades(arr, t + 100_000_000)
+        assert a.intensity._counts.tolist() == b.intensity._counts.tolist(), i
+        assert a.intensity.n_trades == b.intensity.n_trades == sum(a.intensity._counts.tolist())
+        assert (a.A, a.k) == (b.A, b.k)
+    assert a.A != p.A  # the fit ran
