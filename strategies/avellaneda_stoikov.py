@@ -29,19 +29,20 @@ hundreds of USDT instead of a few.
 
 from __future__ import annotations
 
-import math
+from strategies import kernels as K
 
 
 def reservation_price(s: float, q: float, gamma: float, sigma: float, tau: float) -> float:
-    """r = s - q*gamma*sigma^2*tau (q in base units; does not depend on the order size)."""
-    return s - q * gamma * sigma * sigma * tau
+    """r = s - q*gamma*sigma^2*tau (q in base units; does not depend on the order size).
+    Computed by :func:`strategies.kernels.as_reservation_price`."""
+    return K.as_reservation_price(float(s), float(q), float(gamma), float(sigma), float(tau))
 
 
 def optimal_spread(gamma: float, sigma: float, tau: float, k: float, size: float = 1.0) -> float:
     """Total spread gamma*size*sigma^2*tau + (2/(gamma*size))*ln(1 + gamma*size/k), quote per base,
-    for fills of ``size`` base units (size = 1: the paper's eq. 31)."""
-    gs = gamma * size
-    return gs * sigma * sigma * tau + (2.0 / gs) * math.log1p(gs / k)
+    for fills of ``size`` base units (size = 1: the paper's eq. 31).
+    Computed by :func:`strategies.kernels.as_optimal_spread`."""
+    return K.as_optimal_spread(float(gamma), float(sigma), float(tau), float(k), float(size))
 
 
 def quotes(s: float, q: float, gamma: float, sigma: float, tau: float, k: float,

@@ -28,13 +28,13 @@ import math
 
 import numpy as np
 
+from strategies import kernels as K
+
 
 def half_spreads(q: float, gamma: float, sigma: float, A: float, k: float, delta: float = 1.0) -> tuple[float, float]:
-    """Closed-form (delta_bid, delta_ask): distances of bid and ask below/above the mid."""
-    gd = gamma * delta
-    c = math.log1p(gd / k) / gd
-    omega = math.sqrt(sigma * sigma * gamma / (2.0 * A * k * delta) * (1.0 + gd / k) ** (1.0 + k / gd))
-    return c + (2.0 * q + delta) * 0.5 * omega, c - (2.0 * q - delta) * 0.5 * omega
+    """Closed-form (delta_bid, delta_ask): distances of bid and ask below/above the mid, quote per base
+    (computed by :func:`strategies.kernels.glft_half_spreads`)."""
+    return K.glft_half_spreads(float(q), float(gamma), float(sigma), float(A), float(k), float(delta))
 
 
 def exact_half_spreads(

@@ -40,18 +40,18 @@ Trades with a NaN depth (unknown mid) are ignored.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
+
+from strategies import kernels as K
 
 NS_PER_S = 1_000_000_000
 _EPS = 1e-9
 _CHUNK = 65_536
 
 
-def _side_sign(side) -> int:
+def side_sign(side) -> int:
     """+1 for a buy aggressor, -1 for a sell: accepts 'buy'/'sell' (any case, or Side), +1/-1."""
     if isinstance(side, str):  # also bot.orders.Side (a str enum)
         s = side.lower()
@@ -114,8 +114,9 @@ class IntensityEstimator:
         n_depths: number of grid depths J (>= 3); the grid spans 0 .. (J-1) * depth_step.
         start_ns: when observation started (int ns); default: the first trade's time.
 
-    ``update`` is O(1) amortised (a deque of (ts, bucket) and per-bucket counts; expired
-    trades are dropped from the left), ``estimate`` is O(J).
+    ``update`` is O(1) amortised (arrays of (ts, bucket) and per-bucket counts, kept by the
+    compiled :func:`strategies.kernels.count_trades`; expired trades are dropped from the
+    front), ``estimate`` is O(J).
     """
 
     def __init__(self, window_s: float, depth_step: float, n_depths: int, start_ns: int | None = None) -> None:
@@ -130,8 +131,12 @@ class IntensityEstimator:
         self.n_depths = int(n_depths)
         self._win_ns = int(round(self.window_s * NS_PER_S))
         self._depths = np.arange(self.n_depths) * self.depth_step
-        self._counts = [0] * self.n_depths  # trades in the window per depth bucket
-        self._q: deque[tuple[int, int]] = deque()
+        # the window: trade times (int ns) and depth buckets in ts_buf/b_buf[head:tail], and
+        # the trades per bucket; kept by the compiled functions of strategies.kernels
+        self._counts = np.zeros(self.n_depths, dtype=np.int64)
+        self._ts_buf = np.zeros(1024, dtype=np.int64)
+        self._b_buf = np.zeros(1024, dtype=np.int64)
+        self._head = self._tail = 0
         self._first_ns = None if start_ns is None else int(start_ns)
         self._now_ns: int | None = None
 
@@ -143,17 +148,27 @@ class IntensityEstimator:
     @property
     def n_trades(self) -> int:
         """Trades currently in the window."""
-        return len(self._q)
+        return self._tail - self._head
+
+    def _reserve(self, n: int) -> None:
+        """Room for ``n`` more trades after the tail: move the window to the front, grow if needed."""
+        if self._tail + n <= self._ts_buf.size:
+            return
+        live = self._tail - self._head
+        cap = self._ts_buf.size
+        while live + n > cap // 2:
+            cap *= 2
+        ts, b = np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64)
+        ts[:live] = self._ts_buf[self._head:self._tail]
+        b[:live] = self._b_buf[self._head:self._tail]
+        self._ts_buf, self._b_buf, self._head, self._tail = ts, b, 0, live
 
     def _advance(self, ts_ns: int) -> int:
         ts = int(ts_ns)
         if self._now_ns is not None and ts < self._now_ns:
             ts = self._now_ns
         self._now_ns = ts
-        cutoff = ts - self._win_ns
-        q, counts = self._q, self._counts
-        while q and q[0][0] <= cutoff:
-            counts[q.popleft()[1]] -= 1
+        self._head = K.expire_trades(self._ts_buf, self._b_buf, self._head, self._tail, self._counts, ts - self._win_ns)
         return ts
 
     def update(self, ts_ns: int, price: float | Sequence[float], size: float, side, mid: float) -> None:
@@ -166,49 +181,33 @@ class IntensityEstimator:
             side: aggressor side, 'buy' / 'sell' (or :class:`bot.orders.Side`, or +1 / -1).
             mid: mid price just before the trade, quote per base.
         """
-        sgn = _side_sign(side)
+        sgn = side_sign(side)
         if isinstance(price, (list, tuple, np.ndarray)):
             px = float(max(price)) if sgn > 0 else float(min(price))
         else:
             px = float(price)
-        ts = self._advance(ts_ns)
-        if self._first_ns is None:
-            self._first_ns = ts
-        delta = (px - mid) * sgn
-        if delta != delta:  # NaN: unknown mid
-            return
-        b = int(math.floor(delta / self.depth_step + _EPS)) if delta > 0 else 0
-        if b >= self.n_depths:
-            b = self.n_depths - 1
-        self._q.append((ts, b))
-        self._counts[b] += 1
+        self._add(np.array([int(ts_ns)], dtype=np.int64), np.array([px]), np.array([sgn], dtype=np.int64), float(mid))
 
     def update_many(self, ts_ns: np.ndarray, price: np.ndarray, side: np.ndarray, mid: float) -> None:
         """Add many trade messages measured from one mid (same result as calling
         :meth:`update` for each): int ns times, prices, aggressor sides +1/-1 (0 = unknown:
-        skipped). Plain Python over the batch: replay batches are ~10 trades, where numpy's
-        per-call overhead costs more than it saves."""
-        step, top, eps = self.depth_step, self.n_depths - 1, _EPS
-        q, counts = self._q, self._counts
+        skipped). Counted by :func:`strategies.kernels.count_trades`."""
+        self._add(np.asarray(ts_ns, dtype=np.int64), np.asarray(price, dtype=np.float64),
+                  np.asarray(side, dtype=np.int64), float(mid))
+
+    def _add(self, ts_ns: np.ndarray, price: np.ndarray, side: np.ndarray, mid: float) -> None:
+        n = ts_ns.shape[0]
+        if n == 0:
+            return
+        self._reserve(n)
         now = self._now_ns
-        first = self._first_ns
-        for t, p, sd in zip(ts_ns.tolist(), price.tolist(), side.tolist()):
-            if not sd:
-                continue
-            if now is not None and t < now:
-                t = now
-            now = t
-            if first is None:
-                first = t
-            delta = (p - mid) * sd
-            if delta != delta:  # NaN: unknown mid
-                continue
-            b = int(delta / step + eps) if delta > 0 else 0  # floor for delta >= 0
-            q.append((t, b if b < top else top))
-            counts[b if b < top else top] += 1
-        self._first_ns = first
-        if now is not None:
-            self._advance(now)  # expire what left the window by the last trade
+        self._head, self._tail, now, has_now, first, has_first = K.count_trades(
+            self._ts_buf, self._b_buf, self._head, self._tail, self._counts, ts_ns, price, side, mid,
+            self.depth_step, self.n_depths - 1, 0 if now is None else now, now is not None, self._win_ns)
+        if has_now:
+            self._now_ns = int(now)
+        if self._first_ns is None and has_first:
+            self._first_ns = int(first)
 
     def lambdas(self, now_ns: int | None = None) -> np.ndarray | None:
         """lambda_j (trades per second reaching depth >= delta_j) at ``now_ns`` (default: the
@@ -219,7 +218,7 @@ class IntensityEstimator:
         length_s = min(self._win_ns, now - self._first_ns) / NS_PER_S  # type: ignore[operator]
         if length_s <= 0:
             return None
-        cum = np.cumsum(np.asarray(self._counts[::-1], dtype=np.float64))[::-1]
+        cum = np.cumsum(self._counts[::-1].astype(np.float64))[::-1]
         return cum / length_s
 
     def estimate(self, now_ns: int | None = None) -> tuple[float, float] | None:

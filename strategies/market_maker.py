@@ -3,7 +3,10 @@ baseline: the AS spread centred on the mid) plus controls.
 
 Per update (see :meth:`MarketMaker.on_update`):
     mid s from the book -> sigma (forecast, fixed, or EWMA of the mid) -> drift (forecast or 0)
-    -> model bid/ask -> :func:`strategies.quoting.build_levels` -> :class:`Quotes`.
+    -> model bid/ask -> controls (:mod:`strategies.quoting`) -> :class:`Quotes`.
+The forecast adjustment, the model and the controls are the compiled pure functions of
+:mod:`strategies.kernels` (``forecast_adjust``, then ``decide``); this class keeps the state
+(EWMA, A/k, sizing, horizon) and turns integer ticks/lots into Decimal quote levels.
 
 Both models price orders of the run's level-0 order size (base units): GLFT through its lot
 delta, AS through gamma*size (:mod:`strategies.avellaneda_stoikov`), so the two agree in
@@ -39,10 +42,12 @@ from bot.orderbook import OrderBook
 from models.forecast import Forecast
 from strategies import avellaneda_stoikov as AS
 from strategies import glft
+from strategies import kernels as K
 from strategies.base import Quotes
-from strategies.intensity import IntensityEstimator
+from strategies.intensity import IntensityEstimator, side_sign
 from strategies.params import StrategyParams
-from strategies.quoting import Sizing, build_levels, market_min_size, resolve_sizing
+from strategies.quoting import (Sizing, levels_from_buffer, market_min_size, new_levels_buffer, pack_config,
+                                resolve_sizing)
 from strategies.volatility import EwmaVolatility
 
 log = logging.getLogger("mmbot.strategy")
@@ -119,6 +124,8 @@ class MarketMaker:
         self._last_key: tuple | None = None
         self._last_quotes: Quotes | None = None
         self.sizing: Sizing | None = None
+        self._cfg: np.ndarray | None = None  # packed config of strategies.kernels (set with the sizing)
+        self._out: np.ndarray | None = None  # the kernels' (4, levels) int64 output: ticks and lots
         self.warnings: list[str] = []
         self.horizon_ended_ns: int | None = None
         self.decisions = 0
@@ -143,16 +150,14 @@ class MarketMaker:
         if est is None or not trades or self._mid is None:
             return
         mid = self._mid
-        if isinstance(trades, TradeArrays):
-            known = trades.side != 0
-            if not known.all():
-                est.update_many(trades.ts_ns[known], trades.price[known], trades.side[known], mid)
-            else:
-                est.update_many(trades.ts_ns, trades.price, trades.side, mid)
-        else:
-            for t in trades:
-                if t.side:
-                    est.update(t.ts_ns, t.price, t.size, t.side, mid)
+        if isinstance(trades, TradeArrays):  # side 0 (unknown) is skipped by the counting kernel
+            est.update_many(trades.ts_ns, trades.price, trades.side, mid)
+        else:  # one kernel call for the batch (equal to one update() per trade)
+            known = [t for t in trades if t.side]
+            if known:
+                est.update_many(np.array([t.ts_ns for t in known], dtype=np.int64),
+                                np.array([float(t.price) for t in known]),
+                                np.array([side_sign(t.side) for t in known], dtype=np.int64), mid)
         if now_ns >= self._next_fit_ns and est.n_trades >= self.p.intensity_min_trades:
             self._next_fit_ns = now_ns + int(self.p.intensity_refresh_s * 1e9)
             fit = est.estimate(now_ns)
@@ -162,11 +167,21 @@ class MarketMaker:
     def sigma(self, forecast: Forecast | None) -> float | None:
         """Quote per base per sqrt(s): the forecast's, the fixed one, or the EWMA (None while
         the EWMA warms up without an ``initial_sigma``)."""
-        if forecast is not None and forecast.sigma is not None and self.p.use_forecast_sigma:
-            return forecast.sigma
-        if self.p.sigma is not None:
-            return self.p.sigma
-        return self.vol.sigma()
+        sigma, _ = self._adjust(forecast)
+        return None if math.isnan(sigma) else sigma
+
+    def _adjust(self, forecast: Forecast | None) -> tuple[float, float]:
+        """(sigma, drift) by :func:`strategies.kernels.forecast_adjust` (sigma NaN: warming up)."""
+        p = self.p
+        fs = fd = math.nan
+        if forecast is not None:
+            if forecast.sigma is not None:
+                fs = float(forecast.sigma)
+            if forecast.drift is not None:
+                fd = float(forecast.drift)
+        ew = self.vol.sigma()
+        return K.forecast_adjust(fs, p.use_forecast_sigma, math.nan if p.sigma is None else float(p.sigma),
+                                 math.nan if ew is None else float(ew), fd, float(p.drift_weight))
 
     def _tau(self, now_ns: int) -> float:
         p = self.p
@@ -185,6 +200,8 @@ class MarketMaker:
 
     def _start(self, s: float, now_ns: int, sigma: float | None) -> None:
         self.sizing = resolve_sizing(self.c, self.market, s)
+        self._cfg = pack_config(self.market, self.c, self.sizing, self.p.model, self.p.gamma)
+        self._out = new_levels_buffer(self.c)
         self.warnings = fit_warnings(self.params, self.market, s, self.sizing, sigma, self._tau(now_ns), self.A, self.k)
         for w in self.warnings:
             log.warning("config does not fit %s: %s", self.market.symbol, w)
@@ -198,33 +215,23 @@ class MarketMaker:
         s = 0.5 * (bb + ba)
         self._mid = s
         self.vol.update(s, now_ns)
-        p = self.p
-        sigma = self.sigma(forecast)
+        sigma, drift = self._adjust(forecast)
         if self.sizing is None:
-            self._start(s, now_ns, sigma)
+            self._start(s, now_ns, None if math.isnan(sigma) else sigma)
         self.decisions += 1
-        if sigma is None:
+        if math.isnan(sigma):
             self.decisions_warming_up += 1
             return Quotes(mid=s, note=f"warming up sigma: {self.vol.n}/{self.vol.min_samples} samples")
-        drift = 0.0
-        if forecast is not None and forecast.drift is not None:
-            drift = p.drift_weight * forecast.drift
-        q = inventory
+        q = float(inventory)
         tau = self._tau(now_ns)
         # the quotes are a pure function of these inputs: reuse the last result when unchanged
         key = (bb, ba, q, sigma, drift, self.A, self.k, tau)
         if key == self._last_key:
             return self._last_quotes  # type: ignore[return-value]
-        size = self.sizing.order_size  # type: ignore[union-attr]
-        if p.model == "glft":
-            db, da = glft.half_spreads(q, p.gamma, sigma, self.A, self.k, size)
-            r = s + drift - 0.5 * (db - da)
-            bid, ask = s + drift - db, s + drift + da
-        else:
-            r = (s if p.model == "symmetric" else AS.reservation_price(s, q, p.gamma, sigma, tau)) + drift
-            half = 0.5 * AS.optimal_spread(p.gamma, sigma, tau, self.k, size)
-            bid, ask = r - half, r + half
-        bids, asks = build_levels(bid, ask, s, q, self.market, self.c, bb, ba, self.sizing)  # type: ignore[arg-type]
+        # pricing model and controls: one compiled call (strategies.kernels.decide)
+        r, bid, ask, nb, na = K.decide(self._cfg, s, float(bb), float(ba), q, sigma, drift, tau,
+                                       float(self.A), float(self.k), self._out)
+        bids, asks = levels_from_buffer(self._out, nb, na, self.market)
         self._last_key = key
         note = "horizon ended: tau = 0" if self.horizon_ended_ns is not None else ""
         self._last_quotes = Quotes(bids, asks, s, r, s - bid, ask - s, sigma, drift, note)

@@ -17,15 +17,23 @@ Order of operations, each documented at its step:
    a side with no room is not quoted;
 6. sizes are rounded down to the lot; a level below the market's minimum size or notional
    is dropped.
+
+The steps are the compiled functions of :mod:`strategies.kernels` (prices in integer ticks,
+sizes in integer lots); this module packs the market and controls for them and turns their
+integer output back into Decimal :class:`QuoteLevel`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
 
 from bot.market import MarketInfo
 from strategies.base import QuoteLevel
+from strategies import kernels as K
 from strategies.params import QuoteControls
 
 
@@ -71,6 +79,39 @@ def resolve_sizing(c: QuoteControls, market: MarketInfo, mid: float) -> Sizing:
     return Sizing(size, max_inv, how)
 
 
+def pack_config(market: MarketInfo, c: QuoteControls, sizing: Sizing, model: str = "avellaneda_stoikov",
+                gamma: float = 0.0) -> np.ndarray:
+    """The float64 configuration array of :mod:`strategies.kernels` (layout ``CFG_FIELDS``) for
+    this market, controls, sizing and pricing model. The market minimums become integers:
+    ``min_lots`` (lots >= min_size) and ``min_ticks_x_lots`` (ticks*lots >= min_notional /
+    (tick*lot)), computed exactly from the Decimals."""
+    tick, lot = Fraction(market.tick), Fraction(market.lot)
+    min_lots = math.ceil(Fraction(market.min_size) / lot)
+    min_tl = math.ceil(Fraction(market.min_notional) / (tick * lot))
+    vals = {
+        "model": K.MODEL_CODES[model], "gamma": gamma, "tick": market.tick_f,  # type: ignore[attr-defined]
+        "lot": float(market.lot), "lot_num": float(lot.numerator), "lot_den": float(lot.denominator),
+        "maker_fee": market.maker_fee, "min_spread_bps": c.min_spread_bps, "min_edge_bps": c.min_edge_bps,
+        "post_only": 1.0 if c.post_only else 0.0, "order_size": sizing.order_size, "max_inv": sizing.max_inventory,
+        "size_shape": c.inventory_size_shape, "levels": c.levels, "spacing_ticks": c.level_spacing_ticks,
+        "size_growth": c.level_size_growth, "min_lots": min_lots, "min_ticks_x_lots": min_tl,
+    }
+    return np.array([float(vals[f]) for f in K.CFG_FIELDS], dtype=np.float64)
+
+
+def new_levels_buffer(c: QuoteControls) -> np.ndarray:
+    """The int64 (4, levels) output buffer of the kernels: bid ticks, bid lots, ask ticks, ask lots."""
+    return np.zeros((4, max(c.levels, 1)), dtype=np.int64)
+
+
+def levels_from_buffer(out: np.ndarray, nb: int, na: int, market: MarketInfo) -> tuple[list[QuoteLevel], list[QuoteLevel]]:
+    """The kernels' integer ticks/lots as :class:`QuoteLevel` lists (exact Decimal price and size)."""
+    bt, bl, at, al = out.tolist()
+    px, sz = market.ticks_to_price, market.lots_to_size
+    return ([QuoteLevel(px(bt[i]), sz(bl[i])) for i in range(nb)],
+            [QuoteLevel(px(at[i]), sz(al[i])) for i in range(na)])
+
+
 def build_levels(
     bid: float,
     ask: float,
@@ -82,54 +123,11 @@ def build_levels(
     best_ask: float | None,
     sizing: Sizing,
 ) -> tuple[list[QuoteLevel], list[QuoteLevel]]:
-    # 1. minimum distance from the mid, quote per base
-    min_half = max(0.5e-4 * c.min_spread_bps * mid, (market.maker_fee + 1e-4 * c.min_edge_bps) * mid)
-    if min_half > 0.0:
-        bid = min(bid, mid - min_half)
-        ask = max(ask, mid + min_half)
-    # 2. ticks
-    tick = market.tick_f  # type: ignore[attr-defined]
-    bid_t = math.floor(bid / tick + 1e-9)
-    ask_t = math.ceil(ask / tick - 1e-9)
-    # 3. post-only
-    if c.post_only:
-        if best_ask is not None:
-            bid_t = min(bid_t, round(best_ask / tick) - 1)
-        if best_bid is not None:
-            ask_t = max(ask_t, round(best_bid / tick) + 1)
-    if ask_t <= bid_t:  # never quote a locked or crossed pair of our own
-        ask_t = bid_t + 1
-    # 4. sizes
-    base = sizing.order_size
-    max_inv = sizing.max_inventory
-    bid_size, ask_size = base, base
-    if c.inventory_size_shape > 0.0:
-        shrink = math.exp(-c.inventory_size_shape * abs(q) / max_inv)
-        if q > 0:
-            bid_size *= shrink
-        elif q < 0:
-            ask_size *= shrink
-    # 5./6.
-    bids = _side(bid_t, -c.level_spacing_ticks, bid_size, max_inv - q, market, c)
-    asks = _side(ask_t, c.level_spacing_ticks, ask_size, max_inv + q, market, c)
-    return bids, asks
-
-
-def _side(first_t: int, step_t: int, size0: float, room: float, market: MarketInfo, c: QuoteControls) -> list[QuoteLevel]:
-    out: list[QuoteLevel] = []
-    size = size0
-    for i in range(c.levels):
-        t = first_t + i * step_t
-        if t <= 0:
-            break
-        lots = market.size_lots(min(size, room))
-        if lots <= 0:
-            break
-        px = market.ticks_to_price(t)
-        sz = market.lots_to_size(lots)
-        if not market.is_tradeable(px, sz):
-            break
-        out.append(QuoteLevel(px, sz))
-        room -= float(sz)
-        size *= c.level_size_growth
-    return out
+    """Model bid/ask (quote per base) -> quote levels, through :func:`strategies.kernels.build_levels_packed`
+    (the steps in the module docstring). ``best_bid``/``best_ask`` None: that side of the book is empty."""
+    cfg = pack_config(market, c, sizing)
+    out = new_levels_buffer(c)
+    nb, na = K.build_levels_packed(cfg, float(bid), float(ask), float(mid), float(q),
+                                   math.nan if best_bid is None else float(best_bid),
+                                   math.nan if best_ask is None else float(best_ask), out)
+    return levels_from_buffer(out, nb, na, market)
