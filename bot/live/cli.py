@@ -3,8 +3,8 @@
 Real money needs an explicit yes: ``--yes`` or ``live.confirm: true`` in the config;
 without it the command explains what it would do and exits with code 2. ``--sandbox``
 (ccxt sandbox mode: the exchange's testnet) needs no confirmation. Exit codes: 0 run
-ended (duration, Ctrl-C / SIGTERM), 2 user or exchange error (one line), 3 the kill
-switch stopped the run.
+ended (duration), 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM (as ``mmbot paper``),
+2 user or exchange error (one line), 3 the kill switch stopped the run.
 """
 
 from __future__ import annotations
@@ -86,3 +86,8 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     if summary.get("status") == "killed":
         print(f"mmbot: {summary.get('stop_reason')}", file=sys.stderr)
         raise SystemExit(KILLED_EXIT)
+    from bot.cli import _exit_code
+
+    code = _exit_code(summary)
+    if code:
+        raise SystemExit(code)
