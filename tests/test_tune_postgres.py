@@ -80,9 +80,15 @@ def test_dead_worker_on_postgresql_loses_only_its_trial(rec, tmp_path, pg_server
         if p.pid != victim[1]:
             assert p.returncode == 0, err
     with psycopg.connect(pg_server) as con:
-        states = dict(con.execute("SELECT t.number, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                                  "WHERE s.study_name = 'crash'").fetchall())
+        rows = con.execute(
+            "SELECT t.number, t.state, a.value_json FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'claimed_by' "
+            "WHERE s.study_name = 'crash'").fetchall()
+    states = {n: st for n, st, _ in rows}
+    owner = {n: int(json.loads(c).rsplit(":", 1)[1]) for n, _, c in rows if c}
     assert sum(1 for s in states.values() if s == "COMPLETE") == 12
-    assert [n for n, s in states.items() if s not in ("COMPLETE",)] in ([], [victim[0]])
-    if states[victim[0]] == "FAIL":  # killed while running (not just after it finished): re-queued and re-run
-        assert len(states) == 13
+    # the victim may have finished the trial seen running and claimed the next one before the
+    # signal landed: what was lost is at most one trial, the victim's, failed and re-run
+    lost = [n for n, s in states.items() if s != "COMPLETE"]
+    assert len(lost) <= 1 and all(states[n] == "FAIL" and owner.get(n) == victim[1] for n in lost), (states, owner)
+    assert len(states) == 12 + len(lost)
