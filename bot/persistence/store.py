@@ -19,11 +19,13 @@ Decimals are written as plain digits (:func:`bot.market.plain`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from sqlalchemy import bindparam, create_engine, event, func, insert, select, update
@@ -41,6 +43,9 @@ log = logging.getLogger("mmbot.store")
 HEARTBEAT_S = 5.0  # wall seconds between heartbeats (written with a commit)
 STALE_AFTER_S = 3600.0  # a run of another host is dead when its heartbeat is this old
 WORKING_STATES = ("new", "open", "partially_filled")
+_TERMINAL_STATES = frozenset(("filled", "canceled", "rejected"))
+# terminal orders whose client id the store remembers (2x the order manager's keep_terminal)
+KEEP_TERMINAL_ORDERS = 20_000
 
 
 def json_safe(x):
@@ -97,7 +102,11 @@ class Store:
         Base.metadata.create_all(engine)
         self.conn = engine.connect()
         self.run_id: int | None = None
-        self._known_orders: set[str] = set()  # client ids with a row in `orders`
+        # client ids with a row in `orders`: every working order, and only the last
+        # KEEP_TERMINAL_ORDERS terminal ones (a long run places tens of thousands of orders an
+        # hour; the order manager forgets terminal orders sooner, so it never reports them again)
+        self._known_orders: set[str] = set()
+        self._known_terminal: OrderedDict[str, None] = OrderedDict()
         self._new_orders: dict[str, dict] = {}
         self._order_updates: dict[str, dict] = {}
         self._events: list[dict] = []
@@ -237,7 +246,7 @@ class Store:
         cid = o.client_id
         ts = o.updated_ns
         state = o.state.value
-        if cid in self._known_orders or cid in self._new_orders:
+        if cid in self._known_orders or cid in self._new_orders or cid in self._known_terminal:
             row = self._new_orders.get(cid)
             if row is not None:  # not written yet: just update the pending insert
                 row.update(state=state, filled=plain(o.filled), updated_ns=ts, reason=o.reason, exchange_id=o.exchange_id)
@@ -295,6 +304,12 @@ class Store:
 
     def _clear(self) -> None:
         self._known_orders.update(self._new_orders)
+        for cid, row in itertools.chain(self._new_orders.items(), self._order_updates.items()):
+            if row["state"] in _TERMINAL_STATES:
+                self._known_orders.discard(cid)
+                self._known_terminal[cid] = None
+        while len(self._known_terminal) > KEEP_TERMINAL_ORDERS:
+            self._known_terminal.popitem(last=False)
         self._new_orders, self._order_updates, self._events, self._fills, self._pnl = {}, {}, [], [], []
 
     def _beat(self) -> None:
