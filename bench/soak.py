@@ -152,7 +152,7 @@ def child(args) -> None:
         ev, r = eng.state.events, rows()
         wall = now - st["wall0"]
         h = len(samples) + 1
-        rec = {"source": args.child, "hour": h, "market_s": round((eng.state.ts_ns - st["t0"]) / 1e9, 1),
+        rec = {"source": args.child, "sample": h, "market_s": round((eng.state.ts_ns - st["t0"]) / 1e9, 1),
                "events": ev, "wall_s": round(wall, 2), "events_per_s": round((ev - st["ev"]) / max(wall - st["wall"], 1e-9), 1),
                "rss_mb": round(rss_mb(), 1), "db_mb": round(db_mb(db), 2)}
         if args.child == "replay":
@@ -172,12 +172,12 @@ def child(args) -> None:
     def on_tick(eng) -> None:
         ts = eng.state.ts_ns
         if st["t0"] is None:
-            st["t0"], st["next"] = ts, ts + HOUR_NS
+            st["t0"], st["next"] = ts, ts + args.sample_ns
             st["wall0"] = time.perf_counter()
             st["ev"] = eng.state.events
             return
         if ts >= st["next"]:
-            st["next"] += HOUR_NS
+            st["next"] += args.sample_ns
             sample(eng)
 
     engine.on_tick = on_tick
@@ -185,15 +185,15 @@ def child(args) -> None:
         summary = asyncio.run(engine.run())
     finally:
         store.close()
-    if st["t0"] is not None and (not samples or engine.state.ts_ns > st["next"] - HOUR_NS + 60 * 10**9):
+    if st["t0"] is not None and (not samples or engine.state.ts_ns > st["next"] - args.sample_ns + args.sample_ns // 60):
         sample(engine, final=True)  # a partial last hour (more than a minute of it)
     full = [s for s in samples if not s.get("final")] or samples
     first, last = full[0], full[-1]
-    out = {"source": args.child, "summary": True, "hours_sampled": len(full), "events": engine.state.events,
+    out = {"source": args.child, "summary": True, "samples": len(full), "sample_s": args.sample_s, "events": engine.state.events,
            "fills": summary.get("fills"), "status": summary.get("status"), "stop_reason": summary.get("stop_reason"),
-           "rss_first_hour_mb": first["rss_mb"], "rss_last_hour_mb": last["rss_mb"],
+           "rss_first_mb": first["rss_mb"], "rss_last_mb": last["rss_mb"],
            "rss_ratio": round(last["rss_mb"] / first["rss_mb"], 3),
-           "events_per_s_first_hour": first["events_per_s"], "events_per_s_last_hour": last["events_per_s"],
+           "events_per_s_first": first["events_per_s"], "events_per_s_last": last["events_per_s"],
            "events_per_s_ratio": round(last["events_per_s"] / max(first["events_per_s"], 1e-9), 3),
            "db_mb": last["db_mb"], "load_avg": os.getloadavg()}
     if len(snaps) >= 2:
@@ -211,14 +211,16 @@ def main() -> None:
     ap.add_argument("--recording", default=None, help="recording directory (default: import --raw into a temp dir)")
     ap.add_argument("--raw", default=str(DEFAULT_RAW), help="raw Binance capture imported when --recording is not given")
     ap.add_argument("--horizon", default="rolling", choices=("rolling", "finite"), help="strategy horizon (see the docstring)")
+    ap.add_argument("--sample-s", type=float, default=3600.0, help="market seconds between samples (default 3600: hourly)")
     ap.add_argument("--trace", action="store_true", help="tracemalloc: traced heap per hour and top growth sites (slow)")
     ap.add_argument("--trace-frames", type=int, default=1, help="tracemalloc frames per allocation site")
     ap.add_argument("--trace-top", type=int, default=10)
     ap.add_argument("--workdir", default=None, help="where databases (and the imported recording) go; default: a temp dir")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.hours <= 0:
-        print(f"soak: --hours must be positive, got {args.hours}", file=sys.stderr)
+    args.sample_ns = int(args.sample_s * 1e9)
+    if args.hours <= 0 or args.sample_s <= 0:
+        print(f"soak: --hours and --sample-s must be positive, got {args.hours} and {args.sample_s}", file=sys.stderr)
         sys.exit(2)
     if args.child:
         child(args)
@@ -243,7 +245,7 @@ def main() -> None:
     code = 0
     for s in sources:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", s, "--hours", str(args.hours), "--horizon", args.horizon,
-               "--workdir", str(work), "--trace-frames", str(args.trace_frames), "--trace-top", str(args.trace_top)]
+               "--workdir", str(work), "--sample-s", str(args.sample_s), "--trace-frames", str(args.trace_frames), "--trace-top", str(args.trace_top)]
         if args.recording:
             cmd += ["--recording", str(args.recording)]
         if args.trace:
