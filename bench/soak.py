@@ -145,15 +145,17 @@ def child(args) -> None:
         rows = lambda: source.loops_done * (n - source.loop_from) + source.venue.i  # noqa: E731
     samples: list[dict] = []
     snaps: list = []
-    st = {"t0": None, "next": None, "wall0": time.perf_counter(), "ev": 0, "rows": 0, "wall": 0.0}
+    st = {"t0": None, "next": None, "wall0": time.perf_counter(), "cpu0": time.process_time(), "ev": 0, "rows": 0, "wall": 0.0, "cpu": 0.0}
 
     def sample(eng, final: bool = False) -> None:
         now = time.perf_counter()
         ev, r = eng.state.events, rows()
         wall = now - st["wall0"]
+        cpu = time.process_time() - st["cpu0"]
         h = len(samples) + 1
         rec = {"source": args.child, "sample": h, "market_s": round((eng.state.ts_ns - st["t0"]) / 1e9, 1),
                "events": ev, "wall_s": round(wall, 2), "events_per_s": round((ev - st["ev"]) / max(wall - st["wall"], 1e-9), 1),
+               "cpu_s": round(cpu, 2), "events_per_cpu_s": round((ev - st["ev"]) / max(cpu - st["cpu"], 1e-9), 1),
                "rss_mb": round(rss_mb(), 1), "db_mb": round(db_mb(db), 2)}
         if args.child == "replay":
             rec["rows"] = r
@@ -167,13 +169,13 @@ def child(args) -> None:
             rec["final"] = True
         samples.append(rec)
         print(json.dumps(rec), flush=True)
-        st.update(ev=ev, rows=r, wall=wall)
+        st.update(ev=ev, rows=r, wall=wall, cpu=cpu)
 
     def on_tick(eng) -> None:
         ts = eng.state.ts_ns
         if st["t0"] is None:
             st["t0"], st["next"] = ts, ts + args.sample_ns
-            st["wall0"] = time.perf_counter()
+            st["wall0"], st["cpu0"] = time.perf_counter(), time.process_time()
             st["ev"] = eng.state.events
             return
         if ts >= st["next"]:
@@ -195,6 +197,8 @@ def child(args) -> None:
            "rss_ratio": round(last["rss_mb"] / first["rss_mb"], 3),
            "events_per_s_first": first["events_per_s"], "events_per_s_last": last["events_per_s"],
            "events_per_s_ratio": round(last["events_per_s"] / max(first["events_per_s"], 1e-9), 3),
+           "events_per_cpu_s_first": first["events_per_cpu_s"], "events_per_cpu_s_last": last["events_per_cpu_s"],
+           "events_per_cpu_s_ratio": round(last["events_per_cpu_s"] / max(first["events_per_cpu_s"], 1e-9), 3),
            "db_mb": last["db_mb"], "load_avg": os.getloadavg()}
     if len(snaps) >= 2:
         top = snaps[-1].compare_to(snaps[0], "traceback" if args.trace_frames > 1 else "lineno")[: args.trace_top]
