@@ -15,10 +15,18 @@ it is cancelled (the adapter runs that cancel only once the placement is resolve
 its replacement waits until the level is free.
 
 Every state change is reported to ``on_change(order)`` (the engine persists it).
+
+Memory: :attr:`OrderManager.orders` holds the working orders and only the last
+``keep_terminal`` orders that became terminal (filled, cancelled, rejected), oldest dropped
+first, so a long run (tens of thousands of orders an hour on a fast market) holds a bounded
+number of orders. The terminal ones are kept for the acks and fills that race behind a
+cancel; an ack or fill for an order dropped long ago is ignored like any unknown id (the
+engine still records the fill and moves the inventory).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from decimal import Decimal
 from typing import Callable
 
@@ -38,6 +46,7 @@ class OrderManager:
         post_only: bool = True,
         on_change: Callable[[Order], None] | None = None,
         new_client_id: Callable[[], str] | None = None,
+        keep_terminal: int = 10_000,
     ) -> None:
         self.market = market
         self.tol = Decimal(tolerance_ticks) * market.tick
@@ -46,7 +55,9 @@ class OrderManager:
         self.on_change = on_change or (lambda o: None)
         self.new_client_id = new_client_id or default_client_id  # the engine passes the run's ids
         self.working: dict[str, Order] = {}  # client_id -> non-terminal order
-        self.orders: dict[str, Order] = {}  # every order of the run, by client id
+        self.orders: dict[str, Order] = {}  # working + the last keep_terminal terminal orders, by client id
+        self.keep_terminal = keep_terminal
+        self._terminal: OrderedDict[str, None] = OrderedDict()  # terminal client ids, oldest first
 
     # -- diffing ----------------------------------------------------------------------
     def plan(self, quotes: Quotes, now_ns: int) -> tuple[list[Order], list[Order]]:
@@ -108,7 +119,7 @@ class OrderManager:
                 o.cancel_requested = False  # the cancel did not take: the order rests and may be cancelled again
             o.transition(ack.state, ack.ts_ns, ack.reason)
             if o.state.terminal:
-                self.working.pop(o.client_id, None)
+                self._retire(o)
             self.on_change(o)
         return o
 
@@ -133,9 +144,19 @@ class OrderManager:
             return o
         o.apply_fill(min(fill.size, o.remaining), fill.ts_ns)
         if o.state.terminal:
-            self.working.pop(o.client_id, None)
+            self._retire(o)
         self.on_change(o)
         return o
+
+    def _retire(self, o: Order) -> None:
+        """``o`` became terminal: out of the working set; the oldest terminal order beyond
+        ``keep_terminal`` is forgotten."""
+        self.working.pop(o.client_id, None)
+        self._terminal[o.client_id] = None
+        while len(self._terminal) > self.keep_terminal:
+            cid, _ = self._terminal.popitem(last=False)
+            if cid not in self.working:
+                self.orders.pop(cid, None)
 
 
 _IN_FLIGHT = {OrderState.PENDING_NEW, OrderState.UNKNOWN}

@@ -576,7 +576,7 @@ class Venue:
         self.i = 0  # next row to apply
         self.best_px: tuple[float | None, float | None] = (None, None)
         self._qm = QUEUE_PROB if p.queue_model == "prob" else QUEUE_CONSERVATIVE
-        self._slot_of: dict[int, int] = {}
+        self._slot_of: dict[int, int] = {}  # order id -> slot, for live orders and at most one done order per slot
         # the kernel's arguments after t_stop, gathered once (every array is updated in place)
         self._state = (
             self.bid, self.ask, self.best, self.rank_tick,
@@ -636,6 +636,9 @@ class Venue:
         if len(free) == 0:
             return False
         m = int(free[0])
+        old = int(self.o_id[m])  # the order this free slot last held is done: forget its id
+        if self._slot_of.get(old) == m:  # (else a long replay keeps one entry per order ever sent)
+            del self._slot_of[old]
         r = int(np.searchsorted(self.rank_tick, ticks))
         t_act = now_ns + self.latency_ns()
         self.o_status[m] = PENDING

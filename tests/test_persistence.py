@@ -3,7 +3,7 @@
 from decimal import Decimal as D
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from bot.errors import ConfigError
@@ -99,3 +99,36 @@ def test_report_errors_are_specific(tmp_path):
     st.close()
     with pytest.raises(ConfigError, match="no run 7"):
         build_report(str(tmp_path / "one.db"), 7)
+
+
+def test_store_forgets_old_terminal_orders_but_updates_recent_ones(tmp_path, monkeypatch):
+    """The store's set of known client ids must not grow with every order of a long run
+    (the soak benchmark places ~37,000 orders per simulated hour); recent terminal orders
+    stay known, so a fill racing behind a cancel still updates the row instead of inserting."""
+    import bot.persistence.store as store_mod
+
+    monkeypatch.setattr(store_mod, "KEEP_TERMINAL_ORDERS", 20)
+    st = open_store(str(tmp_path / "k.db"))
+    st.start_run("paper", "paper", "X/Y", {})
+    for i in range(200):
+        o = Order("X/Y", Side.BUY, D("99"), D("1"), client_id=f"k{i}", created_ns=i, updated_ns=i)
+        st.record_order(o)
+        o.transition(OrderState.OPEN, i)
+        st.record_order(o)
+        st.commit()
+        o.transition(OrderState.CANCELED, i + 1)
+        st.record_order(o)
+        st.commit()
+    working = Order("X/Y", Side.SELL, D("101"), D("1"), client_id="w", created_ns=300, updated_ns=300)
+    st.record_order(working)
+    st.commit()
+    assert len(st._known_orders) + len(st._known_terminal) <= 20 + 1
+    assert "w" in st._known_orders  # a working order is never forgotten
+    late = Order("X/Y", Side.BUY, D("99"), D("1"), client_id="k199", state=OrderState.CANCELED, filled=D("1"), updated_ns=400)
+    st.record_order(late)  # the last cancelled order gets a late fill: an update, not a second row
+    st.commit()
+    with Session(st.engine) as s:
+        rows = s.execute(select(OrderRow).where(OrderRow.client_id == "k199")).scalars().all()
+        assert len(rows) == 1 and D(rows[0].filled) == D("1")
+        assert s.execute(select(func.count()).select_from(OrderRow)).scalar() == 201
+    st.close()

@@ -19,11 +19,13 @@ Decimals are written as plain digits (:func:`bot.market.plain`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from sqlalchemy import bindparam, create_engine, event, func, insert, select, update
@@ -32,7 +34,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from bot.errors import ConfigError
 from bot.market import plain
-from bot.orders import Fill, Order, random_prefix
+from bot.orders import Fill, Order, OrderState, random_prefix
 from bot.persistence import liveness, migrate
 from bot.persistence.dbpath import engine_url, redact
 from bot.persistence.schema import FillRow, Meta, OrderEvent, OrderRow, PnlSnapshot, Run, RunProcess
@@ -41,8 +43,11 @@ log = logging.getLogger("mmbot.store")
 
 HEARTBEAT_S = 5.0  # wall seconds between heartbeats (written with a commit)
 STALE_AFTER_S = 3600.0  # a run of another host is dead when its heartbeat is this old
-WORKING_STATES = ("new", "open", "partially_filled")
+WORKING_STATES = tuple(s.value for s in OrderState if not s.terminal)  # incl. live in-flight states
 REASON_CHARS = 200  # orders.reason / order_events.reason are VARCHAR(200): PostgreSQL enforces it
+_TERMINAL_STATES = frozenset(s.value for s in OrderState if s.terminal)
+# terminal orders whose client id the store remembers (2x the order manager's keep_terminal)
+KEEP_TERMINAL_ORDERS = 20_000
 
 
 def _fit(text: str, n: int) -> str:
@@ -112,7 +117,11 @@ class Store:
         migrate.prepare(engine, label or engine.url.render_as_string(hide_password=True))
         self.conn = engine.connect()
         self.run_id: int | None = None
-        self._known_orders: set[str] = set()  # client ids with a row in `orders`
+        # client ids with a row in `orders`: every working order, and only the last
+        # KEEP_TERMINAL_ORDERS terminal ones (a long run places tens of thousands of orders an
+        # hour; the order manager forgets terminal orders sooner, so it never reports them again)
+        self._known_orders: set[str] = set()
+        self._known_terminal: OrderedDict[str, None] = OrderedDict()
         self._new_orders: dict[str, dict] = {}
         self._order_updates: dict[str, dict] = {}
         self._events: list[dict] = []
@@ -256,7 +265,7 @@ class Store:
         ts = o.updated_ns
         state = o.state.value
         reason = _fit(o.reason, REASON_CHARS)
-        if cid in self._known_orders or cid in self._new_orders:
+        if cid in self._known_orders or cid in self._new_orders or cid in self._known_terminal:
             row = self._new_orders.get(cid)
             if row is not None:  # not written yet: just update the pending insert
                 row.update(state=state, filled=plain(o.filled), updated_ns=ts, reason=reason, exchange_id=o.exchange_id)
@@ -314,6 +323,12 @@ class Store:
 
     def _clear(self) -> None:
         self._known_orders.update(self._new_orders)
+        for cid, row in itertools.chain(self._new_orders.items(), self._order_updates.items()):
+            if row["state"] in _TERMINAL_STATES:
+                self._known_orders.discard(cid)
+                self._known_terminal[cid] = None
+        while len(self._known_terminal) > KEEP_TERMINAL_ORDERS:
+            self._known_terminal.popitem(last=False)
         self._new_orders, self._order_updates, self._events, self._fills, self._pnl = {}, {}, [], [], []
 
     def _beat(self) -> None:
