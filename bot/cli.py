@@ -325,7 +325,8 @@ def backtest(
     data: Path = typer.Option(..., "--data", help="recording directory (from mmbot import or mmbot record)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: config/backtest.yaml if present)"),
     db: Optional[str] = typer.Option(None, help="database file or SQLAlchemy URL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="report directory (default: replay.report_dir)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the HTML report into this directory (implies --html)"),
+    html: bool = typer.Option(False, "--html/--no-html", help="write the HTML report and PNG plots (into --out, default replay.report_dir); off by default: it costs seconds, and `mmbot report --html DIR` writes it later"),
     variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated variants on the same data: lstm (configured model + forecaster), glft, avellaneda_stoikov, symmetric (no forecaster)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
@@ -340,7 +341,8 @@ def backtest(
     cfg = _with_options(load_config(config), {"--db": ("database.url", db)})
     events_meta = load_recording(data)  # validate before touching the database
     forecaster = build_forecaster(cfg)
-    report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
+    html = html or out is not None
+    report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
     console = _console()
     if variants:
         _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
@@ -352,6 +354,9 @@ def backtest(
                                events_meta=events_meta, forecaster=forecaster)
     finally:
         store.close()
+    if report_dir is None:
+        summary["report"] = (f"not written (pass --html or --out DIR; later: mmbot report --db {cfg.database.url.removeprefix('sqlite:///')} "
+                             f"--run {summary['run_id']} --html DIR)")
     if json_out:
         print(json.dumps(summary, default=str))
     else:
@@ -391,7 +396,7 @@ def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progr
             err.print(f"variant {i}/{len(names)}: {name} ...")
         store = _open_store(vcfg.database.url)
         try:
-            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta,
+            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name if report_dir is not None else None, events_meta=events_meta,
                              progress=progress and err.is_terminal)
         finally:
             store.close()

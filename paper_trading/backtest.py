@@ -145,6 +145,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
     t0 = time.perf_counter()
     if events_meta is None:
         events_meta = load_recording(data)
+    t_loaded = time.perf_counter()
     n = len(events_meta[0])
     bar = None
     cb = None
@@ -158,6 +159,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
                                          forecaster=forecaster)
     # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
     # long-lived ones (modules, config, arrays) at every collection
+    t_built = time.perf_counter()
     gc.freeze()
     try:
         if bar is not None:
@@ -167,7 +169,8 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
             summary = asyncio.run(engine.run())
     finally:
         gc.unfreeze()
-    elapsed = time.perf_counter() - t0
+    t_loop = time.perf_counter()
+    elapsed = t_loop - t0
     summary["events_replayed"] = int(source.venue.i)
     summary["trades_side_inferred"] = source.trades_side_inferred
     summary["elapsed_s"] = round(elapsed, 3)
@@ -179,6 +182,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         summary["metrics"] = compute_metrics(str(store.engine.url), summary["run_id"])
     except ImportError:  # pragma: no cover
         pass
+    t_metrics = time.perf_counter()
     if report_dir is not None:
         try:
             from paper_trading.report_html import write_report
@@ -186,4 +190,12 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
             summary["report"] = str(write_report(str(store.engine.url), summary["run_id"], Path(report_dir)))
         except ImportError:  # pragma: no cover
             pass
+    t_end = time.perf_counter()
+    # wall seconds per phase (the phases partition run_backtest's wall time): load = reading the
+    # recording (0 when events_meta was given); build = forecaster (when not given), venue, engine;
+    # loop = the run itself (venue, strategy, forecaster, orders, database writes and commits);
+    # metrics = compute_metrics; report = the HTML report (0 when report_dir is None)
+    summary["timings_s"] = {"load": round(t_loaded - t0, 4), "build": round(t_built - t_loaded, 4),
+                            "loop": round(t_loop - t_built, 4), "metrics": round(t_metrics - t_loop, 4),
+                            "report": round(t_end - t_metrics, 4)}
     return summary
