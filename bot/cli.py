@@ -247,9 +247,9 @@ def paper(
     use_live = cfg.ui.live and console.is_terminal and not json_out
     events_meta = None
     if replay is not None:
-        from paper_trading.backtest import load_recording
+        from paper_trading.backtest import check_recording
 
-        events_meta = load_recording(replay)  # a bad recording fails before the database is touched
+        check_recording(replay)  # a bad recording fails before the database is touched (then streamed)
     forecaster = build_forecaster(cfg)  # ... and so does a bad model file
     store = _open_store(cfg.database.url)
     try:
@@ -334,12 +334,13 @@ def backtest(
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
     from bot.config import build_forecaster, load_config
     from bot.status import summary_table
-    from paper_trading.backtest import load_recording, run_backtest
+    from paper_trading.backtest import check_recording, run_backtest
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
     cfg = _with_options(load_config(config), {"--db": ("database.url", db)})
-    events_meta = load_recording(data)  # validate before touching the database
+    check_recording(data)  # validate before touching the database
+    events_meta = None  # the recording is streamed chunk by chunk
     forecaster = build_forecaster(cfg)
     html = html or out is not None
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
