@@ -17,6 +17,9 @@ except the ``cold_*`` ones. Every figure names its timed region:
   - ``full_strategy_build_loop_*``: build (forecaster from its file, venue, engine) + loop;
   - ``full_strategy_metrics_s``: ``compute_metrics`` after the run (NOT in the two above).
   ``glft_plain_*`` is the same without forecaster and without A/k calibration.
+  ``full_strategy_streamed_*``: the same as ``full_strategy_*`` with the recording streamed
+  from disk chunk by chunk (the default of ``mmbot backtest``): build includes the first pass
+  over the chunks' price columns, loop includes reading the chunks.
 * ``cold_cli_*``: ``python -m bot.cli backtest --data REC --json --no-progress`` in a fresh
   process each time, wall time from spawn to exit (interpreter start, imports, numba cache load,
   recording load, build, loop, metrics, plus the HTML report if the CLI writes one), and the
@@ -141,16 +144,16 @@ def main() -> None:
     hbt, hbt_note = (None, "not requested (--vs-hftbacktest [PYTHON])")
     if args.vs_hftbacktest:
         hbt, hbt_note = _hbt_worker(args.vs_hftbacktest, args.data)
-    full, plain, hbt_runs = [], [], []
+    full, plain, streamed, hbt_runs = [], [], [], []
     summary = None
     with tempfile.TemporaryDirectory() as d:
-        for r in range(args.runs + 1):  # interleaved: mmbot full, mmbot plain, hftbacktest
-            for c, out in ((cfg, full), (plain_cfg, plain)):
-                store = open_store(str(Path(d) / f"bt{len(full)}_{len(plain)}.db"))
-                s = run_backtest(rec, c, store, events_meta=(events, meta))
+        for r in range(args.runs + 1):  # interleaved: mmbot full, plain, full streamed, hftbacktest
+            for c, out, em in ((cfg, full, (events, meta)), (plain_cfg, plain, (events, meta)), (cfg, streamed, None)):
+                store = open_store(str(Path(d) / f"bt{len(full)}_{len(plain)}_{len(streamed)}.db"))
+                s = run_backtest(rec, c, store, events_meta=em)
                 store.close()
                 out.append(s["timings_s"])
-                if c is cfg:
+                if out is full:
                     summary = s
             if hbt is not None:
                 hbt_runs.append(_hbt_run(hbt))
@@ -171,7 +174,7 @@ def main() -> None:
         hbt.stdin.write("quit\n")
         hbt.stdin.flush()
         hbt.wait(timeout=60)
-    full, plain = full[1:], plain[1:]
+    full, plain, streamed = full[1:], plain[1:], streamed[1:]
 
     def phase(runs, *keys):
         return med([sum(t[k] for k in keys) for t in runs])
@@ -189,6 +192,8 @@ def main() -> None:
         "full_strategy_loop_s": round(loop_s, 4),
         "full_strategy_build_loop_s": round(build_loop_s, 4),
         "full_strategy_metrics_s": round(phase(full, "metrics"), 4),
+        "full_strategy_streamed_build_loop_s": round(phase(streamed, "build", "loop"), 4),
+        "full_strategy_streamed_loop_s": round(phase(streamed, "loop"), 4),
         "glft_plain_loop_events_per_s": round(n / phase(plain, "loop")),
         "glft_plain_loop_s": round(phase(plain, "loop"), 4),
         "cold_cli_wall_s": round(med([c[0] for c in cold]), 3),
