@@ -169,7 +169,7 @@ def main() -> None:
             if p.returncode not in (0, 1):
                 sys.exit(f"cold run failed ({p.returncode}): {p.stderr.strip()[-400:]}")
             js = json.loads(p.stdout.strip().splitlines()[-1])
-            cold.append((wall, js.get("timings_s", {}), bool(js.get("report"))))
+            cold.append((wall, js.get("timings_s", {}), str(js.get("report") or "").endswith("report.html")))
     if hbt is not None:
         hbt.stdin.write("quit\n")
         hbt.stdin.flush()
