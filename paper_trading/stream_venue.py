@@ -8,17 +8,18 @@ same fills) whose columns are a *window* of the recording instead of all of it:
   first row is applied. A first pass reads only the ``kind``, ``side`` and ``px`` columns of
   each chunk (one at a time) and keeps the sorted distinct ticks of each, merged as it goes:
   memory is one chunk's three columns plus the distinct prices (a few thousand for a
-  liquid market), not the recording. The same pass counts prices off the tick grid and
+  liquid market), not the recording (read in batches of ``batch_rows``). The same pass counts prices off the tick grid and
   trades without an aggressor side, and reads the first and last local times.
-* Window. Replay holds the columns of the rows not yet applied from the current chunk plus
-  the next chunk when needed. A window never ends inside a message (rows sharing
-  ``local_ts``): the rows of its last local time are only applied once the next chunk is
+* Window. Replay holds the columns of the rows not yet applied from the current batch plus
+  the next batch when needed (a batch: ``batch_rows`` rows of a chunk, 250,000 by default, so
+  the window does not grow with the chunk size either). A window never ends inside a message (rows sharing
+  ``local_ts``): the rows of its last local time are only applied once the next batch is
   appended (or at the end of the recording), so the kernel sees every message whole, as in
   memory. When the window ends before ``t_stop``, the order actions due by ``t_stop`` wait
   for the next window (kernel flag ``hold``), as they would wait for the next row in memory.
   Rows applied in the current ``advance_to`` call stay in the window until the next call
   (the replay source reads the public trades among them), as does the last applied row.
-* What is kept is bounded by one chunk plus one decision interval of rows (or the warm-up,
+* What is kept is bounded by one batch plus one decision interval of rows (or the warm-up,
   at the start): it does not grow with the recording.
 
 :meth:`StreamingVenue.prefix` re-reads the first rows from disk (the strategy's warm-up
@@ -49,10 +50,10 @@ class FirstPass:
         self.unsided_trades = 0
         self.t_first: int | None = None
         self.t_last: int | None = None
-        for info in rec.meta["chunks"]:
-            if int(info["rows"]) == 0:
+        chunks = [c for c in rec.meta["chunks"] if int(c["rows"]) > 0]
+        for cols in _batches(rec, chunks, ("kind", "side", "px", "local_ts"), StreamingVenue.batch_rows):
+            if len(cols["kind"]) == 0:
                 continue
-            cols = _read(rec, info, ("kind", "side", "px", "local_ts"))
             kind, px = cols["kind"], cols["px"]
             has_px = (kind == DEPTH) | (kind == SNAPSHOT) | (kind == TRADE)
             ticks = np.union1d(ticks, np.unique(np.rint(px[has_px] / tick).astype(np.int64)))
@@ -67,6 +68,30 @@ class FirstPass:
                 self.t_first = int(lts[0])
             self.t_last = int(lts[-1])
         self.rank_tick = ticks
+
+
+def _batches(rec: Recording, chunks: list[dict], columns, batch_rows: int):
+    """Columns of the chunks' rows, ``batch_rows`` rows at a time (a chunk's last batch may be
+    shorter), as contiguous numpy arrays of EVENT_DTYPE's field types."""
+    for info in chunks:
+        path = rec.path / info["file"]
+        if not path.exists():
+            raise DataError(f"{path}: chunk file missing")
+        rows = 0
+        try:
+            f = pq.ParquetFile(path)
+            for batch in f.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                rows += batch.num_rows
+                yield {name: np.ascontiguousarray(batch.column(name).to_numpy(zero_copy_only=False),
+                                                  dtype=EVENT_DTYPE.fields[name][0]) for name in columns}
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"{path}: unreadable parquet file: {e}") from None
+        except Exception as e:  # noqa: BLE001 - pyarrow errors: a data error naming the file
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{path}: unreadable parquet file: {e}") from None
+        if rows != int(info["rows"]):
+            raise DataError(f"{path}: {rows} rows, meta.json says {info['rows']}")
 
 
 def _read(rec: Recording, info: dict, columns) -> dict[str, np.ndarray]:
@@ -90,8 +115,10 @@ def _read(rec: Recording, info: dict, columns) -> dict[str, np.ndarray]:
 class StreamingVenue(Venue):
     """A :class:`Venue` over a :class:`~bot.recording.io.Recording` read chunk by chunk."""
 
+    batch_rows = 250_000  # rows read from disk at a time (a chunk is read in batches of this size)
+
     def __init__(self, rec: Recording, tick: float, lot: float = 1e-8, params: VenueParams | None = None,
-                 first_pass: FirstPass | None = None) -> None:
+                 first_pass: FirstPass | None = None, batch_rows: int | None = None) -> None:
         self._init_params(tick, lot, params)
         fp = first_pass or FirstPass(rec, self.tick)
         if fp.t_first is None:
@@ -100,7 +127,9 @@ class StreamingVenue(Venue):
         self.first_pass = fp
         self.n = len(rec)
         self._chunks = [c for c in rec.meta["chunks"] if int(c["rows"]) > 0]
-        self._next = 0  # next chunk to read
+        if batch_rows is not None:
+            self.batch_rows = int(batch_rows)
+        self._source = _batches(rec, self._chunks, _COLS, self.batch_rows)
         self._final = False  # the window holds the recording's last row
         self._init_book(fp.rank_tick)
         self.base = 0
@@ -132,16 +161,14 @@ class StreamingVenue(Venue):
         cols = {k: v[drop:] for k, v in cols.items()}
         self.base += drop
         while True:
-            if self._next >= len(self._chunks):
+            new = next(self._source, None)
+            if new is None:
                 self._final = True
                 break
-            new = _read(self.rec, self._chunks[self._next], _COLS)
-            self._next += 1
             cols = {k: np.concatenate([cols[k], new[k]]) for k in _COLS}
             lts = cols["local_ts"]
-            # rows of the last local time may continue in the next chunk: hold them back
-            if int(np.searchsorted(lts, lts[-1], "left")) > 0 or self._next >= len(self._chunks):
-                self._final = self._next >= len(self._chunks)
+            # rows of the last local time may continue in the next batch: hold them back
+            if int(np.searchsorted(lts, lts[-1], "left")) > 0:
                 break
         self._set_window(cols)
         lts = self.local_ts

@@ -82,7 +82,8 @@ def test_streamed_backtest_equals_the_in_memory_one(chunked, tmp_path, queue_mod
     assert streamed["events_replayed"] == len(ev)
 
 
-def test_streamed_venue_trades_and_prefix_match_memory(chunked):
+@pytest.mark.parametrize("batch_rows", [None, 777])  # 777: batches split the chunks too
+def test_streamed_venue_trades_and_prefix_match_memory(chunked, batch_rows):
     from paper_trading.stream_venue import StreamingVenue
     from paper_trading.venue import Venue, VenueParams
 
@@ -90,7 +91,7 @@ def test_streamed_venue_trades_and_prefix_match_memory(chunked):
     ev = rec.events()
     tick, lot = float(rec.meta["tick_size"]), float(rec.meta["lot_size"])
     params = VenueParams(entry_latency_ns=40_000_000)
-    mem, st = Venue(ev, tick, lot, params), StreamingVenue(rec, tick, lot, params)
+    mem, st = Venue(ev, tick, lot, params), StreamingVenue(rec, tick, lot, params, batch_rows=batch_rows)
     assert np.array_equal(mem.rank_tick, st.rank_tick)
     assert (st.t_first, st.t_last, st.n) == (mem.t_first, mem.t_last, mem.n)
     t = mem.t_first
@@ -124,3 +125,18 @@ def test_streamed_venue_trades_and_prefix_match_memory(chunked):
         assert len(st.local_ts) <= 8 * CHUNK_ROWS  # the window never holds the whole recording
     assert n_reports > 100
     assert np.array_equal(st.prefix(12_345), ev[:12_345])
+
+
+def test_a_corrupt_chunk_is_a_data_error_naming_the_file(chunked, tmp_path):
+    import shutil
+
+    from bot.errors import DataError
+    from paper_trading.stream_venue import StreamingVenue
+
+    bad = tmp_path / "bad"
+    shutil.copytree(chunked, bad)
+    victim = bad / open_recording(bad).meta["chunks"][3]["file"]
+    victim.write_bytes(victim.read_bytes()[:200])
+    rec = open_recording(bad)
+    with pytest.raises(DataError, match=victim.name):
+        StreamingVenue(rec, float(rec.meta["tick_size"]), float(rec.meta["lot_size"]))
