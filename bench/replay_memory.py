@@ -3,9 +3,13 @@
 The recordings are built in a temporary directory from the imported capture (bench/out/, as
 in bench/backtest_throughput.py): copy k of the file follows copy k-1 with every timestamp
 (``local_ts``, ``exch_ts``) shifted by k * (span + 1 s), written in chunks of ``--chunk-rows``
-rows (default 1,000,000, the format's default; the 1x file, 466,577 rows, is then a single
-chunk smaller than the 2x file's, so the streamed window itself grows up to one chunk:
-``--chunk-rows 250000`` shows the growth with the chunk size held fixed). Each backtest runs in a fresh process
+rows (default 1,000,000, the format's default). The streamed replay holds one batch of
+250,000 rows, but pyarrow decompresses a chunk's whole row group (one per chunk) to read it:
+the 1x file (466,577 rows) is one chunk smaller than the 2x file's first chunk, so the streamed
+peak grows from 1x to 2x and is flat from there; ``--chunk-rows 250000`` holds the chunk size
+fixed across sizes. Measured 2026-12-05 (2 cores, load 5.3-5.7): default chunks, streamed
+409/473/469/478 MiB at 1x/2x/4x/8x (8x/1x 1.17), in memory 384/485/605/821 MiB (2.14);
+250,000-row chunks, streamed 379/386/368/372 MiB (0.98), in memory 388/432/543/754 MiB (1.95). Each backtest runs in a fresh process
 (``python bench/replay_memory.py --child ...``: ``run_backtest`` with config/backtest.yaml, no
 HTML report) and reports its own peak resident set size (``ru_maxrss``, MiB): interpreter,
 imports (numba, pyarrow, SQLAlchemy; torch only when the forecaster's packed weights are not

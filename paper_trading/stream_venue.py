@@ -20,7 +20,8 @@ same fills) whose columns are a *window* of the recording instead of all of it:
   Rows applied in the current ``advance_to`` call stay in the window until the next call
   (the replay source reads the public trades among them), as does the last applied row.
 * What is kept is bounded by one batch plus one decision interval of rows (or the warm-up,
-  at the start): it does not grow with the recording.
+  at the start): it does not grow with the recording. (pyarrow decompresses a chunk's whole
+  row group while its batches are read: peak memory also holds one chunk's columns.)
 
 :meth:`StreamingVenue.prefix` re-reads the first rows from disk (the strategy's warm-up
 history). Units as in :mod:`paper_trading.venue`: prices quote per base, sizes base units,
