@@ -40,6 +40,14 @@ mmbot's build+loop region (comparable to hftbacktest's) and its loop-only region
 
 The machine's load average (1, 5, 15 min) at start and end is in the output.
 
+Measured 2026-12-05 on the 6-minute USD-M file (2 cores, load 3.9-5.9, ``--runs 5 --cold-runs 3
+--vs-hftbacktest /tmp/hbt_venv/bin/python``): replay only 219 M events/s (one call), 20.3 M
+(100 ms steps); full strategy loop 0.287 s (1.63 M events/s), build + loop 0.320 s, streamed
+build + loop 0.504 s, metrics 0.022 s; GLFT plain loop 0.140 s (3.3 M events/s); cold CLI
+3.62 s wall (no HTML report); hftbacktest GLFT port 0.341 s median (1.44 M rows/s; 0.23 s when
+run alone), ratios 1.07 (build + loop) and 1.19 (loop only). The issue's 5.7 M events/s for
+hftbacktest was not reproduced with this port.
+
 Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5] [--cold-runs 3]
        [--vs-hftbacktest [PYTHON]]
 The raw capture is imported once into bench/out/ (not committed).

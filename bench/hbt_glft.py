@@ -16,7 +16,10 @@ The strategy is the GLFT grid market maker of hftbacktest's tutorial "GLFT Marke
 and Grid Trading", written out here (not copied): every 100 ms it records the trade arrival
 depth, every 5 s it refits A and k (log-linear regression of arrival counts on depth, 10 min
 window) and the volatility of the mid (10 min window), computes the GLFT half spread and skew,
-and keeps a grid of GTX limit orders (20 per side) around the reservation price. Venue:
+and keeps a grid of GTX limit orders (20 per side) around the reservation price. Until the
+first fit (the tutorial's 10 min window is longer than the 6-minute test file, so on that file
+never) it quotes a half spread of 10 ticks with no skew: a choice of this port, where the
+tutorial would price with NaN coefficients. Venue:
 ``ROIVectorMarketDepthBacktest`` (price range of interest 40,000-80,000 USDT, which holds over 99.9 %
 of the file's prices; levels outside it are ignored by hftbacktest), power-probabilistic queue model (power 2), constant 5 ms
 entry and 5 ms response latency, partial fills off (hftbacktest's
