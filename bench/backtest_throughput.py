@@ -1,25 +1,65 @@
-"""Backtest throughput on a real Binance capture, data already imported.
+"""Backtest throughput on a real Binance capture; prints one JSON line.
 
-An event = one price-level update or one trade (one row of the recording). Figures:
-* replay_only: the venue kernel applying every row to the array book (no orders), in one
-  call and in 100 ms decision steps;
-* full_strategy: ``mmbot backtest`` on the default config (config/backtest.yaml: GLFT with
-  online A/k calibration, the LSTM forecaster, queue model, latency, fees, the engine, order
-  manager and SQLite record), events divided
-  by the wall time of ``run_backtest`` (loading the recording included, report not);
-  ``cold`` is the first run in a fresh process (numba cache load, imports), the median
-  is over the following runs; ``glft_no_forecaster_no_calibration`` is the same without the
-  forecaster and the A/k estimator.
+An event = one row of the mmbot recording (one price-level update, snapshot level, CLEAR or
+trade). All figures are medians over ``--runs`` repetitions after one discarded warm-up run,
+except the ``cold_*`` ones. Every figure names its timed region:
 
-Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5]
-Prints one JSON line. The raw capture is imported once into bench/out/ (not committed).
+* ``replay_only_*``: the venue kernel applying every row to the array book, no orders, no
+  strategy. Timed: ``Venue.advance_to`` calls only (the ``Venue`` is built before the timer:
+  price axis, contiguous columns), in one call (``_one_call``) or one call per 100 ms of
+  recorded time (``_100ms_steps``).
+* ``full_strategy_*``: ``run_backtest`` on the default config (config/backtest.yaml: GLFT with
+  online A/k calibration, the LSTM forecaster, queue model, latency, fees, engine, order manager,
+  SQLite record) in this process, recording already in memory, no HTML report.
+  ``run_backtest`` reports its phases (``summary["timings_s"]``); the bench quotes
+  - ``full_strategy_loop_*``: the loop phase only (``engine.run``: venue, strategy, forecaster,
+    order manager, database writes and commits);
+  - ``full_strategy_build_loop_*``: build (forecaster from its file, venue, engine) + loop;
+  - ``full_strategy_metrics_s``: ``compute_metrics`` after the run (NOT in the two above).
+  ``glft_plain_*`` is the same without forecaster and without A/k calibration.
+  ``full_strategy_streamed_*``: the same as ``full_strategy_*`` with the recording streamed
+  from disk chunk by chunk (the default of ``mmbot backtest``): build includes the first pass
+  over the chunks' price columns, loop includes reading the chunks.
+* ``cold_cli_*``: ``python -m bot.cli backtest --data REC --json --no-progress`` in a fresh
+  process each time, wall time from spawn to exit (interpreter start, imports, numba cache load,
+  recording load, build, loop, metrics, plus the HTML report if the CLI writes one), and the
+  phases that process reported. Numba's on-disk cache is warm (a previous run or the warm-up
+  wrote it); the first compilation on a fresh install is not measured here.
+
+``--vs-hftbacktest [PYTHON]`` adds a side-by-side with hftbacktest 2.4.4 (optional, never a
+dependency of mmbot). hftbacktest pins numpy < 2.3 and numba 0.61, so it usually lives in its
+own environment: PYTHON is that interpreter (default: this one). When ``import hftbacktest``
+fails there the JSON says so (``"hftbacktest": "not available: ..."``) and nothing else changes.
+Otherwise the raw capture is converted with hftbacktest's own converter (bench/hbt_glft.py,
+cached in bench/out/), a worker process runs its GLFT grid example (power-probabilistic queue
+model, 5 ms constant order latency; see bench/hbt_glft.py for its timed region: backtest object
+build + loop + close, data in memory), and the repetitions are interleaved with mmbot's
+full-strategy runs (mmbot, hftbacktest, mmbot, hftbacktest, ...). Ratios are speed ratios
+(> 1: mmbot faster): ``hbt median s / mmbot median s`` for the same recorded period, for
+mmbot's build+loop region (comparable to hftbacktest's) and its loop-only region.
+
+The machine's load average (1, 5, 15 min) at start and end is in the output.
+
+Measured 2026-12-05 on the 6-minute USD-M file (2 cores, load 3.9-5.9, ``--runs 5 --cold-runs 3
+--vs-hftbacktest /tmp/hbt_venv/bin/python``): replay only 219 M events/s (one call), 20.3 M
+(100 ms steps); full strategy loop 0.287 s (1.63 M events/s), build + loop 0.320 s, streamed
+build + loop 0.504 s, metrics 0.022 s; GLFT plain loop 0.140 s (3.3 M events/s); cold CLI
+3.62 s wall (no HTML report); hftbacktest GLFT port 0.341 s median (1.44 M rows/s; 0.23 s when
+run alone), ratios 1.07 (build + loop) and 1.19 (loop only). The issue's 5.7 M events/s for
+hftbacktest was not reproduced with this port.
+
+Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5] [--cold-runs 3]
+       [--vs-hftbacktest [PYTHON]]
+The raw capture is imported once into bench/out/ (not committed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,15 +69,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT = ROOT.parent / "shared" / "data" / "binance" / "usdm" / "btcusdt_20240808.gz"
+med = statistics.median
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _hbt_worker(python: str, raw: Path) -> tuple[subprocess.Popen | None, str]:
+    """(worker, note): a bench/hbt_glft.py serve process, or None and why not."""
+    probe = subprocess.run([python, "-c", "import hftbacktest; print(hftbacktest.__version__)"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
+        return None, f"not available: `import hftbacktest` failed in {python} ({why}); pip install hftbacktest==2.4.4 in a separate venv and pass its python"
+    npz = ROOT / "bench" / "out" / f"hbt_{raw.name.replace('.gz', '')}.npz"
+    if not npz.exists():
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([python, str(ROOT / "bench" / "hbt_glft.py"), "convert", str(raw), str(npz)], capture_output=True, text=True)
+        if r.returncode != 0:
+            return None, f"hftbacktest conversion failed: {r.stderr.strip().splitlines()[-1:]}"
+    w = subprocess.Popen([python, "-W", "ignore", str(ROOT / "bench" / "hbt_glft.py"), "serve", str(npz)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    return w, f"hftbacktest {probe.stdout.strip()} in {python}"
+
+
+def _hbt_run(w: subprocess.Popen) -> dict:
+    w.stdin.write("run\n")
+    w.stdin.flush()
+    line = w.stdout.readline()
+    if not line:
+        raise RuntimeError("hftbacktest worker exited")
+    return json.loads(line)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=DEFAULT)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--vs-hftbacktest", nargs="?", const=sys.executable, default=None, metavar="PYTHON")
     args = ap.parse_args()
     if not args.data.exists():
         sys.exit(f"capture {args.data} not found (the benchmark needs ../shared/data)")
+    load_start = _load()
     from bot.importers.binance import import_binance
 
     rec = ROOT / "bench" / "out" / (args.data.name.replace(".gz", "").replace(".dat", "") + "_" + args.data.parent.name)
@@ -48,7 +122,7 @@ def main() -> None:
 
     import numpy as np
 
-    from bot.config import load_config
+    from bot.config import load_config, with_overrides
     from bot.persistence.store import open_store
     from paper_trading.backtest import load_recording, run_backtest
     from paper_trading.venue import Venue, VenueParams
@@ -56,52 +130,99 @@ def main() -> None:
     events, meta = load_recording(rec)
     n = len(events)
     tick, lot = float(meta["tick_size"]), float(meta.get("lot_size") or 1e-8)
-    one, stepped = [], []
+    one, stepped, build = [], [], []
     t_end = int(events["local_ts"][-1])
-    grid = np.arange(int(events["local_ts"][0]), t_end + 100_000_000, 100_000_000)
+    grid = np.arange(int(events["local_ts"][0]), t_end + 100_000_000, 100_000_000).tolist()
     for r in range(args.runs + 1):
+        t = time.perf_counter()
         v = Venue(events, tick, lot, VenueParams())
+        build.append(time.perf_counter() - t)
         t = time.perf_counter()
         v.advance_to(t_end)
         one.append(time.perf_counter() - t)
         v = Venue(events, tick, lot, VenueParams())
         t = time.perf_counter()
-        for x in grid.tolist():
+        for x in grid:
             v.advance_to(x)
         stepped.append(time.perf_counter() - t)
-    one, stepped = one[1:], stepped[1:]  # the first includes numba's cache load
+    one, stepped, build = one[1:], stepped[1:], build[1:]  # the first includes numba's cache load
 
-    from bot.config import with_overrides
-
-    med = statistics.median
     cfg = load_config(ROOT / "config" / "backtest.yaml")
-
-    def timed(c):
-        times = []
-        with tempfile.TemporaryDirectory() as d:
-            for r in range(args.runs + 1):
-                store = open_store(str(Path(d) / f"bt{r}.db"))
-                t = time.perf_counter()
-                s = run_backtest(rec, c, store)
-                times.append(time.perf_counter() - t)
+    plain_cfg = with_overrides(cfg, **{"forecaster.model": "none", "strategy.pricing.calibrate_intensity": False})
+    hbt, hbt_note = (None, "not requested (--vs-hftbacktest [PYTHON])")
+    if args.vs_hftbacktest:
+        hbt, hbt_note = _hbt_worker(args.vs_hftbacktest, args.data)
+    full, plain, streamed, hbt_runs = [], [], [], []
+    summary = None
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(args.runs + 1):  # interleaved: mmbot full, plain, full streamed, hftbacktest
+            for c, out, em in ((cfg, full, (events, meta)), (plain_cfg, plain, (events, meta)), (cfg, streamed, None)):
+                store = open_store(str(Path(d) / f"bt{len(full)}_{len(plain)}_{len(streamed)}.db"))
+                s = run_backtest(rec, c, store, events_meta=em)
                 store.close()
-        return times, s
+                out.append(s["timings_s"])
+                if out is full:
+                    summary = s
+            if hbt is not None:
+                hbt_runs.append(_hbt_run(hbt))
+        # cold: fresh processes of the CLI
+        cold = []
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for r in range(args.cold_runs):
+            db = Path(d) / f"cold{r}.db"
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--data", str(rec), "--db", str(db), "--json",
+                                "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if p.returncode not in (0, 1):
+                sys.exit(f"cold run failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+            js = json.loads(p.stdout.strip().splitlines()[-1])
+            cold.append((wall, js.get("timings_s", {}), str(js.get("report") or "").endswith("report.html")))
+    if hbt is not None:
+        hbt.stdin.write("quit\n")
+        hbt.stdin.flush()
+        hbt.wait(timeout=60)
+    full, plain, streamed = full[1:], plain[1:], streamed[1:]
 
-    full, s = timed(cfg)
-    decisions, fills = s["events"], s["fills"]
-    cold, warm = full[0], full[1:]
-    plain, _ = timed(with_overrides(cfg, **{"forecaster.model": "none", "strategy.pricing.calibrate_intensity": False}))
-    print(json.dumps({
-        "bench": "backtest_throughput", "data": str(args.data.relative_to(ROOT.parent)) if args.data.is_relative_to(ROOT.parent) else str(args.data),
-        "events": n, "runs": args.runs,
-        "replay_only_events_per_s": round(n / med(one)),
+    def phase(runs, *keys):
+        return med([sum(t[k] for k in keys) for t in runs])
+
+    loop_s, build_loop_s = phase(full, "loop"), phase(full, "build", "loop")
+    out = {
+        "bench": "backtest_throughput",
+        "data": str(args.data.relative_to(ROOT.parent)) if args.data.is_relative_to(ROOT.parent) else str(args.data),
+        "events": n, "runs": args.runs, "cold_runs": args.cold_runs,
+        "replay_only_one_call_events_per_s": round(n / med(one)),
         "replay_only_100ms_steps_events_per_s": round(n / med(stepped)),
-        "full_strategy_events_per_s": round(n / med(warm)),
-        "full_strategy_cold_events_per_s": round(n / cold),
-        "full_strategy_median_s": round(med(warm), 4),
-        "glft_no_forecaster_no_calibration_events_per_s": round(n / med(plain[1:])),
-        "decisions": decisions, "fills": fills,
-    }))
+        "replay_only_100ms_steps_s": round(med(stepped), 4),
+        "venue_build_s": round(med(build), 4),
+        "full_strategy_loop_events_per_s": round(n / loop_s),
+        "full_strategy_loop_s": round(loop_s, 4),
+        "full_strategy_build_loop_s": round(build_loop_s, 4),
+        "full_strategy_metrics_s": round(phase(full, "metrics"), 4),
+        "full_strategy_streamed_build_loop_s": round(phase(streamed, "build", "loop"), 4),
+        "full_strategy_streamed_loop_s": round(phase(streamed, "loop"), 4),
+        "glft_plain_loop_events_per_s": round(n / phase(plain, "loop")),
+        "glft_plain_loop_s": round(phase(plain, "loop"), 4),
+        "cold_cli_wall_s": round(med([c[0] for c in cold]), 3),
+        "cold_cli_phases_s": {k: round(med([c[1].get(k, 0.0) for c in cold]), 4) for k in ("load", "build", "loop", "metrics", "report")},
+        "cold_cli_wrote_html_report": any(c[2] for c in cold),
+        "decisions": summary["events"], "fills": summary["fills"],
+        "hftbacktest": hbt_note,
+    }
+    if hbt_runs:
+        warm = [h["elapsed_s"] for h in hbt_runs[1:]]
+        h = med(warm)
+        out.update({
+            "hbt_rows": hbt_runs[0]["rows"], "hbt_steps": hbt_runs[0]["steps"],
+            "hbt_median_s": round(h, 4), "hbt_build_median_s": round(med([x["build_s"] for x in hbt_runs[1:]]), 4), "hbt_cold_s": round(hbt_runs[0]["elapsed_s"], 3),
+            "hbt_rows_per_s": round(hbt_runs[0]["rows"] / h),
+            "ratio_vs_hbt_build_loop": round(h / build_loop_s, 3),
+            "ratio_vs_hbt_loop_only": round(h / loop_s, 3),
+            "ratio_vs_hbt_glft_plain_loop": round(h / phase(plain, "loop"), 3),
+        })
+    out["load_avg_start"], out["load_avg_end"] = load_start, _load()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

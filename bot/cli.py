@@ -262,9 +262,9 @@ def paper(
     use_live = cfg.ui.live and console.is_terminal and not json_out
     events_meta = None
     if replay is not None:
-        from paper_trading.backtest import load_recording
+        from paper_trading.backtest import check_recording
 
-        events_meta = load_recording(replay)  # a bad recording fails before the database is touched
+        check_recording(replay)  # a bad recording fails before the database is touched (then streamed)
     forecaster = build_forecaster(cfg)  # ... and so does a bad model file
     from bot.observability.runtime import Observability
 
@@ -371,7 +371,8 @@ def backtest(
     data: Path = typer.Option(..., "--data", help="recording directory (from mmbot import or mmbot record)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: config/backtest.yaml if present)"),
     db: Optional[str] = typer.Option(None, help="database file or SQLAlchemy URL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="report directory (default: replay.report_dir)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the HTML report into this directory (implies --html)"),
+    html: bool = typer.Option(False, "--html/--no-html", help="write the HTML report and PNG plots (into --out, default replay.report_dir); off by default: it costs seconds, and `mmbot report --html DIR` writes it later"),
     variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated variants on the same data: lstm (configured model + forecaster), glft, avellaneda_stoikov, symmetric (no forecaster)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
@@ -382,7 +383,7 @@ def backtest(
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
     from bot.config import build_forecaster, load_config
     from bot.status import summary_table
-    from paper_trading.backtest import load_recording, run_backtest
+    from paper_trading.backtest import check_recording, run_backtest
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
@@ -390,9 +391,11 @@ def backtest(
     if variants and (cfg.metrics.port is not None or cfg.logging.json_file):
         raise MmbotError("--compare runs several backtests: metrics (--metrics-port, metrics.port) and JSON logs "
                          "(--log-json, logging.json_file) are for single runs")
-    events_meta = load_recording(data)  # validate before touching the database
+    check_recording(data)  # validate before touching the database
+    events_meta = None  # the recording is streamed chunk by chunk
     forecaster = build_forecaster(cfg)
-    report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir")
+    html = html or out is not None
+    report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
     console = _console()
     if variants:
         _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
@@ -411,6 +414,11 @@ def backtest(
         store.close()
         if obs is not None:
             obs.close()
+    if report_dir is None:
+        from bot.persistence.dbpath import redact
+
+        summary["report"] = (f"not written (pass --html or --out DIR; later: mmbot report --db "
+                             f"{redact(cfg.database.url).removeprefix('sqlite:///')} --run {summary['run_id']} --html DIR)")
     if json_out:
         print(json.dumps(summary, default=str))
     else:
@@ -450,7 +458,7 @@ def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progr
             err.print(f"variant {i}/{len(names)}: {name} ...")
         store = _open_store(vcfg.database.url)
         try:
-            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name, events_meta=events_meta,
+            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name if report_dir is not None else None, events_meta=events_meta,
                              progress=progress and err.is_terminal)
         finally:
             store.close()

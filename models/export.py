@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bot.errors import DataError
 from models.features import FEATURE_SCHEMA_VERSION, FeatureConfig, feature_names
@@ -49,6 +48,7 @@ META_NAME = "meta.json"
 
 
 def versions() -> dict:
+    import torch  # here, not at module import: reading metadata must not pull in torch
     import bot
 
     return {"mmbot": bot.__version__, "torch": torch.__version__, "numpy": np.__version__,
@@ -70,6 +70,7 @@ def _quiet():
 
 def script_module(module: torch.nn.Module) -> torch.jit.ScriptModule:
     """Script and freeze (keeping ``forward_seq`` and ``params``)."""
+    import torch  # here, not at module import: reading metadata must not pull in torch
     module = module.eval()
     w = _quiet()
     try:
@@ -94,6 +95,7 @@ def _json_default(o: Any) -> Any:
 def save_model(module: torch.nn.Module, meta: dict, path: str | Path) -> Path:
     """Script, freeze and save ``module`` with ``meta`` (completed with format and versions)
     to ``path`` (.pt) plus a ``.json`` sidecar. Returns the .pt path."""
+    import torch  # here, not at module import: reading metadata must not pull in torch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(meta)
@@ -148,6 +150,7 @@ def check_schema(meta: dict, where: str) -> FeatureConfig:
 
 def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
     """(module, metadata) of a saved model; DataError naming the file if it cannot be used."""
+    import torch  # here, not at module import: reading metadata must not pull in torch
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: model file not found")
@@ -204,6 +207,7 @@ def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
 def _check_network(module, arch: dict, path: Path) -> None:
     """DataError unless ``module`` is mmbot's step network of the size its metadata states
     (another TorchScript network carrying mmbot's metadata would fail later, mid-run)."""
+    import torch  # here, not at module import: reading metadata must not pull in torch
     for name in ("params", "forward_seq"):
         if not hasattr(module, name):
             raise DataError(f"{path}: the TorchScript network has no {name}(): not an mmbot forecaster network")

@@ -44,7 +44,6 @@ from typing import Sequence
 
 import numpy as np
 
-from models.export import load_model
 from models.features import BP, OnlineFeatures, _Q
 from models.forecast import Forecast
 from models.inference import BACKENDS, StatefulPredictor
@@ -148,7 +147,7 @@ class LstmForecaster:
     """:class:`models.forecast.Forecaster` running an exported LSTM (see module docstring)."""
 
     def __init__(self, module, meta: dict, path: str | Path = "", backend: str = "numba",
-                 guard: GuardConfig | None = None, max_gap_rows: int | None = None) -> None:
+                 guard: GuardConfig | None = None, max_gap_rows: int | None = None, packed=None) -> None:
         from models.export import check_schema
 
         self.path = str(path)
@@ -162,7 +161,8 @@ class LstmForecaster:
         base = meta.get("baseline", {})
         self.lam = float(base.get("lambda_per_row", 0.94 ** self.fcfg.sample_s))
         self.base_init = float(base.get("init_r2_bp2", 1.0))
-        self.predictor = StatefulPredictor(module, meta["arch"], float(meta["normalization"].get("clip", 10.0)), backend)
+        self.predictor = StatefulPredictor(module, meta["arch"], float(meta["normalization"].get("clip", 10.0)), backend,
+                                          packed=packed)
         self.feats = OnlineFeatures(self.fcfg)
         self.base_inputs = None  # correction models: the baselines' inputs, computed online
         bi = meta.get("baseline_inputs")
@@ -326,8 +326,23 @@ def load_forecaster(path_or_default: str | Path = "default", *, backend: str = "
 
     Raises :class:`~bot.errors.DataError` naming the file when it is missing, corrupt, of
     another format, or its feature schema does not match this code."""
+    from models.export import load_model
+
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = resolve_model_path(path_or_default)
+    if backend == "numba" and path.is_file():
+        # the packed weights of this very file (keyed by its hash), read without torch
+        from models.weights_cache import load_packed
+
+        cached = load_packed(path)
+        if cached is not None:
+            meta, W, layout = cached
+            return LstmForecaster(None, meta, path, backend=backend, guard=guard, packed=(W, layout))
     module, meta = load_model(path)
-    return LstmForecaster(module, meta, path, backend=backend, guard=guard)
+    fc = LstmForecaster(module, meta, path, backend=backend, guard=guard)
+    if backend == "numba":
+        from models.weights_cache import store_packed
+
+        store_packed(path, meta, fc.predictor.W, fc.predictor.layout)
+    return fc

@@ -18,21 +18,28 @@ points and the log of the expected realised variance over the horizon in bp^2.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from models.lstm import nb_step, pack_params
+from models.lstm_step import nb_step
 
 BACKENDS = ("numba", "torchscript")
 
 
 class StatefulPredictor:
-    """Carries the LSTM state (h, c) from one grid step to the next."""
+    """Carries the LSTM state (h, c) from one grid step to the next.
 
-    def __init__(self, module: torch.jit.ScriptModule, arch: dict, clip: float, backend: str = "numba",
-                 threads: int | None = 1) -> None:
+    ``module`` is the TorchScript module; with the numba backend it may be None when
+    ``packed`` = (weights float32, layout int64) of :func:`models.lstm.pack_params` is given,
+    and then torch is not imported at all."""
+
+    def __init__(self, module, arch: dict, clip: float, backend: str = "numba",
+                 threads: int | None = 1, packed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if threads is not None:
+        if module is None and (backend != "numba" or packed is None):
+            raise ValueError("a predictor without its TorchScript module needs backend='numba' and packed weights")
+        if threads is not None and module is not None:
+            import torch
+
             torch.set_num_threads(threads)
         self.module = module
         self.backend = backend
@@ -41,7 +48,11 @@ class StatefulPredictor:
         self.n_features = int(arch["n_features"])
         self.clip = float(clip)
         if backend == "numba":
-            self.W, self.layout = pack_params(list(module.params()), self.layers)
+            if packed is None:
+                from models.lstm import pack_params
+
+                packed = pack_params(list(module.params()), self.layers)
+            self.W, self.layout = packed
             self._buf = np.zeros(4 * self.hidden + max(self.n_features, self.hidden) + self.n_features, np.float32)
             self._out = np.zeros(2, np.float32)
         self.reset()
@@ -52,6 +63,8 @@ class StatefulPredictor:
             self.h = np.zeros((L, H), np.float32)
             self.c = np.zeros((L, H), np.float32)
         else:
+            import torch
+
             self.h = torch.zeros(L, H)
             self.c = torch.zeros(L, H)
 
@@ -61,6 +74,8 @@ class StatefulPredictor:
             out = self._out
             nb_step(x, self.W, self.layout, self.clip, self.h, self.c, out, self._buf)
             return float(out[0]), float(out[1])
+        import torch
+
         with torch.inference_mode():
             y, self.h, self.c = self.module.forward(torch.from_numpy(np.asarray(x, np.float32)), self.h, self.c)
         return float(y[0]), float(y[1])
@@ -75,6 +90,8 @@ class StatefulPredictor:
                 nb_step(X[t], W, lay, clip, h, c, o, buf)
                 out[t] = o
             return out.astype(np.float64)
+        import torch
+
         with torch.inference_mode():
             Y, self.h, self.c = self.module.forward_seq(torch.from_numpy(X.astype(np.float32)), self.h, self.c)
         return Y.numpy().astype(np.float64)

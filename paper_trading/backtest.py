@@ -8,8 +8,8 @@ as possible, records orders, fills and PnL snapshots in the database like a pape
 writes the summary and an HTML report.
 
 Book states do not depend on our orders (no market impact), so everything the kernel needs
-is precomputed once (price -> level index, contiguous columns); the per-event loop is the
-numba kernel, and Python runs once per decision interval.
+is precomputed once (price -> level index, contiguous columns; when streamed, per chunk); the
+per-event loop is the numba kernel, and Python runs once per decision interval.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def unified_symbol(sym: str) -> tuple[str, str, str]:
     return s, s, ""
 
 
-def load_recording(path: str | Path):
-    """(events, meta) of a recording directory; DataError with the path when unusable."""
+def check_recording(path: str | Path):
+    """The :class:`~bot.recording.io.Recording` at ``path``, checked without reading its events
+    (a streamed replay reads them chunk by chunk); DataError with the path when unusable."""
     from bot.recording.io import open_recording
 
     p = Path(path)
@@ -63,10 +64,15 @@ def load_recording(path: str | Path):
     if p.is_file():
         raise DataError(f"{p} is a file: --data / --replay take a recording directory written by 'mmbot import' or 'mmbot record'")
     rec = open_recording(p)
-    ev = rec.events()
-    if len(ev) == 0:
+    if len(rec) == 0:
         raise DataError(f"recording {p} holds no events")
-    return ev, rec.meta
+    return rec
+
+
+def load_recording(path: str | Path):
+    """(events, meta) of a recording directory, all events in memory; DataError with the path when unusable."""
+    rec = check_recording(path)
+    return rec.events(), rec.meta
 
 
 def market_from_meta(meta: dict, cfg: Config) -> MarketInfo:
@@ -94,43 +100,65 @@ def recorded_mids(events, tick: float):
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
                         on_progress=None, events_meta=None, forecaster=FROM_CONFIG,
                         start_ns: int | None = None) -> tuple[Engine, ReplaySource]:
-    """``start_ns``: begin at this recorded local time (ns) instead of the recording's start
+    """Engine and source of a replay of the recording at ``data``. ``events_meta`` = (events,
+    meta) replays those events from memory; None (the default) streams the recording chunk by
+    chunk (:class:`~paper_trading.stream_venue.StreamingVenue`, same results), except that a
+    recording with trades lacking an aggressor side is read whole to infer them.
+    ``start_ns``: begin at this recorded local time (ns) instead of the recording's start
     (the book is still built from the start; ``replay.warmup_s`` follows it). ``mmbot tune``
     backtests its folds this way."""
-    events, meta = events_meta if events_meta is not None else load_recording(data)
+    r = cfg.replay
+    params = VenueParams(queue_model=r.queue_model, queue_power=r.queue_power, entry_latency_ns=int(r.entry_latency_ms * 1e6),
+                         latency_mode=r.latency_mode, latency_multiplier=r.latency_multiplier)
+    fp = None
+    if events_meta is None:  # stream the recording chunk by chunk (paper_trading.stream_venue)
+        from paper_trading.stream_venue import FirstPass, StreamingVenue
+
+        rec = check_recording(data)
+        meta = rec.meta
+        market = market_from_meta(meta, cfg)
+        fp = FirstPass(rec, float(market.tick))
+        if fp.unsided_trades:
+            # inferring aggressor sides needs the book at every trade: this recording is read whole
+            log.info("%s trades without an aggressor side: the recording is loaded in memory to infer them", fp.unsided_trades)
+            events_meta = (rec.events(), meta)
+            fp = None
+    else:
+        meta = events_meta[1]
+        market = market_from_meta(meta, cfg)
     if forecaster is FROM_CONFIG:
         forecaster = build_forecaster(cfg)
     with_trades = forecaster is not None
-    market = market_from_meta(meta, cfg)
-    r = cfg.replay
-    # trades without an aggressor side (Bitstamp) get one from the book at the trade, so they
-    # advance our queue and fill us like any other trade
-    events, n_inferred = infer_trade_sides(events, float(market.tick))
-    off, total, example = prices_off_tick(events, float(market.tick))
+    if fp is not None:
+        venue = StreamingVenue(rec, float(market.tick), float(market.lot), params, first_pass=fp)
+        n_inferred, (off, total, example) = 0, (fp.off, fp.total, fp.example)
+    else:
+        # trades without an aggressor side (Bitstamp) get one from the book at the trade, so they
+        # advance our queue and fill us like any other trade
+        events, n_inferred = infer_trade_sides(events_meta[0], float(market.tick))
+        off, total, example = prices_off_tick(events, float(market.tick))
+        venue = Venue(events, float(market.tick), float(market.lot), params)
     if off:
         log.warning("%s of %s prices of the recording are finer than its tick %s (e.g. %s): the replay merges them "
                     "into tick levels; re-import it with the right tick", off, total, f"{market.tick.normalize():f}", example)
-    venue = Venue(events, float(market.tick), float(market.lot), VenueParams(
-        queue_model=r.queue_model, queue_power=r.queue_power, entry_latency_ns=int(r.entry_latency_ms * 1e6),
-        latency_mode=r.latency_mode, latency_multiplier=r.latency_multiplier))
-    source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, start_ns=start_ns, warmup_s=r.warmup_s, on_progress=on_progress,
+    source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, start_ns=start_ns, warmup_s=r.warmup_s,
+                          on_progress=on_progress,
                           with_trades=with_trades or cfg.strategy.pricing.calibrate_intensity)
     source.trades_side_inferred = n_inferred
     exchange = ReplayExchange(source, MakerTakerFees(cfg.paper.maker_fee, cfg.paper.taker_fee))
     c = cfg.strategy.controls
     snapshot = cfg.model_dump(mode="json")
     # the market is the recording's, and a replay runs over all of it: store that, not the config's sim defaults
-    lts = events["local_ts"]
     snapshot.update(exchange=meta.get("exchange") or "recording", symbol=market.symbol,
-                    duration_s=float(int(lts[-1]) - int(lts[0])) / 1e9 if len(lts) else None)
+                    duration_s=float(venue.t_last - venue.t_first) / 1e9 if venue.n else None)
     snapshot["data"] = {"path": str(data), "exchange": meta.get("exchange"), "symbol": meta.get("symbol"),
-                        "market": meta.get("market"), "events": len(events)}
+                        "market": meta.get("market"), "events": venue.n}
     def strategy_factory(mk: MarketInfo):
         # called after source.start(): the run spans source.t .. source.end_ns of recorded time,
         # and the recording before source.t (the warm-up) is history the strategy may learn from
         strategy = build_strategy(cfg.strategy, mk, session_s=max(source.end_ns - source.t, 0) / 1e9)
         if source.venue.i > 0:
-            strategy.warm_up(*recorded_mids(events[: source.venue.i], float(market.tick)))
+            strategy.warm_up(*recorded_mids(source.venue.prefix(source.venue.i), float(market.tick)))
         return strategy
 
     engine = Engine(
@@ -146,11 +174,11 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
 def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool = False, report_dir: str | Path | None = None,
                  events_meta=None, forecaster=FROM_CONFIG, observer=None) -> dict:
     """Run a backtest; returns the engine summary plus metrics and the report path.
+    ``events_meta``: see :func:`build_replay_engine` (None: the recording is streamed).
     ``observer``: the engine's observer (bot.observability: metrics, JSON logs), or None."""
     t0 = time.perf_counter()
-    if events_meta is None:
-        events_meta = load_recording(data)
-    n = len(events_meta[0])
+    n = len(check_recording(data)) if events_meta is None else len(events_meta[0])  # None: streamed
+    t_loaded = time.perf_counter()
     bar = None
     cb = None
     if progress:
@@ -164,6 +192,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
     engine.observer = observer
     # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
     # long-lived ones (modules, config, arrays) at every collection
+    t_built = time.perf_counter()
     gc.freeze()
     try:
         if bar is not None:
@@ -173,7 +202,8 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
             summary = asyncio.run(engine.run())
     finally:
         gc.unfreeze()
-    elapsed = time.perf_counter() - t0
+    t_loop = time.perf_counter()
+    elapsed = t_loop - t0
     summary["events_replayed"] = int(source.venue.i)
     summary["trades_side_inferred"] = source.trades_side_inferred
     summary["elapsed_s"] = round(elapsed, 3)
@@ -185,6 +215,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         summary["metrics"] = compute_metrics(str(store.engine.url), summary["run_id"])
     except ImportError:  # pragma: no cover
         pass
+    t_metrics = time.perf_counter()
     if report_dir is not None:
         try:
             from paper_trading.report_html import write_report
@@ -192,4 +223,12 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
             summary["report"] = str(write_report(str(store.engine.url), summary["run_id"], Path(report_dir)))
         except ImportError:  # pragma: no cover
             pass
+    t_end = time.perf_counter()
+    # wall seconds per phase (the phases partition run_backtest's wall time): load = reading the
+    # recording (0 when events_meta was given); build = forecaster (when not given), venue, engine;
+    # loop = the run itself (venue, strategy, forecaster, orders, database writes and commits);
+    # metrics = compute_metrics; report = the HTML report (0 when report_dir is None)
+    summary["timings_s"] = {"load": round(t_loaded - t0, 4), "build": round(t_built - t_loaded, 4),
+                            "loop": round(t_loop - t_built, 4), "metrics": round(t_metrics - t_loop, 4),
+                            "report": round(t_end - t_metrics, 4)}
     return summary

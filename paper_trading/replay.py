@@ -18,14 +18,12 @@ import itertools
 import time
 import uuid
 
-import numpy as np
 from decimal import Decimal
 
 from bot.errors import DataError
 from bot.exchanges.base import Exchange, OrderAck
 from bot.market import MarketInfo
 from bot.market_data.base import MarketEvent, MarketSource, TradeArrays
-from bot.recording.schema import TRADE
 from bot.orders import Fill, Order, OrderState
 from paper_trading.fees import MakerTakerFees
 from paper_trading.venue import R_ACTIVE, R_CANCELED, R_FILL, R_REJECT, R_TAKER_FILL, ArrayBookView, Venue
@@ -51,11 +49,10 @@ class ReplaySource(MarketSource):
         self.book = ArrayBookView(venue, market.symbol)  # type: ignore[assignment]
         self.interval_ns = int(interval_s * 1e9)
         self.speed = speed
-        ts = venue.local_ts
         if venue.n == 0:
             raise DataError("the recording holds no events")
-        self.t_first = int(ts[0])
-        self.t_last = int(ts[-1])
+        self.t_first = venue.t_first
+        self.t_last = venue.t_last
         self.start_ns = max(self.t_first, start_ns or self.t_first) + int(warmup_s * 1e9)
         self.end_ns = min(self.t_last, end_ns) if end_ns else self.t_last
         self.t = self.start_ns
@@ -101,13 +98,8 @@ class ReplaySource(MarketSource):
     def _trades(self, i0: int, i1: int) -> TradeArrays | list:
         """Public trades among rows i0..i1-1, as arrays (aggressor side +1/-1, 0 unknown; sides
         the source did not give are already inferred, see ``trades_side_inferred``)."""
-        v = self.venue
-        idx = np.flatnonzero(v.kind[i0:i1] == TRADE)
-        if len(idx) == 0:
-            return []
-        idx += i0
-        ev = v.events
-        return TradeArrays(v.local_ts[idx], ev["px"][idx], v.qty[idx], v.side[idx], ev["last_id"][idx])
+        cols = self.venue.trades(i0, i1)
+        return [] if cols is None else TradeArrays(*cols)
 
 
 class ReplayExchange(Exchange):

@@ -265,13 +265,17 @@ def _lifecycle(t, bid, ask, bb, ba, rank_tick, o_status, o_side, o_tick, o_rank,
 
 @nb.njit(cache=True, nogil=True)
 def advance(
-    kind, side, local_ts, level, qty, i0, i1, t_stop,
+    kind, side, local_ts, level, qty, i0, i1, t_stop, hold,
     bid, ask, best, rank_tick,  # book by rank: best[0] = best bid rank (-1 empty), best[1] = best ask rank (nlev empty)
     o_status, o_side, o_tick, o_rank, o_lots, o_ahead, o_cum, o_t_act, o_t_cancel, o_id, o_post, o_n, next_t, cand,
     tick, per_unit, lot, queue_model, queue_n,
     rep_kind, rep_id, rep_ts, rep_px, rep_lots, rep_bid, rep_ask,
 ):
     """Apply rows i0..i1-1 with local_ts <= t_stop; returns (next row index, reports written).
+
+    ``hold``: rows i0..i1-1 are a window of a longer recording whose next row (not in the
+    window) is due by ``t_stop``; the actions due by ``t_stop`` then wait for that row (the
+    caller loads the next window and calls again) instead of being applied at ``t_stop``.
 
     ``level`` holds each row's price rank (-1 for CLEAR rows); ``o_n[0]`` is one past the
     highest used order slot; ``next_t[0]`` the earliest pending activation or cancel time
@@ -428,7 +432,7 @@ def advance(
                 ba = nlev
         i += 1
     # actions due by t_stop with no row left before it
-    if t_stop >= next_t[0]:
+    if t_stop >= next_t[0] and not (hold and i == i1):
         nrep = _lifecycle(t_stop, bid, ask, bb, ba, rank_tick, o_status, o_side, o_tick, o_rank, o_lots, o_ahead, o_cum,
                           o_t_act, o_t_cancel, o_id, o_post, o_n, next_t, tick, per_unit, lot,
                           rep_kind, rep_id, rep_ts, rep_px, rep_lots, rep_bid, rep_ask, nrep)
@@ -519,19 +523,10 @@ class Venue:
     converted to whole lots at :meth:`submit`."""
 
     def __init__(self, events: np.ndarray, tick: float, lot: float = 1e-8, params: VenueParams | None = None) -> None:
-        self.params = p = params or VenueParams()
-        if p.queue_model not in ("conservative", "prob"):
-            raise ValueError(f"queue_model must be 'conservative' or 'prob', got {p.queue_model!r}")
-        if p.latency_mode not in ("constant", "recorded"):
-            raise ValueError(f"latency_mode must be 'constant' or 'recorded', got {p.latency_mode!r}")
-        if not (tick > 0 and math.isfinite(tick)) or not (lot > 0 and math.isfinite(lot)):
-            raise ValueError(f"tick and lot must be positive and finite, got tick {tick!r}, lot {lot!r}")
+        self._init_params(tick, lot, params)
         self.events = events
         self.n = len(events)
-        self.tick = float(tick)
-        self.lot = float(lot)
-        per_unit = round(1.0 / self.tick)
-        self._per_unit = float(per_unit) if per_unit >= 1 and abs(per_unit * self.tick - 1.0) < 1e-9 else 0.0
+        self.base = 0  # global row index of the columns' first row (a streamed venue moves it)
         self.kind = np.ascontiguousarray(events["kind"])
         self.side = np.ascontiguousarray(events["side"])
         self.local_ts = np.ascontiguousarray(events["local_ts"])
@@ -540,9 +535,28 @@ class Venue:
         has_px = (self.kind == DEPTH) | (self.kind == SNAPSHOT) | (self.kind == TRADE)
         # the sparse price axis: one rank per distinct recorded price, ascending
         ticks = np.rint(events["px"][has_px] / self.tick).astype(np.int64)
-        self.rank_tick, inv = _ranks(ticks)
+        rank_tick, inv = _ranks(ticks)
         self.level = np.full(self.n, -1, np.int64)
         self.level[has_px] = inv
+        self._init_book(rank_tick)
+
+    def _init_params(self, tick: float, lot: float, params: VenueParams | None) -> None:
+        self.params = p = params or VenueParams()
+        if p.queue_model not in ("conservative", "prob"):
+            raise ValueError(f"queue_model must be 'conservative' or 'prob', got {p.queue_model!r}")
+        if p.latency_mode not in ("constant", "recorded"):
+            raise ValueError(f"latency_mode must be 'constant' or 'recorded', got {p.latency_mode!r}")
+        if not (tick > 0 and math.isfinite(tick)) or not (lot > 0 and math.isfinite(lot)):
+            raise ValueError(f"tick and lot must be positive and finite, got tick {tick!r}, lot {lot!r}")
+        self.tick = float(tick)
+        self.lot = float(lot)
+        per_unit = round(1.0 / self.tick)
+        self._per_unit = float(per_unit) if per_unit >= 1 and abs(per_unit * self.tick - 1.0) < 1e-9 else 0.0
+
+    def _init_book(self, rank_tick: np.ndarray) -> None:
+        """Book, order slots and report buffers over the price axis ``rank_tick`` (sorted distinct ticks)."""
+        p = self.params
+        self.rank_tick = rank_tick
         nlev = len(self.rank_tick)
         # rank -> price (quote per base) as Python floats, computed as the kernel's _px does
         self._rank_px: list[float] = ((self.rank_tick / self._per_unit) if self._per_unit > 0.0
@@ -590,16 +604,51 @@ class Venue:
     @property
     def now_ns(self) -> int:
         """Local time of the last applied row (0 before the first)."""
-        return int(self.local_ts[self.i - 1]) if self.i > 0 else 0
+        return int(self.local_ts[self.i - 1 - self.base]) if self.i > 0 else 0
+
+    @property
+    def t_first(self) -> int:
+        """Local time (ns) of the recording's first row."""
+        return int(self.local_ts[0])
+
+    @property
+    def t_last(self) -> int:
+        """Local time (ns) of the recording's last row."""
+        return int(self.local_ts[-1])
+
+    def trades(self, i0: int, i1: int):
+        """Columns (local_ts ns, px quote/base, qty base, side, last_id) of the TRADE rows among
+        rows i0..i1-1 (global row indices), or None when there is none."""
+        b = self.base
+        idx = np.flatnonzero(self.kind[i0 - b : i1 - b] == TRADE)
+        if len(idx) == 0:
+            return None
+        idx += i0 - b
+        return self.local_ts[idx], self._px_col()[idx], self.qty[idx], self.side[idx], self._last_id_col()[idx]
+
+    def _px_col(self) -> np.ndarray:
+        return self.events["px"]
+
+    def _last_id_col(self) -> np.ndarray:
+        return self.events["last_id"]
+
+    def prefix(self, i: int) -> np.ndarray:
+        """Rows 0..i-1 of the recording (EVENT_DTYPE), e.g. the warm-up history."""
+        return self.events[:i]
 
     def advance_to(self, t_stop: int) -> list[Report]:
         """Apply every row with local_ts <= t_stop; returns the reports in time order."""
-        i, nrep = advance(self.kind, self.side, self.local_ts, self.level, self.qty, self.i, self.n, t_stop, *self._state)
+        i, nrep = advance(self.kind, self.side, self.local_ts, self.level, self.qty, self.i, self.n, t_stop, False,
+                          *self._state)
+        self.i = i
+        self._update_best_px()
+        return self._reports(nrep)
+
+    def _reports(self, nrep: int) -> list[Report]:
+        """The kernel's first ``nrep`` reports as :class:`Report` tuples."""
         R = len(self.rep_kind)
         if nrep > R:  # more reports than slots: a strategy with that many orders per step is a bug
             raise RuntimeError(f"venue report buffer overflow ({nrep} > {R})")
-        self.i = i
-        self._update_best_px()
         if nrep == 0:
             return []
         lots = self.rep_lots[:nrep]
@@ -619,7 +668,7 @@ class Venue:
         p = self.params
         lat = p.entry_latency_ns
         if p.latency_mode == "recorded" and self.i > 0:
-            j = self.i - 1
+            j = self.i - 1 - self.base
             if self.exch_ts[j] > 0:
                 lat += int(max(0, self.local_ts[j] - self.exch_ts[j]) * p.latency_multiplier)
         return lat
