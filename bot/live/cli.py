@@ -62,19 +62,27 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     root.setLevel(logging.WARNING)
     console = Console()
     use_panel = cfg.ui.live and console.is_terminal and not json_out
+    from bot.observability.runtime import Observability
+
+    obs = None
     store = open_store(cfg.database.url)
     try:
+        obs = Observability(cfg)  # metrics.port / logging.json_file of the config, as in paper
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_panel else None
         engine = build_live_engine(cfg, store, creds, on_tick=panel)
+        engine.observer = obs.observer
         if panel is not None:
             with panel:
                 summary = asyncio.run(engine.run())
         else:
             summary = asyncio.run(engine.run())
+        obs.linger()
     except MmbotError:
         raise
     finally:
         store.close()
+        if obs is not None:
+            obs.close()
     from bot.persistence.dbpath import redact
 
     summary["database"] = redact(cfg.database.url)
