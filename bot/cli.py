@@ -247,7 +247,7 @@ def paper(
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
     from bot.config import build_forecaster, load_config
-    from bot.status import LivePanel, summary_table
+    from bot.status import LivePanel
 
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
@@ -291,15 +291,7 @@ def paper(
         store.close()
         if obs is not None:
             obs.close()
-    from bot.persistence.dbpath import redact
-
-    summary["database"] = redact(cfg.database.url)
-    if json_out:
-        print(json.dumps(summary, default=str))
-    else:
-        console.print(summary_table(summary, "Paper run summary"))
-        console.print(f"Report: mmbot report --db {summary['database'].removeprefix('sqlite:///')} --run {summary['run_id']}")
-    code = _exit_code(summary)
+    code = print_run_summary(summary, cfg.database.url, json_out, console, "Paper run summary")
     if code:
         raise typer.Exit(code)
 
@@ -502,6 +494,21 @@ def _cell(key: str, row: dict) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "-" if v is None else str(v)
+
+
+def print_run_summary(summary: dict, db_url: str, json_out: bool, console: Console, title: str) -> int:
+    """Print a finished run's summary (one JSON line, or a table and the report command) with
+    the database URL redacted; returns the run's exit code (see :func:`_exit_code`)."""
+    from bot.persistence.dbpath import redact
+    from bot.status import summary_table
+
+    summary["database"] = redact(db_url)
+    if json_out:
+        print(json.dumps(summary, default=str))
+    else:
+        console.print(summary_table(summary, title))
+        console.print(f"Report: mmbot report --db {summary['database'].removeprefix('sqlite:///')} --run {summary['run_id']}")
+    return _exit_code(summary)
 
 
 def _exit_code(summary: dict) -> int:

@@ -10,7 +10,6 @@ ended (duration), 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM (as ``mmbot pap
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     from bot.live.app import build_live_engine
     from bot.live.secrets import RedactingFormatter, install_log_redaction, load_credentials
     from bot.persistence.store import open_store
-    from bot.status import LivePanel, summary_table
+    from bot.status import LivePanel
     from rich.console import Console
 
     if config is None and DEFAULT_LIVE_CONFIG.exists():
@@ -83,19 +82,11 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
         store.close()
         if obs is not None:
             obs.close()
-    from bot.persistence.dbpath import redact
+    from bot.cli import print_run_summary
 
-    summary["database"] = redact(cfg.database.url)
-    if json_out:
-        print(json.dumps(summary, default=str))
-    else:
-        console.print(summary_table(summary, "Live run summary"))
-        console.print(f"Report: mmbot report --db {summary['database'].removeprefix('sqlite:///')} --run {summary['run_id']}")
+    code = print_run_summary(summary, cfg.database.url, json_out, console, "Live run summary")
     if summary.get("status") == "killed":
         print(f"mmbot: {summary.get('stop_reason')}", file=sys.stderr)
         raise SystemExit(KILLED_EXIT)
-    from bot.cli import _exit_code
-
-    code = _exit_code(summary)
     if code:
         raise SystemExit(code)
