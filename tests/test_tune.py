@@ -178,7 +178,12 @@ def test_two_processes_one_journal_study(rec, tmp_path):
     trials = study.get_trials()
     assert len(trials) == 8
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
-    assert len({t.user_attrs["summary"]["worker"] for t in trials}) == 2
+    # both processes joined the one study (the --min-workers barrier registers each), and the
+    # trials were run by them; how the 8 split between them is up to the scheduler (on a
+    # loaded machine one process may take them all), so that is not asserted
+    registered = [k for k in study.user_attrs if k.startswith("worker:")]
+    assert len(registered) == 2
+    assert {t.user_attrs["summary"]["worker"] for t in trials} <= {k.split(":", 1)[1] for k in registered}
 
 
 def test_two_objectives_pareto_set_held_out_and_best_db(rec, tmp_path):
