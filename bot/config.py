@@ -246,24 +246,29 @@ def load_config(path: str | Path | None) -> Config:
     """Load and validate a YAML config; ``None`` gives the built-in defaults."""
     if path is None:
         return Config()
+    return config_from_dict(read_yaml_file(path, "config file"), str(path))
+
+
+def read_yaml_file(path: str | Path, what: str):
+    """The YAML document in ``path`` (``what`` names it in errors, e.g. "config file");
+    ConfigError with one line for a missing, unreadable, non-UTF-8 or invalid file."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+        raise ConfigError(f"{what} {p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {p} is a directory") from None
+        raise ConfigError(f"{what} {p} is a directory") from None
     except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
+        raise ConfigError(f"{what} {p} does not exist") from None
     except OSError as e:
-        raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from None
+        raise ConfigError(f"{what} {p} cannot be read: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {p}:{at} is not valid YAML: {getattr(e, 'problem', e)}") from None
-    return config_from_dict(data, str(p))
+        raise ConfigError(f"{what} {p}:{at} is not valid YAML: {getattr(e, 'problem', e)}") from None
 
 
 def with_overrides(cfg: Config, **dotted: Any) -> Config:

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from bot.config import Config, with_overrides
@@ -232,19 +231,8 @@ def parse_space(data: Any, where: str) -> Space:
 
 def load_space(path: str | Path, base: Config) -> Space:
     """Read, parse and validate a space file against ``base``; ConfigError on any problem."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"search space file {p} does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"search space file {p} cannot be read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        raise ConfigError(f"search space file {p}:{at} is not valid YAML: {getattr(e, 'problem', e)}") from None
-    space = parse_space(data, str(p))
+    from bot.config import read_yaml_file
+
+    space = parse_space(read_yaml_file(path, "search space file"), str(path))
     validate_against(space, base)
     return space
