@@ -371,6 +371,8 @@ def backtest(
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help=METRICS_PORT_HELP),
     metrics_linger: Optional[float] = typer.Option(None, "--metrics-linger", help=METRICS_LINGER_HELP),
     log_json: Optional[str] = typer.Option(None, "--log-json", help=LOG_JSON_HELP),
+    start: Optional[str] = typer.Option(None, "--start", help="begin at this recorded time, ISO-8601 UTC or ns since the epoch (the book is built from the recording's start, then replay.warmup_s passes before the first decision, as in a mmbot tune fold)"),
+    end: Optional[str] = typer.Option(None, "--end", help="stop before this recorded time, ISO-8601 UTC or ns (the recording is read whole into memory for a window)"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
     from bot.config import build_forecaster, load_config
@@ -384,14 +386,18 @@ def backtest(
         raise MmbotError("--compare runs several backtests: metrics (--metrics-port, metrics.port) and JSON logs "
                          "(--log-json, logging.json_file) are for single runs")
     check_recording(data)  # validate before touching the database
-    events_meta = None  # the recording is streamed chunk by chunk
+    events_meta = start_ns = None  # the recording is streamed chunk by chunk
+    if start is not None or end is not None:
+        from paper_trading.window import load_window
+
+        events_meta, start_ns = load_window(data, start, end, cfg)
     forecaster = build_forecaster(cfg)
     html = html or out is not None
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
     console = _console()
     if variants:
         _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
-                 progress=progress)
+                 progress=progress, start_ns=start_ns)
         return
     from bot.observability.runtime import Observability
 
@@ -400,7 +406,7 @@ def backtest(
     try:
         obs = Observability(cfg)
         summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
-                               events_meta=events_meta, forecaster=forecaster, observer=obs.observer)
+                               events_meta=events_meta, forecaster=forecaster, observer=obs.observer, start_ns=start_ns)
         obs.linger()
     finally:
         store.close()
@@ -426,7 +432,7 @@ def backtest(
 VARIANTS = ("lstm", "glft", "avellaneda_stoikov", "symmetric")
 
 
-def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progress: bool = True) -> None:
+def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progress: bool = True, start_ns=None) -> None:
     """One backtest per variant on the same recording and database; a table side by side.
     Progress (which variant runs, and its bar on a terminal) goes to stderr."""
     from bot.config import with_overrides
@@ -451,7 +457,7 @@ def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progr
         store = _open_store(vcfg.database.url)
         try:
             s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name if report_dir is not None else None, events_meta=events_meta,
-                             progress=progress and err.is_terminal)
+                             progress=progress and err.is_terminal, start_ns=start_ns)
         finally:
             store.close()
         m = s.get("metrics", {})

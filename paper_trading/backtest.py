@@ -172,9 +172,11 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
 
 
 def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool = False, report_dir: str | Path | None = None,
-                 events_meta=None, forecaster=FROM_CONFIG, observer=None) -> dict:
+                 events_meta=None, forecaster=FROM_CONFIG, observer=None, start_ns: int | None = None) -> dict:
     """Run a backtest; returns the engine summary plus metrics and the report path.
     ``events_meta``: see :func:`build_replay_engine` (None: the recording is streamed).
+    ``start_ns``: begin at this recorded local time, ns (``mmbot backtest --start``; a window's
+    end is applied by cutting ``events_meta``, see :mod:`paper_trading.window`).
     ``observer``: the engine's observer (bot.observability: metrics, JSON logs), or None."""
     t0 = time.perf_counter()
     n = len(check_recording(data)) if events_meta is None else len(events_meta[0])  # None: streamed
@@ -188,7 +190,7 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         task = bar.add_task("bt", total=n)
         cb = lambda i: bar.update(task, completed=i)  # noqa: E731
     engine, source = build_replay_engine(data, cfg, store, mode="backtest", speed=0.0, on_progress=cb, events_meta=events_meta,
-                                         forecaster=forecaster)
+                                         forecaster=forecaster, start_ns=start_ns)
     engine.observer = observer
     # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
     # long-lived ones (modules, config, arrays) at every collection

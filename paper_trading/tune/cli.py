@@ -340,6 +340,10 @@ def _outputs(study, settings: dict, out: Path, objectives: list[str], extra: dic
     if best is not None:
         summary["best"] = {"trial": best.number, "values": dict(zip(objectives, best.values)), "params": best.params}
         summary["best_yaml"] = str(rep.write_best_yaml(settings, best, objectives, out / "best.yaml"))
+        from paper_trading.tune.reproduce import write_reproduce
+
+        script = write_reproduce(settings, best, objectives, out / "reproduce.sh")
+        summary["reproduce"] = str(script) if script is not None else None
     else:
         summary["best"] = None
     ho = study.user_attrs.get(rep.HOLDOUT_ATTR, {})
@@ -356,6 +360,8 @@ def _outputs(study, settings: dict, out: Path, objectives: list[str], extra: dic
             print(f"best trial {best.number}: {', '.join(f'{n} {v:.6g}' for n, v in zip(objectives, best.values))} "
                   f"params {json.dumps(best.params)}")
             print(f"config: {summary['best_yaml']}")
+            if summary.get("reproduce"):
+                print(f"reproduce in mmbot backtest: {summary['reproduce']}")
         if summary["holdout"]:
             print("in-sample / held-out:")
             print(rep.holdout_table(summary["holdout"], objectives), end="")

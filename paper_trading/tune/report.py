@@ -92,7 +92,9 @@ def write_best_yaml(settings: dict, trial, objectives: list[str], path: Path) ->
     vals = ", ".join(f"{n} = {v:.6g}" for n, v in zip(objectives, trial.values))
     head = (f"# mmbot config from `mmbot tune`, study {settings.get('study')!r}, trial {trial.number}: {vals} (in-sample)\n"
             f"# tuned parameters: {json.dumps(trial.params)}\n"
-            "# Units as in config/backtest.yaml.\n")
+            "# Units as in config/backtest.yaml.\n"
+            "# Reproduce the in-sample figure: reproduce.sh next to this file lists one `mmbot backtest --config best.yaml\n"
+            "# --data REC --start NS --end NS` per fold segment, the figures each must give, and how they add up.\n")
     path.write_text(head + yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -188,6 +190,19 @@ def write_report(study, objectives: list[str], out: Path) -> Path:
         parts.append("</table>")
     elif complete_trials(study):
         parts.append("<p>No held-out figures (run with --holdout above 0).</p>")
+    best = best_trial(study, objectives) if complete_trials(study) else None
+    if best is not None and best.user_attrs.get("segments"):
+        from paper_trading.tune.reproduce import AGGREGATION
+
+        segs = best.user_attrs["segments"]
+        parts.append(f"<h2>Reproduce</h2><p>reproduce.sh runs <code>mmbot backtest --config best.yaml --data REC --start NS "
+                     f"--end NS</code> for each of the {len(segs)} in-sample fold segments of trial {best.number} and checks "
+                     f"each against the figures below; {html.escape('; '.join(f'{n} = {AGGREGATION[n]}' for n in objectives))}."
+                     "</p><table><tr><th>fold</th><th>start ns</th><th>end ns</th><th>pnl</th><th>volume_quote</th><th>fills</th></tr>")
+        for r in segs:
+            parts.append(f"<tr><td>{r['fold']}</td><td>{r['start_ns']}</td><td>{r['end_ns']}</td><td>{r['pnl']!r}</td>"
+                         f"<td>{r['volume_quote']!r}</td><td>{r['fills']}</td></tr>")
+        parts.append("</table>")
     for title, f in _plots(study, objectives, out) if complete_trials(study) else []:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(f"<img src='{f}'>" if f.endswith(".png") else f"<p>{html.escape(f)}</p>")

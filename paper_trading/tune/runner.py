@@ -88,6 +88,9 @@ class SummaryStore:
         pass
 
 
+SEGMENTS_ATTR = "segments"  # a trial's per-segment figures (see segment_row)
+
+
 def trial_seed(seed: int, number: int) -> int:
     return (seed * 1_000_003 + number) % (2**32)
 
@@ -128,9 +131,10 @@ class Worker:
             raise RuntimeError("a trial worker was given a segment past the held-out cut-off")  # a bug, never data
         if seg.duration_s <= cfg.replay.warmup_s + cfg.replay.interval_s:
             return None
+        from paper_trading.window import events_before
+
         ev, meta = self.recording(seg.rec)
-        end = int(np.searchsorted(ev["local_ts"], seg.end_ns, side="left"))
-        events = ev[:end]
+        events = events_before(ev, seg.end_ns)  # as `mmbot backtest --start --end` cuts a window
         store = SummaryStore()
         t0 = time.perf_counter()
         if db_store is not None:  # record the run, and keep the snapshots for the objectives
@@ -177,6 +181,26 @@ class Worker:
 
     def run_segments(self, cfg: Config, segs) -> list[obj.FoldResult]:
         return [r for r in (self.run_segment(cfg, s) for s in segs) if r is not None]
+
+    def run_fold(self, cfg: Config, k: int, segs) -> tuple[list[obj.FoldResult], list[dict]]:
+        """Backtest fold ``k``'s segments: (results, one figure row per segment backtested)
+        (see :func:`segment_row`)."""
+        res, rows = [], []
+        for sg in segs:
+            r = self.run_segment(cfg, sg)
+            if r is not None:
+                res.append(r)
+                rows.append(segment_row(k, sg, r))
+        return res, rows
+
+
+def segment_row(k: int, seg: Segment, r: obj.FoldResult) -> dict:
+    """What one segment backtest of a trial gave, stored with the trial (user attribute
+    ``segments``) so that ``reproduce.sh`` can state what ``mmbot backtest --start --end`` must
+    give: fold number, recording index, window [start_ns, end_ns) (ns), PnL and traded
+    notional (quote currency), fills, integral of q^2 dt (base^2 s) and snapshot span (s)."""
+    return {"fold": k, "rec": seg.rec, "start_ns": seg.start_ns, "end_ns": seg.end_ns, "pnl": r.pnl,
+            "volume_quote": r.volume_quote, "fills": r.fills, "q2_integral": r.q2_integral, "duration_s": r.duration_s}
 
 
 @dataclass
@@ -253,9 +277,12 @@ def run_trial(study, trial_id: int, worker: Worker, s: Settings) -> None:
     results: list[obj.FoldResult] = []
     kw = dict(risk_penalty=s.risk_penalty, min_sharpe_minutes=s.min_sharpe_minutes)
     state = TrialState.COMPLETE
+    seg_rows: list[dict] = []
     with _Heartbeat(study._storage, trial_id):
         for k, fold in enumerate(s.plan.folds):
-            results += worker.run_segments(cfg, fold)
+            res, rows = worker.run_fold(cfg, k, fold)
+            results += res
+            seg_rows += rows
             row["folds_done"] = k + 1
             if single:
                 v = obj.evaluate(s.objectives[0], results, **kw)
@@ -268,6 +295,7 @@ def run_trial(study, trial_id: int, worker: Worker, s: Settings) -> None:
     row["last_ts"] = max((r.last_ts for r in results), default=0)
     row["elapsed_s"] = round(time.perf_counter() - t0, 4)
     trial.set_user_attr("summary", {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+    trial.set_user_attr(SEGMENTS_ATTR, seg_rows)
     if state is TrialState.PRUNED:
         study.tell(trial, state=TrialState.PRUNED)
         return
