@@ -3,21 +3,28 @@
 (``../shared/data/binance/usdm/btcusdt_20240808.gz``, imported once into a temporary
 directory unless ``--data`` gives a recording).
 
-Each run is a fresh study of ``--trials`` trials: base config config/backtest.yaml (the
-forecaster off, as in every tuning run), search space config/tune.yaml, 3 walk-forward folds,
-20 % held out, random sampler and no pruner (so that every trial does the same work: three
-fold backtests over the first 80 % of the recording).
+Each run is a fresh study of ``--trials`` trials: base config config/backtest.yaml, search
+space config/tune.yaml, 3 walk-forward folds, 20 % held out, random sampler and no pruner
+(so that every trial does the same work: three fold backtests over the first 80 % of the
+recording). The 1- and 2-worker runs are interleaved (1, 2, 1, 2, ... ``--repeats`` pairs),
+so that a change of the machine's load hits both alike; each pair gives a ratio.
 
-Timed region: each worker's trial loop, from its first claimed trial to its last (claim the
-trial in the study's SQLite storage, sample, backtest the folds, report, tell). Process
-start, imports, loading the recording and one warm-up backtest happen before it (the
-workers wait for each other, ``--min-workers``, so both loops start together); the held-out
-evaluation and the report after it. ``trials_per_hour`` = trials / the longest worker loop;
-``events_per_s_per_worker`` = recording rows replayed by a worker / its loop time.
-``events_per_cpu_s_per_worker`` divides by the worker's CPU time instead, and ``cpu_share``
-is CPU time / loop time: on a machine shared with other work, a share well below 1 means
-the worker waited for a core, not for the study. ``wall_s`` is the whole command, startup
-and outputs included.
+Timed region: the workers' trial loops, from the first worker's first claim to the last
+worker's end (claim the trial in the study's journal file, sample, backtest the folds,
+report, tell). Process start, imports, loading the recording, the forecasts and one
+warm-up backtest happen before it (the workers wait for each other, ``--min-workers``); the
+held-out evaluation and the report after it.
+
+Printed per run: ``trials_per_hour`` = trials / timed region; per worker
+``events_per_s`` (recording rows replayed / its loop's wall time), ``events_per_cpu_s``
+(/ its CPU time), ``cpu_share`` (CPU time / wall time: well below 1 means the worker
+waited for a core, i.e. the machine is shared, not that it waited for the study) and
+``overhead_ms_per_trial`` (loop wall time outside the fold backtests, per trial: claiming,
+sampling, storage writes; the backtests include building the venue for a fold);
+``load_avg`` = the 1-minute load average sampled every second during the run (mean and max),
+and ``cpus``. Then ``ratio_2_to_1`` per pair and their median. On a machine shared with
+other work the ratio measures the machine as much as mmbot: read it with the load and the
+CPU shares (two workers on 2 cores can only reach 2x when the load besides them is near 0).
 
 Prints one JSON line.
 """
@@ -27,13 +34,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = ROOT.parent / "shared" / "data" / "binance" / "usdm" / "btcusdt_20240808.gz"
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled every second while the ``with`` block runs."""
+
+    def __enter__(self):
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        return {"mean": round(statistics.fmean(self.samples), 2), "max": round(max(self.samples), 2)}
 
 
 def run(rec: Path, jobs: int, trials: int, out: Path) -> dict:
@@ -41,25 +73,30 @@ def run(rec: Path, jobs: int, trials: int, out: Path) -> dict:
            "--config", str(ROOT / "config" / "backtest.yaml"), "--trials", str(trials), "--jobs", str(jobs),
            "--min-workers", str(jobs), "--sampler", "random", "--pruner", "none", "--folds", "3", "--holdout", "0.2",
            "--out", str(out), "--no-progress", "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with LoadSampler() as load:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     s = json.loads(r.stdout.strip().splitlines()[-1])
     w = s["workers"]
-    loop = max(x["wall_s"] for x in w)
-    return {"jobs": jobs, "trials": sum(x["trials"] for x in w), "trials_per_worker": [x["trials"] for x in w],
-            "loop_s": round(loop, 2), "trials_per_hour": round(sum(x["trials"] for x in w) / loop * 3600),
+    span = max(x["loop_end"] for x in w) - min(x["loop_start"] for x in w)
+    n = sum(x["trials"] for x in w)
+    return {"jobs": jobs, "trials": n, "trials_per_worker": [x["trials"] for x in w], "timed_s": round(span, 2),
+            "trials_per_hour": round(n / span * 3600),
             "events_per_s_per_worker": [round(x["events"] / x["wall_s"]) for x in w],
             "events_per_cpu_s_per_worker": [round(x["events"] / x["cpu_s"]) for x in w],
             "cpu_share": [round(x["cpu_s"] / x["wall_s"], 3) for x in w],
-            "backtest_share": [round(x["backtest_s"] / x["wall_s"], 3) for x in w], "wall_s": s["wall_s"]}
+            "overhead_ms_per_trial": [round(1000 * (x["wall_s"] - x["backtest_s"]) / max(x["trials"], 1), 1) for x in w],
+            "load_avg": load.summary(), "wall_s": s["wall_s"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, help="a recording directory (default: import the capture into a temp dir)")
-    ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--trials", type=int, default=60, help="trials per run")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved pairs of runs (1 worker, then 2)")
     a = ap.parse_args()
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         rec = a.data
         if rec is None:
@@ -69,12 +106,16 @@ def main() -> None:
 
             rec = Path(tmp) / "rec"
             import_binance([CAPTURE], rec)
-        res = [run(rec, j, a.trials, Path(tmp) / f"out{j}") for j in (1, 2)]
-    speedup = res[1]["trials_per_hour"] / res[0]["trials_per_hour"]
-    print(json.dumps({"recording": str(CAPTURE.name), "runs": res, "speedup_2_workers": round(speedup, 2),
-                      "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-                      "timed_region": "each worker's trial loop (claim, sample, fold backtests, tell); startup, "
-                                      "recording load, warm-up, held-out evaluation and report excluded"}))
+        for k in range(a.repeats):
+            for j in (1, 2):
+                runs.append(run(rec, j, a.trials, Path(tmp) / f"out{k}_{j}"))
+                print(json.dumps(runs[-1]), file=sys.stderr)  # progress, one line per run
+    ratios = [round(b["trials_per_hour"] / a_["trials_per_hour"], 2) for a_, b in zip(runs[0::2], runs[1::2])]
+    print(json.dumps({"recording": CAPTURE.name, "cpus": os.cpu_count(), "runs": runs, "ratio_2_to_1": ratios,
+                      "ratio_2_to_1_median": statistics.median(ratios),
+                      "timed_region": "the workers' trial loops, first claim to last end (claim, sample, fold backtests, "
+                                      "tell); startup, recording load, forecasts, warm-up, held-out evaluation and report "
+                                      "excluded"}))
 
 
 if __name__ == "__main__":

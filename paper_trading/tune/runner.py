@@ -343,7 +343,8 @@ class StopFlag:
 
 def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
     """Pull and run trials until the budget is used, the timeout passes, or ``stop`` is set.
-    Returns this worker's counts: trials run, events replayed, backtest seconds."""
+    Returns this worker's counts: trials run, events replayed, seconds in backtests, wall
+    and CPU seconds of the trial loop, and the loop's start and end (Unix time, s)."""
     import optuna
 
     from optuna.trial import TrialState
@@ -368,7 +369,7 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
     deadline = time.monotonic() + s.timeout_s if s.timeout_s else math.inf
     n = 0
     idle_since = None
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0, e0 = time.perf_counter(), time.process_time(), time.time()
     heartbeat = hasattr(storage, "get_heartbeat_interval") and storage.get_heartbeat_interval()
     while not stop.set and time.monotonic() < deadline:
         if heartbeat:
@@ -392,7 +393,7 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
         if on_trial is not None:
             on_trial(n)
     return {"trials": n, "events": worker.events_replayed, "backtest_s": worker.backtest_s,
-            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "loop_start": e0, "loop_end": time.time()}
 
 
 def _warm_up(worker: Worker, s: Settings) -> None:

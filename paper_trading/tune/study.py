@@ -3,7 +3,8 @@
 Storage (``--storage``):
 
 * unset: Optuna's journal file storage, ``OUT/study.journal``; all ``--jobs`` processes of
-  one machine share it (appends under a file lock; claiming a queued trial is atomic);
+  one machine share it (appends under a blocking file lock; claiming a queued trial is
+  atomic; see :mod:`paper_trading.tune.journal` for the lock and which writes are fsynced);
 * ``postgresql://user:pass@host:port/db`` (or ``postgresql+psycopg://...``): one study
   shared by any number of processes on any number of machines (psycopg 3 driver; Optuna's
   RDB storage, which claims trials with row locks);
@@ -70,11 +71,11 @@ def make_storage(url: str, grace_s: int = GRACE_S):
     quiet_optuna()
 
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
+        from paper_trading.tune.journal import journal_storage
 
         path = url[len("journal:"):]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
+        return journal_storage(path)
     if "://" not in url:
         raise ConfigError(f"--storage {url!r}: expected a database URL (sqlite:///..., postgresql://...) or journal:PATH")
     kwargs: dict = {"pool_pre_ping": True}
