@@ -25,6 +25,15 @@ sampling, storage writes; the backtests include building the venue for a fold);
 and ``cpus``. Then ``ratio_2_to_1`` per pair and their median. On a machine shared with
 other work the ratio measures the machine as much as mmbot: read it with the load and the
 CPU shares (two workers on 2 cores can only reach 2x when the load besides them is near 0).
+``cores_used`` = the workers' CPU seconds / the timed region, and ``trials_per_cpu_hour``.
+``sched_autogroup``: Linux's autogroup scheduling is on (``/proc/sys/kernel/sched_autogroup_enabled``):
+the CPU is then shared fairly between sessions (terminals, agents), not processes, and
+every worker of one ``mmbot tune`` runs in the session that started it; on a busy machine
+two workers then share the one session's share (``cores_used`` does not grow with the
+workers), and the ratio says more about the other sessions than about mmbot.
+``cpu_efficiency_2_to_1``: per pair, a 2-worker run's events per CPU-second per worker over
+the 1-worker run's: what a second worker costs each worker per CPU-second it gets (storage
+contention, memory bandwidth), whatever CPU the machine leaves them; 1.0 = nothing.
 
 Prints one JSON line.
 """
@@ -87,6 +96,8 @@ def run(rec: Path, jobs: int, trials: int, out: Path) -> dict:
             "events_per_cpu_s_per_worker": [round(x["events"] / x["cpu_s"]) for x in w],
             "cpu_share": [round(x["cpu_s"] / x["wall_s"], 3) for x in w],
             "overhead_ms_per_trial": [round(1000 * (x["wall_s"] - x["backtest_s"]) / max(x["trials"], 1), 1) for x in w],
+            "cores_used": round(sum(x["cpu_s"] for x in w) / span, 2),
+            "trials_per_cpu_hour": round(n / sum(x["cpu_s"] for x in w) * 3600),
             "load_avg": load.summary(), "wall_s": s["wall_s"]}
 
 
@@ -111,8 +122,17 @@ def main() -> None:
                 runs.append(run(rec, j, a.trials, Path(tmp) / f"out{k}_{j}"))
                 print(json.dumps(runs[-1]), file=sys.stderr)  # progress, one line per run
     ratios = [round(b["trials_per_hour"] / a_["trials_per_hour"], 2) for a_, b in zip(runs[0::2], runs[1::2])]
-    print(json.dumps({"recording": CAPTURE.name, "cpus": os.cpu_count(), "runs": runs, "ratio_2_to_1": ratios,
-                      "ratio_2_to_1_median": statistics.median(ratios),
+    # what two workers lose against one per CPU-second they get (storage contention, memory
+    # bandwidth), independent of how much CPU the machine's other work leaves them
+    eff = [round(statistics.fmean(b["events_per_cpu_s_per_worker"]) / a_["events_per_cpu_s_per_worker"][0], 3)
+           for a_, b in zip(runs[0::2], runs[1::2])]
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = None
+    print(json.dumps({"recording": CAPTURE.name, "cpus": os.cpu_count(), "sched_autogroup": autogroup, "runs": runs,
+                      "ratio_2_to_1": ratios,
+                      "ratio_2_to_1_median": statistics.median(ratios), "cpu_efficiency_2_to_1": eff,
                       "timed_region": "the workers' trial loops, first claim to last end (claim, sample, fold backtests, "
                                       "tell); startup, recording load, forecasts, warm-up, held-out evaluation and report "
                                       "excluded"}))
