@@ -454,9 +454,8 @@ def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progr
 
 
 _DETAIL_HIDDEN = ("report", "stopped", "duration_s", "adverse_1s_dropped_end", "adverse_10s_dropped_end")
-_SUMMARY_COLUMNS = (("pnl", "PnL after fees (quote)"), ("fills", "fills"), ("adverse_1s_bp", "adverse 1 s (bp/fill)"),
-                    ("adverse_10s_bp", "adverse 10 s (bp/fill)"), ("inv_risk", "mean |inventory| x mid (quote)"),
-                    ("forecast", "forecast"))
+_SUMMARY_COLUMNS = (("pnl", "PnL after fees"), ("fills", "fills"), ("adverse_1s_bp", "adverse 1 s bp"),
+                    ("adverse_10s_bp", "adverse 10 s bp"), ("inv_risk", "mean |inv| x mid"))
 
 
 def _stopped(result: dict) -> str:
@@ -493,13 +492,16 @@ def _print_compare(result: dict, console) -> None:
     t.add_column("variant", overflow="fold")
     for _, head in _SUMMARY_COLUMNS:
         t.add_column(head, justify="right", overflow="fold")
-    t.add_column("share of oracle edge (lstm)", justify="right", overflow="fold")
-    groups = [(label, mk["variants"], mk["oracle_edge_note"]) for label, mk in result["markets"].items()]
-    groups.append(("TOTAL", result["total"]["variants"], result["total"]["oracle_edge_note"]))
-    for label, rows, note in groups:
-        for name, r in rows.items():
-            t.add_row(label, name, *(_cell(k, r) for k, _ in _SUMMARY_COLUMNS), note if name == "lstm" else "")
+    t.add_column("share of oracle edge", justify="right", overflow="fold")
+    groups = [(label, mk) for label, mk in result["markets"].items()] + [("TOTAL", result["total"])]
+    for label, g in groups:
+        share = g["oracle_edge_share"]
+        for name, r in g["variants"].items():
+            t.add_row(label, name, *(_cell(k, r) for k, _ in _SUMMARY_COLUMNS),
+                      ("n/a" if share is None else f"{share:.3g}") if name == "lstm" else "")
     console.print(t)
+    for label, g in groups:
+        console.print(f"share of the oracle's edge captured by lstm, {label}: {g['oracle_edge_note']}", soft_wrap=True)
 
 
 def _cell(key: str, row: dict) -> str:
