@@ -134,8 +134,12 @@ def test_adverse_selection_of_hand_checked_fills(tmp_path_factory):
                 m = y
         return m
 
-    t0 = int(ts[len(ts) // 3])
-    t1 = int(ts[2 * len(ts) // 3])
+    def mid_moves_at(start):  # a fill at an event that moves the mid: "at or before t" must include it
+        ch = np.flatnonzero((np.diff(mid) != 0) & np.isfinite(mid[1:]) & np.isfinite(mid[:-1])) + 1
+        return int(ts[ch[np.searchsorted(ch, start)]])
+
+    t0 = mid_moves_at(len(ts) // 3)
+    t1 = mid_moves_at(2 * len(ts) // 3)
     late = int(ts[-1]) - 500_000_000  # 0.5 s before the end: no mid 1 s later
     fills_ts = np.array([t0, t1, late], dtype=np.int64)
     side = np.array([1, -1, 1], dtype=np.int8)  # a buy, a sell, a buy too late to score
