@@ -202,4 +202,7 @@ class OracleForecaster:
         return self.forecast
 
     def status(self) -> dict:
-        return {"source": self.forecast.source, "rows": self.clock.rows, "decisions_without_view": self.no_view}
+        """``source``: what drove the quotes after the warm-up (the run's last forecast may be
+        the end of data's "no future left"); ``decisions_without_view`` counts those."""
+        src = "oracle (sees the future)" if self.clock.rows >= self.spec.warmup_steps else self.forecast.source
+        return {"source": src, "rows": self.clock.rows, "decisions_without_view": self.no_view}

@@ -208,7 +208,7 @@ def test_compare_on_two_markets_every_variant_a_table_and_json(two_markets, tmp_
     assert list(res["total"]["variants"]) == variants.split(",")
     bs = res["markets"]["bitstamp"]["variants"]
     # the forecasters left their warm-up on the 8-minute market: their forecasts drove the quotes
-    assert bs["lstm"]["forecast"] != "lstm-warmup" and bs["oracle"]["forecast"].startswith("oracle (")
+    assert bs["lstm"]["forecast"] != "lstm-warmup" and bs["oracle"]["forecast"] == "oracle (sees the future)"
     assert bs["baseline"]["forecast"] == "baseline (ewma, zero drift)"
     for name in ("lstm", "oracle"):
         assert res["total"]["variants"][name]["fills"] == sum(m["variants"][name]["fills"] for m in res["markets"].values())
