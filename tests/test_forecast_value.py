@@ -239,3 +239,16 @@ def test_compare_on_two_markets_every_variant_a_table_and_json(two_markets, tmp_
 def test_several_data_without_compare_is_one_line(tmp_path):
     out = mmbot("backtest", "--data", tmp_path, "--data", tmp_path, "--db", tmp_path / "x.db")
     assert out.returncode == 2 and "--compare" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_inventory_risk_is_time_weighted_notional():
+    """Snapshots at 0, 1 and 3 s (run ends at 4 s) hold 1, 2 and 1 s: inventory values 0, +1
+    and -1.1 quote."""
+    from paper_trading.forecast_value import inventory_risk
+
+    s = 1_000_000_000
+    mean_abs, std = inventory_risk([0, s, 3 * s], [0.0, 0.01, -0.01], [100.0, 100.0, 110.0], 4 * s)
+    assert mean_abs == pytest.approx((0 * 1 + 1.0 * 2 + 1.1 * 1) / 4)
+    mu = (0 * 1 + 1.0 * 2 - 1.1 * 1) / 4
+    assert std == pytest.approx(math.sqrt(((0 - mu) ** 2 + 2 * (1.0 - mu) ** 2 + (-1.1 - mu) ** 2) / 4))
+    assert inventory_risk([], [], [], 0) == (None, None)
