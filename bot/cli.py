@@ -360,12 +360,12 @@ _register_commands()
 
 @app.command()
 def backtest(
-    data: Path = typer.Option(..., "--data", help="recording directory (from mmbot import or mmbot record)"),
+    data: list[Path] = typer.Option(..., "--data", help="recording directory (from mmbot import or mmbot record); with --compare, repeat it for several markets"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: config/backtest.yaml if present)"),
     db: Optional[str] = typer.Option(None, help="database file or SQLAlchemy URL"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the HTML report into this directory (implies --html)"),
     html: bool = typer.Option(False, "--html/--no-html", help="write the HTML report and PNG plots (into --out, default replay.report_dir); off by default: it costs seconds, and `mmbot report --html DIR` writes it later"),
-    variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated variants on the same data: lstm (configured model + forecaster), glft, avellaneda_stoikov, symmetric (no forecaster)"),
+    variants: Optional[str] = typer.Option(None, "--compare", help="comma-separated variants on the same data: lstm (configured model + forecaster), baseline (same strategy, EWMA sigma and zero drift), oracle (same strategy, the realized future: sees it, an upper bound), glft, avellaneda_stoikov, symmetric (no forecaster); adds PnL after fees, adverse selection, inventory risk and the share of the oracle's edge captured"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help=METRICS_PORT_HELP),
@@ -385,19 +385,23 @@ def backtest(
     if variants and (cfg.metrics.port is not None or cfg.logging.json_file):
         raise MmbotError("--compare runs several backtests: metrics (--metrics-port, metrics.port) and JSON logs "
                          "(--log-json, logging.json_file) are for single runs")
-    check_recording(data)  # validate before touching the database
-    events_meta = start_ns = None  # the recording is streamed chunk by chunk
-    if start is not None or end is not None:
+    if len(data) > 1 and not variants:
+        raise MmbotError(f"--data given {len(data)} times: several recordings need --compare (one backtest runs one recording)")
+    for d in data:
+        check_recording(d)  # validate before touching the database
+    events_meta = None  # the recording is streamed chunk by chunk
+    start_ns = None
+    if (start is not None or end is not None) and not variants:
         from paper_trading.window import load_window
 
-        events_meta, start_ns = load_window(data, start, end, cfg)
+        events_meta, start_ns = load_window(data[0], start, end, cfg)
     forecaster = build_forecaster(cfg)
     html = html or out is not None
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
     console = _console()
     if variants:
-        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console, events_meta,
-                 progress=progress, start_ns=start_ns)
+        _compare(data, cfg, [v.strip() for v in variants.split(",") if v.strip()], report_dir, json_out, console,
+                 progress=progress, start=start, end=end)
         return
     from bot.observability.runtime import Observability
 
@@ -405,7 +409,7 @@ def backtest(
     store = _open_store(cfg.database.url)
     try:
         obs = Observability(cfg)
-        summary = run_backtest(data, cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
+        summary = run_backtest(data[0], cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
                                events_meta=events_meta, forecaster=forecaster, observer=obs.observer, start_ns=start_ns)
         obs.linger()
     finally:
@@ -429,72 +433,86 @@ def backtest(
         raise typer.Exit(code)
 
 
-VARIANTS = ("lstm", "glft", "avellaneda_stoikov", "symmetric")
+def _compare(data, cfg, names, report_dir, json_out, console, progress: bool = True, start=None, end=None) -> None:
+    """One backtest per variant on each recording (``data``: a list of recording directories)
+    and the same database (:mod:`paper_trading.compare`); per market a table of the variants side
+    by side, then a summary table (a row per market and variant, and total rows) with the share
+    of the oracle's edge captured. Progress (which variant runs, and its bar on a terminal) goes to stderr."""
+    from paper_trading.compare import check_variants, run_compare
 
-
-def _compare(data, cfg, names, report_dir, json_out, console, events_meta, progress: bool = True, start_ns=None) -> None:
-    """One backtest per variant on the same recording and database; a table side by side.
-    Progress (which variant runs, and its bar on a terminal) goes to stderr."""
-    from bot.config import with_overrides
-    from paper_trading.backtest import run_backtest
-
-    bad = [n for n in names if n not in VARIANTS]
-    if bad or not names:
-        raise MmbotError(f"--compare: unknown variant {bad[0]!r} ({', '.join(VARIANTS)})" if bad
-                         else f"--compare: no variant given ({', '.join(VARIANTS)})")
+    check_variants(names)
+    datas = list(data) if isinstance(data, (list, tuple)) else [data]
     err = Console(stderr=True)
-    rows = {}
-    reports = {}
-    code = 0
-    for i, name in enumerate(names, 1):
-        if name == "lstm":  # the configured pricing model, skewed by the forecaster
-            over = {"forecaster.model": cfg.forecaster.model if cfg.forecaster.model != "none" else "default"}
-        else:
-            over = {"strategy.pricing.model": name, "forecaster.model": "none"}
-        vcfg = with_overrides(cfg, **over)
-        if progress:
-            err.print(f"variant {i}/{len(names)}: {name} ...")
-        store = _open_store(vcfg.database.url)
-        try:
-            s = run_backtest(data, vcfg, store, report_dir=Path(report_dir) / name if report_dir is not None else None, events_meta=events_meta,
-                             progress=progress and err.is_terminal, start_ns=start_ns)
-        finally:
-            store.close()
-        m = s.get("metrics", {})
-        rows[name] = {"run_id": s["run_id"], "pnl": s["pnl"], "spread_capture": m.get("spread_capture"),
-                      "inventory_pnl": m.get("inventory_pnl"), "fees": m.get("fees"), "fills": s["fills"],
-                      "max_abs_inventory": s["max_abs_inventory"], "sharpe": m.get("sharpe"),
-                      "sharpe_minutes": m.get("sharpe_minutes"), "share_quoted_both": m.get("share_quoted_both"),
-                      "forecast": (s.get("forecaster") or {}).get("source", "-"), "status": s.get("status"),
-                      "report": s.get("report")}
-        reports[name] = s.get("report")
-        code = _exit_code(s)
-        if code:
-            err.print(f"variant {name}: {s.get('status')} ({s.get('stop_reason')}); the remaining variants are not run")
-            break
-    if json_out:
-        print(json.dumps(rows, default=str))
-    else:
-        from rich.table import Table
 
-        t = Table(title=f"Variants on {data}")
-        t.add_column("", overflow="fold")
-        for name in rows:
-            t.add_column(name, justify="right", overflow="fold")  # never cut a number or a word
-        for k in next(iter(rows.values())):
-            if k == "report":
-                continue
-            t.add_row(k, *(_cell(k, r) for r in rows.values()))
-        console.print(t)
-        for name, path in reports.items():
-            if path:
-                console.print(f"report {name}: {path}", soft_wrap=True)
+    def on_variant(label: str, i: int, n: int, name: str) -> None:
+        if progress:
+            err.print(f"{label}: variant {i}/{n}: {name} ...")
+
+    result, code = run_compare(datas, cfg, names, _open_store, report_dir=report_dir, on_variant=on_variant,
+                               progress=progress and err.is_terminal, exit_code=_exit_code, start=start, end=end)
+    if code:
+        err.print(f"a variant stopped: {_stopped(result)}; the remaining variants are not run")
+    if json_out:
+        print(json.dumps(result, default=str))
+    else:
+        _print_compare(result, console)
     if code:
         raise typer.Exit(code)
 
 
+_DETAIL_HIDDEN = ("report", "stopped", "duration_s", "adverse_1s_dropped_end", "adverse_10s_dropped_end")
+_SUMMARY_COLUMNS = (("pnl", "PnL after fees"), ("fills", "fills"), ("adverse_1s_bp", "adverse 1 s bp"),
+                    ("adverse_10s_bp", "adverse 10 s bp"), ("inv_risk", "mean |inv| x mid"))
+
+
+def _stopped(result: dict) -> str:
+    for mk in result["markets"].values():
+        for name, row in mk["variants"].items():
+            if row.get("stopped"):
+                return f"{name}: {row['stopped']}"
+    return "?"
+
+
+def _print_compare(result: dict, console) -> None:
+    """The tables of ``--compare`` (see :func:`_compare`)."""
+    from rich.table import Table
+
+    for label, mk in result["markets"].items():
+        rows = mk["variants"]
+        if not rows:
+            continue
+        t = Table(title=f"Variants on {mk['path']} ({mk.get('exchange') or '?'} {mk.get('market') or ''} {mk.get('symbol') or ''})")
+        t.add_column("", overflow="fold")
+        for name in rows:
+            t.add_column(name, justify="right", overflow="fold")  # never cut a number or a word
+        for k in next(iter(rows.values())):
+            if k in _DETAIL_HIDDEN:
+                continue
+            t.add_row(k, *(_cell(k, r) for r in rows.values()))
+        console.print(t)
+        for name, r in rows.items():
+            if r.get("report"):
+                console.print(f"report {name}: {r['report']}", soft_wrap=True)
+    t = Table(title="Forecast value per market (oracle SEES THE FUTURE: an upper bound; adverse = mid move against "
+                    "us after a fill, positive = bad)")
+    t.add_column("market", overflow="fold")
+    t.add_column("variant", overflow="fold")
+    for _, head in _SUMMARY_COLUMNS:
+        t.add_column(head, justify="right", overflow="fold")
+    t.add_column("share of oracle edge", justify="right", overflow="fold")
+    groups = [(label, mk) for label, mk in result["markets"].items()] + [("TOTAL", result["total"])]
+    for label, g in groups:
+        share = g["oracle_edge_share"]
+        for name, r in g["variants"].items():
+            t.add_row(label, name, *(_cell(k, r) for k, _ in _SUMMARY_COLUMNS),
+                      ("n/a" if share is None else f"{share:.3g}") if name == "lstm" else "")
+    console.print(t)
+    for label, g in groups:
+        console.print(f"share of the oracle's edge captured by lstm, {label}: {g['oracle_edge_note']}", soft_wrap=True)
+
+
 def _cell(key: str, row: dict) -> str:
-    v = row[key]
+    v = row.get(key)
     if key == "sharpe" and v is None:
         return f"n/a ({row.get('sharpe_minutes') or 0} min)"
     if isinstance(v, float):

@@ -86,7 +86,7 @@ def compare(recording: Path, config: Path, tmp_path: Path, tag: str) -> dict:
     out = mmbot("backtest", "--data", str(recording), "--config", str(config), "--db", str(db), "--out", str(tmp_path / tag),
                 "--compare", ",".join(VARIANTS), "--json")
     assert out.returncode == 0, out.stderr
-    rows = json.loads(out.stdout)
+    rows = json.loads(out.stdout)["markets"][recording.name]["variants"]
     assert set(rows) == set(VARIANTS)
     mids = RecordedMid(recording)
     med = {}
