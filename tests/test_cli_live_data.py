@@ -170,7 +170,9 @@ async def test_paper_on_websocket_books_and_trades(tmp_path):
             "two PnL snapshots and two orders")
         assert code == 130 and "Traceback" not in err, err
         status, s = run_summary(db)
-        assert status == "interrupted" and s["events"] >= 3 and s["orders_placed"] >= 2
+        # two snapshots 1 s of exchange time apart need at least two market events; a starved
+        # process may see the pushed updates coalesced into fewer events than were sent
+        assert status == "interrupted" and s["events"] >= 2 and s["orders_placed"] >= 2
         assert db_count(db, "select count(*) from orders where state in ('new','open','partially_filled')") == 0
     finally:
         if feeder is not None:
