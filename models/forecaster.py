@@ -358,19 +358,20 @@ class LstmForecaster:
         t_row, mid, var_b = self._row
         out = self._out
         pend = self.pending
-        if out is None or out[1] - self._warm_from < self.warmup:
-            if out is not None:
-                self.last_model = (out[2], math.exp(out[3]))
+        if out is None:
             self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
-            if out is not None and update_pending and pend:  # scored like the inline backends
-                pend[-1][0], pend[-1][2] = self.last_model[1], out[2]
             return
-        t_in, _, mu, logv = out
+        t_in, rows, mu, logv = out
         var_m = math.exp(logv)
         self.last_model = (mu, var_m)
+        if rows - self._warm_from < self.warmup:
+            self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup", t_in)
+            if update_pending and pend:  # scored during warm-up too, like the inline backends
+                pend[-1][0], pend[-1][2] = var_m, mu
+            return
         if (t_row - t_in) // self.S > self.max_age_steps or (self.worker is not None and self.worker.error is not None
                                                               and t_row != t_in):
-            self.forecast = Forecast(None, None, self.horizon_s, "lstm-stale")
+            self.forecast = Forecast(None, None, self.horizon_s, "lstm-stale", t_in)
             return
         if update_pending and pend:
             pend[-1][0], pend[-1][2] = var_m, mu
