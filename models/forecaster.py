@@ -203,6 +203,11 @@ class LstmForecaster:
             if module is None:
                 raise ValueError("backend torchscript_async needs the TorchScript module")
             self.predictor = None
+            # TorchScript profiles and optimizes a method on its first calls (tens to hundreds of ms,
+            # holding the GIL): do it here, at load, not on the worker while the engine quotes
+            warm = StatefulPredictor(module, meta["arch"], self.clip, "torchscript")
+            for _ in range(3):
+                warm.step(np.zeros(int(meta["arch"]["n_features"])))
         else:
             self.predictor = StatefulPredictor(module, meta["arch"], self.clip, backend, packed=packed)
         self.max_age_steps = int(max_age_steps)
