@@ -390,11 +390,13 @@ class LstmForecaster:
 
     def close(self) -> None:
         """Stop the worker thread (if any) without waiting more than ``close_timeout_s`` for a
-        model call in flight. The LSTM state is gone with it: a later ``update`` warms up again."""
+        model call in flight. The LSTM state is gone with it: a later ``update`` starts a new
+        worker from a zero state and warms up again (the guard and the features carry on)."""
         w, self.worker = self.worker, None
         if w is not None:
             w.close(self.close_timeout_s)
-            self.reset()
+            self._out = None
+            self._warm_from = self.feats.rows  # the next row is the new state's first
 
     # -- guard switches: counted always, logged with a rate limit ----------------------------
     def _switched(self, t_ns: int, head: str, fallback: bool, ratio: float) -> None:
