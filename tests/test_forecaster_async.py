@@ -155,6 +155,16 @@ def test_engine_keeps_quoting_while_the_model_call_is_blocked(binance, tmp_path)
     assert ages[-1] - ages[0] >= 35 * fc.S  # the age grew with event time: no output arrived
     assert seen[-1][2] == "lstm-stale"
     assert summary["forecaster"]["backend"] == "torchscript_async" and summary["forecaster"]["forecast_age_steps"]["2+"] >= 35
+    # the status panel shows the source and the age of the last event's forecast inputs
+    import io
+
+    from rich.console import Console
+
+    from bot.status import status_table
+
+    buf = io.StringIO()
+    Console(file=buf, width=120).print(status_table(engine))
+    assert f"lstm-stale  (inputs {engine.state.forecast_age_ns / 1e9:.3f} s old)" in buf.getvalue()
     # the engine closed the forecaster without waiting for the blocked call; released, the thread ends
     assert fc.worker is None
     assert worker_thread_ended(fc, gate)
