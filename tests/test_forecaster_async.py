@@ -251,3 +251,26 @@ def test_forecast_units_and_age_are_the_same_for_every_backend(tmp_path):
         fc.close()
         res[b] = fs
     assert res["torchscript"] == res["torchscript_async"]
+
+
+def test_torch_thread_count_is_left_alone(tmp_path):
+    """Loading and running the TorchScript backends does not touch torch's (process-wide)
+    intra-op thread count (the inline backend used to set it to 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    path, _, _ = make_model(tmp_path)
+    try:
+        torch.set_num_threads(3)
+        mkt = SyntheticMarket(seed=6)
+        t0 = 1_700_000_000 * 10**9
+        for b in ("torchscript", "torchscript_async"):
+            fc = load_forecaster(path, backend=b)
+            fc.before_decision = (lambda fc=fc: fc.worker.wait_idle(CEILING_S)) if b == "torchscript_async" else None
+            for k in range(25):
+                mkt.step(0.3)
+                f = fc.update(mkt.book, t0 + k * fc.S, [])
+            assert f.sigma is not None and torch.get_num_threads() == 3, b
+            fc.close()
+    finally:
+        torch.set_num_threads(before)
