@@ -124,6 +124,10 @@ def test_engine_keeps_quoting_while_the_model_call_is_blocked(binance, tmp_path)
     rec, ev, meta = binance
     fc = load_forecaster("default", backend="torchscript_async", guard=GuardConfig(), close_timeout_s=0.1)
     gate = gated_worker(fc, open_steps=320)
+    # up to the block the drive is deterministic (the worker drained at each grid row; at speed 0
+    # a starved worker could otherwise still be short of 320 rows when the replay ends); from
+    # the 321st row on the engine runs with no hook, as live
+    fc.before_decision = lambda: fc.worker.submitted <= gate.open_steps and fc.worker.wait_idle(CEILING_S)
     cfg = with_overrides(Config(), **{"forecaster.model": "none", "strategy.controls.order_size": 0.001})
     store = open_store(str(tmp_path / "async.db"))
     seen = []  # after the block: (event time ns, forecast age ns, source, quoted?)
