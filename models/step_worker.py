@@ -3,8 +3,7 @@
 The ``torchscript_async`` backend of :class:`models.forecaster.LstmForecaster`: the engine
 thread computes each grid row's feature vector (cheap) and hands it here with
 :meth:`StepWorker.submit`; this thread runs the TorchScript step
-(:class:`models.inference.StatefulPredictor`, backend ``torchscript``; torch releases the GIL
-inside the call) and appends the output to a results deque, which the engine thread reads
+(:class:`models.inference.StatefulPredictor`, backend ``torchscript``) and appends the output to a results deque, which the engine thread reads
 with :meth:`StepWorker.poll` without waiting.
 
 Ordering: jobs are run strictly in the order submitted, one at a time, on one thread, so the
