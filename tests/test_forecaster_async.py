@@ -278,3 +278,44 @@ def test_torch_thread_count_is_left_alone(tmp_path):
             fc.close()
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_guard_scores_the_forecast_that_was_used(tmp_path):
+    """With the worker held up, a row whose decision used an older output is scored with that
+    output, a row on the stale fallback (no model output used) is not scored at all, and an
+    output that arrives later within the row replaces the row's entry."""
+    path, _, _ = make_model(tmp_path)  # H = 5 rows, warm-up 20
+    fc = load_forecaster(path, backend="torchscript_async", guard=GuardConfig(window=1000, min_obs=1000))
+    gate = gated_worker(fc, open_steps=30)
+    mkt = SyntheticMarket(seed=7)
+    t0 = 1_700_000_000 * 10**9
+    for k in range(30):
+        mkt.step(0.5)
+        fc.before_decision = lambda: fc.worker.wait_idle(CEILING_S)
+        fc.update(mkt.book, t0 + k * fc.S, [])
+    used_29 = fc.last_model  # (drift bp, variance bp^2) of row 29's output
+    scored = len(fc.guard.vol)
+    assert scored == 30 - fc.H
+    fc.before_decision = None
+    entries = []
+    for k in range(30, 36):  # row 30's call blocks: rows 30, 31 use row 29's output, 32.. are stale
+        mkt.step(0.5)
+        f = fc.update(mkt.book, t0 + k * fc.S, [])
+        entries.append((f.source, fc.pending[-1][0], fc.pending[-1][2]))
+    assert gate.blocked.wait(CEILING_S)
+    assert entries[:2] == [("lstm", used_29[1], used_29[0])] * 2
+    assert all(e == ("lstm-stale", None, None) for e in entries[2:])
+    assert len(fc.guard.vol) == scored + 6  # rows 25..30 scored (the drained rows' forecasts)
+    gate.release.set()
+    assert fc.worker.wait_idle(CEILING_S)
+    mkt.step(0.0)
+    f = fc.update(mkt.book, t0 + 35 * fc.S + fc.S // 2, [])  # same row (35), between grid times
+    assert f.source == "lstm" and f.inputs_ns == t0 + 35 * fc.S  # the row's own output, arrived late ...
+    assert fc.pending[-1][0] == fc.last_model[1]  # ... replaces the row's entry (the forecast now in use)
+    for k in range(36, 36 + fc.H):
+        mkt.step(0.5)
+        fc.before_decision = lambda: fc.worker.wait_idle(CEILING_S)
+        fc.update(mkt.book, t0 + k * fc.S, [])
+    # rows 31 (age 2, scored), 32..34 (stale: not scored), 35 (scored with its own output)
+    assert len(fc.guard.vol) == scored + 6 + 2
+    fc.close()
