@@ -13,6 +13,23 @@ passed to the strategy. Updates come every 10 ms of simulated time, so with the 
 also reported separately (``grid_step_p50_us``/``grid_step_p99_us``). About one update in
 ten carries a synthetic public trade (made outside the timed region).
 
+With ``--backend torchscript_async`` the TorchScript step runs on the forecaster's worker
+thread (models/step_worker.py): the timed region holds the feature row and the hand-over, not
+the model call; the forecast used is the newest output the worker has published. Reported
+too: ``forecast_age_steps`` (at each grid row's decision, the age in grid rows of the model
+output in use: "0" fresh, "1", "2+", "none" = no output yet), ``forecast_age_ms_p50/p99``
+(event time minus the inputs' grid time, over all updates, ms) and the load average
+(1/5/15 min, ``os.getloadavg``) before and after the run, since the worker competes for a core.
+
+With ``--pace-us P`` the updates arrive every P us of wall time (time compression 10 ms / P)
+instead of back to back: the thread sleeps between them (without the GIL, as the engine does
+while it awaits its feed; the last 300 us are spun, holding the GIL, to limit sleep overshoot).
+The timed region starts when the loop starts the update, as without pacing; how late that was
+after the scheduled arrival is reported apart (``lateness_p50_us``/``lateness_p99_us``: on a
+loaded machine mostly the OS scheduler, plus any wait for the GIL on waking). Back to back, a
+worker thread cannot keep up with 100x compressed event time and only gets the GIL at forced
+switches (5 ms); paced runs are the ones to compare backends on.
+
 With ``--metrics`` the Prometheus observer (bot/observability/metrics.py) runs after every
 update as it does in the engine: the update's tick-to-quote time into the latency histogram,
 and its copy of the state every ``update_interval_s`` (0.25 s). That work is outside the timed
@@ -21,7 +38,7 @@ effect on the decision itself; ``observer_p50_us``/``observer_p99_us`` give its 
 
 Prints one JSON line: {"n": ..., "model": ..., "p50_us": ..., "p99_us": ..., ...}.
 Usage: python bench/tick_to_quote.py [--n 200000] [--model avellaneda_stoikov|glft]
-       [--forecaster PATH|default] [--backend numba|torchscript] [--metrics]
+       [--forecaster PATH|default] [--backend numba|torchscript|torchscript_async] [--metrics]
 """
 
 from __future__ import annotations
@@ -29,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -54,8 +72,11 @@ def main() -> None:
     ap.add_argument("--model", default="avellaneda_stoikov")
     ap.add_argument("--levels", type=int, default=1)
     ap.add_argument("--forecaster", default=None, help="model file or 'default' (the shipped model): time the forecaster too")
-    ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript")
+    ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript | torchscript_async")
     ap.add_argument("--metrics", action="store_true", help="run the Prometheus metrics observer after every update")
+    ap.add_argument("--pace-us", type=float, default=0.0,
+                    help="wall-clock spacing of the updates, us (0: back to back); the thread sleeps between them "
+                         "as the engine waits on its feed, and the time is taken from the scheduled arrival")
     args = ap.parse_args()
 
     fc = None
@@ -107,6 +128,13 @@ def main() -> None:
         mo.labels = ("bench", mkt.symbol)  # run_started without a running loop (no lag probe here)
         mo._hist = mo.m.tick_to_quote.labels(*mo.labels)
         obs = Observers(mo)  # as the CLI gives it to the engine
+    age_ns = np.full(n, -1, dtype=np.int64)
+    load_before = os.getloadavg()
+    pace_ns = int(args.pace_us * 1000)
+    spin_ns = 300_000  # paced: sleep until this long before the arrival, then spin (sleep overshoots)
+    late = np.zeros(n, dtype=np.int64)
+    ts_all = np.zeros(n, dtype=np.int64)
+    t_arrive = pc() + pace_ns
     for i in range(n):
         # the update as it arrives from a feed: new best levels after a mid move
         mid_t += int(steps[i])
@@ -115,13 +143,26 @@ def main() -> None:
         trades = [Trade(ts - 1_000_000, ask_px if steps[i] >= 0 else bid_px, 0.01, "buy" if steps[i] >= 0 else "sell")] if (
             fc is not None and trade_at[i]) else ()
         rows0 = fc.rows if fc is not None else 0
-        t0 = pc()
+        if pace_ns:
+            t_arrive += pace_ns
+            wait = t_arrive - pc() - spin_ns
+            if wait > 0:
+                time.sleep(wait / 1e9)  # without the GIL, like the engine awaiting its feed
+            while pc() < t_arrive:
+                pass
+            t0 = pc()
+            late[i] = t0 - t_arrive
+        else:
+            t0 = pc()
         book.apply_diff(((bid_px, sizes[i, 0]),), ((ask_px, sizes[i, 1]),), ts)
         forecast = fc.update(book, ts, trades) if fc is not None else None
         quotes = strat.on_update(book, q, ts, forecast)
         t1 = pc()
         if fc is not None:
             grid[i] = fc.rows != rows0
+            ts_all[i] = ts
+            if forecast is not None and forecast.inputs_ns is not None:
+                age_ns[i] = ts - forecast.inputs_ns
         cancels, places = om.plan(quotes, ts)
         t2 = pc()
         t_quote[i] = t1 - t0
@@ -145,21 +186,41 @@ def main() -> None:
         for p in [p for p in book.asks.sizes if p < ask_px]:
             book.asks.set(p, 0.0)
         q = math.sin(i / 1000.0) * 0.5
+    load_after = os.getloadavg()
     us = lambda a, p: float(np.percentile(a, p)) / 1000.0
     extra = {}
     if fc is not None:
         g = t_quote[grid]
+        st = fc.status()
+        a = age_ns[age_ns >= 0]
+        S = fc.S
+        with_out = age_ns >= 0
+        rows_old = (ts_all[with_out] // S) - ((ts_all[with_out] - age_ns[with_out]) // S)  # grid rows between inputs and decision
+        n_all = max(1, n)
         extra = {"backend": args.backend, "sample_s": fc.fcfg.sample_s, "grid_steps": int(grid.sum()),
                  "grid_step_p50_us": round(us(g, 50), 2) if len(g) else None,
                  "grid_step_p99_us": round(us(g, 99), 2) if len(g) else None,
-                 "forecast_source": forecast.source if forecast is not None else None}
+                 "forecast_source": forecast.source if forecast is not None else None,
+                 "forecast_age_steps_at_grid_rows": st["forecast_age_steps"],
+                 "forecast_age_rows_share": {"0": round(float((rows_old == 0).sum()) / n_all, 4),
+                                             "1": round(float((rows_old == 1).sum()) / n_all, 4),
+                                             "2+": round(float((rows_old >= 2).sum()) / n_all, 4),
+                                             "none": round(float((~with_out).sum()) / n_all, 4)},
+                 "forecast_age_ms_p50": round(float(np.percentile(a, 50)) / 1e6, 3) if len(a) else None,
+                 "forecast_age_ms_p99": round(float(np.percentile(a, 99)) / 1e6, 3) if len(a) else None,
+                 **({"worker_overruns": st["worker_overruns"]} if "worker_overruns" in st else {})}
+        if hasattr(fc, "close"):
+            fc.close()
     print(json.dumps({
         "bench": "tick_to_quote", "n": n, "model": args.model, "levels": args.levels, "forecaster": args.forecaster,
         "p50_us": round(us(t_quote, 50), 2), "p99_us": round(us(t_quote, 99), 2), "mean_us": round(t_quote.mean() / 1000, 2),
         "with_order_diff_p50_us": round(us(t_orders, 50), 2), "with_order_diff_p99_us": round(us(t_orders, 99), 2),
         **({"metrics": True, "observer_p50_us": round(us(t_obs, 50), 2), "observer_p99_us": round(us(t_obs, 99), 2),
             "observer_mean_us": round(t_obs.mean() / 1000, 2)} if obs is not None else {"metrics": False}),
-        "python": platform.python_version(), "machine": platform.machine(), **extra,
+        "python": platform.python_version(), "machine": platform.machine(),
+        **({"pace_us": args.pace_us, "lateness_p50_us": round(us(late, 50), 2), "lateness_p99_us": round(us(late, 99), 2)}
+           if pace_ns else {}),
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after], **extra,
     }))
 
 

@@ -91,8 +91,9 @@ class ForecasterConfig(_Strict):
     See docs/forecaster.md."""
 
     model: str = Field("default", description="'default' (the shipped pretrained model), 'none', or a model file path")
-    backend: Literal["numba", "torchscript"] = Field(
-        "numba", description="one-step inference: numba (weights read from the TorchScript artifact) or TorchScript"
+    backend: Literal["numba", "torchscript", "torchscript_async"] = Field(
+        "numba", description="one-step inference: numba (weights read from the TorchScript artifact), TorchScript inline, "
+                             "or torchscript_async (the TorchScript step on a worker thread, off the quoting path)"
     )
     guard: bool = Field(True, description="fall back to the EWMA/zero-drift baseline while the model does worse")
     guard_window: int = Field(600, ge=10, description="guard: rolling window, scored forecasts (grid steps)")

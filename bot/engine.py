@@ -31,7 +31,9 @@ always ends with its status (a shutdown failure turns ``completed`` into ``faile
 original error of the run is what :meth:`Engine.run` raises, with the shutdown failures as
 notes; without one, the first shutdown failure is raised after the run was closed.
 Closing the source and the exchange comes after the record is written: a failure there is
-logged and noted in the returned summary only.
+logged and noted in the returned summary only. So does closing the forecaster (``close()``,
+if it has one: the ``torchscript_async`` backend's worker thread; it never waits long for a
+model call in flight), whose failure is logged only.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ class EngineState:
     rejected: int = 0
     pnl: float = 0.0
     tick_to_quote_ns: int = 0  # last event: from its arrival (step entered) to the strategy's quotes, ns (perf_counter)
+    # last event: its time minus the grid time of the inputs of the forecaster's newest model
+    # output (Forecast.inputs_ns), ns of event time; None before the first output
+    forecast_age_ns: int | None = None
 
 
 class Engine:
@@ -210,6 +215,12 @@ class Engine:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
             summary = await self._shutdown(status, started)
+            fc_close = getattr(self.forecaster, "close", None)  # a forecaster's worker thread (never waits long)
+            if fc_close is not None:
+                try:
+                    fc_close()
+                except Exception as e:  # noqa: BLE001 - the run is already recorded: log, do not fail it
+                    log.warning("shutdown: closing the forecaster failed: %s: %s", type(e).__name__, e)
             if self.observer is not None and started:
                 self.observer.run_ended(self, summary)
             for what, close in (("closing the market source", self.source.close), ("closing the exchange", self.exchange.close)):
@@ -250,6 +261,8 @@ class Engine:
             st.forecast_source = forecast.source
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
         st.tick_to_quote_ns = time.perf_counter_ns() - t_in
+        if forecast is not None:
+            st.forecast_age_ns = None if forecast.inputs_ns is None else ev.ts_ns - forecast.inputs_ns
         # the same Quotes object means the same desired orders: with no order activity since
         # the last reconcile (and no age limit) there is nothing to change
         if quotes is not st.quotes or self._orders_changed or self._age_limited:

@@ -30,7 +30,8 @@ def status_table(engine: Engine) -> Table:
         t.add_row("asks", _fmt_levels(q.asks))
         t.add_row("reservation / sigma", f"{q.reservation:.6g} / {q.sigma:.4g}" + (f"  ({q.note})" if q.note else ""))
     if st.forecast_source:
-        t.add_row("forecast", st.forecast_source)
+        age = "" if st.forecast_age_ns is None else f"  (inputs {st.forecast_age_ns / 1e9:.3f} s old)"
+        t.add_row("forecast", st.forecast_source + age)
     t.add_row("inventory (base)", f"{inv.base}")
     t.add_row("cash (quote)", f"{inv.cash:.4f}")
     t.add_row("PnL (quote)", f"{st.pnl:.4f}")

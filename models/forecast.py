@@ -22,12 +22,18 @@ class Forecast:
             None = no volatility view (the strategy's own estimator is used).
         horizon_s: the forecast horizon, seconds.
         source: who made it (e.g. ``"lstm"``, ``"ewma"``), for logs.
+        inputs_ns: event time (ns since the epoch) of the grid row whose features the newest
+            model output was computed from (on a ``lstm-stale`` or ``lstm-warmup`` forecast:
+            the output that was too old or not yet warm to be used); None before the first
+            output. The forecast's age at a decision at ``now_ns`` is ``now_ns - inputs_ns``
+            (ns); the engine records it (``EngineState.forecast_age_ns``).
     """
 
     drift: float | None = None
     sigma: float | None = None
     horizon_s: float = 1.0
     source: str = ""
+    inputs_ns: int | None = None
 
 
 class Forecaster(Protocol):

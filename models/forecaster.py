@@ -19,6 +19,34 @@ A correction model (``arch.kind == "correction"``) gets the baselines' inputs ap
 each feature row (:class:`models.baseline_inputs.BaselineState`, the same code the training
 data went through); its output is already the corrected baseline.
 
+Backends (``backend=``): ``numba`` and ``torchscript`` run the step inline, in ``update``;
+``torchscript_async`` runs it on a worker thread (:class:`models.step_worker.StepWorker`):
+
+* at each grid row the engine thread computes the feature row (and the EWMA baseline), hands
+  it to the worker and takes the newest model output the worker has published -- it never
+  waits. The forecast is built from that output with the *current* grid row's mid and
+  baseline; ``Forecast.inputs_ns`` is the grid time of the row the output was computed from,
+  so the forecast's age at a decision is ``now_ns - inputs_ns`` (ns). Ages in grid rows at
+  each grid row's decision are counted in ``status()["forecast_age_steps"]`` (``"0"``, ``"1"``,
+  ``"2+"``, ``"none"`` = no model output in use).
+* rows go to the worker in time order, none skipped (the LSTM state depends on all of them).
+  An output older than ``max_age_steps`` grid rows is *stale*: the forecast then has
+  drift=None, sigma=None (source ``lstm-stale``: the strategy uses its own estimator and no
+  drift) until a fresh one arrives.
+* bound: when ``max_queue`` rows are waiting (the worker is that far behind) the forecaster
+  drops them, resets the LSTM state and warms up again (``warmup_steps`` rows, source
+  ``lstm-warmup``), like after a gap; counted in ``status()["worker_overruns"]`` and logged.
+  A failed model call stops the worker; forecasts are then ``lstm-stale`` (logged once).
+* the guard scores, for each grid row, the forecast the strategy was handed at that row's last
+  decision (a newer output arriving between grid times replaces the row's entry), against
+  what happened over the next ``H`` rows; with a worker that keeps up (age 0) this is exactly
+  what the inline backends score.
+* :meth:`LstmForecaster.close` stops the thread (the engine calls it at shutdown); it never
+  waits more than ``close_timeout_s`` for a model call in flight. A later ``update`` starts
+  a new worker from a zero state (warm-up again).
+* ``before_decision``: a test-only hook, called after each row is handed to the worker and
+  before its output is read (e.g. ``lambda: f.worker.wait_idle(60)`` for a deterministic drive).
+
 Misspecification guard (:class:`GuardConfig`). Each forecast is scored ``H`` grid rows
 later, when its outcome is known: the variance forecast by QLIKE against the EWMA baseline
 (RiskMetrics recursion with the decay fitted on the training data, stored in the model's
@@ -46,7 +74,10 @@ import numpy as np
 
 from models.features import BP, OnlineFeatures, _Q
 from models.forecast import Forecast
-from models.inference import BACKENDS, StatefulPredictor
+from models.inference import StatefulPredictor
+
+#: the forecaster's backends: the two inline ones of :class:`StatefulPredictor` and the worker thread
+BACKENDS = ("numba", "torchscript", "torchscript_async")
 
 log = logging.getLogger("mmbot.forecaster")
 
@@ -147,9 +178,12 @@ class LstmForecaster:
     """:class:`models.forecast.Forecaster` running an exported LSTM (see module docstring)."""
 
     def __init__(self, module, meta: dict, path: str | Path = "", backend: str = "numba",
-                 guard: GuardConfig | None = None, max_gap_rows: int | None = None, packed=None) -> None:
+                 guard: GuardConfig | None = None, max_gap_rows: int | None = None, packed=None,
+                 max_age_steps: int = 2, max_queue: int | None = None, close_timeout_s: float = 1.0) -> None:
         from models.export import check_schema
 
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path = str(path)
         self.meta = meta
         self.fcfg = check_schema(meta, self.path or "model")
@@ -161,8 +195,26 @@ class LstmForecaster:
         base = meta.get("baseline", {})
         self.lam = float(base.get("lambda_per_row", 0.94 ** self.fcfg.sample_s))
         self.base_init = float(base.get("init_r2_bp2", 1.0))
-        self.predictor = StatefulPredictor(module, meta["arch"], float(meta["normalization"].get("clip", 10.0)), backend,
-                                          packed=packed)
+        self.backend = backend
+        self.module = module
+        self.clip = float(meta["normalization"].get("clip", 10.0))
+        self.worker = None  # torchscript_async: the StepWorker (made at the first grid row)
+        if backend == "torchscript_async":
+            if module is None:
+                raise ValueError("backend torchscript_async needs the TorchScript module")
+            self.predictor = None
+            # TorchScript profiles and optimizes a method on its first calls (tens to hundreds of ms,
+            # holding the GIL): do it here, at load, not on the worker while the engine quotes
+            warm = StatefulPredictor(module, meta["arch"], self.clip, "torchscript")
+            for _ in range(3):
+                warm.step(np.zeros(int(meta["arch"]["n_features"])))
+        else:
+            self.predictor = StatefulPredictor(module, meta["arch"], self.clip, backend, packed=packed)
+        self.max_age_steps = int(max_age_steps)
+        self.close_timeout_s = float(close_timeout_s)
+        self.before_decision = None  # test-only hook (see the module docstring)
+        self.age_counts = {"0": 0, "1": 0, "2+": 0, "none": 0}  # at each grid row's decision, over the forecaster's life
+        self.worker_overruns = 0
         self.feats = OnlineFeatures(self.fcfg)
         self.base_inputs = None  # correction models: the baselines' inputs, computed online
         bi = meta.get("baseline_inputs")
@@ -174,6 +226,7 @@ class LstmForecaster:
         self.feats.track_window(self.H)
         self.guard_cfg = guard or GuardConfig()
         self.max_gap_rows = max_gap_rows if max_gap_rows is not None else max(10 * self.H, 600)
+        self.max_queue = int(max_queue) if max_queue is not None else self.max_gap_rows
         self.switches: list[tuple[int, str, bool, float]] = []  # (event time ns, head, fallback?, loss ratio)
         self.switch_counts = {"vol": 0, "drift": 0}  # over the forecaster's life (kept across resets)
         self.lines_logged = 0
@@ -187,13 +240,21 @@ class LstmForecaster:
         self.feats.reset()
         if self.base_inputs is not None:
             self.base_inputs.reset()
-        self.predictor.reset()
+        if self.predictor is not None:
+            self.predictor.reset()
+        if self.worker is not None:
+            self.worker.reset()
         self.guard = MisspecificationGuard(self.guard_cfg, self.floor)
         self.last_g: int | None = None
         self.ewma = self.base_init
-        self.pending: deque = deque()  # (var_model, var_base, mu_model, mid) of the last H rows
+        # per grid row of the last H: [var_model, var_base, mu_model, mid] of the forecast used
+        # there (var_model/mu_model None: no model output was used)
+        self.pending: deque = deque()
         self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
-        self.last_model: tuple[float, float] | None = None  # (drift bp, variance bp^2) of the last step
+        self._warm_from = 0  # feature row count at the last worker overrun (its state restarted there)
+        self.last_model: tuple[float, float] | None = None  # (drift bp, variance bp^2) of the output in use
+        self._out: tuple | None = None  # the model output in use: (t_ns of its inputs, rows, drift bp, logvar bp^2)
+        self._row: tuple | None = None  # the current grid row: (t_ns, mid, var_base bp^2)
 
     @property
     def rows(self) -> int:
@@ -218,6 +279,8 @@ class LstmForecaster:
             self.feats.pending = pend
             last = g - 1
         if g <= last:
+            if self.worker is not None and self._row is not None and self._take_output():
+                self._use_output(update_pending=True)
             return self.forecast
         for j in range(last + 1, g + 1):
             self._grid_step(book, j * self.S)
@@ -231,34 +294,109 @@ class LstmForecaster:
         mid = self.feats.mid
         if self.base_inputs is not None:
             x = np.concatenate([x, self.base_inputs.step(float(x[0]), float(x[self._ofi_col]))])
-        mu, logv = self.predictor.step(x)
-        var_m = math.exp(logv)
         r = x[0]
         self.ewma = self.lam * self.ewma + (1.0 - self.lam) * r * r
         var_b = self.H * self.ewma + self.floor
-        # score the forecast made H rows ago
+        self._row = (t_ns, mid, var_b)
+        rows = self.feats.rows
+        if self.worker is None and self.backend != "torchscript_async":
+            mu, logv = self.predictor.step(x)
+            self._out = (t_ns, rows, mu, logv)
+        else:
+            self._submit(t_ns, x, rows)
+            if self.before_decision is not None:
+                self.before_decision()
+            self._take_output()
+        # score the forecast used H rows ago
         pend = self.pending
         if len(pend) >= self.H:
             vm, vb, mm, mid0 = pend.popleft()
-            v_real = self.feats.rv_units(self.H) * _Q
-            y_real = math.log(mid / mid0) * BP
-            self.guard.score(v_real, y_real, vm, vb, mm)
-            for head, fb, ratio in self.guard.update():
-                self._switched(t_ns, head, fb, ratio)
+            if vm is not None:
+                v_real = self.feats.rv_units(self.H) * _Q
+                y_real = math.log(mid / mid0) * BP
+                self.guard.score(v_real, y_real, vm, vb, mm)
+                for head, fb, ratio in self.guard.update():
+                    self._switched(t_ns, head, fb, ratio)
         if self._unlogged["vol"] or self._unlogged["drift"]:
             self._flush_switch_logs(t_ns)
-        pend.append((var_m, var_b, mu, mid))
-        self.last_model = (mu, var_m)
-        if self.feats.rows < self.warmup:
+        pend.append([None, var_b, None, mid])
+        self._use_output(update_pending=True)
+        out = self._out
+        if out is None:
+            self.age_counts["none"] += 1
+        else:
+            age = (t_ns - out[0]) // self.S
+            self.age_counts["0" if age <= 0 else "1" if age == 1 else "2+"] += 1
+
+    # -- the worker (backend torchscript_async) ------------------------------------------------
+    def _submit(self, t_ns: int, x: np.ndarray, rows: int) -> None:
+        if self.worker is None:
+            from models.step_worker import StepWorker
+
+            pred = StatefulPredictor(self.module, self.meta["arch"], self.clip, "torchscript")
+            self.worker = StepWorker(pred, max_queue=self.max_queue, name=f"mmbot-forecaster-{self.name}")
+        w = self.worker
+        if w.submit(t_ns, x, rows):
+            return
+        if w.error is not None:
+            return  # logged by the worker; forecasts are stale from now on
+        # the worker is max_queue rows behind: drop them, restart the state from this row
+        self.worker_overruns += 1
+        log.warning("forecaster %s: the model worker is %d grid rows behind (bound max_queue); its queue is dropped and "
+                    "the LSTM state restarts (warm-up of %d rows on the baseline)", self.name, w.queued, self.warmup)
+        w.reset()
+        self._out = None
+        self._warm_from = rows - 1  # warm again once warmup rows (this one the first) have run
+        w.submit(t_ns, x, rows)
+
+    def _take_output(self) -> bool:
+        """Read the worker's newest output (never waits); True if there is a new one."""
+        r = self.worker.poll()
+        if r is None:
+            return False
+        _, t_ns, rows, mu, logv = r
+        self._out = (t_ns, rows, mu, logv)
+        return True
+
+    def _use_output(self, update_pending: bool) -> None:
+        """Build the forecast from the model output in use and the current grid row."""
+        t_row, mid, var_b = self._row
+        out = self._out
+        pend = self.pending
+        if out is None:
             self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
             return
+        t_in, rows, mu, logv = out
+        var_m = math.exp(logv)
+        self.last_model = (mu, var_m)
+        if rows - self._warm_from < self.warmup:
+            self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup", t_in)
+            if update_pending and pend:  # scored during warm-up too, like the inline backends
+                pend[-1][0], pend[-1][2] = var_m, mu
+            return
+        if (t_row - t_in) // self.S > self.max_age_steps or (self.worker is not None and self.worker.error is not None
+                                                              and t_row != t_in):
+            self.forecast = Forecast(None, None, self.horizon_s, "lstm-stale", t_in)
+            return
+        if update_pending and pend:
+            pend[-1][0], pend[-1][2] = var_m, mu
         vol_src = "ewma" if self.guard.vol_fallback else "lstm"
         drift_src = "zero" if self.guard.drift_fallback else "lstm"
         var = var_b if self.guard.vol_fallback else var_m
         drift = 0.0 if self.guard.drift_fallback else mid * math.expm1(mu / BP)
         sigma = mid * math.sqrt(var / (BP * BP) / self.horizon_s)
         src = "lstm" if vol_src == drift_src == "lstm" else f"vol:{vol_src},drift:{drift_src}"
-        self.forecast = Forecast(drift, sigma, self.horizon_s, src)
+        self.forecast = Forecast(drift, sigma, self.horizon_s, src, t_in)
+
+    def close(self) -> None:
+        """Stop the worker thread (if any) without waiting more than ``close_timeout_s`` for a
+        model call in flight. The LSTM state is gone with it: a later ``update`` starts a new
+        worker from a zero state and warms up again (the guard and the features carry on)."""
+        w, self.worker = self.worker, None
+        if w is not None:
+            w.close(self.close_timeout_s)
+            self._out = None
+            self._warm_from = self.feats.rows  # the next row is the new state's first
 
     # -- guard switches: counted always, logged with a rate limit ----------------------------
     def _switched(self, t_ns: int, head: str, fallback: bool, ratio: float) -> None:
@@ -311,7 +449,11 @@ class LstmForecaster:
                 "vol_fallback": g.vol_fallback, "drift_fallback": g.drift_fallback,
                 "vol_loss_ratio": _ratio(g.vol) if len(g.vol) else None,
                 "drift_loss_ratio": _ratio(g.drift) if len(g.drift) else None,
-                "guard_switches": dict(self.switch_counts), "guard_log_lines": self.lines_logged}
+                "guard_switches": dict(self.switch_counts), "guard_log_lines": self.lines_logged,
+                "backend": self.backend, "forecast_age_steps": dict(self.age_counts),
+                **({"worker_overruns": self.worker_overruns, "worker_queued": self.worker.queued if self.worker else 0,
+                    "worker_failed": bool(self.worker is not None and self.worker.error is not None)}
+                   if self.backend == "torchscript_async" else {})}
 
 
 def resolve_model_path(path_or_default: str | Path) -> Path:
@@ -321,8 +463,10 @@ def resolve_model_path(path_or_default: str | Path) -> Path:
 
 
 def load_forecaster(path_or_default: str | Path = "default", *, backend: str = "numba",
-                    guard: GuardConfig | None = None) -> LstmForecaster:
+                    guard: GuardConfig | None = None, **kw) -> LstmForecaster:
     """Load a model file (or ``"default"``: the shipped pretrained model) as a forecaster.
+    ``backend``: one of :data:`BACKENDS`; ``kw``: more :class:`LstmForecaster` arguments
+    (``max_age_steps``, ``max_queue``, ``close_timeout_s``, ``max_gap_rows``).
 
     Raises :class:`~bot.errors.DataError` naming the file when it is missing, corrupt, of
     another format, or its feature schema does not match this code."""
@@ -338,9 +482,9 @@ def load_forecaster(path_or_default: str | Path = "default", *, backend: str = "
         cached = load_packed(path)
         if cached is not None:
             meta, W, layout = cached
-            return LstmForecaster(None, meta, path, backend=backend, guard=guard, packed=(W, layout))
+            return LstmForecaster(None, meta, path, backend=backend, guard=guard, packed=(W, layout), **kw)
     module, meta = load_model(path)
-    fc = LstmForecaster(module, meta, path, backend=backend, guard=guard)
+    fc = LstmForecaster(module, meta, path, backend=backend, guard=guard, **kw)
     if backend == "numba":
         from models.weights_cache import store_packed
 

@@ -3,13 +3,20 @@ for backtests that yields exactly the same numbers.
 
 Backends (same artifact, a TorchScript file; see docs/forecaster.md for the measurements):
 
-* ``"torchscript"``: the frozen scripted module, one thread. ``step`` calls its
+* ``"torchscript"``: the frozen scripted module. ``step`` calls its
   ``forward``; ``batch`` calls ``forward_seq``, which loops over the very same step inside
   TorchScript, so both paths give bit-identical outputs.
 * ``"numba"``: the weights read from the module (``params()``) and one LSTM step as a numba
   kernel in float32 (about 10x less per-call overhead than TorchScript at this size).
   ``batch`` calls the same compiled step row by row, so it too is bit-identical to ``step``;
   against the TorchScript backend it agrees to float32 rounding (~1e-6 relative).
+
+The forecaster's third backend, ``"torchscript_async"`` (:mod:`models.step_worker`), runs this
+module's ``torchscript`` step on a worker thread; it is not a backend of this class.
+
+Threads: torch's intra-op thread count is process-wide (``torch.set_num_threads``), so this
+module does not set it unless asked (``threads=`` given): the user's setting (or torch's
+default) applies. A one-row step of a model this small is not split across threads anyway.
 
 Outputs are ``(drift_bp, logvar_bp2)``: the expected mid log return over the horizon in basis
 points and the log of the expected realised variance over the horizon in bp^2.
@@ -29,10 +36,12 @@ class StatefulPredictor:
 
     ``module`` is the TorchScript module; with the numba backend it may be None when
     ``packed`` = (weights float32, layout int64) of :func:`models.lstm.pack_params` is given,
-    and then torch is not imported at all."""
+    and then torch is not imported at all. ``threads``: when given, ``torch.set_num_threads(threads)``
+    is called -- process-wide in torch, so only at the caller's explicit request (default None:
+    left alone)."""
 
     def __init__(self, module, arch: dict, clip: float, backend: str = "numba",
-                 threads: int | None = 1, packed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 threads: int | None = None, packed: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if module is None and (backend != "numba" or packed is None):
