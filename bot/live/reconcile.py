@@ -115,7 +115,8 @@ class Reconciler:
         c.execute(insert(FillRow).values(run_id=run_id, exchange=fill.exchange, trade_id=fill.trade_id,
                                          client_id=fill.client_id, symbol=fill.symbol, side=fill.side.value,
                                          price=str(fill.price), size=str(fill.size), fee=str(fill.fee),
-                                         liquidity=fill.liquidity, ts_ns=fill.ts_ns, mid=fill.mid))
+                                         liquidity=fill.liquidity, ts_ns=fill.ts_ns, mid=fill.mid,
+                                         fee_cost=fill.fee_cost, fee_currency=fill.fee_currency, fee_rate=fill.fee_rate))
         bf = self.ex.base_fees.pop(fill.trade_id, None)
         if bf:
             record_base_fee(c, fill.exchange, fill.trade_id, bf)
@@ -200,7 +201,7 @@ class Reconciler:
                     log.warning("%s: trade %s of order %s predates every run in this database: not recorded",
                                 ex.name, t.get("id"), cid)
                     continue
-                if self._record_fill(run_id, ex.trade_to_fill(t, cid)):
+                if self._record_fill(run_id, await ex.make_fill(t, cid)):
                     rep.missed_fills += 1
             # orders' filled size = the sum of their recorded fills
             for r in self._db_orders(working_only=False):

@@ -21,7 +21,8 @@ Units: prices quote/base, quantities base units, times ms since the epoch (serve
 Served REST API (Binance paths, parameters and reply shapes; signed endpoints check
 ``X-MBX-APIKEY``, the HMAC-SHA256 ``signature`` and ``timestamp`` vs ``recvWindow``):
 
-* public: ``GET /api/v3/ping``, ``/time``, ``/exchangeInfo``, ``/depth``, ``/trades``, ``/aggTrades``
+* public: ``GET /api/v3/ping``, ``/time``, ``/exchangeInfo``, ``/depth``, ``/trades``, ``/aggTrades``,
+  ``/ticker/24hr`` (one symbol)
 * signed: ``POST /api/v3/order`` (LIMIT with timeInForce GTC/IOC/FOK, LIMIT_MAKER = ccxt
   ``postOnly``, MARKET; ``newClientOrderId``; ``newOrderRespType`` ACK/RESULT/FULL),
   ``DELETE /api/v3/order`` (by ``orderId`` or ``origClientOrderId``), ``GET /api/v3/order``
@@ -53,7 +54,8 @@ with ``userDataStream.subscribe.signature`` pushing ``executionReport`` and
 Matching (see :mod:`.state`): an external book set by the test; our crossing orders take
 from it; our resting orders fill only against simulated taker flow
 :meth:`LocalBinance.taker_trade` (partial and full fills, trade ids shared with the public
-trade stream, fees in the received asset, balances move, free/locked).
+trade stream, fees in the received asset -- or in BNB with ``LocalBinance(fee_asset="BNB")``
+-- balances move, free/locked).
 
 Faults, from Python (:class:`LocalBinance`) or the admin API:
 
@@ -114,7 +116,7 @@ Admin API (JSON bodies, no auth, for the standalone server): ``GET /_admin/recor
 ``POST /_admin/taker`` ``{side, qty, price[, symbol]}``; ``/_admin/depth`` ``{bids, asks[,
 drop, skip_ids]}``; ``/_admin/book`` ``{bids, asks}``; ``/_admin/trade`` ``{price, qty,
 side}``; ``/_admin/expire`` ``{order_id | client_order_id[, status]}``; ``/_admin/clock``
-``{offset_ms}``; ``/_admin/balance`` ``{asset, free}``; ``/_admin/key`` ``{enabled}``;
+``{offset_ms}``; ``/_admin/balance`` ``{asset, free}``; ``/_admin/fees`` ``{asset}`` (fees in BNB); ``/_admin/key`` ``{enabled}``;
 ``/_admin/ws`` ``{action: drop|stall|resume|block|unblock|terminate, kind: market|user|all}``;
 ``/_admin/lift_ban``.
 """

@@ -61,6 +61,7 @@ class RestApi:
         r.add_get("/api/v3/depth", self.depth)
         r.add_get("/api/v3/trades", self.trades)
         r.add_get("/api/v3/aggTrades", self.agg_trades)
+        r.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
         r.add_post("/api/v3/order", self.new_order)
         r.add_delete("/api/v3/order", self.cancel_order)
         r.add_get("/api/v3/order", self.get_order)
@@ -252,6 +253,29 @@ class RestApi:
             {"a": t["id"], "p": fmt(t["price"]), "q": fmt(t["qty"]), "f": t["id"], "l": t["id"],
              "T": t["time"], "m": t["buyer_maker"], "M": True}
             for t in self._recent_trades(request)])
+
+    async def ticker_24hr(self, request: web.Request) -> web.Response:
+        """GET /api/v3/ticker/24hr?symbol= (ccxt spot ``fetch_ticker``): best bid/ask of the
+        external book, the last public trade; the 24 h statistics are those trades'."""
+        p = dict(request.query)
+        m = self.state.market(_need_symbol(p))
+        bids, asks = self.state.books.get(m.id, ([], []))
+        trades = self.state.public_trades.get(m.id, [])
+        last = trades[-1]["price"] if trades else (((bids[0][0] + asks[0][0]) / 2) if bids and asks else 0)
+        first = trades[0]["price"] if trades else last
+        now = self.state.now_ms()
+        px = [t["price"] for t in trades] or [last]
+        return web.json_response({
+            "symbol": m.id, "priceChange": fmt(last - first), "priceChangePercent": "0.000",
+            "weightedAvgPrice": fmt(last), "prevClosePrice": fmt(first), "lastPrice": fmt(last),
+            "lastQty": fmt(trades[-1]["qty"] if trades else 0),
+            "bidPrice": fmt(bids[0][0] if bids else 0), "bidQty": fmt(bids[0][1] if bids else 0),
+            "askPrice": fmt(asks[0][0] if asks else 0), "askQty": fmt(asks[0][1] if asks else 0),
+            "openPrice": fmt(first), "highPrice": fmt(max(px)), "lowPrice": fmt(min(px)),
+            "volume": fmt(sum((t["qty"] for t in trades), 0)),
+            "quoteVolume": fmt(sum((t["qty"] * t["price"] for t in trades), 0)),
+            "openTime": now - _24H_MS, "closeTime": now, "firstId": trades[0]["id"] if trades else -1,
+            "lastId": trades[-1]["id"] if trades else -1, "count": len(trades)})
 
     # -- trading -------------------------------------------------------------------------------
     async def new_order(self, request: web.Request) -> web.Response:

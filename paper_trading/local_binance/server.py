@@ -27,6 +27,9 @@ class LocalBinance:
         api_key, secret: the credentials signed requests must use (HMAC-SHA256).
         balances: initial free balances per asset (default 1 BTC, 100000 USDT).
         maker_fee, taker_fee: fee fractions (default 0.001).
+        fee_asset: charge fees in this asset (``"BNB"``: Binance's pay-fees-with-BNB),
+            valued at the mid of its book against the quote (see :mod:`.state`); also
+            :meth:`set_fee_asset` / ``POST /_admin/fees {"asset": "BNB" | null}``.
         recv_window_ms: accepted timestamp age when a request sends no recvWindow (5000).
         orders_per_10s: order-count limit (Binance's ``ORDERS`` 100 per 10 s; 0 = none):
             beyond it POST /api/v3/order answers 429 / -1015 with ``Retry-After``.
@@ -40,8 +43,10 @@ class LocalBinance:
     def __init__(self, markets: Iterable[MarketSpec] | None = None, *, api_key: str = "test-key",
                  secret: str = "test-secret", balances: dict[str, Any] | None = None,
                  maker_fee: Any = "0.001", taker_fee: Any = "0.001", recv_window_ms: int = 5000,
-                 orders_per_10s: int = 100, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.state = ExchangeState(markets, balances=balances, maker_fee=maker_fee, taker_fee=taker_fee)
+                 orders_per_10s: int = 100, host: str = "127.0.0.1", port: int = 0,
+                 fee_asset: str | None = None) -> None:
+        self.state = ExchangeState(markets, balances=balances, maker_fee=maker_fee, taker_fee=taker_fee,
+                                   fee_asset=fee_asset)
         self.faults = FaultPlan()
         self.api_key, self.secret = api_key, secret
         self.key_enabled = True
@@ -157,6 +162,10 @@ class LocalBinance:
 
     def set_balance(self, asset: str, free: Any) -> None:
         self.state.set_balance(asset, free)
+
+    def set_fee_asset(self, asset: str | None) -> None:
+        """Charge fees in ``asset`` from now on (``"BNB"``), or in the asset received (None)."""
+        self.state.fee_asset = asset or None
 
     @property
     def clock_offset_ms(self) -> int:
@@ -289,6 +298,9 @@ class LocalBinance:
             if action == "balance":
                 self.set_balance(b["asset"], b["free"])
                 return web.json_response({"asset": b["asset"], "free": str(self.state.free[b["asset"]])})
+            if action == "fees":
+                self.set_fee_asset(b.get("asset"))
+                return web.json_response({"fee_asset": self.state.fee_asset})
             if action == "key":
                 self.revoke_key(bool(b.get("enabled", False)))
                 return web.json_response({"enabled": self.key_enabled})
