@@ -88,6 +88,14 @@ def plain(d: Decimal | str) -> str:
     return s
 
 
+#: options of the trading client per exchange id, before the caller's (binanceusdm, like
+#: binance, would fetch currencies and margin pairs from the private spot ``sapi`` once keys
+#: are set: mmbot needs neither)
+_TRADING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "binanceusdm": {"fetchCurrencies": False, "fetchMargins": False},
+}
+
+
 def create_trading_client(exchange_id: str, *, credentials: dict | None = None, api_url: str | None = None,
                           ws_url: str | None = None, sandbox: bool = False, options: dict | None = None,
                           timeout_ms: int = 10_000, keepalive_s: float | None = 10.0) -> Any:
@@ -107,7 +115,7 @@ def create_trading_client(exchange_id: str, *, credentials: dict | None = None, 
         if eid not in mod.exchanges:
             raise ExchangeError(f"unknown exchange {exchange_id!r}")
         log.warning("%s has no websocket client in ccxt.pro: fills are polled over REST", eid)
-    merged = _deep_merge(_DEFAULT_OPTIONS.get(eid, {}), options or {})
+    merged = _deep_merge(_deep_merge(_DEFAULT_OPTIONS.get(eid, {}), _TRADING_DEFAULTS.get(eid, {})), options or {})
     config: dict[str, Any] = {"enableRateLimit": True, "options": merged, "timeout": timeout_ms}
     for k, v in (credentials or {}).items():
         if v:
@@ -230,6 +238,7 @@ class CcxtLiveExchange(Exchange):
         self._seen_trades: set[str] = set()
         self.base_fees: dict[str, Decimal] = {}  # trade id -> fee charged in the base currency, base units
         self.fee_rate_max_age_s = fee_rate_max_age_s
+        self.derivative = False  # the market is a swap / future (inventory = the exchange's position)
         self.fee_rates: dict[str, tuple[Decimal, float]] = {}  # currency -> (quote per unit, time.monotonic() fetched)
         self.last_trade_id: str | None = None  # newest trade id handed out (for polling)
         self.last_trade_ms: int | None = None
@@ -244,6 +253,7 @@ class CcxtLiveExchange(Exchange):
             self.ex = create_trading_client(self.exchange_id, **self._client_args)
         if self.market is None or self.market.symbol != symbol:
             self.market = await load_market(self.ex, symbol)
+            self.derivative = bool(self.ex.market(self.market.symbol).get("contract"))
         return self.market
 
     async def start(self, market: MarketInfo) -> None:
@@ -635,6 +645,24 @@ class CcxtLiveExchange(Exchange):
         except ccxt.BaseError as e:
             raise ExchangeError(f"balances on {self.name}: {redact(short_reason(e, self.name))}") from None
         return {k: Decimal(str(v)) for k, v in (b.get("total") or {}).items() if v is not None}
+
+    async def position(self) -> Decimal:
+        """The exchange's net position on the market (derivatives), contracts -- base units
+        where the contract size is 1, as on Binance USD-M; the unit of ccxt's trade
+        ``amount`` and so of our fills. Long positive, short negative; ccxt ``fetch_positions``
+        (hedge mode's long and short entries are netted; no entry = flat)."""
+        sym = self.market.symbol  # type: ignore[union-attr]
+        try:
+            rows = await self._call(lambda: self.ex.fetch_positions([sym]))
+        except ccxt.BaseError as e:
+            raise ExchangeError(f"positions on {self.name}: {redact(short_reason(e, self.name))}") from None
+        net = Decimal(0)
+        for p in rows or []:
+            if p.get("symbol") != sym or not p.get("contracts"):
+                continue
+            n = Decimal(str(p["contracts"]))
+            net += -n if p.get("side") == "short" else n
+        return net
 
     async def refresh_balances(self, order_size: Decimal | None = None) -> dict[str, Decimal]:
         """Re-read balances and re-enable a side blocked for insufficient funds when the

@@ -45,6 +45,11 @@ sent." on cancel [OrderNotFound], -2013 "Order does not exist." on fetch [OrderN
 recvWindow [InvalidNonce], -1013 filter failures [InvalidOrder], 429 / 418 with
 ``Retry-After`` and -1003 [DDoSProtection; ccxt's binance raises it for both codes].
 
+USD-M futures (``/fapi``, :mod:`.futures`): perpetuals for ccxt ``binanceusdm`` --
+markets, book, orders (post-only = GTX), user trades, balance and positions
+(``fetch_positions``); a second state, :attr:`LocalBinance.futures`, whose fills move a
+signed position.
+
 Websockets (same port): market streams ``/ws``, ``/ws/<n>``, ``/stream`` (depth diffs with
 Binance's U/u sequence, trades; see :mod:`.market_ws`) and the WebSocket API ``/ws-api/v3``
 with ``userDataStream.subscribe.signature`` pushing ``executionReport`` and

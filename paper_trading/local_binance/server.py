@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 from aiohttp import web
 
 from .faults import Fault, FaultPlan
+from .futures import FuturesApi
 from .market_ws import MarketStreams
 from .rest import RestApi
 from .state import ExchangeState, Fill, Level, MarketSpec, Order
@@ -27,6 +28,9 @@ class LocalBinance:
         api_key, secret: the credentials signed requests must use (HMAC-SHA256).
         balances: initial free balances per asset (default 1 BTC, 100000 USDT).
         maker_fee, taker_fee: fee fractions (default 0.001).
+        futures_markets: USD-M perpetuals served under ``/fapi`` (default BTCUSDT; see
+            :mod:`.futures`); their state is :attr:`futures` (wallet ``futures_balances``,
+            default 100000 USDT; positions start flat).
         fee_asset: charge fees in this asset (``"BNB"``: Binance's pay-fees-with-BNB),
             valued at the mid of its book against the quote (see :mod:`.state`); also
             :meth:`set_fee_asset` / ``POST /_admin/fees {"asset": "BNB" | null}``.
@@ -44,9 +48,13 @@ class LocalBinance:
                  secret: str = "test-secret", balances: dict[str, Any] | None = None,
                  maker_fee: Any = "0.001", taker_fee: Any = "0.001", recv_window_ms: int = 5000,
                  orders_per_10s: int = 100, host: str = "127.0.0.1", port: int = 0,
-                 fee_asset: str | None = None) -> None:
+                 fee_asset: str | None = None, futures_markets: Iterable[MarketSpec] | None = None,
+                 futures_balances: dict[str, Any] | None = None) -> None:
         self.state = ExchangeState(markets, balances=balances, maker_fee=maker_fee, taker_fee=taker_fee,
                                    fee_asset=fee_asset)
+        self.futures = ExchangeState(futures_markets if futures_markets is not None else [MarketSpec()],
+                                     balances=futures_balances or {"USDT": "100000"}, maker_fee=maker_fee,
+                                     taker_fee=taker_fee, derivatives=True)
         self.faults = FaultPlan()
         self.api_key, self.secret = api_key, secret
         self.key_enabled = True
@@ -60,6 +68,7 @@ class LocalBinance:
         self.ws_blocked: set[str] = set()
         self.stopping = False
         self.rest = RestApi(self)
+        self.fapi = FuturesApi(self)
         self.market_ws = MarketStreams(self)
         self.user = UserStreams(self)
         self._runner: web.AppRunner | None = None
@@ -72,6 +81,7 @@ class LocalBinance:
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self.rest.middleware])
         self.rest.add_routes(app)
+        self.fapi.add_routes(app)
         r = app.router
         r.add_get("/ws", self._ws)
         r.add_get("/ws/{tail:.*}", self._ws)
@@ -174,7 +184,27 @@ class LocalBinance:
 
     @clock_offset_ms.setter
     def clock_offset_ms(self, value: int) -> None:
-        self.state.clock_offset_ms = int(value)
+        self.state.clock_offset_ms = self.futures.clock_offset_ms = int(value)
+
+    # -- test controls: USD-M futures (see :mod:`.futures`) ----------------------------------
+    def set_futures_book(self, bids: Iterable[Level], asks: Iterable[Level], symbol: str = "BTCUSDT") -> int:
+        """Replace the external book of a perpetual."""
+        return self.futures.set_book(bids, asks, symbol)
+
+    def futures_taker_trade(self, side: str, qty: Any, price: Any, symbol: str = "BTCUSDT") -> list[Fill]:
+        """Simulated taker flow against our resting orders on a perpetual."""
+        return self.futures.taker_trade(side, qty, price, symbol=symbol)
+
+    def set_position(self, qty: Any, symbol: str = "BTCUSDT") -> None:
+        """Set the position of a perpetual (signed base units), as a liquidation, a manual
+        trade or another bot on the account would: no fill of ours explains it."""
+        from .state import dec
+
+        self.futures.positions[self.futures.market(symbol).id] = dec(qty)
+
+    def futures_record(self) -> dict[str, Any]:
+        """The USD-M side's own record (orders, fills, wallet, ``positions``)."""
+        return self.futures.record()
 
     # -- test controls: faults ----------------------------------------------------------------
     def fault(self, kind: str, match: str = "*", **kw: Any) -> Fault:

@@ -248,17 +248,25 @@ class ExchangeState:
         maker_fee, taker_fee: fee fractions (0.001 = 0.1 %).
         fee_asset: charge fees in this asset (``"BNB"``) instead of the asset received;
             settable at any time (see the module docstring).
+        derivatives: USD-M perpetuals instead of spot (the state behind ``/fapi``, see
+            :mod:`.futures`): a fill moves the signed :attr:`positions` (base units) and
+            charges its fee in the quote (the margin asset) from the wallet
+            (``free[quote]``); no funds are reserved and neither margin, leverage nor
+            realized PnL is modelled (the wallet moves by fees only).
     """
 
     def __init__(self, markets: Iterable[MarketSpec] | None = None, *,
                  balances: dict[str, Any] | None = None,
-                 maker_fee: Any = "0.001", taker_fee: Any = "0.001", fee_asset: str | None = None) -> None:
+                 maker_fee: Any = "0.001", taker_fee: Any = "0.001", fee_asset: str | None = None,
+                 derivatives: bool = False) -> None:
         self.markets: dict[str, MarketSpec] = {m.id: m for m in (list(markets) if markets is not None
                                                                  else _default_markets())}
         self.free: dict[str, Decimal] = {k: dec(v) for k, v in (balances or {"BTC": "1", "USDT": "100000"}).items()}
         self.locked: dict[str, Decimal] = {}
         self.maker_fee, self.taker_fee = dec(maker_fee), dec(taker_fee)
         self.fee_asset = fee_asset
+        self.derivatives = derivatives
+        self.positions: dict[str, Decimal] = {}  # derivatives: symbol id -> signed position, base units
         self.clock_offset_ms = 0
         self.books: dict[str, tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]] = {}
         self.update_ids: dict[str, int] = {sid: 1000 for sid in self.markets}
@@ -428,6 +436,8 @@ class ExchangeState:
             raise self._reject(cid, -2010, "Duplicate order sent.")
         # funds: BUY reserves quote at the limit (MARKET: at the worst level it may reach)
         asset, need = (m.quote, lim * qty) if side == "BUY" else (m.base, qty)
+        if self.derivatives:
+            need = ZERO  # no margin model: nothing reserved
         if self.free.get(asset, ZERO) < need:
             raise self._reject(cid, -2010, "Account has insufficient balance for requested action.")
         now = self.now_ms()
@@ -484,11 +494,15 @@ class ExchangeState:
         m = self.markets[o.symbol]
         rate = self.maker_fee if maker else self.taker_fee
         now = self.now_ms() if taker_time_ms is None else taker_time_ms
-        third = self._third_asset_fee(m, qty * price * rate)
+        third = None if self.derivatives else self._third_asset_fee(m, qty * price * rate)
         if third is not None:
             fee_asset, fee = third
             self._add(self.free, fee_asset, -fee)
-        if o.side == "BUY":
+        if self.derivatives:  # the position moves; the fee leaves the wallet (the margin asset)
+            fee, fee_asset = (qty * price * rate).quantize(_Q8, rounding=ROUND_HALF_UP), m.quote
+            self._add(self.free, m.quote, -fee)
+            self._add(self.positions, m.id, qty if o.side == "BUY" else -qty)
+        elif o.side == "BUY":
             if third is None:
                 fee = (qty * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
                 fee_asset = m.base
