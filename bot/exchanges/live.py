@@ -175,6 +175,12 @@ def _state_of(o: dict) -> tuple[OrderState, Decimal]:
     return OrderState.OPEN, filled  # None: ccxt could not tell; the order exists
 
 
+def _order_cid(o: dict) -> str | None:
+    """The client id of the ORDER in a ccxt order: Binance's cancel replies carry the
+    cancel request's own id as ``clientOrderId`` and the order's as ``origClientOrderId``."""
+    return (o.get("info") or {}).get("origClientOrderId") or o.get("clientOrderId")
+
+
 def _is_duplicate(e: BaseException) -> bool:
     return isinstance(e, ccxt.DuplicateOrderId) or "duplicate order" in str(e).lower()
 
@@ -593,7 +599,7 @@ class CcxtLiveExchange(Exchange):
                 except ccxt.OrderNotFound:  # binance: nothing open
                     res = []
                 for o in res or []:
-                    cid = o.get("clientOrderId")
+                    cid = _order_cid(o)
                     if cid:
                         st, filled = _state_of(o)
                         st = OrderState.CANCELED if st in (OrderState.OPEN, OrderState.PARTIALLY_FILLED) else st

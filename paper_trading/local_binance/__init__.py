@@ -73,6 +73,8 @@ Faults, from Python (:class:`LocalBinance`) or the admin API:
 * clock skew: :attr:`LocalBinance.clock_offset_ms` (server clock ahead/behind; recvWindow
   is enforced on every signed request); :meth:`LocalBinance.revoke_key` (-2015 from now on);
 * natural errors: duplicate client id, insufficient balance, unknown order;
+* market data: :attr:`LocalBinance.book_fault` (``"crossed"`` / ``"empty"``: a broken REST
+  depth), :attr:`LocalBinance.latency_s` (every API reply delayed);
 * websockets: :meth:`LocalBinance.drop_ws` (close), :meth:`LocalBinance.stall_ws` (open,
   silent, no pongs), :meth:`LocalBinance.block_ws` (refuse reconnects - e.g. a fill while
   the client is disconnected: drop + block, ``taker_trade``, unblock);
@@ -86,7 +88,9 @@ Faults, from Python (:class:`LocalBinance`) or the admin API:
 Record: :meth:`LocalBinance.record` / ``GET /_admin/record`` -> ``{"orders": [...],
 "fills": [...], "balances": {asset: {"free", "locked"}}, "rejections": [...]}`` (every
 order with client id and final state and ``closed_by``, every fill with trade id); the
-live objects are :attr:`LocalBinance.orders` / :attr:`LocalBinance.fills`. Helpers for the
+live objects are :attr:`LocalBinance.orders` / :attr:`LocalBinance.fills`, and
+:attr:`LocalBinance.order_requests` the parameters of every signed order request as sent.
+:meth:`LocalBinance.fill_order` fills one of our resting orders as a maker. Helpers for the
 checks a reconciliation test makes (open orders by client id, fill ids, duplicate client
 ids, net position from fills, balance totals) are in :mod:`.record`.
 

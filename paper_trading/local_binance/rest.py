@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from .state import BinanceApiError, Order, fmt
+from .state import BinanceApiError, Order, dec, fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import LocalBinance
@@ -95,6 +95,8 @@ class RestApi:
         while w and now_s - w[0] > 60:
             w.popleft()
         w.append(now_s)
+        if srv.latency_s:
+            await asyncio.sleep(srv.latency_s)
         fault = faults.take(method, path)
         if fault is None:
             response = await self._run(handler, request)
@@ -118,8 +120,10 @@ class RestApi:
         response = await self._run(handler, request) if fault.execute else None
         if fault.kind == "http":
             if fault.code is None:
-                return web.Response(status=fault.status, text=fault.msg or "Service Unavailable")
-            return self._error(fault.status, fault.code, fault.msg or "An unknown error occurred while processing the request.")
+                return web.Response(status=fault.status, text=fault.msg or "Service Unavailable", headers=fault.headers)
+            r = self._error(fault.status, fault.code, fault.msg or "An unknown error occurred while processing the request.")
+            r.headers.update(fault.headers or {})
+            return r
         if fault.kind == "drop":
             if request.transport is not None:
                 request.transport.abort()
@@ -226,6 +230,11 @@ class RestApi:
         if not 1 <= limit <= 5000:
             raise BinanceApiError(400, -1100, "Illegal characters found in parameter 'limit'; legal range is '1..5000'.")
         bids, asks = self.state.books.get(m.id, ([], []))
+        fault = self.server.book_fault
+        if fault == "empty":
+            bids, asks = [], []
+        elif fault == "crossed" and bids and asks:  # a best bid above the best ask
+            bids = [(asks[0][0] + dec(m.tick_size), bids[0][1])] + bids
         return web.json_response({
             "lastUpdateId": self.state.update_ids.get(m.id, 1000),
             "bids": [[fmt(p_), fmt(q)] for p_, q in bids[:limit]],
@@ -280,6 +289,7 @@ class RestApi:
     # -- trading -------------------------------------------------------------------------------
     async def new_order(self, request: web.Request) -> web.Response:
         p = await self.signed(request)
+        self.server.order_requests.append(dict(p))
         count_10s = self._count_order()
         sid = _need_symbol(p)
         self.state.market(sid)

@@ -65,6 +65,9 @@ class LocalBinance:
         self.calls: list[tuple[float, str, str, str]] = []
         self.unexpected: list[str] = []
         self.rejected_while_banned = 0
+        self.order_requests: list[dict[str, str]] = []  # parameters of every signed POST /api/v3/order, as sent
+        self.book_fault: str | None = None  # None | "crossed" | "empty": a broken REST /api/v3/depth
+        self.latency_s = 0.0  # delay before every API reply, seconds
         self.ws_blocked: set[str] = set()
         self.stopping = False
         self.rest = RestApi(self)
@@ -172,6 +175,10 @@ class LocalBinance:
 
     def set_balance(self, asset: str, free: Any) -> None:
         self.state.set_balance(asset, free)
+
+    def fill_order(self, order_id: int, qty: Any = None, price: Any = None) -> Order:
+        """Fill our resting spot order ``order_id`` as a maker (see :meth:`ExchangeState.fill_order`)."""
+        return self.state.fill_order(order_id, qty, price)
 
     def set_fee_asset(self, asset: str | None) -> None:
         """Charge fees in ``asset`` from now on (``"BNB"``), or in the asset received (None)."""

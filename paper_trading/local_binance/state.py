@@ -605,6 +605,16 @@ class ExchangeState:
         sid = self.market(symbol).id if symbol else None
         return [o for o in self.orders.values() if o.is_open and (sid is None or o.symbol == sid)]
 
+    def fill_order(self, order_id: int, qty: Any = None, price: Any = None) -> Order:
+        """A maker fill of our open order ``order_id``: ``qty`` base units (default: all that
+        is left) at ``price`` (default: its limit price); the public trade is printed too."""
+        o = self.orders[int(order_id)]
+        if not o.is_open:
+            raise ValueError(f"order {order_id} is {o.status}")
+        q = o.remaining if qty is None else min(o.remaining, dec(qty))
+        self._fill(o, q, o.price if price is None else dec(price), maker=True)
+        return o
+
     def taker_trade(self, side: str, qty: Any, price: Any, *, symbol: str = "BTCUSDT",
                     print_rest: bool = True) -> list[Fill]:
         """Simulated taker flow: an aggressor ``side`` ("buy" lifts asks, "sell" hits bids)
