@@ -14,20 +14,10 @@ from bot.exchanges.live import CcxtLiveExchange
 from bot.live.reconcile import Reconciler, ReconcileError
 from bot.persistence.store import open_store
 from paper_trading.local_binance import LocalBinance
+from test_live_local_binance import CEILING, until
 
 SYM = "BTC/USDT:USDT"
 CREDS = {"apiKey": "test-key", "secret": "test-secret"}
-CEILING = 120.0
-
-
-async def until(pred, what):
-    async def loop():
-        while not pred():
-            await asyncio.sleep(0.02)
-    try:
-        await asyncio.wait_for(loop(), CEILING)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def startup(srv, db, tolerance="0.00000001"):

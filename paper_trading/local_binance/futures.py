@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .rest import RestApi, _int, _need_symbol
+from .rest import RestApi, _need_symbol
 from .state import BinanceApiError, Fill, MarketSpec, Order, fmt
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,6 +85,9 @@ def trade_json(f: Fill) -> dict[str, Any]:
 
 class FuturesApi(RestApi):
     """The ``/fapi`` routes over :attr:`LocalBinance.futures`."""
+
+    order_json = staticmethod(order_json)  # GET order / openOrders / allOrders are the spot handlers
+    trade_json = staticmethod(trade_json)  # ... and userTrades is myTrades, with these shapes
 
     def __init__(self, server: "LocalBinance") -> None:
         super().__init__(server)
@@ -157,46 +160,6 @@ class FuturesApi(RestApi):
         for o in self.state.open_orders(sid):
             self.state.cancel(sid, o.order_id)
         return web.json_response({"code": 200, "msg": "The operation of cancel all open order is done."})
-
-    async def get_order(self, request: web.Request) -> web.Response:
-        p = await self.signed(request)
-        oid, cid = self._ids(p)
-        o = self.state.find_order(_need_symbol(p), oid, cid)
-        if o is None:
-            raise BinanceApiError(400, -2013, "Order does not exist.")
-        return web.json_response(order_json(o))
-
-    async def open_orders(self, request: web.Request) -> web.Response:
-        p = await self.signed(request)
-        return web.json_response([order_json(o) for o in self.state.open_orders(p.get("symbol") or None)])
-
-    async def all_orders(self, request: web.Request) -> web.Response:
-        p = await self.signed(request)
-        sid = self.state.market(_need_symbol(p)).id
-        rows = [o for o in self.state.orders.values() if o.symbol == sid]
-        from_id = _int(p, "orderId")
-        if from_id is not None:
-            rows = [o for o in rows if o.order_id >= from_id]
-        return web.json_response([order_json(o) for o in rows[-min(_int(p, "limit", 500), 1000):]])
-
-    async def my_trades(self, request: web.Request) -> web.Response:
-        """GET /fapi/v1/userTrades: ``symbol``; ``orderId``; ``fromId``; ``startTime`` /
-        ``endTime``; ``limit`` (default 500, max 1000); oldest first."""
-        p = await self.signed(request)
-        sid = self.state.market(_need_symbol(p)).id
-        rows = [f for f in self.state.fills if f.symbol == sid]
-        order_id, from_id = _int(p, "orderId"), _int(p, "fromId")
-        start, end = _int(p, "startTime"), _int(p, "endTime")
-        limit = min(_int(p, "limit", 500), 1000)
-        if order_id is not None:
-            rows = [f for f in rows if f.order_id == order_id]
-        if from_id is not None:
-            rows = [f for f in rows if f.trade_id >= from_id][:limit]
-        elif start is not None or end is not None:
-            rows = [f for f in rows if (start is None or f.time_ms >= start) and (end is None or f.time_ms <= end)][:limit]
-        else:
-            rows = rows[-limit:]
-        return web.json_response([trade_json(f) for f in rows])
 
     # -- account -------------------------------------------------------------------------------
     def _assets(self) -> list[dict[str, Any]]:

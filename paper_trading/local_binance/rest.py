@@ -335,6 +335,16 @@ class RestApi:
         return oid, cid
 
     @staticmethod
+    def order_json(o: Order) -> dict[str, Any]:
+        """An order as this API shows it (GET order, open orders, all orders)."""
+        return o.to_json()
+
+    @staticmethod
+    def trade_json(f: Any) -> dict[str, Any]:
+        """One of our trades as this API shows it (my trades)."""
+        return f.to_json()
+
+    @staticmethod
     def _cancel_json(o: Order, ccid: str) -> dict[str, Any]:
         body = o.to_json()
         body["origClientOrderId"] = o.client_order_id
@@ -359,11 +369,11 @@ class RestApi:
         o = self.state.find_order(_need_symbol(p), oid, cid)
         if o is None:
             raise BinanceApiError(400, -2013, "Order does not exist.")
-        return web.json_response(o.to_json())
+        return web.json_response(self.order_json(o))
 
     async def open_orders(self, request: web.Request) -> web.Response:
         p = await self.signed(request)
-        return web.json_response([o.to_json() for o in self.state.open_orders(p.get("symbol") or None)])
+        return web.json_response([self.order_json(o) for o in self.state.open_orders(p.get("symbol") or None)])
 
     async def all_orders(self, request: web.Request) -> web.Response:
         """GET /api/v3/allOrders: orders of ``symbol`` (``orderId`` >= , ``startTime``,
@@ -379,7 +389,7 @@ class RestApi:
             rows = [o for o in rows if (start is None or o.time_ms >= start) and (end is None or o.time_ms <= end)][:limit]
         else:
             rows = rows[-limit:]
-        return web.json_response([o.to_json() for o in rows])
+        return web.json_response([self.order_json(o) for o in rows])
 
     async def my_trades(self, request: web.Request) -> web.Response:
         """GET /api/v3/myTrades: ``symbol`` required; ``orderId``; ``fromId`` (trade id >=,
@@ -407,7 +417,7 @@ class RestApi:
             rows = [f for f in rows if lo <= f.time_ms <= hi][:limit]
         else:
             rows = rows[-limit:]
-        return web.json_response([f.to_json() for f in rows])
+        return web.json_response([self.trade_json(f) for f in rows])
 
     async def account(self, request: web.Request) -> web.Response:
         p = await self.signed(request)
