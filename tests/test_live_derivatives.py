@@ -110,3 +110,31 @@ async def test_live_engine_quotes_a_perpetual_and_its_inventory_is_the_position(
     assert position == sum(D(s) * (1 if side == "buy" else -1) for _, s, side, _, _ in fills)
     last = D(con.execute("select inventory from pnl_snapshots order by ts_ns desc, id desc limit 1").fetchone()[0])
     assert last == position and D(str(summary["inventory"])) == position
+
+
+async def test_a_position_change_while_running_stops_the_run_and_says_by_how_much(tmp_path):
+    """I7 while running: the position moves without a fill of ours (a liquidation, a manual
+    trade); two reconciliations in a row see it and the run stops (status killed)."""
+    from bot.live.app import build_live_engine
+    from test_live_engine import CREDS as LIVE_CREDS
+    from test_live_engine import live_cfg
+
+    db = tmp_path / "perp-move.db"
+    async with LocalBinance() as srv:
+        cfg = live_cfg(srv, db, exchange="binanceusdm", symbol=SYM)
+        store = open_store(cfg.database.url)
+        eng = build_live_engine(cfg, store, LIVE_CREDS, handle_signals=False)
+
+        async def liquidate():
+            await until(lambda: eng.om is not None and any(o.is_open for o in srv.futures.orders.values()), "our quotes")
+            srv.set_position("-0.25")
+
+        side = asyncio.ensure_future(liquidate())
+        try:
+            summary = await asyncio.wait_for(eng.run(), CEILING)
+            await asyncio.wait_for(side, 10)
+        finally:
+            side.cancel()
+            store.close()
+    assert summary["status"] == "killed", summary
+    assert "the exchange position is -0.25" in summary["stop_reason"] and "off by -0.25 BTC" in summary["stop_reason"]

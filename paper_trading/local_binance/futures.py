@@ -21,6 +21,10 @@ would cross is refused with -5022 as Binance does. Test controls:
 ``LocalBinance.futures_taker_trade`` (simulated taker flow), ``set_futures_book``,
 ``set_position`` (a position changed by something else: a liquidation, another bot).
 
+Not served: the USD-M websockets (``fstream`` market streams, the listenKey user stream):
+run ``mmbot live`` on a perpetual here with REST market data (``market_data.transport:
+rest``) and ``live.fills_transport: rest``.
+
 Units: prices quote per base, quantities base units, times server ms.
 """
 
