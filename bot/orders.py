@@ -203,6 +203,10 @@ class Fill:
         liquidity: ``"maker"`` or ``"taker"``.
         ts_ns: execution time, ns since epoch.
         mid: mid price when the fill happened (for spread-capture attribution), quote per base.
+        fee_cost, fee_currency: the fee as the venue charged it (amount in ``fee_currency``
+            units; None for simulated venues, whose ``fee`` is charged in quote).
+        fee_rate: quote per ``fee_currency`` unit used to value ``fee_cost`` as ``fee``
+            (None with a non-quote ``fee_currency``: not converted, ``fee`` is 0 for it).
     """
 
     exchange: str
@@ -216,6 +220,9 @@ class Fill:
     liquidity: str
     ts_ns: int
     mid: float
+    fee_cost: Decimal | None = None
+    fee_currency: str | None = None
+    fee_rate: Decimal | None = None
 
     @property
     def notional(self) -> Decimal:

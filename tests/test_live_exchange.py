@@ -339,3 +339,36 @@ async def test_cancel_all_reports_every_order_sent(fake_binance):
         assert not [x for x in fake_binance.orders.values() if x.is_open]
     finally:
         await ex.close()
+
+
+async def test_fee_currency_prices_from_the_ticker_cached_inverse_and_missing():
+    """A third fee currency is valued at the FEE/QUOTE ticker mid (or 1 / QUOTE/FEE), the
+    price is reused for fee_rate_max_age_s; with no market for it the fee stays
+    unconverted and flagged (fee 0 in quote, cost and currency kept, rate None)."""
+    from paper_trading.local_binance import LocalBinance, MarketSpec
+
+    markets = [MarketSpec(), MarketSpec(base="BNB", quote="USDT"), MarketSpec(base="USDT", quote="EUR", min_notional="1")]
+    async with LocalBinance(markets) as srv:
+        srv.set_book([(600.00, 5)], [(600.10, 5)], symbol="BNBUSDT")
+        srv.set_book([(0.90, 1000)], [(0.92, 1000)], symbol="USDTEUR")
+        ex = await make(srv)
+        try:
+            assert await ex.fee_rate("USDT") == 1
+            assert await ex.fee_rate("BNB") == D("600.05")
+            srv.set_book([(700.00, 5)], [(700.10, 5)], symbol="BNBUSDT")
+            assert await ex.fee_rate("BNB") == D("600.05")  # cached
+            assert srv.count("/api/v3/ticker/24hr") == 1
+            ex.fee_rate_max_age_s = 0.0
+            assert await ex.fee_rate("BNB") == D("700.05")  # refetched once too old
+            assert await ex.fee_rate("EUR") == 1 / D("0.91")  # only USDT/EUR is listed
+            trade = {"id": "7", "price": 50000.0, "amount": 0.001, "side": "buy", "timestamp": 1, "symbol": "BTC/USDT",
+                     "fee": {"cost": 0.0001, "currency": "BNB"}}
+            f = await ex.make_fill(trade, "c1")
+            assert (f.fee_cost, f.fee_currency, f.fee_rate, f.fee) == (D("0.0001"), "BNB", D("700.05"), D("0.070005"))
+            f = await ex.make_fill({**trade, "id": "8", "fee": {"cost": 0.5, "currency": "XYZ"}}, "c1")
+            assert (f.fee_cost, f.fee_currency, f.fee_rate, f.fee) == (D("0.5"), "XYZ", None, 0)
+            assert ex.counters["unconverted_fees"] == 1
+            f = await ex.make_fill({**trade, "id": "9", "fee": {"cost": 0.000001, "currency": "BTC"}}, "c1")
+            assert (f.fee_rate, f.fee) == (D("50000.0"), D("0.000001") * D("50000.0")) and ex.base_fees["9"] == D("0.000001")
+        finally:
+            await ex.close()

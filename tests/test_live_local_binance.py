@@ -19,7 +19,7 @@ from decimal import Decimal as D
 import pytest
 
 from bot.live.app import build_live_engine
-from paper_trading.local_binance import LocalBinance
+from paper_trading.local_binance import LocalBinance, MarketSpec
 from paper_trading.local_binance.record import balance_total, duplicate_client_ids, net_base_from_fills, open_orders
 from test_live_engine import CREDS, WORKING, live_cfg
 
@@ -42,11 +42,12 @@ def resting(ex, side):
     return [o for o in ex.orders.values() if o.is_open and o.side == side]
 
 
-async def run_scenario(tmp_path, actor, **over):
-    """Run the live engine on a fresh local exchange while ``actor(ex, eng)`` plays the
-    scenario; stop once the actor is done and every exchange fill has reached the engine."""
+async def run_scenario(tmp_path, actor, server=None, **over):
+    """Run the live engine on a fresh local exchange (``LocalBinance(**server)``) while
+    ``actor(ex, eng)`` plays the scenario; stop once the actor is done and every exchange
+    fill has reached the engine."""
     db = tmp_path / "live.db"
-    async with LocalBinance() as ex:
+    async with LocalBinance(**(server or {})) as ex:
         cfg = live_cfg(ex, db, **{"live.ws_url": ex.ws_url, "live.fills_transport": "auto", **over})
         store = open_store_(cfg)
         eng = build_live_engine(cfg, store, CREDS, handle_signals=False)
@@ -86,12 +87,13 @@ def open_store_(cfg):
 
 def check_against_record(db, rec, summary):
     con = sqlite3.connect(db)
-    fills = con.execute("select trade_id, client_id, size, side from fills").fetchall()
+    fills = con.execute("select trade_id, client_id, size, side, fee_cost, fee_currency from fills").fetchall()
     ex_fills = {str(f["trade_id"]): f for f in rec["fills"]}
     assert sorted(f[0] for f in fills) == sorted(ex_fills), "every exchange fill recorded exactly once"
-    for tid, cid, size, side in fills:
+    for tid, cid, size, side, fee_cost, fee_ccy in fills:
         f = ex_fills[tid]
         assert cid == f["client_order_id"] and D(size) == D(f["qty"]) and side == f["side"].lower()
+        assert (D(fee_cost), fee_ccy) == (D(f["commission"]), f["commission_asset"]), "the fee as the exchange charged it"
     assert not open_orders(rec), "cancel-all at shutdown leaves nothing open"
     db_orders = dict(con.execute("select client_id, state from orders").fetchall())
     for o in rec["orders"]:
@@ -124,6 +126,51 @@ async def test_taker_flow_partial_and_full_fills(tmp_path):
     summary, eng, rec = await run_scenario(tmp_path, taker_fills)
     assert summary["fills"] == len(rec["fills"]) >= 3
     assert any(f["commission_asset"] == "BTC" for f in rec["fills"])  # buys pay fees in base: I5 holds anyway
+
+
+BNB_MARKETS = [MarketSpec(), MarketSpec(base="BNB", quote="USDT", tick_size="0.01", step_size="0.001", min_qty="0.001")]
+BNB_SERVER = {"markets": BNB_MARKETS, "balances": {"BTC": "1", "USDT": "100000", "BNB": "10"}, "fee_asset": "BNB"}
+
+
+async def bnb_taker_fills(ex, eng):
+    ex.set_book([(600.00, 50)], [(600.10, 50)], symbol="BNBUSDT")  # BNB at 600.05 USDT (mid)
+    await taker_fills(ex)
+
+
+async def test_fees_charged_in_bnb_are_recorded_with_their_currency_and_valued_in_quote(tmp_path):
+    """Binance's pay-fees-with-BNB: each fill's fee is recorded as charged (BNB amount =
+    the server's record) and valued at the BNB/USDT ticker mid in fills.fee, which PnL and
+    `mmbot report` use."""
+    summary, eng, rec = await run_scenario(tmp_path, bnb_taker_fills, server=BNB_SERVER)
+    assert len(rec["fills"]) >= 3 and all(f["commission_asset"] == "BNB" for f in rec["fills"])
+    con = sqlite3.connect(tmp_path / "live.db")
+    rows = con.execute("select trade_id, fee, fee_cost, fee_currency, fee_rate from fills").fetchall()
+    by_tid = {str(f["trade_id"]): f for f in rec["fills"]}
+    for tid, fee, cost, ccy, rate in rows:
+        assert D(cost) == D(by_tid[tid]["commission"]) > 0 and ccy == "BNB"
+        assert D(rate) == D("600.05") and D(fee) == D(cost) * D("600.05")
+    total = sum(D(r[1]) for r in rows)
+    assert eng.inventory.fees_paid == total
+    from bot.persistence.report import build_report
+    r = build_report(str(tmp_path / "live.db"))
+    assert r.fees == float(total) and r.unconverted_fees == ""
+    assert balance_total(rec, "BNB") == D(10) - sum(D(f["commission"]) for f in rec["fills"])
+
+
+async def test_a_bnb_fee_without_a_price_is_recorded_raw_and_flagged(tmp_path):
+    """No BNB/USDT ticker for the bot (the ticker endpoint fails): the fee is kept in BNB
+    with no conversion price, counts 0 in quote, and the report lists it."""
+    async def actor(ex, eng):
+        ex.fault("http", "GET /api/v3/ticker/24hr", status=503, count=1000)
+        await bnb_taker_fills(ex, eng)
+    summary, eng, rec = await run_scenario(tmp_path, actor, server=BNB_SERVER)
+    con = sqlite3.connect(tmp_path / "live.db")
+    rows = con.execute("select fee, fee_cost, fee_currency, fee_rate from fills").fetchall()
+    assert rows and all(D(fee) == 0 and D(cost) > 0 and ccy == "BNB" and rate is None for fee, cost, ccy, rate in rows)
+    assert eng.exchange.counters["unconverted_fees"] >= len(rows)
+    from bot.persistence.report import build_report
+    r = build_report(str(tmp_path / "live.db"))
+    assert r.unconverted_fees == f"{format(sum(D(f['commission']) for f in rec['fills']), 'f')} BNB"
 
 
 async def test_order_timeout_although_placed(tmp_path):

@@ -13,6 +13,10 @@ that tree on the simulated market with ``paper.A: 1.0`` and ``maker_fee: -0.0002
   ``mmbot_meta`` nor ``run_processes`` tables yet.
 * ``record_867d9b4.sql.gz``: commit 867d9b4 (the last before Alembic), one run (seed 8,
   30 s) with every table of the first migration.
+* ``record_reports_0001.json``: what ``mmbot report --json`` said for each run of those
+  databases (main at 5e48404, the last code whose schema was revision 0001 and so read
+  them unchanged): the figures an upgraded database must still report. Code with newer
+  revisions refuses to read a database before ``mmbot db upgrade``.
 """
 
 from __future__ import annotations
@@ -92,6 +96,25 @@ def report_json(db: Path, run_id: int, cwd: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def figures_0001(fixture: str) -> dict[int, dict]:
+    """The report figures of a fixture's runs as the revision-0001 code gave them."""
+    saved = json.loads((FIXTURES / "record_reports_0001.json").read_text())[fixture]
+    return {int(i): v for i, v in saved.items()}
+
+
+def same_figures(report: dict, figures: dict) -> None:
+    for k, v in figures.items():
+        assert report[k] == pytest.approx(v, rel=1e-12, abs=1e-9), (k, report[k], v)
+
+
+def old_columns(db: Path, before: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+    """Rows of the record tables cut to the columns they had in ``before`` (newer
+    revisions only add columns, at the end)."""
+    now = rows(db)
+    width = {t: len(r[0]) if r else 0 for t, r in before.items()}
+    return {t: [row[:width[t]] if width[t] else row for row in v] for t, v in now.items()}
+
+
 def test_the_shipped_history_is_the_one_the_code_names_and_builds_the_models_schema(tmp_path):
     from alembic.script import ScriptDirectory
 
@@ -115,14 +138,17 @@ def test_a_pre_alembic_database_upgrades_without_loss_and_reports_the_same(tmp_p
     assert len(before_rows["runs"]) == runs and before_rows["fills"]
     work = tmp_path / "elsewhere"  # not the repository: the migrations come with the package
     work.mkdir()
-    before = {i: report_json(db, i, work) for i in range(1, runs + 1)}
-    assert all(b["fills"] > 0 for b in before.values())
+    before = figures_0001(fixture)
+    assert sorted(before) == list(range(1, runs + 1)) and all(b["fills"] > 0 for b in before.values())
+    if migrate.HEAD != migrate.BASELINE:  # newer than the first revision: read only once upgraded
+        r = mmbot("report", "--db", db, "--json", cwd=work)
+        assert r.returncode == 2 and f"run `mmbot db upgrade --db {db}` first" in r.stderr
 
     r = mmbot("db", "upgrade", "--db", db, cwd=work)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"database {db}: schema upgraded from pre-alembic to revision {migrate.HEAD}"
     assert version(db) == [migrate.HEAD]
-    assert rows(db) == before_rows  # every row of every table, column by column
+    assert old_columns(db, before_rows) == before_rows  # every row of every table, column by column
     assert {"mmbot_meta", "run_processes"} <= tables(db)
     eng = make_engine(str(db))
     try:
@@ -130,7 +156,8 @@ def test_a_pre_alembic_database_upgrades_without_loss_and_reports_the_same(tmp_p
     finally:
         eng.dispose()
     after = {i: report_json(db, i, work) for i in range(1, runs + 1)}
-    assert after == before
+    for i in after:
+        same_figures(after[i], before[i])
 
     again = mmbot("db", "upgrade", "--db", db, cwd=work)
     assert again.returncode == 0 and "already at revision" in again.stdout
@@ -140,25 +167,38 @@ def test_a_pre_alembic_database_upgrades_without_loss_and_reports_the_same(tmp_p
     assert new.returncode == 0, new.stderr
     assert json.loads(new.stdout.strip().splitlines()[-1])["run_id"] == runs + 1
     assert {t: v for t, v in rows(db).items() if t != "runs"} != {t: v for t, v in before_rows.items() if t != "runs"}
-    assert {i: report_json(db, i, work) for i in range(1, runs + 1)} == before
+    assert {i: report_json(db, i, work) for i in range(1, runs + 1)} == after
 
 
 def test_a_start_adopts_a_pre_alembic_database_as_the_first_revision(tmp_path):
+    """A start stamps a database written before Alembic as the first revision (creating
+    only the tables it lacks); with newer revisions shipped it then refuses like any older
+    database, until `mmbot db upgrade`."""
     db = load_fixture("record_d7289a2.sql.gz", tmp_path / "old.db")
     before_rows = rows(db)
-    before = build_report(str(db), 2)
-    st = open_store(str(db))  # what `mmbot paper` / `backtest` do first
+    if migrate.HEAD != migrate.BASELINE:
+        with pytest.raises(ConfigError) as e:
+            open_store(str(db))  # what `mmbot paper` / `backtest` do first
+        assert str(e.value).endswith(f"run `mmbot db upgrade --db {db}` first")
+        assert version(db) == [migrate.BASELINE]
+        assert rows(db) == before_rows
+        eng = make_engine(str(db))
+        try:
+            migrate.upgrade(eng, str(db))
+        finally:
+            eng.dispose()
+    st = open_store(str(db))
     try:
         run_id = st.start_run("paper", "paper", "SIM/USD", {})
         st.end_run("completed", {})
     finally:
         st.close()
     assert run_id == 3
-    assert version(db) == [migrate.BASELINE]
-    after_rows = rows(db)
+    assert version(db) == [migrate.HEAD]
+    after_rows = old_columns(db, before_rows)
     assert after_rows["runs"][:2] == before_rows["runs"]
     assert {t: after_rows[t] for t in RECORD_TABLES if t != "runs"} == {t: before_rows[t] for t in RECORD_TABLES if t != "runs"}
-    assert build_report(str(db), 2) == before
+    same_figures(build_report(str(db), 2).as_dict(), figures_0001("record_d7289a2.sql.gz")[2])
 
 
 def test_a_database_newer_than_the_code_is_refused_by_every_command(tmp_path):
@@ -181,16 +221,17 @@ def test_a_database_newer_than_the_code_is_refused_by_every_command(tmp_path):
     assert rows(db)["runs"] == []  # the refused start wrote nothing
 
 
-SECOND = '''"""A later revision (test): runs.note, additive.
+NEXT = "0999"  # a revision after the newest shipped one (whatever its id)
+SECOND = f'''"""A later revision (test): runs.note, additive.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: {NEXT}
+Revises: {migrate.HEAD}
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{NEXT}"
+down_revision = "{migrate.HEAD}"
 branch_labels = None
 depends_on = None
 
@@ -216,12 +257,13 @@ def test_a_database_older_than_the_code_is_refused_until_db_upgrade(tmp_path, mo
 
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_note.py").write_text(SECOND)
+    (scripts / "versions" / f"{NEXT}_note.py").write_text(SECOND)
+    head = migrate.HEAD
     monkeypatch.setattr(migrate, "MIGRATIONS_DIR", scripts)
-    monkeypatch.setattr(migrate, "REVISIONS", ("0001", "0002"))
-    monkeypatch.setattr(migrate, "HEAD", "0002")
+    monkeypatch.setattr(migrate, "REVISIONS", migrate.REVISIONS + (NEXT,))
+    monkeypatch.setattr(migrate, "HEAD", NEXT)
 
-    hint = (f"database {db}: its schema (revision 0001) is older than this mmbot's (0002); "
+    hint = (f"database {db}: its schema (revision {head}) is older than this mmbot's ({NEXT}); "
             f"run `mmbot db upgrade --db {db}` first")
     with pytest.raises(ConfigError) as e:
         open_store(str(db))
@@ -229,16 +271,16 @@ def test_a_database_older_than_the_code_is_refused_until_db_upgrade(tmp_path, mo
     with pytest.raises(ConfigError) as e:
         build_report(str(db))
     assert str(e.value) == hint
-    assert version(db) == ["0001"]
+    assert version(db) == [head]
 
     eng = make_engine(str(db))
     try:
-        assert migrate.upgrade(eng, str(db)) == ("0001", "0002")
+        assert migrate.upgrade(eng, str(db)) == (head, NEXT)
         with eng.connect() as c:
             assert c.execute(text("SELECT note FROM runs")).all() == [(None,)]
     finally:
         eng.dispose()
-    assert version(db) == ["0002"]
+    assert version(db) == [NEXT]
     after = rows(db)
     assert [r[:-1] for r in after["runs"]] == before_rows["runs"]  # the new column is last
     assert {t: after[t] for t in RECORD_TABLES if t != "runs"} == {t: before_rows[t] for t in RECORD_TABLES if t != "runs"}

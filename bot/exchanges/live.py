@@ -34,8 +34,20 @@ Errors, as the exchange means them (ccxt classes; each has a test in tests/test_
   ``on_fatal`` is called, the engine stops.
 * anything else ``InvalidOrder`` / ``ExchangeError``: a rejection with the reason.
 
-Units: prices quote per base (Decimal), sizes base units (Decimal), fees quote currency,
-times ns since the epoch (ccxt reports ms). Prices and sizes are sent as the plain decimal
+Fees: each fill keeps the fee as the exchange charged it (ccxt trade ``fee`` {cost, currency}:
+``Fill.fee_cost`` / ``fee_currency``) and its value in quote currency (``Fill.fee``, what PnL
+and ``mmbot report`` use) with the price that valued it (``Fill.fee_rate``, quote per
+fee-currency unit): 1 for the quote; the fill price for the base; for a third currency
+(BNB on Binance) the mid (else last) of the ``FEE/QUOTE`` ticker (or ``1 / QUOTE/FEE``),
+fetched when the fill is taken and cached ``fee_rate_max_age_s`` (default 60 s): the price
+the bot knew when it learnt of the fill. A fill recovered later (restart reconciliation) is
+valued at the ticker of that moment. When no price is available (no such market, ticker
+fails) the fee is recorded unconverted: ``fee_cost`` / ``fee_currency`` kept, ``fee_rate``
+None, ``fee`` 0, a warning logged and ``counters['unconverted_fees']`` counted -- never a
+silent 0 (``mmbot report`` lists such fees).
+
+Units: prices quote per base (Decimal), sizes base units (Decimal), fees quote currency
+unless named otherwise, times ns since the epoch (ccxt reports ms). Prices and sizes are sent as the plain decimal
 strings of ccxt's ``price_to_precision`` / ``amount_to_precision`` (never exponent form).
 """
 
@@ -76,6 +88,14 @@ def plain(d: Decimal | str) -> str:
     return s
 
 
+#: options of the trading client per exchange id, before the caller's (binanceusdm, like
+#: binance, would fetch currencies and margin pairs from the private spot ``sapi`` once keys
+#: are set: mmbot needs neither)
+_TRADING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "binanceusdm": {"fetchCurrencies": False, "fetchMargins": False},
+}
+
+
 def create_trading_client(exchange_id: str, *, credentials: dict | None = None, api_url: str | None = None,
                           ws_url: str | None = None, sandbox: bool = False, options: dict | None = None,
                           timeout_ms: int = 10_000, keepalive_s: float | None = 10.0) -> Any:
@@ -95,7 +115,7 @@ def create_trading_client(exchange_id: str, *, credentials: dict | None = None, 
         if eid not in mod.exchanges:
             raise ExchangeError(f"unknown exchange {exchange_id!r}")
         log.warning("%s has no websocket client in ccxt.pro: fills are polled over REST", eid)
-    merged = _deep_merge(_DEFAULT_OPTIONS.get(eid, {}), options or {})
+    merged = _deep_merge(_deep_merge(_DEFAULT_OPTIONS.get(eid, {}), _TRADING_DEFAULTS.get(eid, {})), options or {})
     config: dict[str, Any] = {"enableRateLimit": True, "options": merged, "timeout": timeout_ms}
     for k, v in (credentials or {}).items():
         if v:
@@ -155,6 +175,12 @@ def _state_of(o: dict) -> tuple[OrderState, Decimal]:
     return OrderState.OPEN, filled  # None: ccxt could not tell; the order exists
 
 
+def _order_cid(o: dict) -> str | None:
+    """The client id of the ORDER in a ccxt order: Binance's cancel replies carry the
+    cancel request's own id as ``clientOrderId`` and the order's as ``origClientOrderId``."""
+    return (o.get("info") or {}).get("origClientOrderId") or o.get("clientOrderId")
+
+
 def _is_duplicate(e: BaseException) -> bool:
     return isinstance(e, ccxt.DuplicateOrderId) or "duplicate order" in str(e).lower()
 
@@ -178,6 +204,7 @@ class CcxtLiveExchange(Exchange):
         on_fatal: called with the message when an authentication/permission error occurs.
         dead_man_s: arm the exchange's cancel-all-after with this timeout, seconds, where
             ccxt has it (``has['cancelAllOrdersAfter']``); elsewhere a warning says there is none.
+        fee_rate_max_age_s: how long a fee currency's ticker price is reused, seconds.
         client: a ready ccxt client (tests); otherwise one is created in :meth:`start`.
     """
 
@@ -186,7 +213,7 @@ class CcxtLiveExchange(Exchange):
                  request_timeout_s: float = 10.0, fills_transport: str = "auto", poll_interval_s: float = 2.0,
                  resolve_not_found_checks: int = 3, resolve_interval_s: float = 1.0, dedicated_account: bool = True,
                  is_ours: Callable[[str], bool] | None = None, on_fatal: Callable[[str], None] | None = None,
-                 dead_man_s: float | None = 60.0, client: Any = None) -> None:
+                 dead_man_s: float | None = 60.0, fee_rate_max_age_s: float = 60.0, client: Any = None) -> None:
         super().__init__()
         self.exchange_id = exchange_id.strip().lower()
         self.name = venue_name(self.exchange_id, sandbox, api_url)
@@ -216,6 +243,9 @@ class CcxtLiveExchange(Exchange):
         self._tasks: set[asyncio.Task] = set()
         self._seen_trades: set[str] = set()
         self.base_fees: dict[str, Decimal] = {}  # trade id -> fee charged in the base currency, base units
+        self.fee_rate_max_age_s = fee_rate_max_age_s
+        self.derivative = False  # the market is a swap / future (inventory = the exchange's position)
+        self.fee_rates: dict[str, tuple[Decimal, float]] = {}  # currency -> (quote per unit, time.monotonic() fetched)
         self.last_trade_id: str | None = None  # newest trade id handed out (for polling)
         self.last_trade_ms: int | None = None
         self._bg: list[asyncio.Task] = []
@@ -229,6 +259,7 @@ class CcxtLiveExchange(Exchange):
             self.ex = create_trading_client(self.exchange_id, **self._client_args)
         if self.market is None or self.market.symbol != symbol:
             self.market = await load_market(self.ex, symbol)
+            self.derivative = bool(self.ex.market(self.market.symbol).get("contract"))
         return self.market
 
     async def start(self, market: MarketInfo) -> None:
@@ -568,7 +599,7 @@ class CcxtLiveExchange(Exchange):
                 except ccxt.OrderNotFound:  # binance: nothing open
                     res = []
                 for o in res or []:
-                    cid = o.get("clientOrderId")
+                    cid = _order_cid(o)
                     if cid:
                         st, filled = _state_of(o)
                         st = OrderState.CANCELED if st in (OrderState.OPEN, OrderState.PARTIALLY_FILLED) else st
@@ -621,6 +652,24 @@ class CcxtLiveExchange(Exchange):
             raise ExchangeError(f"balances on {self.name}: {redact(short_reason(e, self.name))}") from None
         return {k: Decimal(str(v)) for k, v in (b.get("total") or {}).items() if v is not None}
 
+    async def position(self) -> Decimal:
+        """The exchange's net position on the market (derivatives), contracts -- base units
+        where the contract size is 1, as on Binance USD-M; the unit of ccxt's trade
+        ``amount`` and so of our fills. Long positive, short negative; ccxt ``fetch_positions``
+        (hedge mode's long and short entries are netted; no entry = flat)."""
+        sym = self.market.symbol  # type: ignore[union-attr]
+        try:
+            rows = await self._call(lambda: self.ex.fetch_positions([sym]))
+        except ccxt.BaseError as e:
+            raise ExchangeError(f"positions on {self.name}: {redact(short_reason(e, self.name))}") from None
+        net = Decimal(0)
+        for p in rows or []:
+            if p.get("symbol") != sym or not p.get("contracts"):
+                continue
+            n = Decimal(str(p["contracts"]))
+            net += -n if p.get("side") == "short" else n
+        return net
+
     async def refresh_balances(self, order_size: Decimal | None = None) -> dict[str, Decimal]:
         """Re-read balances and re-enable a side blocked for insufficient funds when the
         free balance covers one order again (``order_size`` base units at the mid)."""
@@ -644,27 +693,86 @@ class CcxtLiveExchange(Exchange):
         """Map an exchange order id to our client id (orders of earlier runs, from the DB)."""
         self._by_xid[str(exchange_id)] = client_id
 
-    def trade_to_fill(self, t: dict, client_id: str) -> Fill:
-        """A ccxt unified trade of ours as a :class:`Fill` (fee converted to quote currency)."""
+    async def fee_rate(self, currency: str) -> Decimal | None:
+        """Quote per unit of ``currency`` to value a fee charged in it: 1 for the quote; else
+        the mid (bid+ask)/2 of the ``CUR/QUOTE`` ticker (its last price without a bid and
+        ask), or 1 / that of ``QUOTE/CUR``; cached ``fee_rate_max_age_s``. None when the
+        exchange lists neither market or the ticker cannot be read (a stale cached price
+        is then used if there is one, with a warning)."""
+        m = self.market
+        if m is None:
+            return None
+        if currency == m.quote:
+            return Decimal(1)
+        hit = self.fee_rates.get(currency)
+        if hit is not None and time.monotonic() - hit[1] <= self.fee_rate_max_age_s:
+            return hit[0]
+        markets = getattr(self.ex, "markets", None) or {}
+        for sym, inverse in ((f"{currency}/{m.quote}", False), (f"{m.quote}/{currency}", True)):
+            if sym not in markets:
+                continue
+            try:
+                t = await self._call(lambda: self.ex.fetch_ticker(sym))
+            except (ccxt.BaseError, ExchangeError) as e:
+                log.warning("%s: ticker %s for fee conversion: %s", self.name, sym, redact(short_reason(e, self.name)))
+                break
+            bid, ask, last = t.get("bid"), t.get("ask"), t.get("last")
+            if bid and ask:
+                px = (Decimal(str(bid)) + Decimal(str(ask))) / 2
+            elif last:
+                px = Decimal(str(last))
+            else:
+                break
+            rate = (Decimal(1) / px) if inverse else px
+            self.fee_rates[currency] = (rate, time.monotonic())
+            return rate
+        if hit is not None:
+            log.warning("%s: using a %.0f s old %s price for fee conversion", self.name, time.monotonic() - hit[1], currency)
+            return hit[0]
+        return None
+
+    async def make_fill(self, t: dict, client_id: str) -> Fill:
+        """:meth:`trade_to_fill` with the fee currency's price looked up first (a fee in a
+        currency other than base and quote)."""
+        m = self.market
+        cur = (t.get("fee") or {}).get("currency")
+        rate = None
+        if m is not None and cur and cur not in (m.base, m.quote) and (t.get("fee") or {}).get("cost") is not None:
+            rate = await self.fee_rate(cur)
+        return self.trade_to_fill(t, client_id, rate)
+
+    def trade_to_fill(self, t: dict, client_id: str, fee_rate: Decimal | None = None) -> Fill:
+        """A ccxt unified trade of ours as a :class:`Fill`: the fee as charged (cost and
+        currency) and valued in quote currency (see the module docstring). ``fee_rate``:
+        quote per unit of a third fee currency (None: not converted, flagged)."""
         m = self.market
         price = Decimal(str(t["price"]))
         size = Decimal(str(t["amount"]))
         fee = Decimal(0)
+        cost: Decimal | None = None
+        cur: str | None = None
+        rate: Decimal | None = None
         f = t.get("fee") or {}
         if f.get("cost") is not None:
             cost = Decimal(str(f["cost"]))
-            cur = f.get("currency")
-            if m is None or cur in (None, m.quote):
-                fee = cost
+            cur = f.get("currency") or (m.quote if m is not None else None)
+            if m is None or cur == m.quote:
+                fee, rate = cost, Decimal(1)
             elif cur == m.base:
-                fee = cost * price  # charged in base units: valued at the fill price
+                fee, rate = cost * price, price  # charged in base units: valued at the fill price
                 self.base_fees[str(t["id"])] = cost  # ... and it leaves the base balance (see LiveInventory)
+            elif fee_rate is not None:
+                fee, rate = cost * fee_rate, fee_rate
             else:
-                log.warning("%s: fee of trade %s in %s is not converted (recorded as 0)", self.name, t.get("id"), cur)
+                self.counters["unconverted_fees"] += 1
+                log.warning("%s: fee of trade %s (%s %s) has no %s price to convert it: recorded unconverted "
+                            "(fills.fee_rate empty, fee 0 in quote)", self.name, t.get("id"), plain(cost), cur,
+                            m.quote)
         ts = int(t.get("timestamp") or time.time() * 1000) * 1_000_000
         return Fill(exchange=self.name, trade_id=str(t["id"]), client_id=client_id, symbol=t.get("symbol") or m.symbol,
                     side=Side(t["side"]), price=price, size=size, fee=fee, liquidity=t.get("takerOrMaker") or "maker",
-                    ts_ns=ts, mid=self.mid if self.mid is not None else float(price))
+                    ts_ns=ts, mid=self.mid if self.mid is not None else float(price), fee_cost=cost, fee_currency=cur,
+                    fee_rate=rate)
 
     async def client_id_of_trade(self, t: dict) -> str | None:
         """Our client id for a trade (None: not one of our orders)."""
@@ -694,7 +802,7 @@ class CcxtLiveExchange(Exchange):
             self._advance_cursor(t)
             if cid is None:
                 continue
-            self.fills.put_nowait(self.trade_to_fill(t, cid))
+            self.fills.put_nowait(await self.make_fill(t, cid))
             n += 1
         return n
 

@@ -293,6 +293,8 @@ class LiveEngine(Engine):
                                                                     "duplicate_client_id", "unknown_outcomes")))
         s["rate_limited"] = int(counters.get("rate_limited", 0))
         s["held_back_by_rate"] = self.held_back
+        if counters.get("unconverted_fees"):
+            s["unconverted_fees"] = int(counters["unconverted_fees"])  # fills whose fee has no quote price
         if self.kill_reason:
             s["kill_reason"] = self.kill_reason
         return s

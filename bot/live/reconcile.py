@@ -20,6 +20,9 @@ I5. Inventory: the exchange balance of the base currency equals the balance at t
     beyond ``tolerance`` refuses to trade, and while running a difference between the
     run's inventory and the balance that persists over two checks stops the run, with a
     message saying by how much.
+I7. The same for derivatives (swap / future markets) against the exchange's POSITION
+    (ccxt ``fetch_positions``, net contracts) instead of a spot balance: the inventory is
+    the position; the checkpoint stores it in ``base``.
 
 Units: sizes base units (Decimal), times ns since the epoch.
 """
@@ -115,7 +118,8 @@ class Reconciler:
         c.execute(insert(FillRow).values(run_id=run_id, exchange=fill.exchange, trade_id=fill.trade_id,
                                          client_id=fill.client_id, symbol=fill.symbol, side=fill.side.value,
                                          price=str(fill.price), size=str(fill.size), fee=str(fill.fee),
-                                         liquidity=fill.liquidity, ts_ns=fill.ts_ns, mid=fill.mid))
+                                         liquidity=fill.liquidity, ts_ns=fill.ts_ns, mid=fill.mid,
+                                         fee_cost=fill.fee_cost, fee_currency=fill.fee_currency, fee_rate=fill.fee_rate))
         bf = self.ex.base_fees.pop(fill.trade_id, None)
         if bf:
             record_base_fee(c, fill.exchange, fill.trade_id, bf)
@@ -200,7 +204,7 @@ class Reconciler:
                     log.warning("%s: trade %s of order %s predates every run in this database: not recorded",
                                 ex.name, t.get("id"), cid)
                     continue
-                if self._record_fill(run_id, ex.trade_to_fill(t, cid)):
+                if self._record_fill(run_id, await ex.make_fill(t, cid)):
                     rep.missed_fills += 1
             # orders' filled size = the sum of their recorded fills
             for r in self._db_orders(working_only=False):
@@ -211,14 +215,18 @@ class Reconciler:
                     self.store.conn.execute(update(OrderRow).where(OrderRow.run_id == r.run_id, OrderRow.client_id == r.client_id)
                                             .values(filled=str(s)))
             self.store.conn.commit()
-            # I5: balance against fills
+            # I5: balance against fills (I7: the position, on a derivatives market)
             bal = await ex.balances()
+            position = await ex.position() if ex.derivative else None
         except ccxt.BaseError as e:
             self.store.conn.rollback()
             if ex.fatal:
                 raise ReconcileError(ex.fatal) from None
             raise ReconcileError(f"reconciliation with {ex.name} failed: {redact(str(e))[:200]}") from None
         rep.base, rep.quote = bal.get(m.base, Decimal(0)), bal.get(m.quote, Decimal(0))
+        what = "balance"
+        if position is not None:
+            rep.base, what = position, "position"
         cp = self._last_checkpoint()
         if cp is not None and self.balance_check:
             rep.expected_base = Decimal(cp.base) + self.fills_sum(cp.max_fill_id)
@@ -226,9 +234,11 @@ class Reconciler:
             if abs(diff) > self.tolerance:
                 raise ReconcileError(
                     f"inventory mismatch on {ex.name} {self.symbol}: the recorded fills say {m.base} "
-                    f"{rep.expected_base} but the exchange balance is {rep.base} (off by {diff:+} {m.base}, "
-                    f"tolerance {self.tolerance}); not trading. Deposits/withdrawals or trades by something else "
-                    f"cause this: check the account, then start with live.balance_check: false once")
+                    f"{rep.expected_base} but the exchange {what} is {rep.base} (off by {diff:+} {m.base}, "
+                    f"tolerance {self.tolerance}); not trading. "
+                    + ("Deposits/withdrawals or trades by something else cause this" if position is None else
+                       "Liquidations, manual trades or another bot on the account cause this")
+                    + ": check the account, then start with live.balance_check: false once")
         self.checkpoint(rep.base, rep.quote)
         return rep
 
@@ -278,12 +288,13 @@ class Reconciler:
         m = ex.market
         pending = sum((f.size * f.side.sign - ex.base_fees.get(f.trade_id, Decimal(0))
                        for f in list(ex.fills._queue)), Decimal(0))  # type: ignore[attr-defined]
-        diff = bal.get(m.base, Decimal(0)) - (inventory.base + pending)
+        have, what = (await ex.position(), "position") if ex.derivative else (bal.get(m.base, Decimal(0)), "balance")
+        diff = have - (inventory.base + pending)
         if abs(diff) > self.tolerance:
             self.mismatches += 1
             if self.mismatches >= 2:
                 return (f"inventory mismatch on {ex.name} {self.symbol}: fills say {m.base} {inventory.base + pending} "
-                        f"but the exchange balance is {bal.get(m.base, Decimal(0))} (off by {diff:+} {m.base})")
+                        f"but the exchange {what} is {have} (off by {diff:+} {m.base})")
         else:
             self.mismatches = 0
         # no checkpoint here: fills may be queued or buffered but not yet committed; the

@@ -4,7 +4,10 @@ PnL attribution (quote currency), with inventory starting at the run's first sna
     total          = final mark-to-market - initial mark-to-market
     spread capture = sum over fills of (mid_at_fill - price) * size for buys,
                      (price - mid_at_fill) * size for sells
-    fees           = sum of fees paid (rebates negative)
+    fees           = sum of fees paid (rebates negative), in quote currency: a fee the venue
+                     charged in another currency counts at the price recorded with the fill
+                     (``fills.fee_rate``); one recorded unconverted (no price) counts 0 and
+                     is listed in ``unconverted_fees`` (e.g. ``"0.00012 BNB"``)
     inventory PnL  = total - spread capture + fees   (what holding inventory earned or lost)
 so that total = spread capture + inventory PnL - fees.
 """
@@ -47,6 +50,7 @@ class RunReport:
     fees: float
     source: str = ""  # where the market data came from: "simulated market", "binance recording", ...
     stop_reason: str = ""  # why the run ended (for a crashed run: that its process died)
+    unconverted_fees: str = ""  # fees charged in a currency no price converted: "0.00012 BNB; ..."
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -117,6 +121,7 @@ def build_report(db: str, run_id: int | None = None) -> RunReport:
     vol_b = Decimal(0)
     vol_q = Decimal(0)
     spread = 0.0
+    unconverted: dict[str, Decimal] = {}  # fee currency -> amount, in its own units
     # the engine writes a snapshot when the run starts, before any fill: it holds q0 and mid0
     q0 = snaps[0].inventory if snaps else Decimal(0)
     q = q0
@@ -130,6 +135,8 @@ def build_report(db: str, run_id: int | None = None) -> RunReport:
         vol_q += f.price * f.size
         spread += (f.mid - float(f.price)) * float(f.size) * sign
         max_q = max(max_q, abs(q))
+        if f.fee_currency and f.fee_rate is None and f.fee_cost:
+            unconverted[f.fee_currency] = unconverted.get(f.fee_currency, Decimal(0)) + f.fee_cost
     if snaps:
         final_mid = snaps[-1].mid
         mid0 = snaps[0].mid
@@ -148,6 +155,7 @@ def build_report(db: str, run_id: int | None = None) -> RunReport:
         volume_base=float(vol_b), volume_quote=float(vol_q), final_inventory=float(q), max_abs_inventory=float(max_q),
         final_mid=final_mid, total_pnl=total, spread_capture=spread, inventory_pnl=total - spread + float(fees),
         fees=float(fees), source=market_source(_config(run.config_json), run.exchange), stop_reason=stop_reason,
+        unconverted_fees="; ".join(f"{format(v, 'f')} {c}" for c, v in sorted(unconverted.items())),
     )
 
 

@@ -130,10 +130,18 @@ class FillRow(Base):
     side: Mapped[str] = mapped_column(String(4))
     price: Mapped[Decimal] = mapped_column(DecimalText)
     size: Mapped[Decimal] = mapped_column(DecimalText)
-    fee: Mapped[Decimal] = mapped_column(DecimalText)
+    fee: Mapped[Decimal] = mapped_column(DecimalText)  # quote currency (converted; see fee_rate)
     liquidity: Mapped[str] = mapped_column(String(5))
     ts_ns: Mapped[int] = mapped_column(BigInteger)
     mid: Mapped[float] = mapped_column(Float)  # mid at fill time, quote per base
+    # the fee as the venue charged it (migration 0002; NULL for simulated venues, whose fee
+    # is charged in quote): amount in fee_currency units, and the price used to value it in
+    # quote (quote per fee_currency unit; 1 for quote, the fill price for base). fee_rate
+    # NULL with a fee_currency other than the quote = not converted (fee holds 0 for it;
+    # `mmbot report` lists such fees as unconverted)
+    fee_cost: Mapped[Decimal | None] = mapped_column(DecimalText, nullable=True)
+    fee_currency: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    fee_rate: Mapped[Decimal | None] = mapped_column(DecimalText, nullable=True)
 
 
 class PnlSnapshot(Base):

@@ -297,7 +297,8 @@ class Store:
                 return False
         self._fills.append(dict(run_id=self.run_id, exchange=f.exchange, trade_id=f.trade_id, client_id=f.client_id,
                                 symbol=f.symbol, side=f.side.value, price=plain(f.price), size=plain(f.size), fee=plain(f.fee),
-                                liquidity=f.liquidity, ts_ns=f.ts_ns, mid=f.mid))
+                                liquidity=f.liquidity, ts_ns=f.ts_ns, mid=f.mid, fee_cost=f.fee_cost,
+                                fee_currency=f.fee_currency, fee_rate=f.fee_rate))
         return True
 
     def record_pnl(self, ts_ns: int, mid: float, inv, pnl: float) -> None:

@@ -21,7 +21,8 @@ Units: prices quote/base, quantities base units, times ms since the epoch (serve
 Served REST API (Binance paths, parameters and reply shapes; signed endpoints check
 ``X-MBX-APIKEY``, the HMAC-SHA256 ``signature`` and ``timestamp`` vs ``recvWindow``):
 
-* public: ``GET /api/v3/ping``, ``/time``, ``/exchangeInfo``, ``/depth``, ``/trades``, ``/aggTrades``
+* public: ``GET /api/v3/ping``, ``/time``, ``/exchangeInfo``, ``/depth``, ``/trades``, ``/aggTrades``,
+  ``/ticker/24hr`` (one symbol)
 * signed: ``POST /api/v3/order`` (LIMIT with timeInForce GTC/IOC/FOK, LIMIT_MAKER = ccxt
   ``postOnly``, MARKET; ``newClientOrderId``; ``newOrderRespType`` ACK/RESULT/FULL),
   ``DELETE /api/v3/order`` (by ``orderId`` or ``origClientOrderId``), ``GET /api/v3/order``
@@ -44,6 +45,11 @@ sent." on cancel [OrderNotFound], -2013 "Order does not exist." on fetch [OrderN
 recvWindow [InvalidNonce], -1013 filter failures [InvalidOrder], 429 / 418 with
 ``Retry-After`` and -1003 [DDoSProtection; ccxt's binance raises it for both codes].
 
+USD-M futures (``/fapi``, :mod:`.futures`): perpetuals for ccxt ``binanceusdm`` --
+markets, book, orders (post-only = GTX), user trades, balance and positions
+(``fetch_positions``); a second state, :attr:`LocalBinance.futures`, whose fills move a
+signed position.
+
 Websockets (same port): market streams ``/ws``, ``/ws/<n>``, ``/stream`` (depth diffs with
 Binance's U/u sequence, trades; see :mod:`.market_ws`) and the WebSocket API ``/ws-api/v3``
 with ``userDataStream.subscribe.signature`` pushing ``executionReport`` and
@@ -53,7 +59,8 @@ with ``userDataStream.subscribe.signature`` pushing ``executionReport`` and
 Matching (see :mod:`.state`): an external book set by the test; our crossing orders take
 from it; our resting orders fill only against simulated taker flow
 :meth:`LocalBinance.taker_trade` (partial and full fills, trade ids shared with the public
-trade stream, fees in the received asset, balances move, free/locked).
+trade stream, fees in the received asset -- or in BNB with ``LocalBinance(fee_asset="BNB")``
+-- balances move, free/locked).
 
 Faults, from Python (:class:`LocalBinance`) or the admin API:
 
@@ -66,6 +73,8 @@ Faults, from Python (:class:`LocalBinance`) or the admin API:
 * clock skew: :attr:`LocalBinance.clock_offset_ms` (server clock ahead/behind; recvWindow
   is enforced on every signed request); :meth:`LocalBinance.revoke_key` (-2015 from now on);
 * natural errors: duplicate client id, insufficient balance, unknown order;
+* market data: :attr:`LocalBinance.book_fault` (``"crossed"`` / ``"empty"``: a broken REST
+  depth), :attr:`LocalBinance.latency_s` (every API reply delayed);
 * websockets: :meth:`LocalBinance.drop_ws` (close), :meth:`LocalBinance.stall_ws` (open,
   silent, no pongs), :meth:`LocalBinance.block_ws` (refuse reconnects - e.g. a fill while
   the client is disconnected: drop + block, ``taker_trade``, unblock);
@@ -79,7 +88,9 @@ Faults, from Python (:class:`LocalBinance`) or the admin API:
 Record: :meth:`LocalBinance.record` / ``GET /_admin/record`` -> ``{"orders": [...],
 "fills": [...], "balances": {asset: {"free", "locked"}}, "rejections": [...]}`` (every
 order with client id and final state and ``closed_by``, every fill with trade id); the
-live objects are :attr:`LocalBinance.orders` / :attr:`LocalBinance.fills`. Helpers for the
+live objects are :attr:`LocalBinance.orders` / :attr:`LocalBinance.fills`, and
+:attr:`LocalBinance.order_requests` the parameters of every signed order request as sent.
+:meth:`LocalBinance.fill_order` fills one of our resting orders as a maker. Helpers for the
 checks a reconciliation test makes (open orders by client id, fill ids, duplicate client
 ids, net position from fills, balance totals) are in :mod:`.record`.
 
@@ -114,7 +125,7 @@ Admin API (JSON bodies, no auth, for the standalone server): ``GET /_admin/recor
 ``POST /_admin/taker`` ``{side, qty, price[, symbol]}``; ``/_admin/depth`` ``{bids, asks[,
 drop, skip_ids]}``; ``/_admin/book`` ``{bids, asks}``; ``/_admin/trade`` ``{price, qty,
 side}``; ``/_admin/expire`` ``{order_id | client_order_id[, status]}``; ``/_admin/clock``
-``{offset_ms}``; ``/_admin/balance`` ``{asset, free}``; ``/_admin/key`` ``{enabled}``;
+``{offset_ms}``; ``/_admin/balance`` ``{asset, free}``; ``/_admin/fees`` ``{asset}`` (fees in BNB); ``/_admin/key`` ``{enabled}``;
 ``/_admin/ws`` ``{action: drop|stall|resume|block|unblock|terminate, kind: market|user|all}``;
 ``/_admin/lift_ban``.
 """

@@ -13,7 +13,8 @@ Kinds (``execute``: does the request still take effect on the exchange?):
   order placed / cancel done although the client saw a timeout.
 * ``"drop"``: (execute, default True) then close the TCP connection without a reply.
 * ``"http"``: (execute, default False) then answer HTTP ``status`` (default 503), with
-  Binance's ``{"code", "msg"}`` body when ``code`` is given, else a plain-text body.
+  Binance's ``{"code", "msg"}`` body when ``code`` is given, else a plain-text body; extra
+  reply ``headers`` (e.g. ``{"Retry-After": "600"}`` on a lone 429/418 that bans nobody).
   E.g. ``status=400, code=-1021, msg="Timestamp for this request is outside of the recvWindow."``.
 * ``"rate_limit"``: HTTP 429, ``Retry-After: retry_after_s``, code -1003 (not executed).
 * ``"ban"``: HTTP 418, bans the client for ``retry_after_s`` seconds: every API request
@@ -51,6 +52,7 @@ class Fault:
     retry_after_s: int = 2
     hold_s: float = 120.0
     delay_s: float = 0.0
+    headers: dict[str, str] | None = None
     fired: int = field(default=0)
 
     def __post_init__(self) -> None:

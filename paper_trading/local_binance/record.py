@@ -10,7 +10,8 @@
      "fills": [{"trade_id", "order_id", "client_order_id", "symbol", "side", "price",
                 "qty", "commission", "commission_asset", "maker", "time_ms"}, ...],
      "balances": {asset: {"free": str, "locked": str}},
-     "rejections": [{"time_ms", "client_order_id", "code", "msg"}, ...]}
+     "rejections": [{"time_ms", "client_order_id", "code", "msg"}, ...],
+     "positions": {symbol id: signed base units}}   # USD-M state only ({} for spot)
 
 Decimal values are 8-decimal strings (Binance style). The helpers below take such a
 record (a dict, e.g. fetched over HTTP from a standalone server) and answer the questions a
@@ -42,6 +43,7 @@ def build_record(state: "ExchangeState") -> dict[str, Any]:
                      for a in assets},
         "rejections": [{"time_ms": r.time_ms, "client_order_id": r.client_order_id, "code": r.code, "msg": r.msg}
                        for r in state.rejections],
+        "positions": {sid: fmt(q) for sid, q in state.positions.items()},  # derivatives only
     }
 
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from .state import BinanceApiError, Order, fmt
+from .state import BinanceApiError, Order, dec, fmt
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import LocalBinance
@@ -61,6 +61,7 @@ class RestApi:
         r.add_get("/api/v3/depth", self.depth)
         r.add_get("/api/v3/trades", self.trades)
         r.add_get("/api/v3/aggTrades", self.agg_trades)
+        r.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
         r.add_post("/api/v3/order", self.new_order)
         r.add_delete("/api/v3/order", self.cancel_order)
         r.add_get("/api/v3/order", self.get_order)
@@ -94,6 +95,8 @@ class RestApi:
         while w and now_s - w[0] > 60:
             w.popleft()
         w.append(now_s)
+        if srv.latency_s:
+            await asyncio.sleep(srv.latency_s)
         fault = faults.take(method, path)
         if fault is None:
             response = await self._run(handler, request)
@@ -117,8 +120,10 @@ class RestApi:
         response = await self._run(handler, request) if fault.execute else None
         if fault.kind == "http":
             if fault.code is None:
-                return web.Response(status=fault.status, text=fault.msg or "Service Unavailable")
-            return self._error(fault.status, fault.code, fault.msg or "An unknown error occurred while processing the request.")
+                return web.Response(status=fault.status, text=fault.msg or "Service Unavailable", headers=fault.headers)
+            r = self._error(fault.status, fault.code, fault.msg or "An unknown error occurred while processing the request.")
+            r.headers.update(fault.headers or {})
+            return r
         if fault.kind == "drop":
             if request.transport is not None:
                 request.transport.abort()
@@ -225,6 +230,11 @@ class RestApi:
         if not 1 <= limit <= 5000:
             raise BinanceApiError(400, -1100, "Illegal characters found in parameter 'limit'; legal range is '1..5000'.")
         bids, asks = self.state.books.get(m.id, ([], []))
+        fault = self.server.book_fault
+        if fault == "empty":
+            bids, asks = [], []
+        elif fault == "crossed" and bids and asks:  # a best bid above the best ask
+            bids = [(asks[0][0] + dec(m.tick_size), bids[0][1])] + bids
         return web.json_response({
             "lastUpdateId": self.state.update_ids.get(m.id, 1000),
             "bids": [[fmt(p_), fmt(q)] for p_, q in bids[:limit]],
@@ -253,9 +263,33 @@ class RestApi:
              "T": t["time"], "m": t["buyer_maker"], "M": True}
             for t in self._recent_trades(request)])
 
+    async def ticker_24hr(self, request: web.Request) -> web.Response:
+        """GET /api/v3/ticker/24hr?symbol= (ccxt spot ``fetch_ticker``): best bid/ask of the
+        external book, the last public trade; the 24 h statistics are those trades'."""
+        p = dict(request.query)
+        m = self.state.market(_need_symbol(p))
+        bids, asks = self.state.books.get(m.id, ([], []))
+        trades = self.state.public_trades.get(m.id, [])
+        last = trades[-1]["price"] if trades else (((bids[0][0] + asks[0][0]) / 2) if bids and asks else 0)
+        first = trades[0]["price"] if trades else last
+        now = self.state.now_ms()
+        px = [t["price"] for t in trades] or [last]
+        return web.json_response({
+            "symbol": m.id, "priceChange": fmt(last - first), "priceChangePercent": "0.000",
+            "weightedAvgPrice": fmt(last), "prevClosePrice": fmt(first), "lastPrice": fmt(last),
+            "lastQty": fmt(trades[-1]["qty"] if trades else 0),
+            "bidPrice": fmt(bids[0][0] if bids else 0), "bidQty": fmt(bids[0][1] if bids else 0),
+            "askPrice": fmt(asks[0][0] if asks else 0), "askQty": fmt(asks[0][1] if asks else 0),
+            "openPrice": fmt(first), "highPrice": fmt(max(px)), "lowPrice": fmt(min(px)),
+            "volume": fmt(sum((t["qty"] for t in trades), 0)),
+            "quoteVolume": fmt(sum((t["qty"] * t["price"] for t in trades), 0)),
+            "openTime": now - _24H_MS, "closeTime": now, "firstId": trades[0]["id"] if trades else -1,
+            "lastId": trades[-1]["id"] if trades else -1, "count": len(trades)})
+
     # -- trading -------------------------------------------------------------------------------
     async def new_order(self, request: web.Request) -> web.Response:
         p = await self.signed(request)
+        self.server.order_requests.append(dict(p))
         count_10s = self._count_order()
         sid = _need_symbol(p)
         self.state.market(sid)
@@ -301,6 +335,16 @@ class RestApi:
         return oid, cid
 
     @staticmethod
+    def order_json(o: Order) -> dict[str, Any]:
+        """An order as this API shows it (GET order, open orders, all orders)."""
+        return o.to_json()
+
+    @staticmethod
+    def trade_json(f: Any) -> dict[str, Any]:
+        """One of our trades as this API shows it (my trades)."""
+        return f.to_json()
+
+    @staticmethod
     def _cancel_json(o: Order, ccid: str) -> dict[str, Any]:
         body = o.to_json()
         body["origClientOrderId"] = o.client_order_id
@@ -325,11 +369,11 @@ class RestApi:
         o = self.state.find_order(_need_symbol(p), oid, cid)
         if o is None:
             raise BinanceApiError(400, -2013, "Order does not exist.")
-        return web.json_response(o.to_json())
+        return web.json_response(self.order_json(o))
 
     async def open_orders(self, request: web.Request) -> web.Response:
         p = await self.signed(request)
-        return web.json_response([o.to_json() for o in self.state.open_orders(p.get("symbol") or None)])
+        return web.json_response([self.order_json(o) for o in self.state.open_orders(p.get("symbol") or None)])
 
     async def all_orders(self, request: web.Request) -> web.Response:
         """GET /api/v3/allOrders: orders of ``symbol`` (``orderId`` >= , ``startTime``,
@@ -345,7 +389,7 @@ class RestApi:
             rows = [o for o in rows if (start is None or o.time_ms >= start) and (end is None or o.time_ms <= end)][:limit]
         else:
             rows = rows[-limit:]
-        return web.json_response([o.to_json() for o in rows])
+        return web.json_response([self.order_json(o) for o in rows])
 
     async def my_trades(self, request: web.Request) -> web.Response:
         """GET /api/v3/myTrades: ``symbol`` required; ``orderId``; ``fromId`` (trade id >=,
@@ -373,7 +417,7 @@ class RestApi:
             rows = [f for f in rows if lo <= f.time_ms <= hi][:limit]
         else:
             rows = rows[-limit:]
-        return web.json_response([f.to_json() for f in rows])
+        return web.json_response([self.trade_json(f) for f in rows])
 
     async def account(self, request: web.Request) -> web.Response:
         p = await self.signed(request)

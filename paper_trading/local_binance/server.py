@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 from aiohttp import web
 
 from .faults import Fault, FaultPlan
+from .futures import FuturesApi
 from .market_ws import MarketStreams
 from .rest import RestApi
 from .state import ExchangeState, Fill, Level, MarketSpec, Order
@@ -27,6 +28,12 @@ class LocalBinance:
         api_key, secret: the credentials signed requests must use (HMAC-SHA256).
         balances: initial free balances per asset (default 1 BTC, 100000 USDT).
         maker_fee, taker_fee: fee fractions (default 0.001).
+        futures_markets: USD-M perpetuals served under ``/fapi`` (default BTCUSDT; see
+            :mod:`.futures`); their state is :attr:`futures` (wallet ``futures_balances``,
+            default 100000 USDT; positions start flat).
+        fee_asset: charge fees in this asset (``"BNB"``: Binance's pay-fees-with-BNB),
+            valued at the mid of its book against the quote (see :mod:`.state`); also
+            :meth:`set_fee_asset` / ``POST /_admin/fees {"asset": "BNB" | null}``.
         recv_window_ms: accepted timestamp age when a request sends no recvWindow (5000).
         orders_per_10s: order-count limit (Binance's ``ORDERS`` 100 per 10 s; 0 = none):
             beyond it POST /api/v3/order answers 429 / -1015 with ``Retry-After``.
@@ -40,8 +47,14 @@ class LocalBinance:
     def __init__(self, markets: Iterable[MarketSpec] | None = None, *, api_key: str = "test-key",
                  secret: str = "test-secret", balances: dict[str, Any] | None = None,
                  maker_fee: Any = "0.001", taker_fee: Any = "0.001", recv_window_ms: int = 5000,
-                 orders_per_10s: int = 100, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.state = ExchangeState(markets, balances=balances, maker_fee=maker_fee, taker_fee=taker_fee)
+                 orders_per_10s: int = 100, host: str = "127.0.0.1", port: int = 0,
+                 fee_asset: str | None = None, futures_markets: Iterable[MarketSpec] | None = None,
+                 futures_balances: dict[str, Any] | None = None) -> None:
+        self.state = ExchangeState(markets, balances=balances, maker_fee=maker_fee, taker_fee=taker_fee,
+                                   fee_asset=fee_asset)
+        self.futures = ExchangeState(futures_markets if futures_markets is not None else [MarketSpec()],
+                                     balances=futures_balances or {"USDT": "100000"}, maker_fee=maker_fee,
+                                     taker_fee=taker_fee, derivatives=True)
         self.faults = FaultPlan()
         self.api_key, self.secret = api_key, secret
         self.key_enabled = True
@@ -52,9 +65,13 @@ class LocalBinance:
         self.calls: list[tuple[float, str, str, str]] = []
         self.unexpected: list[str] = []
         self.rejected_while_banned = 0
+        self.order_requests: list[dict[str, str]] = []  # parameters of every signed POST /api/v3/order, as sent
+        self.book_fault: str | None = None  # None | "crossed" | "empty": a broken REST /api/v3/depth
+        self.latency_s = 0.0  # delay before every API reply, seconds
         self.ws_blocked: set[str] = set()
         self.stopping = False
         self.rest = RestApi(self)
+        self.fapi = FuturesApi(self)
         self.market_ws = MarketStreams(self)
         self.user = UserStreams(self)
         self._runner: web.AppRunner | None = None
@@ -67,6 +84,7 @@ class LocalBinance:
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self.rest.middleware])
         self.rest.add_routes(app)
+        self.fapi.add_routes(app)
         r = app.router
         r.add_get("/ws", self._ws)
         r.add_get("/ws/{tail:.*}", self._ws)
@@ -158,6 +176,14 @@ class LocalBinance:
     def set_balance(self, asset: str, free: Any) -> None:
         self.state.set_balance(asset, free)
 
+    def fill_order(self, order_id: int, qty: Any = None, price: Any = None) -> Order:
+        """Fill our resting spot order ``order_id`` as a maker (see :meth:`ExchangeState.fill_order`)."""
+        return self.state.fill_order(order_id, qty, price)
+
+    def set_fee_asset(self, asset: str | None) -> None:
+        """Charge fees in ``asset`` from now on (``"BNB"``), or in the asset received (None)."""
+        self.state.fee_asset = asset or None
+
     @property
     def clock_offset_ms(self) -> int:
         """Server clock minus wall clock, ms (clock-skew fault: beyond recvWindow -> -1021)."""
@@ -165,7 +191,27 @@ class LocalBinance:
 
     @clock_offset_ms.setter
     def clock_offset_ms(self, value: int) -> None:
-        self.state.clock_offset_ms = int(value)
+        self.state.clock_offset_ms = self.futures.clock_offset_ms = int(value)
+
+    # -- test controls: USD-M futures (see :mod:`.futures`) ----------------------------------
+    def set_futures_book(self, bids: Iterable[Level], asks: Iterable[Level], symbol: str = "BTCUSDT") -> int:
+        """Replace the external book of a perpetual."""
+        return self.futures.set_book(bids, asks, symbol)
+
+    def futures_taker_trade(self, side: str, qty: Any, price: Any, symbol: str = "BTCUSDT") -> list[Fill]:
+        """Simulated taker flow against our resting orders on a perpetual."""
+        return self.futures.taker_trade(side, qty, price, symbol=symbol)
+
+    def set_position(self, qty: Any, symbol: str = "BTCUSDT") -> None:
+        """Set the position of a perpetual (signed base units), as a liquidation, a manual
+        trade or another bot on the account would: no fill of ours explains it."""
+        from .state import dec
+
+        self.futures.positions[self.futures.market(symbol).id] = dec(qty)
+
+    def futures_record(self) -> dict[str, Any]:
+        """The USD-M side's own record (orders, fills, wallet, ``positions``)."""
+        return self.futures.record()
 
     # -- test controls: faults ----------------------------------------------------------------
     def fault(self, kind: str, match: str = "*", **kw: Any) -> Fault:
@@ -289,6 +335,9 @@ class LocalBinance:
             if action == "balance":
                 self.set_balance(b["asset"], b["free"])
                 return web.json_response({"asset": b["asset"], "free": str(self.state.free[b["asset"]])})
+            if action == "fees":
+                self.set_fee_asset(b.get("asset"))
+                return web.json_response({"fee_asset": self.state.fee_asset})
             if action == "key":
                 self.revoke_key(bool(b.get("enabled", False)))
                 return web.json_response({"enabled": self.key_enabled})

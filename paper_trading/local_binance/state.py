@@ -17,6 +17,11 @@ Model (a simplification of Binance spot, stated so tests know what they get):
   (price-time priority, at the resting order's price, maker fee).
 * Fees: ``maker_fee`` / ``taker_fee`` (fractions, default 0.001 = Binance's 10 bps),
   charged like Binance without BNB: in the asset received (base on a buy, quote on a sell).
+  With :attr:`ExchangeState.fee_asset` set (e.g. ``"BNB"``, Binance's "pay fees with BNB")
+  the fee is charged in that asset instead: ``qty * price * rate`` quote valued at the mid
+  of the ``<fee_asset><quote>`` book (which must be listed and have both sides), rounded
+  half-up to 8 decimals, taken from the free balance of ``fee_asset``; when that balance
+  is short or there is no price, the fee falls back to the asset received (as Binance).
 * Trade ids are one sequence per symbol shared by public trades and our fills, as on Binance.
 * Our own orders never trade with each other (no self-trade prevention is modelled).
 * ``newClientOrderId`` must be unique among *open* orders (Binance's rule); a clash is
@@ -241,16 +246,27 @@ class ExchangeState:
             and ETHUSDT).
         balances: initial free balances per asset (default 1 BTC, 100000 USDT).
         maker_fee, taker_fee: fee fractions (0.001 = 0.1 %).
+        fee_asset: charge fees in this asset (``"BNB"``) instead of the asset received;
+            settable at any time (see the module docstring).
+        derivatives: USD-M perpetuals instead of spot (the state behind ``/fapi``, see
+            :mod:`.futures`): a fill moves the signed :attr:`positions` (base units) and
+            charges its fee in the quote (the margin asset) from the wallet
+            (``free[quote]``); no funds are reserved and neither margin, leverage nor
+            realized PnL is modelled (the wallet moves by fees only).
     """
 
     def __init__(self, markets: Iterable[MarketSpec] | None = None, *,
                  balances: dict[str, Any] | None = None,
-                 maker_fee: Any = "0.001", taker_fee: Any = "0.001") -> None:
+                 maker_fee: Any = "0.001", taker_fee: Any = "0.001", fee_asset: str | None = None,
+                 derivatives: bool = False) -> None:
         self.markets: dict[str, MarketSpec] = {m.id: m for m in (list(markets) if markets is not None
                                                                  else _default_markets())}
         self.free: dict[str, Decimal] = {k: dec(v) for k, v in (balances or {"BTC": "1", "USDT": "100000"}).items()}
         self.locked: dict[str, Decimal] = {}
         self.maker_fee, self.taker_fee = dec(maker_fee), dec(taker_fee)
+        self.fee_asset = fee_asset
+        self.derivatives = derivatives
+        self.positions: dict[str, Decimal] = {}  # derivatives: symbol id -> signed position, base units
         self.clock_offset_ms = 0
         self.books: dict[str, tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]] = {}
         self.update_ids: dict[str, int] = {sid: 1000 for sid in self.markets}
@@ -420,6 +436,8 @@ class ExchangeState:
             raise self._reject(cid, -2010, "Duplicate order sent.")
         # funds: BUY reserves quote at the limit (MARKET: at the worst level it may reach)
         asset, need = (m.quote, lim * qty) if side == "BUY" else (m.base, qty)
+        if self.derivatives:
+            need = ZERO  # no margin model: nothing reserved
         if self.free.get(asset, ZERO) < need:
             raise self._reject(cid, -2010, "Account has insufficient balance for requested action.")
         now = self.now_ms()
@@ -476,20 +494,30 @@ class ExchangeState:
         m = self.markets[o.symbol]
         rate = self.maker_fee if maker else self.taker_fee
         now = self.now_ms() if taker_time_ms is None else taker_time_ms
-        if o.side == "BUY":
-            fee = (qty * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
-            fee_asset = m.base
+        third = None if self.derivatives else self._third_asset_fee(m, qty * price * rate)
+        if third is not None:
+            fee_asset, fee = third
+            self._add(self.free, fee_asset, -fee)
+        if self.derivatives:  # the position moves; the fee leaves the wallet (the margin asset)
+            fee, fee_asset = (qty * price * rate).quantize(_Q8, rounding=ROUND_HALF_UP), m.quote
+            self._add(self.free, m.quote, -fee)
+            self._add(self.positions, m.id, qty if o.side == "BUY" else -qty)
+        elif o.side == "BUY":
+            if third is None:
+                fee = (qty * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
+                fee_asset = m.base
             reserved = o.price * qty if o.type != "MARKET" else o.locked * qty / o.remaining
             self._add(self.locked, m.quote, -reserved)
             o.locked -= reserved
             self._add(self.free, m.quote, reserved - price * qty)
-            self._add(self.free, m.base, qty - fee)
+            self._add(self.free, m.base, qty - (fee if third is None else ZERO))
         else:
-            fee = (qty * price * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
-            fee_asset = m.quote
+            if third is None:
+                fee = (qty * price * rate).quantize(_Q8, rounding=ROUND_HALF_UP)
+                fee_asset = m.quote
             self._add(self.locked, m.base, -qty)
             o.locked -= qty
-            self._add(self.free, m.quote, price * qty - fee)
+            self._add(self.free, m.quote, price * qty - (fee if third is None else ZERO))
         o.executed_qty += qty
         o.cum_quote += qty * price
         o.update_ms = now
@@ -505,8 +533,29 @@ class ExchangeState:
         o.trade_ids.append(tid)
         self.fills.append(f)
         self._emit(Event("execution", symbol=o.symbol, order=o, exec_type="TRADE", fill=f, time_ms=now))
-        self._emit(Event("balance", assets=(m.base, m.quote), time_ms=now))
+        self._emit(Event("balance", assets=(m.base, m.quote) + ((fee_asset,) if third else ()), time_ms=now))
         return f
+
+    def fee_asset_price(self, quote: str) -> Decimal | None:
+        """Mid of the ``<fee_asset><quote>`` book (quote per fee-asset unit), or None."""
+        sid = f"{self.fee_asset}{quote}"
+        bids, asks = self.books.get(sid, ([], []))
+        if sid not in self.markets or not bids or not asks:
+            return None
+        return (bids[0][0] + asks[0][0]) / 2
+
+    def _third_asset_fee(self, m: MarketSpec, fee_quote: Decimal) -> tuple[str, Decimal] | None:
+        """``(fee_asset, amount)`` when the fee of ``fee_quote`` quote is paid in
+        :attr:`fee_asset` (priced, and the free balance covers it), else None."""
+        if not self.fee_asset or self.fee_asset in (m.base, m.quote):
+            return None
+        px = self.fee_asset_price(m.quote)
+        if px is None:
+            return None
+        fee = (fee_quote / px).quantize(_Q8, rounding=ROUND_HALF_UP)
+        if self.free.get(self.fee_asset, ZERO) < fee:
+            return None
+        return self.fee_asset, fee
 
     def _close(self, o: Order, status: str, by: str, cancel_client_id: str = "") -> None:
         """End ``o`` with ``status`` (CANCELED / EXPIRED), releasing its reserved funds."""
@@ -555,6 +604,16 @@ class ExchangeState:
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         sid = self.market(symbol).id if symbol else None
         return [o for o in self.orders.values() if o.is_open and (sid is None or o.symbol == sid)]
+
+    def fill_order(self, order_id: int, qty: Any = None, price: Any = None) -> Order:
+        """A maker fill of our open order ``order_id``: ``qty`` base units (default: all that
+        is left) at ``price`` (default: its limit price); the public trade is printed too."""
+        o = self.orders[int(order_id)]
+        if not o.is_open:
+            raise ValueError(f"order {order_id} is {o.status}")
+        q = o.remaining if qty is None else min(o.remaining, dec(qty))
+        self._fill(o, q, o.price if price is None else dec(price), maker=True)
+        return o
 
     def taker_trade(self, side: str, qty: Any, price: Any, *, symbol: str = "BTCUSDT",
                     print_rest: bool = True) -> list[Fill]:
