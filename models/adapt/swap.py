@@ -1,0 +1,320 @@
+"""The adaptive forecaster: an :class:`models.forecaster.LstmForecaster` that records what it
+sees, watches for regime shifts, has a background process fine-tune it, and hot-swaps an
+accepted model in between decisions.
+
+Per :meth:`AdaptiveForecaster.update` (the engine's forecaster call, once per decision):
+
+1. :meth:`poll` first: when the retrainer's future is done, its result is taken; an accepted
+   candidate is swapped in (below). Live this never waits: a future not done is left alone.
+2. The wrapped forecaster's ``update`` runs as usual. Its predictor is wrapped by
+   :class:`_Recording`, which, on every grid step, keeps the raw input row (a ring of
+   ``max_rows`` rows) and feeds the shift detector: once a forecast's horizon of H rows has
+   passed, its QLIKE minus the EWMA baseline's (the guard's recursion and decay), and each
+   row's log squared return.
+3. Scheduling: a job is submitted (a non-blocking write of the recent rows to an ``.npz``
+   file, then ``ProcessPoolExecutor.submit``) when none is under way, at least
+   ``min_new_samples`` rows were recorded since the data of the last job, and either
+   ``schedule_s`` seconds of event time have passed since the last job (0 = no schedule) or
+   the detector raised an alarm (then the job fine-tunes on the rows from the estimated
+   change point on, and waits until ``min_new_samples`` rows of the new regime exist).
+
+The swap (between two decisions, in the quoting thread): a new predictor over the
+candidate's weights (numba: the packed weights sent back by the worker, no torch in the
+quoting process; TorchScript: the saved file is loaded), then its LSTM state is re-warmed
+by running it over the last ``rewarm_rows`` recorded input rows (the very rows the old
+model saw, oldest first, from a zero state) -- so (h, c) are what the new model would hold
+had it been running all along, and the next grid step continues from there. The guard is
+reset (its window held the old model's losses; the new model has just beaten the baselines
+on held-out rows). Each swap is registered as a new version in the model registry (parent:
+the model it replaces; data span and holdout scores), logged as one JSON line (logger
+``mmbot.adapt``) and shown in :meth:`status` under ``adapt``.
+
+Test hook: :attr:`AdaptiveForecaster.block_on_retrain_s` (None live) makes :meth:`poll` wait
+up to that many seconds for a job under way, so a replay at speed 0 is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections import deque
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.adapt.detector import Alarm, DetectorConfig, ShiftDetector, qlike_terms
+from models.adapt.retrainer import FineTune, RetrainJob, RetrainResult, Retrainer
+from models.forecaster import LstmForecaster, MisspecificationGuard
+
+log = logging.getLogger("mmbot.adapt")
+
+
+@dataclass
+class AdaptSettings:
+    """Runtime settings (from ``forecaster.adapt`` of the config). Rows = the forecaster's
+    grid steps; seconds of event time."""
+
+    schedule_s: float = 3600.0
+    min_new_samples: int = 600
+    max_rows: int = 20000
+    rewarm_rows: int = 300
+    registry: str = "runs/models"
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    tune: FineTune = field(default_factory=FineTune)
+
+
+class _Recording:
+    """Wraps the forecaster's predictor: records each input row and feeds the detector."""
+
+    def __init__(self, inner, owner: "AdaptiveForecaster") -> None:
+        self.inner = inner
+        self.owner = owner
+
+    def step(self, x):
+        out = self.inner.step(x)
+        self.owner._observe(x, out)
+        return out
+
+    def batch(self, X):
+        return self.inner.batch(X)
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.owner._on_reset()
+
+    def __getattr__(self, name):  # W, layout, h, c, backend ... of the wrapped predictor
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class AdaptiveForecaster:
+    """The engine's forecaster with adaptation (see the module docstring)."""
+
+    block_on_retrain_s: float | None = None  # test hook only: wait for a job under way in poll()
+
+    def __init__(self, fc: LstmForecaster, settings: AdaptSettings, work_dir: str | Path | None = None) -> None:
+        self.fc = fc
+        self.s = settings
+        self.H = fc.H
+        self.floor = fc.floor
+        self.lam = fc.lam
+        self.name = fc.name
+        self.model_path = fc.path
+        self.version: str | None = self._registry_version(fc.path)
+        self._own_dir = work_dir is None
+        self.work_dir = Path(tempfile.mkdtemp(prefix="mmbot-adapt-") if work_dir is None else work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.retrainer = Retrainer()
+        self.detector = ShiftDetector(settings.detector)
+        self.future: Future | None = None
+        self.job: RetrainJob | None = None
+        self.jobs = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.failed = 0
+        self.swaps: list[dict] = []
+        self.last_result: dict | None = None
+        self.pending_alarm: Alarm | None = None
+        self.alarms = 0
+        self._job_row = 0  # row count at the end of the last job's data
+        self._job_ns: int | None = None  # event time of the last job (or of the first update)
+        self.rows_seen = 0  # input rows recorded over the life of this wrapper
+        self.X: deque = deque(maxlen=settings.max_rows)
+        self.ts: deque = deque(maxlen=settings.max_rows)
+        self._t_ns = 0
+        self.adaptable = fc.meta["arch"].get("kind", "plain") == "plain"
+        if not self.adaptable:
+            log.warning("forecaster %s: adaptation is off: a %s model is not fine-tuned (plain models only)",
+                        fc.name, fc.meta["arch"].get("kind"))
+        self._reset_scoring()
+        fc.predictor = _Recording(fc.predictor, self)
+
+    # -- recording and detection (called from the forecaster's grid step) ----------------
+    def _reset_scoring(self) -> None:
+        self.ewma = self.fc.base_init
+        self.pend: deque = deque()  # (var_model, var_base) of the last H rows, bp^2
+        self.r2: deque = deque(maxlen=self.H)  # squared returns of the last H rows, bp^2
+
+    def _on_reset(self) -> None:
+        """The forecaster reset its state (a feed gap): the rows before it are not a series."""
+        self.X.clear()
+        self.ts.clear()
+        self._reset_scoring()
+        self._job_row = self.rows_seen
+
+    def _observe(self, x, out) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        self.X.append(x.copy())
+        self.ts.append(self._t_ns)
+        self.rows_seen += 1
+        H = self.H
+        r = float(x[0])
+        r2 = r * r
+        self.ewma = self.lam * self.ewma + (1.0 - self.lam) * r2
+        var_b = H * self.ewma + self.floor
+        var_m = math.exp(out[1])
+        self.r2.append(r2)
+        loss_diff = None
+        if len(self.pend) >= H:
+            vm, vb = self.pend.popleft()
+            v = sum(self.r2) + self.floor
+            if v > 0.0:
+                loss_diff = qlike_terms(v, vm) - qlike_terms(v, vb)
+        self.pend.append((var_m, var_b))
+        lr2 = math.log(r2 + max(self.floor / H, 1e-12))
+        alarm = self.detector.add(self.rows_seen, loss_diff, lr2) if self.adaptable else None
+        if alarm is not None:
+            log.warning("forecaster %s: shift detected (%s, %s) at row %d, change estimated at row %d",
+                        self.name, alarm.signal, alarm.direction, alarm.row, alarm.change_row)
+            self.pending_alarm = alarm
+            self.alarms += 1
+
+    # -- the Forecaster interface ------------------------------------------------------------
+    def update(self, book, now_ns: int, trades: Sequence = ()):
+        self.poll(now_ns)
+        self._t_ns = now_ns  # event time stamped on the rows this update records
+        f = self.fc.update(book, now_ns, trades)
+        if self._job_ns is None:
+            self._job_ns = now_ns
+        if self.adaptable and self.future is None:
+            self._maybe_submit(now_ns)
+        return f
+
+    def __getattr__(self, name):  # rows, warmed_up, forecast, guard, meta ... of the wrapped forecaster
+        if name == "fc":
+            raise AttributeError(name)
+        return getattr(self.fc, name)
+
+    # -- scheduling ------------------------------------------------------------------------
+    def _maybe_submit(self, now_ns: int) -> None:
+        s = self.s
+        n = len(self.X)
+        new = self.rows_seen - self._job_row
+        a = self.pending_alarm
+        if a is not None:
+            since_change = self.rows_seen - a.change_row
+            if since_change >= s.min_new_samples and new >= s.min_new_samples:
+                self._submit(now_ns, f"shift:{a.signal}:{a.direction}", max(0, n - since_change))
+            return
+        if s.schedule_s > 0 and new >= s.min_new_samples and now_ns - (self._job_ns or now_ns) >= s.schedule_s * 1e9:
+            self._submit(now_ns, "schedule", 0)
+
+    def _submit(self, now_ns: int, trigger: str, train_from: int) -> None:
+        self.jobs += 1
+        d = self.work_dir / f"job{self.jobs:04d}"
+        d.mkdir(parents=True, exist_ok=True)
+        data = d / "rows.npz"
+        np.savez(data, X=np.asarray(self.X), ts_ns=np.asarray(self.ts, dtype=np.int64))
+        self.job = RetrainJob(self.model_path, str(data), str(d), trigger, train_from, self.s.tune,
+                              gate=self._gate_for_test)
+        self.future = self.retrainer.submit(self.job)
+        self._job_row = self.rows_seen
+        self._job_ns = now_ns
+        self.pending_alarm = None
+        log.info("forecaster %s: retrain job %d submitted (%s, %d rows, fine-tuning from row %d)",
+                 self.name, self.jobs, trigger, len(self.X), train_from)
+
+    _gate_for_test: str | None = None  # test hook: the worker waits for this file before it starts
+
+    # -- results and the swap ------------------------------------------------------------------
+    def poll(self, now_ns: int | None = None) -> RetrainResult | None:
+        """Take a finished job's result (between decisions); swap an accepted model in."""
+        fut = self.future
+        if fut is None:
+            return None
+        if not fut.done():
+            if self.block_on_retrain_s is None:
+                return None
+            try:  # test hook only
+                fut.result(timeout=self.block_on_retrain_s)
+            except FutureTimeout:
+                return None
+            except Exception:  # noqa: BLE001 - reported below
+                pass
+        self.future = None
+        try:
+            res: RetrainResult = fut.result()
+        except Exception as e:  # noqa: BLE001 - a failed job must not stop trading
+            self.failed += 1
+            self.last_result = {"accepted": False, "reason": f"failed: {type(e).__name__}: {e}"}
+            log.error("forecaster %s: retrain job %d failed: %s: %s", self.name, self.jobs, type(e).__name__, e)
+            return None
+        self.last_result = res.summary()
+        if not res.accepted:
+            self.rejected += 1
+            log.info("forecaster %s: retrain job %d rejected: %s", self.name, self.jobs, res.reason)
+            return res
+        self.accepted += 1
+        self._swap(res, now_ns)
+        return res
+
+    def _swap(self, res: RetrainResult, now_ns: int | None) -> None:
+        from models.inference import StatefulPredictor
+
+        fc = self.fc
+        meta = res.meta or {}
+        clip = float(meta.get("normalization", {}).get("clip", 10.0))
+        if fc.predictor.backend == "numba":
+            pred = StatefulPredictor(None, meta["arch"], clip, "numba", packed=res.packed)
+        else:
+            from models.export import load_model
+
+            module, _ = load_model(res.model_path)
+            pred = StatefulPredictor(module, meta["arch"], clip, "torchscript")
+        k = min(self.s.rewarm_rows, len(self.X))
+        if k:
+            pred.batch(np.asarray(list(self.X)[-k:]))  # carries (h, c) over the recent inputs
+        fc.predictor.inner = pred
+        fc.guard = MisspecificationGuard(fc.guard_cfg, fc.floor)
+        self._reset_scoring_keep_rows()
+        version, path = self._register(res)
+        parent = self.version or self.model_path
+        self.model_path, self.version = str(path), version
+        rec = {"event": "forecaster_swap", "forecaster": self.name, "version": version, "parent": parent,
+               "path": str(path), "trigger": res.trigger, "event_ns": now_ns, "rewarm_rows": k,
+               "holdout_qlike": res.scores, "rows": res.rows, "span_ns": res.span_ns, "retrain_s": round(res.seconds, 3)}
+        self.swaps.append(rec)
+        log.warning("forecaster swap %s", json.dumps(rec, sort_keys=True))
+
+    def _reset_scoring_keep_rows(self) -> None:
+        """After a swap the pending forecasts are the old model's: score the new one afresh."""
+        self._reset_scoring()
+        self.detector = ShiftDetector(self.s.detector)
+
+    def _register(self, res: RetrainResult) -> tuple[str, Path]:
+        from models.registry import Registry
+
+        reg = Registry(self.s.registry)
+        return reg.add_adapted(res.model_path, res.meta or {}, parent=self.version or self.model_path,
+                               adapt={"trigger": res.trigger, "holdout_qlike": res.scores, "rows": res.rows,
+                                      "span_ns": res.span_ns})
+
+    def _registry_version(self, path: str) -> str | None:
+        p = Path(path)
+        return p.parent.name if p.name == "model.pt" and p.parent.name.startswith("v") else None
+
+    # -- status and shutdown -------------------------------------------------------------------
+    def status(self) -> dict:
+        st = self.fc.status()
+        st["adapt"] = {"model": self.version or self.model_path, "retraining": self.future is not None,
+                       "jobs": self.jobs, "swaps": len(self.swaps), "rejected": self.rejected, "failed": self.failed,
+                       "alarms": self.alarms, "rows": len(self.X),
+                       "last_swap": self.swaps[-1] if self.swaps else None, "last_result": self.last_result}
+        return st
+
+    def guard_summary(self) -> str:
+        return self.fc.guard_summary() + f"; adaptation: {len(self.swaps)} swaps of {self.jobs} retrain jobs"
+
+    def close(self) -> None:
+        """Stop the retrainer (a job under way is abandoned) and remove the work folder if ours."""
+        self.retrainer.close(wait=False)
+        self.future = None
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
