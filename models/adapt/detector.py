@@ -123,7 +123,7 @@ class DetectorConfig:
     alarm during which no new alarm is raised (the retrainer works on the last one)."""
 
     loss: PHConfig = field(default_factory=lambda: PHConfig(True, 0.05, 50.0, 100, "up"))
-    vol: PHConfig = field(default_factory=lambda: PHConfig(True, 0.1, 60.0, 100, "both"))
+    vol: PHConfig = field(default_factory=lambda: PHConfig(False, 0.5, 200.0, 300, "both"))
     cooldown_rows: int = 300
 
 

@@ -16,7 +16,8 @@ variance target the sum of their squares (bp^2), exactly what the online guard s
 
 Split of the ``n`` rows (oldest first)::
 
-    [0, stream_start)          burn-in for the recurrent state only (no loss)
+    [0, stream_start)          not used (older rows)
+    [stream_start, train_from) burn-in for the recurrent state only (no loss)
     [train_from, val_start-H)  fine-tuning targets (their horizons end before the holdout)
     [val_start, n-H)           holdout: the newest rows with a complete horizon, never trained on
 
@@ -50,13 +51,13 @@ class FineTune:
     """Fine-tuning hyperparameters (see :class:`models.train.TrainConfig`): a few epochs from
     the current weights, truncated BPTT of ``lookback`` rows, ``batch`` streams."""
 
-    epochs: int = 8
-    lr: float = 1e-3
-    lookback: int = 32
-    batch: int = 8
+    epochs: int = 20
+    lr: float = 5e-3
+    lookback: int = 16
+    batch: int = 4
     weight_decay: float = 1e-4
     dropout: float = 0.0
-    val_frac: float = 0.25  # share of the rows held out for validation (newest)
+    val_frac: float = 0.25  # share of the rows from train_from on held out for validation (newest)
     min_gain: float = 0.0  # relative QLIKE margin the candidate must win by
     baselines: tuple[str, ...] = ("ewma", "garch", "har")
     seed: int = 0
@@ -157,9 +158,9 @@ def run_retrain(job: RetrainJob) -> RetrainResult:
     H = int(meta["horizon_steps"])
     floor = float(meta.get("var_floor_bp2", 0.0))
     drift, var = horizon_targets(X[:, 0], H)
-    n_val = max(int(round(tune.val_frac * n)), 2 * H)
-    val_start = n - n_val
-    train_from = min(max(0, int(job.train_from)), val_start)
+    train_from = min(max(0, int(job.train_from)), n)
+    n_val = max(int(round(tune.val_frac * (n - train_from))), 2 * H)
+    val_start = max(n - n_val, train_from)
     stream_start = max(0, train_from - tune.lookback)
     idx = np.arange(n)
     train_rows = (idx >= train_from) & (idx < val_start - H) & np.isfinite(var)
@@ -235,9 +236,17 @@ class Retrainer:
         self._pool: ProcessPoolExecutor | None = None
 
     def submit(self, job: RetrainJob) -> Future:
+        """Queue ``job``; a pool whose worker died (BrokenProcessPool) is replaced first."""
+        from concurrent.futures.process import BrokenProcessPool
+
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        return self._pool.submit(run_retrain, job)
+        try:
+            return self._pool.submit(run_retrain, job)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+            return self._pool.submit(run_retrain, job)
 
     def close(self, wait: bool = False) -> None:
         """Stop the worker; a job under way is abandoned unless ``wait``."""

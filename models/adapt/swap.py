@@ -122,7 +122,7 @@ class AdaptiveForecaster:
         self.swaps: list[dict] = []
         self.last_result: dict | None = None
         self.pending_alarm: Alarm | None = None
-        self.alarms = 0
+        self.alarm_log: list[Alarm] = []  # every alarm over the wrapper's life (the detector restarts at a swap)
         self._job_row = 0  # row count at the end of the last job's data
         self._job_ns: int | None = None  # event time of the last job (or of the first update)
         self.rows_seen = 0  # input rows recorded over the life of this wrapper
@@ -173,8 +173,9 @@ class AdaptiveForecaster:
         if alarm is not None:
             log.warning("forecaster %s: shift detected (%s, %s) at row %d, change estimated at row %d",
                         self.name, alarm.signal, alarm.direction, alarm.row, alarm.change_row)
-            self.pending_alarm = alarm
-            self.alarms += 1
+            if self.pending_alarm is None:  # the first alarm of a shift sets the change point
+                self.pending_alarm = alarm
+            self.alarm_log.append(alarm)
 
     # -- the Forecaster interface ------------------------------------------------------------
     def update(self, book, now_ns: int, trades: Sequence = ()):
@@ -214,8 +215,17 @@ class AdaptiveForecaster:
         np.savez(data, X=np.asarray(self.X), ts_ns=np.asarray(self.ts, dtype=np.int64))
         self.job = RetrainJob(self.model_path, str(data), str(d), trigger, train_from, self.s.tune,
                               gate=self._gate_for_test)
-        self.future = self.retrainer.submit(self.job)
         self._job_row = self.rows_seen
+        try:
+            self.future = self.retrainer.submit(self.job)
+        except Exception as e:  # noqa: BLE001 - no retraining must not mean no trading
+            self.failed += 1
+            self.future = None
+            self._job_ns = now_ns
+            self.pending_alarm = None
+            log.error("forecaster %s: retrain job %d could not be started: %s: %s", self.name, self.jobs,
+                      type(e).__name__, e)
+            return
         self._job_ns = now_ns
         self.pending_alarm = None
         log.info("forecaster %s: retrain job %d submitted (%s, %d rows, fine-tuning from row %d)",
@@ -305,7 +315,7 @@ class AdaptiveForecaster:
         st = self.fc.status()
         st["adapt"] = {"model": self.version or self.model_path, "retraining": self.future is not None,
                        "jobs": self.jobs, "swaps": len(self.swaps), "rejected": self.rejected, "failed": self.failed,
-                       "alarms": self.alarms, "rows": len(self.X),
+                       "alarms": len(self.alarm_log), "rows": len(self.X),
                        "last_swap": self.swaps[-1] if self.swaps else None, "last_result": self.last_result}
         return st
 

@@ -1,0 +1,115 @@
+"""Regime adaptation end to end (issue 10 item 3): a simulated market whose volatility is
+multiplied by 4 halfway (returns x4: every mid move is 4 ticks instead of 1) is replayed
+through two forecasters built from the same tiny model, one with adaptation and one
+without. The detector fires after the shift (not before), the background retrainer's
+candidate beats the current model and the baselines on held-out rows, it is swapped in and
+registered, and the forecaster's QLIKE after the shift is lower with adaptation than without.
+
+Determinism: seeded market and training; the replay runs as fast as possible and, through
+the test hook ``block_on_retrain_s``, the decision after a job is submitted waits for its
+result (generous ceiling). Live, the quoting loop never waits (tests/test_adapt_nonblocking.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from adapt_helpers import H, T0, RegimeMarket, qlike, train_tiny_model
+from models.adapt.retrainer import FineTune, horizon_targets
+from models.adapt.swap import AdaptiveForecaster, AdaptSettings
+from models.forecaster import GuardConfig, load_forecaster
+from models.registry import Registry
+
+N, CUT = 4000, 1500  # grid rows (1 s) of the replay; the shift starts at row CUT
+
+
+def _emitted_var(fc) -> float:
+    """The forecast's variance over the horizon, bp^2, from its sigma (quote per sqrt s)."""
+    f = fc.forecast
+    if f.sigma is None:
+        return float("nan")
+    return (f.sigma / fc.feats.mid) ** 2 * 1e8 * f.horizon_s
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("adapt")
+    model = train_tiny_model(tmp / "tiny.pt")
+    off = GuardConfig(enabled=False)  # both forecasters emit their model's forecast: the loss is the model's
+    plain = load_forecaster(model, guard=off)
+    settings = AdaptSettings(schedule_s=0.0, min_new_samples=800, registry=str(tmp / "registry"),
+                             tune=FineTune(epochs=20, seed=0))
+    adaptive = AdaptiveForecaster(load_forecaster(model, guard=off), settings, work_dir=tmp / "work")
+    adaptive.block_on_retrain_s = 300.0  # test hook: wait for a submitted job at the next decision
+    mkt = RegimeMarket(seed=3)
+    var_p, var_a, mids = [], [], []
+    swap_row = None
+    try:
+        for k in range(N):
+            mkt.step(1 if k < CUT else 4)
+            for fc, out in ((plain, var_p), (adaptive, var_a)):
+                fc.update(mkt.book, T0 + k * 10**9, [])
+                out.append(_emitted_var(fc))
+            if swap_row is None and adaptive.swaps:
+                swap_row = k
+            mids.append(plain.feats.mid)
+        status = adaptive.status()
+    finally:
+        adaptive.close()
+    return {"tmp": tmp, "model": model, "plain": plain, "adaptive": adaptive, "var_p": np.array(var_p),
+            "var_a": np.array(var_a), "mids": np.array(mids), "swap_row": swap_row, "status": status}
+
+
+def test_detector_fires_after_the_shift_and_not_before(replay):
+    al = replay["adaptive"].alarm_log
+    # rows count from 1 (row k + 1 is made at replay step k): the shift's first row is CUT + 1
+    assert al and all(a.row > CUT for a in al)
+    first = al[0]
+    assert first.signal == "loss" and first.direction == "up" and first.row < CUT + 200
+    assert abs(first.change_row - (CUT + 1)) < 50  # the estimated change point
+    # the job it triggered fine-tuned from the estimated change point on
+    sw = replay["adaptive"].swaps[0]
+    assert sw["trigger"] == "shift:loss:up"
+    assert abs((sw["span_ns"]["train_start_ns"] - T0) // 10**9 - CUT) < 400
+
+
+def test_a_swap_happens_and_is_registered(replay, caplog):
+    a, st = replay["adaptive"], replay["status"]["adapt"]
+    assert st["swaps"] >= 1 and replay["swap_row"] is not None and replay["swap_row"] > CUT
+    sw = a.swaps[0]
+    sc = sw["holdout_qlike"]
+    assert sc["candidate"] < sc["current"] and all(sc["candidate"] < sc[b] for b in ("ewma", "garch", "har"))
+    reg = Registry(replay["tmp"] / "registry")
+    entry = next(e for e in reg.versions() if e["version"] == sw["version"])
+    assert entry["parent"] == str(replay["model"]) and entry["source"] == "adapt"
+    assert entry["adapt"]["holdout_qlike"] == sc and entry["data"]["start"] and entry["data"]["end"]
+    assert reg.default_version() is None  # adaptation does not move the default pointer
+    # the registered file is the model now running: same forecasts as the forecaster's predictor
+    fc2 = load_forecaster(reg.resolve(sw["version"]))
+    assert fc2.meta["data"]["source"] == "adapt" and fc2.meta["metrics"]["adapt"]["holdout_qlike"] == sc
+    assert st["last_swap"]["version"] == sw["version"] and st["model"] == a.version
+
+
+def test_loss_after_the_shift_is_lower_with_adaptation(replay):
+    mids = replay["mids"]
+    ret = np.concatenate([[0.0], np.log(mids[1:] / mids[:-1]) * 1e4])
+    _, var = horizon_targets(ret, H)
+    floor = replay["plain"].floor
+    rows = np.arange(CUT, N - H)
+    v = var[rows] + floor
+    q_plain = float(np.mean([qlike(a, b) for a, b in zip(v, replay["var_p"][rows])]))
+    q_adapt = float(np.mean([qlike(a, b) for a, b in zip(v, replay["var_a"][rows])]))
+    assert q_adapt < q_plain
+    # after the swap the adapted model is far better (the part before it is the same model)
+    after = np.arange(replay["swap_row"] + 1, N - H)
+    va = var[after] + floor
+    q_plain_after = float(np.mean([qlike(a, b) for a, b in zip(va, replay["var_p"][after])]))
+    q_adapt_after = float(np.mean([qlike(a, b) for a, b in zip(va, replay["var_a"][after])]))
+    assert q_adapt_after < 0.5 * q_plain_after
+    # before the shift the two are the same forecaster
+    pre = np.arange(100, CUT)
+    assert np.allclose(replay["var_p"][pre], replay["var_a"][pre], equal_nan=True)
