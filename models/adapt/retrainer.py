@@ -135,8 +135,6 @@ def _wait_gate(path: str, timeout_s: float) -> None:
 def run_retrain(job: RetrainJob) -> RetrainResult:
     """The worker (runs in the retrainer's process): fine-tune, validate, save if accepted."""
     t0 = time.perf_counter()
-    if job.gate:
-        _wait_gate(job.gate, job.gate_timeout_s)
     import torch
 
     from models.baselines import Garch, Har, ewma_var
@@ -148,6 +146,8 @@ def run_retrain(job: RetrainJob) -> RetrainResult:
     tune = job.tune
     torch.set_num_threads(max(1, tune.threads))
     module, meta = load_model(job.model_path)
+    if job.gate:  # test hook: hold the job (after the imports, before the work) until the file exists
+        _wait_gate(job.gate, job.gate_timeout_s)
     if meta["arch"].get("kind", "plain") != "plain":
         return RetrainResult(False, f"{meta['arch'].get('kind')} models are not fine-tuned (plain only)", job.trigger,
                              {}, {}, {}, time.perf_counter() - t0)

@@ -328,3 +328,22 @@ class AdaptiveForecaster:
         self.future = None
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def settings_from_config(a) -> AdaptSettings:
+    """:class:`AdaptSettings` from the config's ``forecaster.adapt`` (bot.config.AdaptConfig)."""
+    from models.adapt.detector import PHConfig
+
+    d = a.detector
+    ph = lambda t: PHConfig(t.enabled, t.delta, t.threshold, t.min_obs, t.direction)  # noqa: E731
+    t = a.tune
+    return AdaptSettings(schedule_s=a.schedule_s, min_new_samples=a.min_new_samples, max_rows=a.max_rows,
+                         rewarm_rows=a.rewarm_rows, registry=a.registry,
+                         detector=DetectorConfig(ph(d.loss), ph(d.vol), d.cooldown_rows),
+                         tune=FineTune(epochs=t.epochs, lr=t.lr, lookback=t.lookback, batch=t.batch, val_frac=t.val_frac,
+                                       min_gain=t.min_gain, baselines=tuple(t.baselines), seed=t.seed))
+
+
+def wrap_from_config(fc: LstmForecaster, a) -> AdaptiveForecaster:
+    """The configured forecaster with adaptation (``forecaster.adapt.enabled``)."""
+    return AdaptiveForecaster(fc, settings_from_config(a))
