@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from rich.console import Console
+
 from adapt_helpers import train_tiny_model
 from bot.app import build_paper_engine
 from bot.config import Config, build_forecaster, with_overrides
 from bot.persistence.store import open_store
+from bot.status import status_table
 from models.adapt.swap import AdaptiveForecaster
 
 DECISIONS_WHILE_GATED = 300
@@ -54,7 +57,8 @@ def test_quoting_continues_while_a_retrain_runs(tmp_path):
 
     store = open_store(cfg.database.url)
     try:
-        summary = asyncio.run(build_paper_engine(cfg, store, on_tick=on_tick, handle_signals=False, forecaster=fc).run())
+        engine = build_paper_engine(cfg, store, on_tick=on_tick, handle_signals=False, forecaster=fc)
+        summary = asyncio.run(engine.run())
     finally:
         store.close()
     assert seen["gated"] == DECISIONS_WHILE_GATED  # decisions went on while the job was under way
@@ -62,3 +66,8 @@ def test_quoting_continues_while_a_retrain_runs(tmp_path):
     ad = summary["forecaster"]["adapt"]
     assert ad["jobs"] >= 1 and ad["failed"] == 0 and ad["last_result"]["rows"]["n"] >= 150
     assert fc.retrainer._pool is None  # the engine closed the retrainer with the run
+    # the status panel shows the model running and the jobs
+    console = Console(width=200, record=True)
+    console.print(status_table(engine))
+    text = console.export_text()
+    assert "forecaster model" in text and f"{ad['jobs']} retrain jobs" in text and f"{ad['swaps']} swaps" in text

@@ -319,6 +319,12 @@ class AdaptiveForecaster:
                        "last_swap": self.swaps[-1] if self.swaps else None, "last_result": self.last_result}
         return st
 
+    def adapt_line(self) -> str:
+        """One line for the status panel: the model running, swaps, jobs, a job under way."""
+        model = self.version or Path(self.model_path).name
+        busy = ", retraining" if self.future is not None else ""
+        return f"{model} ({len(self.swaps)} swaps, {self.jobs} retrain jobs, {self.rejected} rejected{busy})"
+
     def guard_summary(self) -> str:
         return self.fc.guard_summary() + f"; adaptation: {len(self.swaps)} swaps of {self.jobs} retrain jobs"
 

@@ -1,0 +1,101 @@
+"""The hot swap and the retrain job's outcomes, in-process (the worker function run
+directly or on a thread; tests/test_adapt_nonblocking.py runs it in its process):
+an accepted candidate is swapped in with its LSTM state re-warmed over the recent inputs
+and registered; a candidate that does not win is not swapped; a failed job leaves the
+forecaster running on its model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from adapt_helpers import T0, RegimeMarket, train_tiny_model
+from models.adapt.detector import DetectorConfig, PHConfig
+from models.adapt.retrainer import FineTune, RetrainJob, run_retrain
+from models.adapt.swap import AdaptiveForecaster, AdaptSettings
+from models.forecaster import load_forecaster
+from models.inference import StatefulPredictor
+from models.registry import Registry
+
+OFF = DetectorConfig(loss=PHConfig(enabled=False), vol=PHConfig(enabled=False))
+
+
+def _run(tmp_path, rows=1200):
+    model = train_tiny_model(tmp_path / "tiny.pt", rows=1500, epochs=2)
+    s = AdaptSettings(schedule_s=0.0, min_new_samples=10**9, rewarm_rows=200, registry=str(tmp_path / "registry"),
+                      detector=OFF, tune=FineTune(epochs=10, baselines=("ewma",)))
+    ad = AdaptiveForecaster(load_forecaster(model), s, work_dir=tmp_path / "work")
+    mkt = RegimeMarket(seed=11)
+    k = 0
+    for k in range(rows):
+        mkt.step(4)  # the volatility regime the model was not trained on
+        ad.update(mkt.book, T0 + k * 10**9, [])
+    return model, ad, mkt, k
+
+
+def _job(ad, tmp_path, tune: FineTune, name="job") -> RetrainJob:
+    d = tmp_path / name
+    d.mkdir()
+    np.savez(d / "rows.npz", X=np.asarray(ad.X), ts_ns=np.asarray(ad.ts, dtype=np.int64))
+    return RetrainJob(ad.model_path, str(d / "rows.npz"), str(d), "test", 0, tune)
+
+
+def test_accepted_candidate_is_swapped_rewarmed_and_registered(tmp_path, caplog):
+    model, ad, mkt, k = _run(tmp_path)
+    try:
+        res = run_retrain(_job(ad, tmp_path, ad.s.tune))
+        assert res.accepted, res.reason
+        assert res.scores["candidate"] < res.scores["current"] and res.scores["candidate"] < res.scores["ewma"]
+        recent = np.asarray(list(ad.X)[-200:])
+        with caplog.at_level(logging.WARNING, logger="mmbot.adapt"):
+            ad._swap(res, T0 + k * 10**9)
+        # the state is the new model's after running over the last rewarm_rows inputs from zero
+        ref = StatefulPredictor(None, res.meta["arch"], 10.0, "numba", packed=res.packed)
+        ref.batch(recent)
+        assert np.array_equal(ad.fc.predictor.h, ref.h) and np.array_equal(ad.fc.predictor.c, ref.c)
+        # and the next grid step continues from there: the same output as the reference stepping that row
+        mkt.step(4)
+        ad.update(mkt.book, T0 + (k + 1) * 10**9, [])
+        assert ad.fc.last_model[1] == pytest.approx(np.exp(ref.step(ad.X[-1])[1]))
+        # registered: a new version whose parent is the old model, with its span and scores
+        sw = ad.swaps[0]
+        e = next(v for v in Registry(tmp_path / "registry").versions() if v["version"] == sw["version"])
+        assert e["parent"] == str(model) and e["adapt"]["holdout_qlike"] == res.scores and e["data"]["rows"] == len(ad.X) - 1
+        assert e["adapt"]["span_ns"]["holdout_end_ns"] <= T0 + k * 10**9
+        line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("forecaster swap "))
+        rec = json.loads(line[len("forecaster swap "):])
+        assert rec["version"] == sw["version"] and rec["parent"] == str(model) and rec["rewarm_rows"] == 200
+        assert ad.status()["adapt"]["model"] == sw["version"] and ad.model_path.endswith(f"{sw['version']}/model.pt")
+    finally:
+        ad.close()
+
+
+def test_candidate_that_does_not_win_is_not_swapped_and_a_failed_job_changes_nothing(tmp_path):
+    _, ad, mkt, k = _run(tmp_path, rows=900)
+    ad.block_on_retrain_s = 120.0  # test hook: poll waits for the thread below
+    before = ad.fc.predictor.inner
+    try:
+        with ThreadPoolExecutor(1) as ex:
+            # a margin no fine-tuning reaches: rejected
+            ad.future = ex.submit(run_retrain, _job(ad, tmp_path, replace(ad.s.tune, min_gain=0.99), "j1"))
+            res = ad.poll()
+            assert res is not None and not res.accepted and "does not beat" in res.reason
+            assert ad.rejected == 1 and not ad.swaps and ad.fc.predictor.inner is before
+            assert Registry(tmp_path / "registry").versions() == []
+            # a job that fails (its data file is gone): counted, logged, the model stays
+            job = _job(ad, tmp_path, ad.s.tune, "j2")
+            (tmp_path / "j2" / "rows.npz").unlink()
+            ad.future = ex.submit(run_retrain, job)
+            assert ad.poll() is None
+        assert ad.failed == 1 and ad.last_result["reason"].startswith("failed: FileNotFoundError")
+        assert ad.fc.predictor.inner is before and ad.future is None
+        mkt.step(4)
+        f = ad.update(mkt.book, T0 + (k + 1) * 10**9, [])
+        assert f.sigma is not None
+    finally:
+        ad.close()
