@@ -64,7 +64,8 @@ def test_shift_detector_signals_change_row_and_cooldown():
     assert a.signal == "loss" and a.direction == "up" and cp <= a.row < cp + 200 and abs(a.change_row - cp) < 50
     # vol signal: a step up in log r^2, loss signal off
     vol2 = np.where(np.arange(n) < cp, vol, vol + 2.0)
-    d = ShiftDetector(DetectorConfig(loss=PHConfig(enabled=False)))
+    assert not DetectorConfig().vol.enabled  # off by default (fast volatility clustering would keep it firing)
+    d = ShiftDetector(DetectorConfig(loss=PHConfig(enabled=False), vol=PHConfig(True, 0.1, 60.0, 100, "both")))
     for r in range(n):
         if d.add(r, None, float(vol2[r])):
             break

@@ -41,7 +41,8 @@ def _run(tmp_path, rows=1200):
 def _job(ad, tmp_path, tune: FineTune, name="job") -> RetrainJob:
     d = tmp_path / name
     d.mkdir()
-    np.savez(d / "rows.npz", X=np.asarray(ad.X), ts_ns=np.asarray(ad.ts, dtype=np.int64))
+    X, ts = ad.ring.last()
+    np.savez(d / "rows.npz", X=X, ts_ns=ts)  # handed over by file (the wrapper hands the arrays over in the job)
     return RetrainJob(ad.model_path, str(d / "rows.npz"), str(d), "test", 0, tune)
 
 
@@ -51,7 +52,7 @@ def test_accepted_candidate_is_swapped_rewarmed_and_registered(tmp_path, caplog)
         res = run_retrain(_job(ad, tmp_path, ad.s.tune))
         assert res.accepted, res.reason
         assert res.scores["candidate"] < res.scores["current"] and res.scores["candidate"] < res.scores["ewma"]
-        recent = np.asarray(list(ad.X)[-200:])
+        recent = ad.ring.last(200)[0]
         with caplog.at_level(logging.WARNING, logger="mmbot.adapt"):
             ad._swap(res, T0 + k * 10**9)
         # the state is the new model's after running over the last rewarm_rows inputs from zero
@@ -61,11 +62,11 @@ def test_accepted_candidate_is_swapped_rewarmed_and_registered(tmp_path, caplog)
         # and the next grid step continues from there: the same output as the reference stepping that row
         mkt.step(4)
         ad.update(mkt.book, T0 + (k + 1) * 10**9, [])
-        assert ad.fc.last_model[1] == pytest.approx(np.exp(ref.step(ad.X[-1])[1]))
+        assert ad.fc.last_model[1] == pytest.approx(np.exp(ref.step(ad.ring.last(1)[0][0])[1]))
         # registered: a new version whose parent is the old model, with its span and scores
         sw = ad.swaps[0]
         e = next(v for v in Registry(tmp_path / "registry").versions() if v["version"] == sw["version"])
-        assert e["parent"] == str(model) and e["adapt"]["holdout_qlike"] == res.scores and e["data"]["rows"] == len(ad.X) - 1
+        assert e["parent"] == str(model) and e["adapt"]["holdout_qlike"] == res.scores and e["data"]["rows"] == len(ad.ring) - 1
         assert e["adapt"]["span_ns"]["holdout_end_ns"] <= T0 + k * 10**9
         line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("forecaster swap "))
         rec = json.loads(line[len("forecaster swap "):])
@@ -99,3 +100,19 @@ def test_candidate_that_does_not_win_is_not_swapped_and_a_failed_job_changes_not
         assert f.sigma is not None
     finally:
         ad.close()
+
+
+def test_row_ring_keeps_the_last_rows_in_order():
+    from models.adapt.swap import RowRing
+
+    r = RowRing(5)
+    assert len(r) == 0 and r.last()[0].shape[0] == 0
+    for i in range(12):
+        r.append(np.array([i, -i], float), 100 + i)
+    X, ts = r.last()
+    assert X[:, 0].tolist() == [7, 8, 9, 10, 11] and ts.tolist() == [107, 108, 109, 110, 111]
+    assert r.last(2)[0][:, 1].tolist() == [-10, -11]
+    X[0, 0] = 99  # a copy: the ring is not changed
+    assert r.last()[0][0, 0] == 7
+    r.clear()
+    assert len(r) == 0

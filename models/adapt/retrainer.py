@@ -2,12 +2,13 @@
 process and keeps the result only when it beats the current model and the baselines on the
 newest rows, which it did not train on.
 
-Hand-over. The forecaster wrapper (:mod:`models.adapt.swap`) writes the recent feature rows
-(the exact raw inputs the model was stepped with, ``X`` float64 [n, F], and their grid
-times ``ts_ns`` int64 [n], ns since the epoch) to an ``.npz`` file and submits a
-:class:`RetrainJob` naming it to a :class:`Retrainer` (a ``ProcessPoolExecutor`` with one
+Hand-over. The forecaster wrapper (:mod:`models.adapt.swap`) submits a :class:`RetrainJob`
+with the recent feature rows (the exact raw inputs the model was stepped with, ``X`` float64
+[n, F], and the event times of the updates that made them, ``ts_ns`` int64 [n], ns since the
+epoch) to a :class:`Retrainer` (a ``ProcessPoolExecutor`` with one
 worker, ``spawn`` start method: the quoting process's threads are never forked). The
-worker (:func:`run_retrain`) returns a :class:`RetrainResult`; the quoting loop only polls
+worker (:func:`run_retrain`) writes the rows to the job's ``.npz`` file (the record of what
+it trained on; a job may instead name such a file) and returns a :class:`RetrainResult`; the quoting loop only polls
 the future between decisions.
 
 Targets are rebuilt from the rows themselves: column 0 is the grid row's mid log return in
@@ -66,7 +67,8 @@ class FineTune:
 
 @dataclass
 class RetrainJob:
-    """One fine-tuning request. ``train_from``: first row whose target enters the loss (a
+    """One fine-tuning request: the rows (``X`` float64 [n, F] raw inputs, ``ts_ns`` int64 [n]
+    event times) either in the job itself or in the ``.npz`` file ``data_path``. ``train_from``: first row whose target enters the loss (a
     detected change point; 0 = all rows); ``gate``: test hook, a file the worker waits for
     before it starts (None live)."""
 
@@ -78,6 +80,8 @@ class RetrainJob:
     tune: FineTune = field(default_factory=FineTune)
     gate: str | None = None
     gate_timeout_s: float = 600.0
+    X: np.ndarray | None = None  # the rows themselves (then written to data_path by the worker)
+    ts_ns: np.ndarray | None = None
 
 
 @dataclass
@@ -151,9 +155,15 @@ def run_retrain(job: RetrainJob) -> RetrainResult:
     if meta["arch"].get("kind", "plain") != "plain":
         return RetrainResult(False, f"{meta['arch'].get('kind')} models are not fine-tuned (plain only)", job.trigger,
                              {}, {}, {}, time.perf_counter() - t0)
-    with np.load(job.data_path) as d:
-        X = np.asarray(d["X"], dtype=np.float64)
-        ts = np.asarray(d["ts_ns"], dtype=np.int64)
+    if job.X is not None:  # handed over through the queue: keep them as the job's record
+        X = np.asarray(job.X, dtype=np.float64)
+        ts = np.asarray(job.ts_ns, dtype=np.int64)
+        Path(job.data_path).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(job.data_path, X=X, ts_ns=ts)
+    else:
+        with np.load(job.data_path) as d:
+            X = np.asarray(d["X"], dtype=np.float64)
+            ts = np.asarray(d["ts_ns"], dtype=np.int64)
     n = len(X)
     H = int(meta["horizon_steps"])
     floor = float(meta.get("var_floor_bp2", 0.0))

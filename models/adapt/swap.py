@@ -11,8 +11,10 @@ Per :meth:`AdaptiveForecaster.update` (the engine's forecaster call, once per de
    ``max_rows`` rows) and feeds the shift detector: once a forecast's horizon of H rows has
    passed, its QLIKE minus the EWMA baseline's (the guard's recursion and decay), and each
    row's log squared return.
-3. Scheduling: a job is submitted (a non-blocking write of the recent rows to an ``.npz``
-   file, then ``ProcessPoolExecutor.submit``) when none is under way, at least
+3. Scheduling: a job is submitted (one copy of the recent rows, handed to the worker process
+   through the executor's queue, whose feeder thread pickles them off the quoting thread; the
+   worker writes them to the job's ``rows.npz`` as the record of what it trained on) when none
+   is under way, at least
    ``min_new_samples`` rows were recorded since the data of the last job, and either
    ``schedule_s`` seconds of event time have passed since the last job (0 = no schedule) or
    the detector raised an alarm (then the job fine-tunes on the rows from the estimated
@@ -67,6 +69,41 @@ class AdaptSettings:
     registry: str = "runs/models"
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tune: FineTune = field(default_factory=FineTune)
+
+
+class RowRing:
+    """The last ``cap`` input rows (float64 [F]) with their event times (ns), in a
+    preallocated ring: O(F) per row, one copy for a snapshot."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = int(cap)
+        self.X: np.ndarray | None = None  # allocated at the first row (F known then)
+        self.ts = np.zeros(self.cap, np.int64)
+        self.n = 0  # rows held
+        self.head = 0  # next slot
+
+    def append(self, x: np.ndarray, t_ns: int) -> None:
+        if self.X is None:
+            self.X = np.zeros((self.cap, len(x)), np.float64)
+        self.X[self.head] = x
+        self.ts[self.head] = t_ns
+        self.head = (self.head + 1) % self.cap
+        self.n = min(self.n + 1, self.cap)
+
+    def clear(self) -> None:
+        self.n = 0
+        self.head = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def last(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the last ``k`` rows (all held when None), oldest first: (X [k, F], ts_ns [k])."""
+        k = self.n if k is None else min(int(k), self.n)
+        if self.X is None or k == 0:
+            return np.zeros((0, 0 if self.X is None else self.X.shape[1])), np.zeros(0, np.int64)
+        idx = (self.head - k + np.arange(k)) % self.cap
+        return self.X[idx], self.ts[idx]
 
 
 class _Recording:
@@ -126,8 +163,7 @@ class AdaptiveForecaster:
         self._job_row = 0  # row count at the end of the last job's data
         self._job_ns: int | None = None  # event time of the last job (or of the first update)
         self.rows_seen = 0  # input rows recorded over the life of this wrapper
-        self.X: deque = deque(maxlen=settings.max_rows)
-        self.ts: deque = deque(maxlen=settings.max_rows)
+        self.ring = RowRing(settings.max_rows)
         self._t_ns = 0
         self.adaptable = fc.meta["arch"].get("kind", "plain") == "plain"
         if not self.adaptable:
@@ -144,15 +180,13 @@ class AdaptiveForecaster:
 
     def _on_reset(self) -> None:
         """The forecaster reset its state (a feed gap): the rows before it are not a series."""
-        self.X.clear()
-        self.ts.clear()
+        self.ring.clear()
         self._reset_scoring()
         self._job_row = self.rows_seen
 
     def _observe(self, x, out) -> None:
         x = np.asarray(x, dtype=np.float64)
-        self.X.append(x.copy())
-        self.ts.append(self._t_ns)
+        self.ring.append(x, self._t_ns)
         self.rows_seen += 1
         H = self.H
         r = float(x[0])
@@ -196,7 +230,7 @@ class AdaptiveForecaster:
     # -- scheduling ------------------------------------------------------------------------
     def _maybe_submit(self, now_ns: int) -> None:
         s = self.s
-        n = len(self.X)
+        n = len(self.ring)
         new = self.rows_seen - self._job_row
         a = self.pending_alarm
         if a is not None:
@@ -211,10 +245,9 @@ class AdaptiveForecaster:
         self.jobs += 1
         d = self.work_dir / f"job{self.jobs:04d}"
         d.mkdir(parents=True, exist_ok=True)
-        data = d / "rows.npz"
-        np.savez(data, X=np.asarray(self.X), ts_ns=np.asarray(self.ts, dtype=np.int64))
-        self.job = RetrainJob(self.model_path, str(data), str(d), trigger, train_from, self.s.tune,
-                              gate=self._gate_for_test)
+        X, ts = self.ring.last()  # one copy; pickled to the worker by the executor's feeder thread
+        self.job = RetrainJob(self.model_path, str(d / "rows.npz"), str(d), trigger, train_from, self.s.tune,
+                              gate=self._gate_for_test, X=X, ts_ns=ts)
         self._job_row = self.rows_seen
         try:
             self.future = self.retrainer.submit(self.job)
@@ -229,7 +262,7 @@ class AdaptiveForecaster:
         self._job_ns = now_ns
         self.pending_alarm = None
         log.info("forecaster %s: retrain job %d submitted (%s, %d rows, fine-tuning from row %d)",
-                 self.name, self.jobs, trigger, len(self.X), train_from)
+                 self.name, self.jobs, trigger, len(X), train_from)
 
     _gate_for_test: str | None = None  # test hook: the worker waits for this file before it starts
 
@@ -278,9 +311,9 @@ class AdaptiveForecaster:
 
             module, _ = load_model(res.model_path)
             pred = StatefulPredictor(module, meta["arch"], clip, "torchscript")
-        k = min(self.s.rewarm_rows, len(self.X))
+        k = min(self.s.rewarm_rows, len(self.ring))
         if k:
-            pred.batch(np.asarray(list(self.X)[-k:]))  # carries (h, c) over the recent inputs
+            pred.batch(self.ring.last(k)[0])  # carries (h, c) over the recent inputs
         fc.predictor.inner = pred
         fc.guard = MisspecificationGuard(fc.guard_cfg, fc.floor)
         self._reset_scoring_keep_rows()
@@ -315,7 +348,7 @@ class AdaptiveForecaster:
         st = self.fc.status()
         st["adapt"] = {"model": self.version or self.model_path, "retraining": self.future is not None,
                        "jobs": self.jobs, "swaps": len(self.swaps), "rejected": self.rejected, "failed": self.failed,
-                       "alarms": len(self.alarm_log), "rows": len(self.X),
+                       "alarms": len(self.alarm_log), "rows": len(self.ring),
                        "last_swap": self.swaps[-1] if self.swaps else None, "last_result": self.last_result}
         return st
 
