@@ -31,8 +31,9 @@ def status_table(engine: Engine) -> Table:
         t.add_row("reservation / sigma", f"{q.reservation:.6g} / {q.sigma:.4g}" + (f"  ({q.note})" if q.note else ""))
     if st.forecast_source:
         t.add_row("forecast", st.forecast_source)
-    if hasattr(engine.forecaster, "adapt_line"):  # forecaster.adapt on: the model running, swaps, jobs
-        t.add_row("forecaster model", engine.forecaster.adapt_line())
+    fc = getattr(engine, "forecaster", None)
+    if hasattr(fc, "adapt_line"):  # forecaster.adapt on: the model running, swaps, jobs
+        t.add_row("forecaster model", fc.adapt_line())
     t.add_row("inventory (base)", f"{inv.base}")
     t.add_row("cash (quote)", f"{inv.cash:.4f}")
     t.add_row("PnL (quote)", f"{st.pnl:.4f}")
