@@ -57,6 +57,7 @@ def replay(tmp_path_factory):
             if swap_row is None and adaptive.swaps:
                 swap_row = k
             mids.append(plain.feats.mid)
+        assert adaptive.wait_registered(120.0)  # the registry entries are written on a thread
         status = adaptive.status()
     finally:
         adaptive.close()

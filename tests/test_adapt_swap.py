@@ -55,6 +55,7 @@ def test_accepted_candidate_is_swapped_rewarmed_and_registered(tmp_path, caplog)
         recent = ad.ring.last(200)[0]
         with caplog.at_level(logging.WARNING, logger="mmbot.adapt"):
             ad._swap(res, T0 + k * 10**9)
+            assert ad.wait_registered(60.0)
         # the state is the new model's after running over the last rewarm_rows inputs from zero
         ref = StatefulPredictor(None, res.meta["arch"], 10.0, "numba", packed=res.packed)
         ref.batch(recent)

@@ -259,7 +259,15 @@ class Retrainer:
             return self._pool.submit(run_retrain, job)
 
     def close(self, wait: bool = False) -> None:
-        """Stop the worker; a job under way is abandoned unless ``wait``."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-            self._pool = None
+        """Stop the worker; a job under way is abandoned unless ``wait`` (its process is
+        terminated, so the end of a run does not wait for a fine-tuning nobody will use)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list(getattr(pool, "_processes", {}).values()) if not wait else []
+        pool.shutdown(wait=wait, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=30)

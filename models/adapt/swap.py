@@ -28,8 +28,10 @@ model saw, oldest first, from a zero state) -- so (h, c) are what the new model 
 had it been running all along, and the next grid step continues from there. The guard is
 reset (its window held the old model's losses; the new model has just beaten the baselines
 on held-out rows). Each swap is registered as a new version in the model registry (parent:
-the model it replaces; data span and holdout scores), logged as one JSON line (logger
-``mmbot.adapt``) and shown in :meth:`status` under ``adapt``.
+the model it replaces; data span and holdout scores) on a background thread (file copies and
+index writes are kept off the quoting thread; :meth:`wait_registered`, and :meth:`close`
+waits), then logged as one JSON line (logger ``mmbot.adapt``); it is shown in :meth:`status`
+under ``adapt`` at once.
 
 Test hook: :attr:`AdaptiveForecaster.block_on_retrain_s` (None live) makes :meth:`poll` wait
 up to that many seconds for a job under way, so a replay at speed 0 is deterministic.
@@ -42,6 +44,7 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -159,6 +162,7 @@ class AdaptiveForecaster:
         self.swaps: list[dict] = []
         self.last_result: dict | None = None
         self.pending_alarm: Alarm | None = None
+        self._reg_thread: threading.Thread | None = None  # the last swap's registration
         self.alarm_log: list[Alarm] = []  # every alarm over the wrapper's life (the detector restarts at a swap)
         self._job_row = 0  # row count at the end of the last job's data
         self._job_ns: int | None = None  # event time of the last job (or of the first update)
@@ -317,27 +321,52 @@ class AdaptiveForecaster:
         fc.predictor.inner = pred
         fc.guard = MisspecificationGuard(fc.guard_cfg, fc.floor)
         self._reset_scoring_keep_rows()
-        version, path = self._register(res)
         parent = self.version or self.model_path
-        self.model_path, self.version = str(path), version
-        rec = {"event": "forecaster_swap", "forecaster": self.name, "version": version, "parent": parent,
-               "path": str(path), "trigger": res.trigger, "event_ns": now_ns, "rewarm_rows": k,
+        self.model_path, self.version = str(res.model_path), None  # the job's file until it is registered
+        rec = {"event": "forecaster_swap", "forecaster": self.name, "version": None, "parent": parent,
+               "path": str(res.model_path), "trigger": res.trigger, "event_ns": now_ns, "rewarm_rows": k,
                "holdout_qlike": res.scores, "rows": res.rows, "span_ns": res.span_ns, "retrain_s": round(res.seconds, 3)}
         self.swaps.append(rec)
-        log.warning("forecaster swap %s", json.dumps(rec, sort_keys=True))
+        # the registry's file copies and index writes (tens of ms on a loaded disk) run on a
+        # thread, in swap order; the JSON line is logged once the version is known
+        prev = self._reg_thread
+        t = threading.Thread(target=self._register, args=(res, parent, rec, prev), name="mmbot-adapt-register",
+                             daemon=True)
+        self._reg_thread = t
+        t.start()
 
     def _reset_scoring_keep_rows(self) -> None:
         """After a swap the pending forecasts are the old model's: score the new one afresh."""
         self._reset_scoring()
         self.detector = ShiftDetector(self.s.detector)
 
-    def _register(self, res: RetrainResult) -> tuple[str, Path]:
+    def _register(self, res: RetrainResult, parent: str, rec: dict, prev: threading.Thread | None) -> None:
+        """Registry entry and log line of a swap (on a thread, after the previous swap's)."""
         from models.registry import Registry
 
-        reg = Registry(self.s.registry)
-        return reg.add_adapted(res.model_path, res.meta or {}, parent=self.version or self.model_path,
-                               adapt={"trigger": res.trigger, "holdout_qlike": res.scores, "rows": res.rows,
-                                      "span_ns": res.span_ns})
+        if prev is not None:
+            prev.join()
+            parent = rec["parent"] = self.swaps[self.swaps.index(rec) - 1].get("version") or parent
+        try:
+            version, path = Registry(self.s.registry).add_adapted(
+                res.model_path, res.meta or {}, parent=parent,
+                adapt={"trigger": res.trigger, "holdout_qlike": res.scores, "rows": res.rows, "span_ns": res.span_ns})
+        except Exception as e:  # noqa: BLE001 - the swap stands; the record says what failed
+            rec["registry_error"] = f"{type(e).__name__}: {e}"
+            log.error("forecaster %s: registering the swapped-in model failed: %s", self.name, rec["registry_error"])
+        else:
+            rec["version"], rec["path"] = version, str(path)
+            if self.model_path == str(res.model_path):  # still the running model: name it by its version
+                self.model_path, self.version = str(path), version
+        log.warning("forecaster swap %s", json.dumps(rec, sort_keys=True))
+
+    def wait_registered(self, timeout_s: float | None = None) -> bool:
+        """Wait for the swaps' registry entries; True when all are written."""
+        t = self._reg_thread
+        if t is not None:
+            t.join(timeout_s)
+            return not t.is_alive()
+        return True
 
     def _registry_version(self, path: str) -> str | None:
         p = Path(path)
@@ -365,6 +394,8 @@ class AdaptiveForecaster:
         """Stop the retrainer (a job under way is abandoned) and remove the work folder if ours."""
         self.retrainer.close(wait=False)
         self.future = None
+        if not self.wait_registered(60.0):
+            log.error("forecaster %s: a swap's registry entry was still being written at shutdown", self.name)
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
