@@ -115,6 +115,7 @@ class AdaptTuneConfig(_Strict):
     batch: int = Field(4, ge=1, description="parallel training streams")
     val_frac: float = Field(0.25, gt=0, lt=1, description="newest share of the rows held out to validate the candidate")
     min_gain: float = Field(0.0, ge=0, lt=1, description="relative QLIKE margin the candidate must beat the current model and every baseline by")
+    min_active: int = Field(20, ge=0, description="holdout rows that must see a mid move within their horizon (a quiet holdout proves nothing)")
     baselines: list[Literal["ewma", "garch", "har"]] = Field(["ewma", "garch", "har"], description="baselines the candidate must beat on the holdout")
     seed: int = Field(0, ge=0, description="training seed")
 

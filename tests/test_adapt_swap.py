@@ -117,3 +117,19 @@ def test_row_ring_keeps_the_last_rows_in_order():
     assert r.last()[0][0, 0] == 7
     r.clear()
     assert len(r) == 0
+
+
+def test_a_quiet_holdout_rejects_the_candidate(tmp_path):
+    """On held-out rows without a mid move the lowest forecast wins whatever it knows: such a
+    holdout does not validate anything, so the job declines to judge."""
+    _, ad, mkt, k = _run(tmp_path, rows=900)
+    try:
+        for j in range(1, 401):  # the market stops moving: the newest rows (the holdout) are quiet
+            mkt._set()
+            ad.update(mkt.book, T0 + (k + j) * 10**9, [])
+        res = run_retrain(_job(ad, tmp_path, ad.s.tune))
+        assert not res.accepted and res.reason.startswith("holdout too quiet") and res.rows["holdout_active"] == 0
+        res = run_retrain(_job(ad, tmp_path, replace(ad.s.tune, min_active=0), "j0"))
+        assert res.rows["holdout_active"] == 0 and not res.reason.startswith("holdout too quiet")
+    finally:
+        ad.close()

@@ -27,7 +27,9 @@ rows, as the online forecaster would) and the baselines (EWMA with the model's d
 the guard; GARCH(1,1) and HAR-RV fitted on the fine-tuning rows) are scored by mean QLIKE
 (realised variance plus the model's floor, bp^2). The candidate is accepted only when its
 QLIKE is below the current model's and every baseline's by the relative margin
-``min_gain``; it is then saved (TorchScript with metadata, like ``mmbot train``) in the job's
+``min_gain``, and only when the holdout is not quiet (at least ``min_active`` of its rows saw
+a mid move within their horizon: on a holdout without moves the lowest forecast wins,
+whatever it knows); it is then saved (TorchScript with metadata, like ``mmbot train``) in the job's
 folder and its packed numba weights are returned for a swap without torch.
 
 Only plain models are fine-tuned (the correction architecture needs its baseline inputs
@@ -60,6 +62,7 @@ class FineTune:
     dropout: float = 0.0
     val_frac: float = 0.25  # share of the rows from train_from on held out for validation (newest)
     min_gain: float = 0.0  # relative QLIKE margin the candidate must win by
+    min_active: int = 20  # holdout rows whose horizon saw a mid move (a quiet holdout favours any low forecast)
     baselines: tuple[str, ...] = ("ewma", "garch", "har")
     seed: int = 0
     threads: int = 1  # torch threads of the worker process
@@ -179,6 +182,11 @@ def run_retrain(job: RetrainJob) -> RetrainResult:
             "holdout": int(hold.sum()), "horizon": H}
     span = {"train_start_ns": int(ts[train_from]) if n else None, "train_end_ns": int(ts[max(val_start - 1, 0)]) if n else None,
             "holdout_start_ns": int(ts[val_start]) if val_start < n else None, "holdout_end_ns": int(ts[-1]) if n else None}
+    active = int((hold & (np.nan_to_num(var) > 0.0)).sum())
+    rows["holdout_active"] = active
+    if active < tune.min_active:
+        return RetrainResult(False, f"holdout too quiet: {active} rows with a mid move in their horizon "
+                             f"(< min_active {tune.min_active})", job.trigger, {}, rows, span, time.perf_counter() - t0)
     if train_rows.sum() < 2 * tune.lookback or hold.sum() < H:
         return RetrainResult(False, f"too few rows (train {int(train_rows.sum())}, holdout {int(hold.sum())})", job.trigger,
                              {}, rows, span, time.perf_counter() - t0)

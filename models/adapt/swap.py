@@ -411,7 +411,7 @@ def settings_from_config(a) -> AdaptSettings:
                          rewarm_rows=a.rewarm_rows, registry=a.registry,
                          detector=DetectorConfig(ph(d.loss), ph(d.vol), d.cooldown_rows),
                          tune=FineTune(epochs=t.epochs, lr=t.lr, lookback=t.lookback, batch=t.batch, val_frac=t.val_frac,
-                                       min_gain=t.min_gain, baselines=tuple(t.baselines), seed=t.seed))
+                                       min_gain=t.min_gain, min_active=t.min_active, baselines=tuple(t.baselines), seed=t.seed))
 
 
 def wrap_from_config(fc: LstmForecaster, a) -> AdaptiveForecaster:
