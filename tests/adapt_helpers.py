@@ -85,3 +85,4 @@ def train_tiny_model(out: Path, rows: int = 3000, seed: int = 0, epochs: int = 6
 def qlike(v: float, h: float) -> float:
     x = v / h
     return x - math.log(x) - 1.0
+

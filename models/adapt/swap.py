@@ -11,14 +11,13 @@ Per :meth:`AdaptiveForecaster.update` (the engine's forecaster call, once per de
    ``max_rows`` rows) and feeds the shift detector: once a forecast's horizon of H rows has
    passed, its QLIKE minus the EWMA baseline's (the guard's recursion and decay), and each
    row's log squared return.
-3. Scheduling: a job is submitted (one copy of the recent rows, handed to the worker process
-   through the executor's queue, whose feeder thread pickles them off the quoting thread; the
-   worker writes them to the job's ``rows.npz`` as the record of what it trained on) when none
-   is under way, at least
-   ``min_new_samples`` rows were recorded since the data of the last job, and either
-   ``schedule_s`` seconds of event time have passed since the last job (0 = no schedule) or
-   the detector raised an alarm (then the job fine-tunes on the rows from the estimated
-   change point on, and waits until ``min_new_samples`` rows of the new regime exist).
+3. Scheduling: a job is submitted when none is under way, at least ``min_new_samples`` rows
+   were recorded since the data of the last job, and either ``schedule_s`` seconds of event
+   time have passed since the last job (0 = no schedule) or the detector raised an alarm
+   (then the job fine-tunes on the rows from the estimated change point on, and waits until
+   ``min_new_samples`` rows of the new regime exist). Submitting costs one copy of the recent
+   rows in the quoting thread; the executor's feeder thread pickles them to the worker
+   process, which writes them to the job's ``rows.npz`` as the record of what it trained on.
 
 The swap (between two decisions, in the quoting thread): a new predictor over the
 candidate's weights (numba: the packed weights sent back by the worker, no torch in the
@@ -247,8 +246,7 @@ class AdaptiveForecaster:
 
     def _submit(self, now_ns: int, trigger: str, train_from: int) -> None:
         self.jobs += 1
-        d = self.work_dir / f"job{self.jobs:04d}"
-        d.mkdir(parents=True, exist_ok=True)
+        d = self.work_dir / f"job{self.jobs:04d}"  # made by the worker
         X, ts = self.ring.last()  # one copy; pickled to the worker by the executor's feeder thread
         self.job = RetrainJob(self.model_path, str(d / "rows.npz"), str(d), trigger, train_from, self.s.tune,
                               gate=self._gate_for_test, X=X, ts_ns=ts)
