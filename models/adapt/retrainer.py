@@ -38,7 +38,6 @@ re-fitted; not supported yet, as in ``mmbot train --init-from``).
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 import time
