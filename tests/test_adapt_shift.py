@@ -12,7 +12,6 @@ result (generous ceiling). Live, the quoting loop never waits (tests/test_adapt_
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
