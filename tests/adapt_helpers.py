@@ -86,3 +86,35 @@ def qlike(v: float, h: float) -> float:
     x = v / h
     return x - math.log(x) - 1.0
 
+
+
+def regime_recording(out: Path, rows: int, seed: int = 3) -> Path:
+    """Write ``rows`` seconds of :class:`RegimeMarket` (jump 1: its calm volatility) as an
+    mmbot recording (``bot.recording.schema`` rows): each second, 0.5 s before the grid time,
+    one message that removes the levels that left the book and sets the others (a CLEAR and
+    SNAPSHOT rows first)."""
+    from bot.recording.schema import CLEAR, DEPTH, EVENT_DTYPE, SNAPSHOT
+    from models_helpers import write_recording
+
+    mkt = RegimeMarket(seed=seed)
+    out_rows: list = []
+    prev: dict = {}
+    for k in range(rows):
+        mkt.step(1)
+        t = T0 + k * 10**9 - 500_000_000
+        cur = {(1, round(p, 8)): q for p, q in mkt.book.bids.levels(10)}
+        cur.update({(-1, round(p, 8)): q for p, q in mkt.book.asks.levels(10)})
+        if k == 0:
+            out_rows += [(CLEAR, 1, t, 0.0, 0.0), (CLEAR, -1, t, 0.0, 0.0)]
+            out_rows += [(SNAPSHOT, s, t, p, q) for (s, p), q in cur.items()]
+        else:
+            out_rows += [(DEPTH, s, t, p, 0.0) for (s, p) in prev if (s, p) not in cur]
+            out_rows += [(DEPTH, s, t, p, q) for (s, p), q in cur.items()]
+        prev = cur
+    ev = np.zeros(len(out_rows), EVENT_DTYPE)
+    for i, f in enumerate(("kind", "side", "local_ts", "px", "qty")):
+        ev[f] = [r[i] for r in out_rows]
+    ev["exch_ts"] = ev["local_ts"]
+    ev["first_id"] = ev["last_id"] = -1
+    return write_recording(ev, {"exchange": "sim", "symbol": "SYN/USD", "market": "spot", "tick_size": 0.01,
+                                "lot_size": 1e-8}, out)

@@ -55,7 +55,7 @@ def test_prices_after_the_cut_move_factor_times_as_far():
     m1, m2 = _mids(ev, grid), _mids(ev2, grid)
     pre = grid <= cut
     assert np.array_equal(m1[pre], m2[pre])  # untouched before the cut
-    p0 = float(ev["px"][(ev["kind"] == TRADE) & (ev["local_ts"] <= cut)][-1])
+    p0 = round(float(_mids(ev, np.array([cut]))[0]) / TICK) * TICK  # the mid at the cut (on the tick grid)
     assert np.allclose(m2[~pre], p0 + 4.0 * (m1[~pre] - p0), atol=1e-9)  # returns x4 after it
     # the book stays uncrossed: the old levels were restated at the cut, none lingers
     spreads = np.array(replay_online(ev2, TICK, 1e-8, grid, lambda b, t, tr: b.asks.levels(1)[0][0] - b.bids.levels(1)[0][0]))
