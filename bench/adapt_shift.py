@@ -1,9 +1,8 @@
 """Adaptation on a real recording with an injected regime shift; prints one JSON line.
 
 The first ``--lines`` lines of the Bitstamp 2015-05-01 capture (``../shared/data``) are
-imported; from the middle grid row on, every price moves 4x as far from the price at the
-cut (:func:`models.adapt.inject.inject_vol_shift`: about the mid at the cut; volatility x4, the book restated at the
-cut). The replay (1 s grid, every grid time a decision) runs two forecasters built from the
+imported; from the middle grid row on, every price moves 4x as far from the mid at the cut
+(:func:`models.adapt.inject.inject_vol_shift`: volatility x4, the book restated at the cut). The replay (1 s grid, every grid time a decision) runs two forecasters built from the
 same model (default: the shipped one): without and with adaptation (``min_new_samples``,
 ``epochs``; schedule off, so jobs start on detected shifts only). As in
 tests/test_adapt_shift.py the decision after a submission waits for the job (the test hook),
