@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from adapt_helpers import T0, RegimeMarket, train_tiny_model
-from models.adapt.detector import DetectorConfig, PHConfig
+from models.adapt.detector import Alarm, DetectorConfig, PHConfig
 from models.adapt.retrainer import FineTune, RetrainJob, run_retrain
 from models.adapt.swap import AdaptiveForecaster, AdaptSettings
 from models.forecaster import load_forecaster
@@ -131,5 +131,42 @@ def test_a_quiet_holdout_rejects_the_candidate(tmp_path):
         assert not res.accepted and res.reason.startswith("holdout too quiet") and res.rows["holdout_active"] == 0
         res = run_retrain(_job(ad, tmp_path, replace(ad.s.tune, min_active=0), "j0"))
         assert res.rows["holdout_active"] == 0 and not res.reason.startswith("holdout too quiet")
+    finally:
+        ad.close()
+
+
+def test_jobs_start_on_the_schedule_and_after_a_shift_once_enough_new_rows_exist(tmp_path):
+    """When jobs are submitted (the worker is stopped at once: only the submission is tested)."""
+    model = train_tiny_model(tmp_path / "tiny.pt", rows=1500, epochs=2)
+    s = AdaptSettings(schedule_s=100.0, min_new_samples=50, registry=str(tmp_path / "registry"), detector=OFF)
+    ad = AdaptiveForecaster(load_forecaster(model), s, work_dir=tmp_path / "work")
+    ad._gate_for_test = str(tmp_path / "never")  # the job would wait; it is abandoned at close
+    mkt = RegimeMarket(seed=4)
+    try:
+        for k in range(100):  # 0 .. 99 s after the first update: the schedule is not due
+            mkt.step(1)
+            ad.update(mkt.book, T0 + k * 10**9, [])
+        assert ad.jobs == 0 and ad.future is None
+        mkt.step(1)
+        ad.update(mkt.book, T0 + 100 * 10**9, [])
+        assert ad.jobs == 1 and ad.future is not None and ad.job.trigger == "schedule" and ad.job.train_from == 0
+        assert len(ad.job.X) == ad.rows_seen == 101 and ad.job.ts_ns[-1] == T0 + 100 * 10**9
+        assert ad.status()["adapt"]["retraining"] and "retraining" in ad.adapt_line()
+    finally:
+        ad.close()
+    # a detected shift: the job waits for min_new_samples rows after the estimated change point
+    s2 = AdaptSettings(schedule_s=0.0, min_new_samples=50, registry=str(tmp_path / "registry"), detector=OFF)
+    ad = AdaptiveForecaster(load_forecaster(model), s2, work_dir=tmp_path / "work2")
+    ad._gate_for_test = str(tmp_path / "never")
+    try:
+        for k in range(200):
+            mkt.step(1)
+            ad.update(mkt.book, T0 + k * 10**9, [])
+            if k == 120:  # as the detector would: an alarm now, change estimated at row 100
+                ad.pending_alarm = Alarm("loss", "up", ad.rows_seen, 100, 60.0)
+            if ad.jobs:
+                break
+        assert ad.jobs == 1 and ad.rows_seen == 150 and ad.job.trigger == "shift:loss:up"
+        assert ad.job.train_from == len(ad.job.X) - 50  # fine-tuning starts at the change point
     finally:
         ad.close()
