@@ -86,6 +86,56 @@ class ReplayConfig(_Strict):
     report_dir: str = Field("runs/backtest", description="where mmbot backtest writes report.html and PNGs")
 
 
+class AdaptTestConfig(_Strict):
+    """One Page-Hinkley test of the shift detector (models/adapt/detector.py)."""
+
+    enabled: bool = Field(True, description="run this test")
+    delta: float = Field(0.05, ge=0, description="tolerated mean change, in the signal's units (loss: QLIKE; vol: log bp^2)")
+    threshold: float = Field(50.0, gt=0, description="alarm when the cumulative excess over delta passes this (signal units x rows)")
+    min_obs: int = Field(100, ge=1, description="samples (grid rows) before an alarm may be raised")
+    direction: Literal["up", "down", "both"] = Field("up", description="mean change to detect")
+
+
+class AdaptDetectorConfig(_Strict):
+    """The shift detector: Page-Hinkley on the model's QLIKE minus the EWMA baseline's (loss)
+    and on each grid row's log squared return (vol)."""
+
+    loss: AdaptTestConfig = Field(default_factory=AdaptTestConfig)
+    vol: AdaptTestConfig = Field(default_factory=lambda: AdaptTestConfig(enabled=False, delta=0.5, threshold=200.0,
+                                                                         min_obs=300, direction="both"))
+    cooldown_rows: int = Field(300, ge=0, description="grid rows after an alarm without a new one")
+
+
+class AdaptTuneConfig(_Strict):
+    """Fine-tuning and validation of a retrain job (models/adapt/retrainer.py)."""
+
+    epochs: int = Field(20, ge=1, le=10_000, description="fine-tuning epochs over the recent rows")
+    lr: float = Field(5e-3, gt=0, le=1.0, description="AdamW learning rate")
+    lookback: int = Field(16, ge=2, description="truncated-BPTT length, grid rows")
+    batch: int = Field(4, ge=1, description="parallel training streams")
+    val_frac: float = Field(0.25, gt=0, lt=1, description="newest share of the rows held out to validate the candidate")
+    min_gain: float = Field(0.0, ge=0, lt=1, description="relative QLIKE margin the candidate must beat the current model and every baseline by")
+    min_active: int = Field(20, ge=0, description="holdout rows that must see a mid move within their horizon (a quiet holdout proves nothing)")
+    baselines: list[Literal["ewma", "garch", "har"]] = Field(["ewma", "garch", "har"], description="baselines the candidate must beat on the holdout")
+    seed: int = Field(0, ge=0, description="training seed")
+
+
+class AdaptConfig(_Strict):
+    """Regime adaptation while trading (paper and live): a background process fine-tunes
+    the model on recent data on a schedule and when a shift is detected; a candidate that
+    beats the current model and the baselines on held-out recent rows is swapped in.
+    See docs/forecaster.md, "Adaptation"."""
+
+    enabled: bool = Field(False, description="run the shift detector and the background retrainer")
+    schedule_s: float = Field(3600.0, ge=0, le=MAX_SECONDS, description="retrain every this many seconds of market time (0 = only on a detected shift)")
+    min_new_samples: int = Field(600, ge=50, description="grid rows recorded since the last job (after a shift: of the new regime) before a job starts")
+    max_rows: int = Field(20_000, ge=100, description="recent grid rows kept for fine-tuning")
+    rewarm_rows: int = Field(300, ge=0, description="recent input rows the swapped-in model is run over to set its LSTM state")
+    registry: str = Field("runs/models", description="model registry folder: every swap is registered there as a new version")
+    detector: AdaptDetectorConfig = Field(default_factory=AdaptDetectorConfig)
+    tune: AdaptTuneConfig = Field(default_factory=AdaptTuneConfig)
+
+
 class ForecasterConfig(_Strict):
     """The LSTM forecaster (models/): drift and volatility forecasts for the strategy.
     See docs/forecaster.md."""
@@ -101,6 +151,7 @@ class ForecasterConfig(_Strict):
     guard_enter: float = Field(0.02, ge=0, description="guard: fall back when the model's loss exceeds the baseline's by this fraction")
     guard_exit: float = Field(0.02, ge=0, description="guard: return when the model's loss is below the baseline's by this fraction")
     guard_drift: bool = Field(True, description="guard the drift head too (against a zero-drift forecast)")
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
 
 
 class LiveRiskConfig(_Strict):
@@ -194,7 +245,12 @@ def build_forecaster(cfg: "Config"):
 
     guard = GuardConfig(enabled=f.guard, window=f.guard_window, min_obs=f.guard_min_obs, enter=f.guard_enter,
                         exit=f.guard_exit, drift=f.guard_drift)
-    return load_forecaster(f.model, backend=f.backend, guard=guard)
+    fc = load_forecaster(f.model, backend=f.backend, guard=guard)
+    if f.adapt.enabled:
+        from models.adapt.swap import wrap_from_config
+
+        return wrap_from_config(fc, f.adapt)
+    return fc
 
 
 def _format_errors(where: str, e: ValidationError) -> str:

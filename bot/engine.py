@@ -229,6 +229,11 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - the run is already recorded: log, do not fail it
                     log.warning("shutdown: %s failed: %s: %s", what, type(e).__name__, e)
                     summary["stop_reason"] = f"{summary.get('stop_reason', '')}; {what} failed: {type(e).__name__}: {e}"
+            if hasattr(self.forecaster, "close"):  # an adaptive forecaster's retrainer process (models/adapt)
+                try:
+                    self.forecaster.close()
+                except Exception as e:  # noqa: BLE001 - the run is recorded: log only
+                    log.warning("shutdown: closing the forecaster failed: %s: %s", type(e).__name__, e)
         if error is not None:
             for what, e in self.shutdown_errors:
                 error.add_note(f"during shutdown, {what} failed too: {type(e).__name__}: {e}")

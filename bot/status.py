@@ -32,6 +32,9 @@ def status_table(engine: Engine) -> Table:
     if st.forecast_source:
         age = "" if st.forecast_age_ns is None else f"  (inputs {st.forecast_age_ns / 1e9:.3f} s old)"
         t.add_row("forecast", st.forecast_source + age)
+    fc = getattr(engine, "forecaster", None)
+    if hasattr(fc, "adapt_line"):  # forecaster.adapt on: the model running, swaps, jobs
+        t.add_row("forecaster model", fc.adapt_line())
     t.add_row("inventory (base)", f"{inv.base}")
     t.add_row("cash (quote)", f"{inv.cash:.4f}")
     t.add_row("PnL (quote)", f"{st.pnl:.4f}")

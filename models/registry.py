@@ -143,3 +143,26 @@ class Registry:
                 return p
             raise DataError(f"{self.root}: no model version {ref}")
         return Path(ref)
+
+    def add_adapted(self, model_path: str | Path, meta: dict, parent: str | None, adapt: dict) -> tuple[str, Path]:
+        """Register a model made by the online adaptation (:mod:`models.adapt`): copy the saved
+        ``model_path`` (and its ``.json`` sidecar) into a new version folder and add it to the
+        index with its ``parent`` and an ``adapt`` record (trigger, holdout scores, row counts,
+        data span in ns). The default pointer is not moved. Returns (version, path of model.pt)."""
+        import shutil
+
+        src = Path(model_path)
+        version, d = self.new_dir()
+        dst = d / "model.pt"
+        shutil.copyfile(src, dst)
+        side = src.with_suffix(".json")
+        if side.exists():
+            shutil.copyfile(side, d / "model.json")
+        self.register(version, meta, parent=parent)
+        idx = self.load_index()
+        for e in idx["versions"]:
+            if e.get("version") == version:
+                e["source"] = "adapt"
+                e["adapt"] = adapt
+        self._save_index(idx)
+        return version, dst
