@@ -371,6 +371,7 @@ def backtest(
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help=METRICS_PORT_HELP),
     metrics_linger: Optional[float] = typer.Option(None, "--metrics-linger", help=METRICS_LINGER_HELP),
     log_json: Optional[str] = typer.Option(None, "--log-json", help=LOG_JSON_HELP),
+    no_forecast_cache: bool = typer.Option(False, "--no-forecast-cache", help="run the forecaster step by step inside the backtest instead of reading (or computing and writing) its forecasts in the on-disk cache ($MMBOT_CACHE_DIR/forecasts, default ~/.cache/mmbot/forecasts)"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
     from bot.config import build_forecaster, load_config
@@ -385,7 +386,12 @@ def backtest(
                          "(--log-json, logging.json_file) are for single runs")
     check_recording(data)  # validate before touching the database
     events_meta = None  # the recording is streamed chunk by chunk
-    forecaster = build_forecaster(cfg)
+    if no_forecast_cache or variants:
+        forecaster = build_forecaster(cfg)
+    else:  # precomputed with the batch forward, cached on disk (no torch import when cached)
+        from paper_trading.backtest import precomputed_forecaster
+
+        forecaster = precomputed_forecaster(data, cfg)
     html = html or out is not None
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
     console = _console()

@@ -1,0 +1,237 @@
+"""A whole replay's forecasts from the TorchScript module's batch forward, equal to the step path.
+
+The forecaster sees only the market (a replay's book does not depend on our orders), so the
+forecast at each strategy decision of a backtest is known before the backtest runs. The step
+path (:meth:`models.forecaster.LstmForecaster.update` inside the engine) runs one model step
+per grid time crossed; here the same forecaster runs in three passes:
+
+1. **features**: the replay's decisions drive an :class:`~models.forecaster.LstmForecaster`
+   whose predictor only records each grid row's input (float32, as the model receives it) and
+   where the LSTM state is reset (a gap of ``max_gap_rows`` grid rows resets the forecaster);
+2. **batch forward**: the TorchScript module's ``forward_seq`` runs over those rows in chunks
+   of ``chunk_rows``, the LSTM state (h, c) carried from chunk to chunk and zeroed at resets;
+3. **guard**: the same decisions drive a second forecaster whose predictor plays those
+   outputs back in order (checking that each input row is the recorded one), so the EWMA
+   baseline, the misspecification guard (its switches and log lines) and each
+   :class:`~models.forecast.Forecast` come from the very code of the step path.
+
+The result is a :class:`ForecastTable` (one row per decision: time ns, drift, sigma, horizon,
+source) and its :class:`TableForecaster`, which the engine queries in place of the model.
+
+Threads: torch's intra-op thread count is left as the user set it (``threads`` sets it only
+for the batch forward and restores it afterwards).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models.forecast import Forecast
+
+log = logging.getLogger(__name__)
+
+# decisions(on_decision): drives one fresh replay, calling on_decision(ts_ns, book, trades) per decision
+Decisions = Callable[[Callable[[int, object, object], None]], None]
+
+_NO_WEIGHTS = (np.zeros(0, np.float32), np.zeros(0, np.int64))  # the predictor is replaced: never read
+
+
+@dataclass
+class ForecastTable:
+    """Forecasts at a replay's decision times.
+
+    ``ts_ns``: decision times, ns since epoch, increasing; ``drift``: expected mid change over
+    the horizon, quote per base (valid where ``has_drift``); ``sigma``: quote per base per
+    sqrt(second) (valid where ``has_sigma``); ``horizon_s``: seconds; ``source``: index into
+    ``sources`` (-1: the forecaster returned None); ``status``: the forecaster's
+    ``status()`` after the last decision."""
+
+    ts_ns: np.ndarray
+    drift: np.ndarray
+    has_drift: np.ndarray
+    sigma: np.ndarray
+    has_sigma: np.ndarray
+    horizon_s: np.ndarray
+    source: np.ndarray
+    sources: list[str]
+    status: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_forecasts(cls, ts: list[int], forecasts: list, status: dict) -> "ForecastTable":
+        n = len(ts)
+        drift, sigma, hor = np.zeros(n), np.zeros(n), np.zeros(n)
+        hd, hs = np.zeros(n, bool), np.zeros(n, bool)
+        src = np.full(n, -1, np.int32)
+        sources: list[str] = []
+        index: dict[str, int] = {}
+        for i, f in enumerate(forecasts):
+            if f is None:
+                continue
+            if f.drift is not None:
+                drift[i], hd[i] = f.drift, True
+            if f.sigma is not None:
+                sigma[i], hs[i] = f.sigma, True
+            hor[i] = f.horizon_s
+            k = index.get(f.source)
+            if k is None:
+                k = index[f.source] = len(sources)
+                sources.append(f.source)
+            src[i] = k
+        return cls(np.asarray(ts, np.int64), drift, hd, sigma, hs, hor, src, sources, dict(status))
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+    def forecasts(self) -> list:
+        """The :class:`Forecast` (or None) of each decision, in order."""
+        d, hd, s, hs = self.drift.tolist(), self.has_drift.tolist(), self.sigma.tolist(), self.has_sigma.tolist()
+        h, src = self.horizon_s.tolist(), self.source.tolist()
+        return [None if src[i] < 0 else Forecast(d[i] if hd[i] else None, s[i] if hs[i] else None, h[i], self.sources[src[i]])
+                for i in range(len(src))]
+
+    def forecaster(self) -> "TableForecaster":
+        return TableForecaster(self)
+
+
+class TableForecaster:
+    """The :class:`~models.forecast.Forecaster` interface over a :class:`ForecastTable`:
+    ``update`` returns the forecast of that decision time (None for a time not in the table).
+    Decisions normally come in time order (a cursor, O(1)); any other time is looked up."""
+
+    needs_trades = False  # the public trades were seen when the table was computed
+
+    def __init__(self, table: ForecastTable) -> None:
+        self.table = table
+        self._ts = table.ts_ns.tolist()
+        self._f = table.forecasts()
+        self._i = 0
+
+    def update(self, book, now_ns: int, trades=()):
+        ts, i = self._ts, self._i
+        if i >= len(ts) or ts[i] != now_ns:
+            i = int(np.searchsorted(self.table.ts_ns, now_ns))
+            if i >= len(ts) or ts[i] != now_ns:
+                return None
+        self._i = i + 1
+        return self._f[i]
+
+    @property
+    def by_ts(self) -> dict:
+        """{decision time ns: forecast} (built on each access)."""
+        return dict(zip(self._ts, self._f))
+
+    def status(self) -> dict:
+        return dict(self.table.status)
+
+
+class _RowRecorder:
+    """Stands in for the predictor in pass 1: keeps each input row and where the state resets."""
+
+    def __init__(self) -> None:
+        self.rows: list[np.ndarray] = []
+        self.starts = [0]  # row index where each run of carried LSTM state begins
+
+    def reset(self) -> None:
+        if len(self.rows) != self.starts[-1]:
+            self.starts.append(len(self.rows))
+
+    def step(self, x) -> tuple[float, float]:
+        self.rows.append(np.asarray(x, np.float32).copy())
+        return 0.0, 0.0
+
+
+class _Playback:
+    """Stands in for the predictor in pass 3: the batch outputs, in order."""
+
+    def __init__(self, rows: np.ndarray, out: list) -> None:
+        self.rows = rows
+        self.out = out
+        self.i = 0
+
+    def reset(self) -> None:  # the batch forward already zeroed the state at the same rows
+        pass
+
+    def step(self, x) -> tuple[float, float]:
+        i = self.i
+        if i >= len(self.out) or not np.array_equal(np.asarray(x, np.float32), self.rows[i]):
+            raise RuntimeError(f"batch forecasts out of step with the replay at grid row {i}")
+        self.i = i + 1
+        return self.out[i]
+
+
+def _forecaster(meta: dict, path: Path, guard, predictor):
+    from models.forecaster import LstmForecaster
+
+    fc = LstmForecaster(None, meta, path, backend="numba", guard=guard, packed=_NO_WEIGHTS)
+    fc.predictor = predictor
+    fc.reset()
+    return fc
+
+
+def batch_forward(module, rows: np.ndarray, starts: list[int], layers: int, hidden: int, *,
+                  chunk_rows: int = 4096, threads: int | None = None) -> np.ndarray:
+    """The TorchScript ``module``'s ``forward_seq`` over ``rows`` (T x F, float32 model inputs),
+    ``chunk_rows`` at a time with the state (h, c) carried across chunks and zeroed at each
+    index of ``starts``. Returns (T, 2) float32: drift bp, log variance bp^2.
+    ``threads``: torch intra-op threads for this call only (restored after); None leaves them."""
+    import torch
+
+    T = len(rows)
+    out = np.empty((T, 2), np.float32)
+    bounds = sorted(set(starts) | {0}) + [T]
+    prev = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                h = torch.zeros(layers, hidden)
+                c = torch.zeros(layers, hidden)
+                for k in range(s, e, chunk_rows):
+                    k2 = min(e, k + chunk_rows)
+                    Y, h, c = module.forward_seq(torch.from_numpy(rows[k:k2]), h, c)
+                    out[k:k2] = Y.numpy()
+    finally:
+        if threads is not None:
+            torch.set_num_threads(prev)
+    return out
+
+
+def compute_table(decisions: Decisions, model_path: str | Path, guard=None, *, chunk_rows: int = 4096,
+                  threads: int | None = None) -> ForecastTable:
+    """Forecasts at every decision of the replay that ``decisions`` drives (it is called twice,
+    each time on a fresh replay), for the model file ``model_path`` with the guard config
+    ``guard`` (:class:`models.forecaster.GuardConfig`; None: the default). See the module docstring."""
+    from models.export import load_model
+    from models.forecaster import GuardConfig
+
+    path = Path(model_path)
+    module, meta = load_model(path)
+    arch = meta["arch"]
+    # pass 1: the model's input rows (no guard: nothing is decided on placeholder outputs)
+    rec = _RowRecorder()
+    fc = _forecaster(meta, path, GuardConfig(enabled=False), rec)
+    decisions(lambda t, book, trades: fc.update(book, t, trades))
+    rows = np.stack(rec.rows) if rec.rows else np.zeros((0, int(arch["n_features"])), np.float32)
+    # pass 2: the batch forward
+    Y = batch_forward(module, rows, rec.starts, int(arch["layers"]), int(arch["hidden"]), chunk_rows=chunk_rows,
+                      threads=threads)
+    # pass 3: the forecaster's own code on those outputs (EWMA baseline, guard, Forecast)
+    play = _Playback(rows, [tuple(r) for r in Y.astype(np.float64).tolist()])
+    fc = _forecaster(meta, path, guard or GuardConfig(), play)
+    ts: list[int] = []
+    out: list = []
+
+    def on_decision(t, book, trades):
+        ts.append(t)
+        out.append(fc.update(book, t, trades))
+
+    decisions(on_decision)
+    if play.i != len(rows):
+        raise RuntimeError(f"batch forecasts: the replay used {play.i} of {len(rows)} grid rows")
+    return ForecastTable.from_forecasts(ts, out, fc.status())
