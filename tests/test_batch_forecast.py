@@ -1,0 +1,142 @@
+"""Forecasts precomputed with the TorchScript batch forward (models.batch_forecast) equal the
+step path -- the engine stepping the forecaster at each decision of a backtest -- on a real
+recording slice (the first 30,000 lines of the Binance USD-M BTC/USDT capture), guard included.
+
+Tolerances: against the TorchScript step backend the batch forward runs the very same step
+inside ``forward_seq``, so forecasts, guard state and the backtest are compared exactly;
+against the numba step backend (float32 arithmetic in another order) drift and sigma agree to
+1e-5 relative and the sources (model or baseline, per head) are the same."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bot.app import FROM_CONFIG
+from bot.config import build_forecaster
+from forecast_helpers import forecast_config, short_warmup_model
+from models.batch_forecast import TableForecaster, batch_forward
+from paper_trading.backtest import build_replay_engine, precomputed_forecaster
+from paper_trading.tune.runner import SummaryStore
+from real_data import needs
+from tune_helpers import btc_slice
+
+pytestmark = needs("binance/usdm/btcusdt_20240808.gz")
+
+
+class Recorder:
+    """The forecaster the engine steps, keeping what it returned at each decision."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seen: list = []
+
+    def update(self, book, now_ns, trades=()):
+        f = self.inner.update(book, now_ns, trades)
+        self.seen.append((now_ns, f))
+        return f
+
+    def status(self):
+        return self.inner.status()
+
+
+def _backtest(rec, cfg, forecaster):
+    engine, _ = build_replay_engine(str(rec), cfg, SummaryStore(), mode="backtest", speed=0.0, forecaster=forecaster)
+    engine.handle_signals = False
+    return asyncio.run(engine.run())
+
+
+@pytest.fixture(scope="module")
+def rec(tmp_path_factory):
+    return btc_slice(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return short_warmup_model(tmp_path_factory)
+
+
+def test_batch_forecasts_equal_the_engine_stepping_the_torchscript_forecaster(rec, model, caplog):
+    cfg = forecast_config(model, "torchscript")
+    with caplog.at_level(logging.WARNING, logger="mmbot.forecaster"):
+        batch = precomputed_forecaster(rec, cfg, use_cache=False)
+        batch_lines = [r.getMessage() for r in caplog.records if r.name == "mmbot.forecaster"]
+    assert isinstance(batch, TableForecaster)
+    caplog.clear()
+    step = Recorder(build_forecaster(cfg))
+    with caplog.at_level(logging.WARNING, logger="mmbot.forecaster"):
+        stepped = _backtest(rec, cfg, step)
+        step_lines = [r.getMessage() for r in caplog.records if r.name == "mmbot.forecaster"]
+    table = dict(zip(batch.table.ts_ns.tolist(), batch.table.forecasts()))
+    assert [t for t, _ in step.seen] == batch.table.ts_ns.tolist()  # the same decision grid
+    assert all(table[t] == f for t, f in step.seen)  # drift, sigma, horizon, source: exactly
+    assert sum(f.sigma is not None for _, f in step.seen) > 50  # the model forecasts on this slice
+    # the guard: same switches, same log lines, same state at the end -- and it did switch here
+    assert batch.status() == step.status()
+    assert sum(batch.status()["guard_switches"].values()) > 0
+    assert batch_lines == step_lines and step_lines
+    srcs = {f.source for _, f in step.seen}
+    assert "lstm-warmup" in srcs and len(srcs) >= 3, srcs  # warm-up, then model and baseline heads
+    # and the backtest on the precomputed forecasts is the backtest with the model inside
+    fed = _backtest(rec, cfg, batch.table.forecaster())
+    for k in ("fills", "pnl", "orders_placed", "orders_canceled", "volume_quote", "inventory", "forecaster"):
+        assert fed[k] == stepped[k], k
+    assert stepped["fills"] > 0
+
+
+def test_batch_forecasts_equal_the_numba_step_path_to_float32_rounding(rec, model):
+    cfg = forecast_config(model, "numba")
+    batch = precomputed_forecaster(rec, cfg, use_cache=False)
+    step = Recorder(build_forecaster(cfg))
+    _backtest(rec, cfg, step)
+    ts, fs = batch.table.ts_ns.tolist(), batch.table.forecasts()
+    assert ts == [t for t, _ in step.seen]
+    for a, (_, b) in zip(fs, step.seen):
+        assert a.source == b.source and a.horizon_s == b.horizon_s
+        for x, y in ((a.drift, b.drift), (a.sigma, b.sigma)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                assert x == pytest.approx(y, rel=1e-5, abs=1e-9)
+    assert batch.status()["guard_switches"] == step.status()["guard_switches"]
+
+
+def test_chunking_carries_the_lstm_state(model):
+    """The batch forward over chunks of 7 rows equals one chunk, and a state reset restarts from zero."""
+    import numpy as np
+
+    from models.export import load_model
+
+    module, meta = load_model(model)
+    a = meta["arch"]
+    rows = np.random.default_rng(3).normal(size=(50, int(a["n_features"]))).astype(np.float32)
+    whole = batch_forward(module, rows, [0], int(a["layers"]), int(a["hidden"]), chunk_rows=1000)
+    chunked = batch_forward(module, rows, [0], int(a["layers"]), int(a["hidden"]), chunk_rows=7)
+    assert np.array_equal(whole, chunked)
+    reset = batch_forward(module, rows, [0, 20], int(a["layers"]), int(a["hidden"]), chunk_rows=7)
+    assert np.array_equal(reset[:20], whole[:20])
+    assert np.array_equal(reset[20:], batch_forward(module, rows[20:], [0], int(a["layers"]), int(a["hidden"])))
+    assert not np.array_equal(reset[20:], whole[20:])
+
+
+def test_torch_thread_count_is_left_as_the_user_set_it(rec, model):
+    import torch
+
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 1
+    torch.set_num_threads(want)
+    try:
+        precomputed_forecaster(rec, forecast_config(model, "torchscript"), use_cache=False)
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_no_forecaster_and_missing_model(rec, tmp_path):
+    from bot.errors import DataError
+
+    assert precomputed_forecaster(rec, forecast_config("none")) is None
+    with pytest.raises(DataError, match="nope.pt: model file not found"):
+        precomputed_forecaster(rec, forecast_config(tmp_path / "nope.pt"))
+    assert FROM_CONFIG is not None
