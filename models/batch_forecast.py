@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # decisions(on_decision): drives one fresh replay, calling on_decision(ts_ns, book, trades) per decision
 Decisions = Callable[[Callable[[int, object, object], None]], None]
 
+HEADS = ("vol", "drift")
+FORECASTER_LOG = "mmbot.forecaster"
 _NO_WEIGHTS = (np.zeros(0, np.float32), np.zeros(0, np.int64))  # the predictor is replaced: never read
 
 
@@ -49,7 +51,11 @@ class ForecastTable:
     the horizon, quote per base (valid where ``has_drift``); ``sigma``: quote per base per
     sqrt(second) (valid where ``has_sigma``); ``horizon_s``: seconds; ``source``: index into
     ``sources`` (-1: the forecaster returned None); ``status``: the forecaster's
-    ``status()`` after the last decision."""
+    ``status()`` after the last decision. The guard's switches and the forecaster's log lines,
+    each with the index of the decision that made it (``*_row``), so that a run on the table
+    shows them when it reaches that decision: ``sw_ts`` (grid time ns), ``sw_head`` (0 vol,
+    1 drift), ``sw_fallback`` (now on the baseline), ``sw_ratio`` (loss ratio); ``log_level``
+    (logging level), ``log_msg`` (the line, logger ``mmbot.forecaster``)."""
 
     ts_ns: np.ndarray
     drift: np.ndarray
@@ -60,9 +66,24 @@ class ForecastTable:
     source: np.ndarray
     sources: list[str]
     status: dict = field(default_factory=dict)
+    sw_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sw_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sw_head: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    sw_fallback: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    sw_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    log_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    log_level: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    log_msg: list[str] = field(default_factory=list)
+
+    def switches(self, upto_row: int | None = None) -> list[tuple[int, str, bool, float]]:
+        """The guard's switches (event time ns, head, fallback?, loss ratio) made at decisions <= ``upto_row``."""
+        n = len(self.sw_row) if upto_row is None else int(np.searchsorted(self.sw_row, upto_row, side="right"))
+        return [(int(t), HEADS[int(h)], bool(f), float(r))
+                for t, h, f, r in zip(self.sw_ts[:n], self.sw_head[:n], self.sw_fallback[:n], self.sw_ratio[:n])]
 
     @classmethod
-    def from_forecasts(cls, ts: list[int], forecasts: list, status: dict) -> "ForecastTable":
+    def from_forecasts(cls, ts: list[int], forecasts: list, status: dict, switches=(), logs=()) -> "ForecastTable":
+        """``switches``: (decision index, (t_ns, head, fallback, ratio)); ``logs``: (decision index, level, message)."""
         n = len(ts)
         drift, sigma, hor = np.zeros(n), np.zeros(n), np.zeros(n)
         hd, hs = np.zeros(n, bool), np.zeros(n, bool)
@@ -82,7 +103,14 @@ class ForecastTable:
                 k = index[f.source] = len(sources)
                 sources.append(f.source)
             src[i] = k
-        return cls(np.asarray(ts, np.int64), drift, hd, sigma, hs, hor, src, sources, dict(status))
+        sw = list(switches)
+        lg = list(logs)
+        return cls(np.asarray(ts, np.int64), drift, hd, sigma, hs, hor, src, sources, dict(status),
+                   sw_row=np.array([r for r, _ in sw], np.int64), sw_ts=np.array([s[0] for _, s in sw], np.int64),
+                   sw_head=np.array([HEADS.index(s[1]) for _, s in sw], np.int8),
+                   sw_fallback=np.array([bool(s[2]) for _, s in sw], bool), sw_ratio=np.array([float(s[3]) for _, s in sw]),
+                   log_row=np.array([r for r, _, _ in lg], np.int64), log_level=np.array([lv for _, lv, _ in lg], np.int64),
+                   log_msg=[m for _, _, m in lg])
 
     def __len__(self) -> int:
         return len(self.ts_ns)
@@ -101,7 +129,10 @@ class ForecastTable:
 class TableForecaster:
     """The :class:`~models.forecast.Forecaster` interface over a :class:`ForecastTable`:
     ``update`` returns the forecast of that decision time (None for a time not in the table).
-    Decisions normally come in time order (a cursor, O(1)); any other time is looked up."""
+    Decisions normally come in time order (a cursor, O(1)); any other time is looked up.
+    As a run reaches each decision, the guard switches made there are appended to
+    :attr:`switches` (as :attr:`LstmForecaster.switches <models.forecaster.LstmForecaster>`
+    does) and the forecaster's log lines made there are logged (logger ``mmbot.forecaster``)."""
 
     needs_trades = False  # the public trades were seen when the table was computed
 
@@ -110,6 +141,12 @@ class TableForecaster:
         self._ts = table.ts_ns.tolist()
         self._f = table.forecasts()
         self._i = 0
+        self.switches: list[tuple[int, str, bool, float]] = []
+        self._all_switches = table.switches()
+        self._sw_row = table.sw_row.tolist()
+        self._log_row = table.log_row.tolist()
+        self._logged = 0
+        self._log = logging.getLogger(FORECASTER_LOG)
 
     def update(self, book, now_ns: int, trades=()):
         ts, i = self._ts, self._i
@@ -118,6 +155,15 @@ class TableForecaster:
             if i >= len(ts) or ts[i] != now_ns:
                 return None
         self._i = i + 1
+        k = len(self.switches)
+        while k < len(self._sw_row) and self._sw_row[k] <= i:
+            self.switches.append(self._all_switches[k])
+            k += 1
+        j = self._logged
+        while j < len(self._log_row) and self._log_row[j] <= i:
+            self._log.log(int(self.table.log_level[j]), "%s", self.table.log_msg[j])
+            j += 1
+        self._logged = j
         return self._f[i]
 
     @property
@@ -216,22 +262,41 @@ def compute_table(decisions: Decisions, model_path: str | Path, guard=None, *, c
     # pass 1: the model's input rows (no guard: nothing is decided on placeholder outputs)
     rec = _RowRecorder()
     fc = _forecaster(meta, path, GuardConfig(enabled=False), rec)
-    decisions(lambda t, book, trades: fc.update(book, t, trades))
+    flog = logging.getLogger(FORECASTER_LOG)
+    drop = lambda record: False  # noqa: E731 - pass 3 makes (and keeps) the same lines
+    flog.addFilter(drop)
+    try:
+        decisions(lambda t, book, trades: fc.update(book, t, trades))
+    finally:
+        flog.removeFilter(drop)
     rows = np.stack(rec.rows) if rec.rows else np.zeros((0, int(arch["n_features"])), np.float32)
     # pass 2: the batch forward
     Y = batch_forward(module, rows, rec.starts, int(arch["layers"]), int(arch["hidden"]), chunk_rows=chunk_rows,
                       threads=threads)
     # pass 3: the forecaster's own code on those outputs (EWMA baseline, guard, Forecast)
+    # its log lines are kept with their decision (not logged now): a run on the table logs them there
     play = _Playback(rows, [tuple(r) for r in Y.astype(np.float64).tolist()])
     fc = _forecaster(meta, path, guard or GuardConfig(), play)
     ts: list[int] = []
     out: list = []
+    switches: list = []
+    logs: list = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        logs.append((len(ts) - 1, record.levelno, record.getMessage()))
+        return False
 
     def on_decision(t, book, trades):
         ts.append(t)
+        n = len(fc.switches)
         out.append(fc.update(book, t, trades))
+        switches.extend((len(ts) - 1, s) for s in fc.switches[n:])
 
-    decisions(on_decision)
+    flog.addFilter(keep)
+    try:
+        decisions(on_decision)
+    finally:
+        flog.removeFilter(keep)
     if play.i != len(rows):
         raise RuntimeError(f"batch forecasts: the replay used {play.i} of {len(rows)} grid rows")
-    return ForecastTable.from_forecasts(ts, out, fc.status())
+    return ForecastTable.from_forecasts(ts, out, fc.status(), switches, logs)

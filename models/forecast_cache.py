@@ -38,6 +38,7 @@ CODE_FILES = ("models/features.py", "models/baseline_inputs.py", "models/forecas
               "models/batch_forecast.py", "models/forecast_cache.py", "paper_trading/replay.py", "paper_trading/venue.py",
               "paper_trading/stream_venue.py", "paper_trading/backtest.py", "bot/market_data/trade_side.py")
 _FIELDS = ("ts_ns", "drift", "has_drift", "sigma", "has_sigma", "horizon_s", "source")
+_EVENTS = ("sw_row", "sw_ts", "sw_head", "sw_fallback", "sw_ratio", "log_row", "log_level")
 
 
 def cache_dir() -> Path:
@@ -105,17 +106,21 @@ def load(key: str) -> ForecastTable | None:
     try:
         with np.load(entry, allow_pickle=False) as z:
             arrays = {k: np.array(z[k]) for k in _FIELDS}
+            events = {k: np.array(z[k]) for k in _EVENTS}
             sources = json.loads(str(z["sources"]))
             status = json.loads(str(z["status"]))
+            log_msg = json.loads(str(z["log_msg"]))
         n = len(arrays["ts_ns"])
         if any(len(a) != n for a in arrays.values()) or not isinstance(sources, list) or not isinstance(status, dict):
             raise ValueError("inconsistent arrays")
         if n and int(arrays["source"].max()) >= len(sources):
             raise ValueError("source index out of range")
+        if len({len(events[k]) for k in _EVENTS[:5]}) != 1 or not len(events["log_row"]) == len(events["log_level"]) == len(log_msg):
+            raise ValueError("inconsistent guard switches or log lines")
     except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed, never a crash
         log.warning("forecast cache entry %s is unreadable (%s): recomputing it", entry, str(e)[:200] or type(e).__name__)
         return None
-    return ForecastTable(sources=sources, status=status, **arrays)
+    return ForecastTable(sources=sources, status=status, log_msg=log_msg, **arrays, **events)
 
 
 def store(key: str, table: ForecastTable) -> Path | None:
@@ -125,7 +130,8 @@ def store(key: str, table: ForecastTable) -> Path | None:
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.savez(f, **{k: getattr(table, k) for k in _FIELDS}, sources=np.array(json.dumps(table.sources)),
+            np.savez(f, **{k: getattr(table, k) for k in _FIELDS + _EVENTS}, sources=np.array(json.dumps(table.sources)),
+                     log_msg=np.array(json.dumps(table.log_msg)),
                      status=np.array(json.dumps(table.status, default=str)))
         os.replace(tmp, entry)
         return entry

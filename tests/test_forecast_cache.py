@@ -93,8 +93,11 @@ def test_a_corrupted_entry_is_recomputed_with_a_warning(rec, model, tmp_path, mo
         assert entry.read_bytes() != bad  # rewritten
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="models.forecast_cache"):
-            assert precomputed_forecaster(rec, cfg).by_ts == first.by_ts
+            read = precomputed_forecaster(rec, cfg)
         assert not caplog.records  # read back without a warning
+        assert read.by_ts == first.by_ts and read.status() == first.status()
+        assert read.table.switches() == first.table.switches() and read.table.switches()  # the guard's, with its lines
+        assert read.table.log_msg == first.table.log_msg and list(read.table.log_row) == list(first.table.log_row)
 
 
 def test_an_unwritable_cache_is_a_warning_not_a_crash(rec, model, tmp_path, monkeypatch, caplog):
