@@ -138,9 +138,13 @@ class TableForecaster:
 
     def __init__(self, table: ForecastTable) -> None:
         self.table = table
-        self._ts = table.ts_ns.tolist()
-        self._f = table.forecasts()
+        self._ts = table.ts_ns
+        self._n = len(table)
         self._i = 0
+        # forecasts are made as decisions reach them, from Python lists of one block of rows at a
+        # time (numpy scalar access costs microseconds; lists of the whole table would grow with it)
+        self._b0 = -(1 << 62)  # no block loaded
+        self._block: list = []
         self.switches: list[tuple[int, str, bool, float]] = []
         self._all_switches = table.switches()
         self._sw_row = table.sw_row.tolist()
@@ -148,12 +152,29 @@ class TableForecaster:
         self._logged = 0
         self._log = logging.getLogger(FORECASTER_LOG)
 
+    BLOCK = 4096
+
+    def _load_block(self, b0: int) -> None:
+        t, b1 = self.table, b0 + self.BLOCK
+        self._b0 = b0
+        self._block = [t.ts_ns[b0:b1].tolist(), t.source[b0:b1].tolist(), t.drift[b0:b1].tolist(),
+                       t.has_drift[b0:b1].tolist(), t.sigma[b0:b1].tolist(), t.has_sigma[b0:b1].tolist(),
+                       t.horizon_s[b0:b1].tolist()]
+
     def update(self, book, now_ns: int, trades=()):
-        ts, i = self._ts, self._i
-        if i >= len(ts) or ts[i] != now_ns:
-            i = int(np.searchsorted(self.table.ts_ns, now_ns))
-            if i >= len(ts) or ts[i] != now_ns:
+        i = self._i
+        j = i - self._b0
+        if not (0 <= j < self.BLOCK) or i >= self._n:
+            if i < self._n:
+                self._load_block(i - i % self.BLOCK)
+                j = i - self._b0
+        if i >= self._n or self._block[0][j] != now_ns:
+            i = int(np.searchsorted(self._ts, now_ns))
+            if i >= self._n or self._ts[i] != now_ns:
                 return None
+            if not (0 <= i - self._b0 < self.BLOCK):
+                self._load_block(i - i % self.BLOCK)
+            j = i - self._b0
         self._i = i + 1
         k = len(self.switches)
         while k < len(self._sw_row) and self._sw_row[k] <= i:
@@ -164,12 +185,17 @@ class TableForecaster:
             self._log.log(int(self.table.log_level[j]), "%s", self.table.log_msg[j])
             j += 1
         self._logged = j
-        return self._f[i]
+        _, src, d, hd, sg, hs, hor = self._block
+        r = i - self._b0
+        k = src[r]
+        if k < 0:
+            return None
+        return Forecast(d[r] if hd[r] else None, sg[r] if hs[r] else None, hor[r], self.table.sources[k])
 
     @property
     def by_ts(self) -> dict:
         """{decision time ns: forecast} (built on each access)."""
-        return dict(zip(self._ts, self._f))
+        return dict(zip(self.table.ts_ns.tolist(), self.table.forecasts()))
 
     def status(self) -> dict:
         return dict(self.table.status)

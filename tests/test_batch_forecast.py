@@ -147,3 +147,32 @@ def test_no_forecaster_and_missing_model(rec, tmp_path):
     with pytest.raises(DataError, match="nope.pt: model file not found"):
         precomputed_forecaster(rec, forecast_config(tmp_path / "nope.pt"))
     assert FROM_CONFIG is not None
+
+
+def test_table_forecaster_reads_any_order_across_blocks(monkeypatch, caplog):
+    """In order, out of order, across blocks; unknown times give None; switches and log lines
+    appear once, when the run reaches their decision."""
+    import random
+
+    from models.batch_forecast import ForecastTable
+    from models.forecast import Forecast
+
+    ts = [1_000 + 100 * i for i in range(1000)]
+    fs = [None if i % 97 == 0 else Forecast(None if i % 5 == 0 else 0.5 * i, None if i < 20 else 0.01 * i, 1.0,
+                                            "lstm-warmup" if i < 20 else ("lstm" if i % 3 else "vol:ewma,drift:lstm"))
+          for i in range(1000)]
+    table = ForecastTable.from_forecasts(ts, fs, {"rows": 1}, switches=[(30, (4_000, "vol", True, 1.5)), (600, (61_000, "drift", False, 0.9))],
+                                         logs=[(30, logging.WARNING, "vol switch"), (600, logging.WARNING, "drift back")])
+    monkeypatch.setattr(TableForecaster, "BLOCK", 64)
+    f = table.forecaster()
+    caplog.set_level(logging.INFO, logger="mmbot.forecaster")
+    assert [f.update(None, t) for t in ts[:31]] == fs[:31]
+    assert f.switches == [(4_000, "vol", True, 1.5)] and [r.getMessage() for r in caplog.records] == ["vol switch"]
+    assert [f.update(None, t) for t in ts[31:]] == fs[31:]
+    assert len(f.switches) == 2 and [r.getMessage() for r in caplog.records] == ["vol switch", "drift back"]
+    g = table.forecaster()
+    order = list(range(1000))
+    random.Random(5).shuffle(order)
+    assert [g.update(None, ts[i]) for i in order] == [fs[i] for i in order]
+    assert g.update(None, 1_050) is None and g.update(None, 10**12) is None and g.update(None, 0) is None
+    assert table.forecasts() == fs and f.status() == {"rows": 1}
