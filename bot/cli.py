@@ -374,9 +374,9 @@ def backtest(
     no_forecast_cache: bool = typer.Option(False, "--no-forecast-cache", help="run the forecaster step by step inside the backtest instead of reading (or computing and writing) its forecasts in the on-disk cache ($MMBOT_CACHE_DIR/forecasts, default ~/.cache/mmbot/forecasts)"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
-    from bot.config import build_forecaster, load_config
+    from bot.config import load_config
     from bot.status import summary_table
-    from paper_trading.backtest import check_recording, run_backtest
+    from paper_trading.backtest import backtest_forecaster, check_recording, run_backtest
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
@@ -386,12 +386,8 @@ def backtest(
                          "(--log-json, logging.json_file) are for single runs")
     check_recording(data)  # validate before touching the database
     events_meta = None  # the recording is streamed chunk by chunk
-    if no_forecast_cache or variants:
-        forecaster = build_forecaster(cfg)
-    else:  # precomputed with the batch forward, cached on disk (no torch import when cached)
-        from paper_trading.backtest import precomputed_forecaster
-
-        forecaster = precomputed_forecaster(data, cfg)
+    # the forecasts precomputed with the batch forward and cached on disk (no torch import when cached)
+    forecaster = backtest_forecaster(cfg, use_cache=not (no_forecast_cache or variants))
     html = html or out is not None
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
     console = _console()

@@ -136,8 +136,9 @@ class TableForecaster:
 
     needs_trades = False  # the public trades were seen when the table was computed
 
-    def __init__(self, table: ForecastTable) -> None:
+    def __init__(self, table: ForecastTable, grid: tuple | None = None) -> None:
         self.table = table
+        self.grid = grid  # the decision grid the table was computed for, checked by the replay (None: unchecked)
         self._ts = table.ts_ns
         self._n = len(table)
         self._i = 0
@@ -153,6 +154,10 @@ class TableForecaster:
         self._log = logging.getLogger(FORECASTER_LOG)
 
     BLOCK = 4096
+
+    def fresh(self) -> "TableForecaster":
+        """A reader of the same table from its start (each run reads with its own)."""
+        return TableForecaster(self.table, self.grid)
 
     def _load_block(self, b0: int) -> None:
         t, b1 = self.table, b0 + self.BLOCK

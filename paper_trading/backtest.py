@@ -37,6 +37,11 @@ from strategies.market_maker import build_strategy
 
 log = logging.getLogger(__name__)
 
+# ``forecaster=PRECOMPUTED``: the configured forecaster's forecasts for this very replay (its
+# data, decision grid and start), precomputed with the batch forward and cached on disk
+# (:func:`precomputed_forecaster`); what ``mmbot backtest`` uses unless --no-forecast-cache
+PRECOMPUTED = object()
+
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB")
 
 
@@ -189,7 +194,30 @@ def precomputed_forecaster(data: str | Path | None, cfg: Config, *, events_meta=
         log.info("forecasts not precomputed (%s): the forecaster runs step by step in the backtest", e)
         return FROM_CONFIG
     log.info("forecasts %s: %d decisions (key %s)", "from the cache" if hit else "computed", len(table), key[:12])
-    return table.forecaster()
+    fc = table.forecaster()
+    fc.grid = _grid(cfg, start_ns)
+    return fc
+
+
+def _grid(cfg: Config, start_ns: int | None) -> tuple:
+    return (cfg.replay.interval_s, cfg.replay.warmup_s, start_ns)
+
+
+def backtest_forecaster(cfg: Config, *, use_cache: bool = True):
+    """What ``mmbot backtest`` hands :func:`run_backtest`: ``PRECOMPUTED`` (forecasts of the
+    replay, batch forward, on-disk cache) or, with ``use_cache=False``, the forecaster itself
+    (stepped in the engine); None without a forecaster. Checks the model file first (DataError
+    naming it), so that a bad one is reported before the database is touched."""
+    if not use_cache:
+        return build_forecaster(cfg)
+    if cfg.forecaster.model.lower() == "none":
+        return None
+    from models.forecaster import resolve_model_path
+
+    path = resolve_model_path(cfg.forecaster.model)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    return PRECOMPUTED
 
 
 def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
@@ -201,8 +229,19 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     recording with trades lacking an aggressor side is read whole to infer them.
     ``start_ns``: begin at this recorded local time (ns) instead of the recording's start
     (the book is still built from the start; ``replay.warmup_s`` follows it). ``mmbot tune``
-    backtests its folds this way."""
+    backtests its folds this way. ``forecaster``: ``FROM_CONFIG`` (the configured forecaster,
+    stepped in the engine), ``PRECOMPUTED`` (its forecasts for this replay, see
+    :func:`precomputed_forecaster`), None, or a forecaster object; precomputed forecasts for
+    another decision grid raise ValueError."""
     r = cfg.replay
+    if forecaster is PRECOMPUTED:
+        forecaster = precomputed_forecaster(data, cfg, events_meta=events_meta, start_ns=start_ns)
+    if hasattr(forecaster, "fresh"):  # precomputed forecasts shared by runs: a reader of its own per run
+        forecaster = forecaster.fresh()
+    grid = getattr(forecaster, "grid", None)
+    if grid is not None and grid != _grid(cfg, start_ns):
+        raise ValueError(f"forecasts precomputed for the decision grid (interval_s, warmup_s, start_ns) {grid}, "
+                         f"this replay's is {_grid(cfg, start_ns)}")
     venue, market, meta, n_inferred = replay_venue(data, cfg, events_meta)
     if forecaster is FROM_CONFIG:
         forecaster = build_forecaster(cfg)

@@ -42,10 +42,14 @@ class Recorder:
         return self.inner.status()
 
 
-def _backtest(rec, cfg, forecaster):
-    engine, _ = build_replay_engine(str(rec), cfg, SummaryStore(), mode="backtest", speed=0.0, forecaster=forecaster)
+def _run(rec, cfg, forecaster, **kw):
+    engine, _ = build_replay_engine(str(rec), cfg, SummaryStore(), mode="backtest", speed=0.0, forecaster=forecaster, **kw)
     engine.handle_signals = False
-    return asyncio.run(engine.run())
+    return asyncio.run(engine.run()), engine
+
+
+def _backtest(rec, cfg, forecaster, **kw):
+    return _run(rec, cfg, forecaster, **kw)[0]
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +88,34 @@ def test_batch_forecasts_equal_the_engine_stepping_the_torchscript_forecaster(re
     assert "lstm-warmup" in srcs and len(srcs) >= 3, srcs  # warm-up, then model and baseline heads
     # the backtest on the precomputed forecasts is the backtest with the model inside, and it
     # shows the guard's switches and log lines as the run reaches them
-    fed_fc = batch.table.forecaster()
-    fed = _backtest(rec, cfg, fed_fc)
+    fed, engine = _run(rec, cfg, batch)
     for k in ("fills", "pnl", "orders_placed", "orders_canceled", "volume_quote", "inventory", "forecaster"):
         assert fed[k] == stepped[k], k
     assert stepped["fills"] > 0
     assert _lines(caplog) == step_lines and any(lv == logging.WARNING for lv, _ in step_lines)
-    assert fed_fc.switches == step.inner.switches
+    assert engine.forecaster.switches == step.inner.switches
+    assert batch.switches == []  # each run reads the shared table with a reader of its own
+
+
+def test_precomputed_for_a_replay_from_a_later_start_and_grid_check(rec, model, tmp_path, monkeypatch):
+    """``forecaster=PRECOMPUTED`` computes the forecasts of that very replay (here from 40 s
+    into the slice), equal to stepping the model there; a table of another grid is refused."""
+    from bot.recording.io import open_recording
+    from paper_trading.backtest import PRECOMPUTED
+
+    monkeypatch.setenv("MMBOT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = forecast_config(model, "torchscript")
+    start = int(open_recording(rec).meta["first_local_ts"]) + 40_000_000_000
+    step = Recorder(build_forecaster(cfg))
+    stepped = _backtest(rec, cfg, step, start_ns=start)
+    pre, engine = _run(rec, cfg, PRECOMPUTED, start_ns=start)
+    assert isinstance(engine.forecaster, TableForecaster)
+    assert engine.forecaster.table.ts_ns.tolist() == [t for t, _ in step.seen]
+    assert engine.forecaster.table.forecasts() == [f for _, f in step.seen]
+    for k in ("fills", "pnl", "orders_placed", "forecaster"):
+        assert pre[k] == stepped[k], k
+    with pytest.raises(ValueError, match="decision grid"):
+        _run(rec, cfg, engine.forecaster)  # computed for the later start, used from the beginning
 
 
 def test_batch_forecasts_equal_the_numba_step_path_to_float32_rounding(rec, model):
