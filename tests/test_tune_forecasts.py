@@ -4,6 +4,7 @@ with its warm-up shortened from 300 to 20 one-second rows, so that it forecasts 
 two-minute recording; TorchScript step backend, which the batch forward equals exactly)."""
 
 import asyncio
+import logging
 
 import pytest
 
@@ -17,7 +18,7 @@ from tune_helpers import CAPTURE, ROOT, btc_slice
 pytestmark = pytest.mark.skipif(not CAPTURE.exists(), reason=f"real market data not found at {CAPTURE}")
 
 
-def test_shared_forecasts_equal_the_forecaster_in_the_engine(tmp_path_factory, tmp_path, monkeypatch):
+def test_shared_forecasts_equal_the_forecaster_in_the_engine(tmp_path_factory, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("MMBOT_CACHE_DIR", str(tmp_path / "cache"))
     rec = btc_slice(tmp_path_factory)
     model = short_warmup_model(tmp_path_factory)
@@ -48,7 +49,10 @@ def test_shared_forecasts_equal_the_forecaster_in_the_engine(tmp_path_factory, t
     # on disk: a second worker (another process or a later study) reads them instead of computing
     assert len(list((tmp_path / "cache" / "forecasts").glob("*.npz"))) == 1
     w2 = Worker(plan)
-    again = w2.run_segment(with_overrides(base, **{"strategy.pricing.gamma": 2.0}), seg)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="paper_trading.backtest"):
+        again = w2.run_segment(with_overrides(base, **{"strategy.pricing.gamma": 2.0}), seg)
+    assert any("forecasts from the cache" in r.getMessage() for r in caplog.records)
     (fc2,) = w2._forecasts.values()
     assert fc2.by_ts == fc.by_ts and again.fills > 0
 
