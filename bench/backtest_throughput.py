@@ -62,6 +62,13 @@ build + loop 0.504 s, metrics 0.022 s; GLFT plain loop 0.140 s (3.3 M events/s);
 run alone), ratios 1.07 (build + loop) and 1.19 (loop only). The issue's 5.7 M events/s for
 hftbacktest was not reproduced with this port.
 
+Measured 2026-12-05 06:45 UTC, same file, ``--runs 3 --cold-runs 5``, machine heavily loaded
+(load 6.5 -> 9.2 on 2 cores, 8 sessions): cold CLI with forecasts cached 13.0 s wall but
+2.34 s CPU (user + system; torch and pandas not imported), ``--no-forecast-cache`` 14.8 s
+wall, forecast miss (torch import + batch forward) 38.4 s wall; fresh numba cache: first run
+55.2 s wall, second 11.8 s. Earlier the same day at load ~5 with a free core: 2.2 s wall
+cached. Wall times here mostly measure the other load; compare the CPU figure.
+
 Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5] [--cold-runs 3]
        [--vs-hftbacktest [PYTHON]]
 The raw capture is imported once into bench/out/ (not committed).
