@@ -68,6 +68,9 @@ Measured 2026-12-05 06:45 UTC, same file, ``--runs 3 --cold-runs 5``, machine he
 wall, forecast miss (torch import + batch forward) 38.4 s wall; fresh numba cache: first run
 55.2 s wall, second 11.8 s. Earlier the same day at load ~5 with a free core: 2.2 s wall
 cached. Wall times here mostly measure the other load; compare the CPU figure.
+Re-measured 07:10 UTC at load 0.75 -> 2.35: cold CLI cached 2.95 s wall (median of 5), 1.93 s
+CPU; ``--no-forecast-cache`` 3.14 s; forecast miss 7.37 s; fresh numba cache 11.2 s first run,
+1.87 s second; warm loop 0.192 s (2.43 M events/s), with precomputed forecasts 0.176 s (2.66 M).
 
 Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5] [--cold-runs 3]
        [--vs-hftbacktest [PYTHON]]
