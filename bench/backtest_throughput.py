@@ -20,11 +20,25 @@ except the ``cold_*`` ones. Every figure names its timed region:
   ``full_strategy_streamed_*``: the same as ``full_strategy_*`` with the recording streamed
   from disk chunk by chunk (the default of ``mmbot backtest``): build includes the first pass
   over the chunks' price columns, loop includes reading the chunks.
+  ``full_strategy_precomputed_*``: the same as ``full_strategy_*`` (recording in memory) with
+  the forecasts precomputed by the TorchScript batch forward (``models.batch_forecast``, computed
+  once before the repetitions, NOT timed) and handed to the engine as a table.
 * ``cold_cli_*``: ``python -m bot.cli backtest --data REC --json --no-progress`` in a fresh
   process each time, wall time from spawn to exit (interpreter start, imports, numba cache load,
-  recording load, build, loop, metrics, plus the HTML report if the CLI writes one), and the
-  phases that process reported. Numba's on-disk cache is warm (a previous run or the warm-up
-  wrote it); the first compilation on a fresh install is not measured here.
+  forecast cache read, recording load (streamed), build, loop, metrics; no HTML report: the CLI
+  writes it only with --html), and the phases that process reported. The forecast cache
+  (``MMBOT_CACHE_DIR``) is a fresh temporary directory: one priming run computes the forecasts
+  (``cold_cli_forecast_miss_wall_s``: includes importing torch, loading the model and the
+  batch forward over the recording), then ``cold_cli_wall_s`` is the median of ``--cold-runs``
+  runs with the forecasts cached (torch not imported); ``cold_cli_no_forecast_cache_wall_s``:
+  the same with ``--no-forecast-cache`` (the forecaster stepped in the engine, numba backend on
+  cached weights). Numba's on-disk cache is the installation's (warm) for these.
+  ``cold_cli_cpu_s``: user + system CPU seconds of the cached-forecast process (less sensitive
+  than wall time to other load on the machine).
+* ``numba_first_run_wall_s`` / ``numba_second_run_wall_s``: the same cold CLI backtest
+  (forecasts cached) with ``NUMBA_CACHE_DIR`` pointing at a fresh empty directory: the first
+  process compiles every kernel the backtest calls (what a fresh install pays once), the second
+  loads them from that directory.
 
 ``--vs-hftbacktest [PYTHON]`` adds a side-by-side with hftbacktest 2.4.4 (optional, never a
 dependency of mmbot). hftbacktest pins numpy < 2.3 and numba 0.61, so it usually lives in its
@@ -48,6 +62,16 @@ build + loop 0.504 s, metrics 0.022 s; GLFT plain loop 0.140 s (3.3 M events/s);
 run alone), ratios 1.07 (build + loop) and 1.19 (loop only). The issue's 5.7 M events/s for
 hftbacktest was not reproduced with this port.
 
+Measured 2026-12-05 06:45 UTC, same file, ``--runs 3 --cold-runs 5``, machine heavily loaded
+(load 6.5 -> 9.2 on 2 cores, 8 sessions): cold CLI with forecasts cached 13.0 s wall but
+2.34 s CPU (user + system; torch and pandas not imported), ``--no-forecast-cache`` 14.8 s
+wall, forecast miss (torch import + batch forward) 38.4 s wall; fresh numba cache: first run
+55.2 s wall, second 11.8 s. Earlier the same day at load ~5 with a free core: 2.2 s wall
+cached. Wall times here mostly measure the other load; compare the CPU figure.
+Re-measured 07:10 UTC at load 0.75 -> 2.35: cold CLI cached 2.95 s wall (median of 5), 1.93 s
+CPU; ``--no-forecast-cache`` 3.14 s; forecast miss 7.37 s; fresh numba cache 11.2 s first run,
+1.87 s second; warm loop 0.192 s (2.43 M events/s), with precomputed forecasts 0.176 s (2.66 M).
+
 Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5] [--cold-runs 3]
        [--vs-hftbacktest [PYTHON]]
 The raw capture is imported once into bench/out/ (not committed).
@@ -58,6 +82,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -152,37 +177,54 @@ def main() -> None:
     hbt, hbt_note = (None, "not requested (--vs-hftbacktest [PYTHON])")
     if args.vs_hftbacktest:
         hbt, hbt_note = _hbt_worker(args.vs_hftbacktest, args.data)
-    full, plain, streamed, hbt_runs = [], [], [], []
+    from paper_trading.backtest import precomputed_forecaster
+
+    table = precomputed_forecaster(None, cfg, events_meta=(events, meta), use_cache=False).table
+    full, plain, streamed, pre, hbt_runs = [], [], [], [], []
     summary = None
     with tempfile.TemporaryDirectory() as d:
-        for r in range(args.runs + 1):  # interleaved: mmbot full, plain, full streamed, hftbacktest
-            for c, out, em in ((cfg, full, (events, meta)), (plain_cfg, plain, (events, meta)), (cfg, streamed, None)):
-                store = open_store(str(Path(d) / f"bt{len(full)}_{len(plain)}_{len(streamed)}.db"))
-                s = run_backtest(rec, c, store, events_meta=em)
+        for r in range(args.runs + 1):  # interleaved: mmbot full, plain, full streamed, precomputed, hftbacktest
+            for c, out, em in ((cfg, full, (events, meta)), (plain_cfg, plain, (events, meta)), (cfg, streamed, None),
+                               (cfg, pre, (events, meta))):
+                store = open_store(str(Path(d) / f"bt{len(full)}_{len(plain)}_{len(streamed)}_{len(pre)}.db"))
+                kw = {"forecaster": table.forecaster()} if out is pre else {}
+                s = run_backtest(rec, c, store, events_meta=em, **kw)
                 store.close()
                 out.append(s["timings_s"])
                 if out is full:
                     summary = s
             if hbt is not None:
                 hbt_runs.append(_hbt_run(hbt))
-        # cold: fresh processes of the CLI
-        cold = []
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        for r in range(args.cold_runs):
-            db = Path(d) / f"cold{r}.db"
+        # cold: fresh processes of the CLI, with a fresh forecast cache
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   MMBOT_CACHE_DIR=str(Path(d) / "mmbot_cache"))
+
+        def cli(tag: str, *extra: str, **env_extra: str):
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
-            p = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--data", str(rec), "--db", str(db), "--json",
-                                "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True)
+            p = subprocess.run([sys.executable, "-m", "bot.cli", "backtest", "--data", str(rec), "--db", str(Path(d) / f"{tag}.db"),
+                                "--json", "--no-progress", *extra], cwd=ROOT, env={**env, **env_extra}, capture_output=True, text=True)
             wall = time.perf_counter() - t
+            ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
             if p.returncode not in (0, 1):
                 sys.exit(f"cold run failed ({p.returncode}): {p.stderr.strip()[-400:]}")
             js = json.loads(p.stdout.strip().splitlines()[-1])
-            cold.append((wall, js.get("timings_s", {}), str(js.get("report") or "").endswith("report.html")))
+            cpu = ru2.ru_utime - ru.ru_utime + ru2.ru_stime - ru.ru_stime
+            return wall, js.get("timings_s", {}), str(js.get("report") or "").endswith("report.html"), cpu
+
+        miss = cli("prime")  # computes and caches the forecasts
+        cold, cold_step = [], []
+        for r in range(args.cold_runs):  # interleaved: cached forecasts, --no-forecast-cache
+            cold.append(cli(f"cold{r}"))
+            cold_step.append(cli(f"step{r}", "--no-forecast-cache"))
+        numba_dir = str(Path(d) / "numba_fresh")
+        numba_first = cli("nb1", NUMBA_CACHE_DIR=numba_dir)
+        numba_second = cli("nb2", NUMBA_CACHE_DIR=numba_dir)
     if hbt is not None:
         hbt.stdin.write("quit\n")
         hbt.stdin.flush()
         hbt.wait(timeout=60)
-    full, plain, streamed = full[1:], plain[1:], streamed[1:]
+    full, plain, streamed, pre = full[1:], plain[1:], streamed[1:], pre[1:]
 
     def phase(runs, *keys):
         return med([sum(t[k] for k in keys) for t in runs])
@@ -204,7 +246,14 @@ def main() -> None:
         "full_strategy_streamed_loop_s": round(phase(streamed, "loop"), 4),
         "glft_plain_loop_events_per_s": round(n / phase(plain, "loop")),
         "glft_plain_loop_s": round(phase(plain, "loop"), 4),
+        "full_strategy_precomputed_loop_s": round(phase(pre, "loop"), 4),
+        "full_strategy_precomputed_loop_events_per_s": round(n / phase(pre, "loop")),
+        "full_strategy_precomputed_build_loop_s": round(phase(pre, "build", "loop"), 4),
+        "cold_cli_forecast_miss_wall_s": round(miss[0], 3),
         "cold_cli_wall_s": round(med([c[0] for c in cold]), 3),
+        "cold_cli_cpu_s": round(med([c[3] for c in cold]), 3),
+        "cold_cli_no_forecast_cache_wall_s": round(med([c[0] for c in cold_step]), 3),
+        "numba_first_run_wall_s": round(numba_first[0], 3), "numba_second_run_wall_s": round(numba_second[0], 3),
         "cold_cli_phases_s": {k: round(med([c[1].get(k, 0.0) for c in cold]), 4) for k in ("load", "build", "loop", "metrics", "report")},
         "cold_cli_wrote_html_report": any(c[2] for c in cold),
         "decisions": summary["events"], "fills": summary["fills"],

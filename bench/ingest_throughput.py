@@ -4,6 +4,10 @@
   read + inflate, parse, diff-sync, parquet write of events and bookTicker, meta), after one
   warm-up run (numba JIT / cache load), median of ``--runs`` runs. messages/s counts every
   input line (depth, trade, bookTicker, snapshot); events/s counts written event rows.
+  ``ingest_cpu_s_median``: process CPU seconds (all threads: inflate, parse, sync, parquet
+  encode) of one import, and ``ingest_messages_per_cpu_s`` = messages / that: less sensitive
+  to other load on the machine than the wall-clock figures (load averages at start and end of
+  the timed runs are printed).
 * replay: the numba book replay (:mod:`bot.recording.book_replay`) over the imported
   recording: ``replay_kernel_events_per_s`` is the loop alone on prepared columns,
   ``replay_with_level_map_events_per_s`` includes mapping prices to level indices.
@@ -48,14 +52,19 @@ def main() -> int:
     try:
         out = tmp / "rec"
         import_binance([args.file], out)  # warm-up: JIT/cache load, page cache
-        times, stages = [], []
+        times, cpus, stages = [], [], []
         stats = None
+        load_start = [round(x, 2) for x in os.getloadavg()]
         for _ in range(args.runs):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             stats = import_binance([args.file], out)
             times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
             stages.append(stats.timings_s)
+        load_end = [round(x, 2) for x in os.getloadavg()]
         t_ing = statistics.median(times)
+        cpu_ing = statistics.median(cpus)
 
         rec = open_recording(out)
         t0 = time.perf_counter()
@@ -87,6 +96,9 @@ def main() -> int:
             "ingest_messages_per_s": round(stats.messages / t_ing),
             "ingest_events_per_s": round(stats.events / t_ing),
             "ingest_stage_s_median": {k: round(statistics.median(s[k] for s in stages), 4) for k in stages[0]},
+            "ingest_cpu_s_median": round(cpu_ing, 4),
+            "ingest_messages_per_cpu_s": round(stats.messages / cpu_ing),
+            "load_avg_start": load_start, "load_avg_end": load_end,
             "read_recording_events_per_s": round(n_ev / t_read),
             "replay_kernel_events_per_s": round(n_ev / statistics.median(rk)),
             "replay_with_level_map_events_per_s": round(n_ev / statistics.median(rl)),

@@ -11,3 +11,5 @@ Conventions used everywhere in mmbot:
 """
 
 __version__ = "0.1.0"
+
+from bot import numba_cache as _numba_cache  # noqa: E402,F401 - before any module imports numba

@@ -373,11 +373,12 @@ def backtest(
     log_json: Optional[str] = typer.Option(None, "--log-json", help=LOG_JSON_HELP),
     start: Optional[str] = typer.Option(None, "--start", help="begin at this recorded time, ISO-8601 UTC or ns since the epoch (the book is built from the recording's start, then replay.warmup_s passes before the first decision, as in a mmbot tune fold)"),
     end: Optional[str] = typer.Option(None, "--end", help="stop before this recorded time, ISO-8601 UTC or ns (the recording is read whole into memory for a window)"),
+    no_forecast_cache: bool = typer.Option(False, "--no-forecast-cache", help="run the forecaster step by step inside the backtest instead of reading (or computing and writing) its forecasts in the on-disk cache ($MMBOT_CACHE_DIR/forecasts, default ~/.cache/mmbot/forecasts)"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
-    from bot.config import build_forecaster, load_config
+    from bot.config import load_config
     from bot.status import summary_table
-    from paper_trading.backtest import check_recording, run_backtest
+    from paper_trading.backtest import backtest_forecaster, check_recording, run_backtest
 
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
@@ -395,7 +396,8 @@ def backtest(
         from paper_trading.window import load_window
 
         events_meta, start_ns = load_window(data[0], start, end, cfg)
-    forecaster = build_forecaster(cfg)
+    # the forecasts precomputed with the batch forward and cached on disk (no torch import when cached)
+    forecaster = backtest_forecaster(cfg, use_cache=not (no_forecast_cache or variants))
     html = html or out is not None
     report_dir = _out_dir(out or Path(cfg.replay.report_dir), "--out" if out else "replay.report_dir") if html else None
     console = _console()

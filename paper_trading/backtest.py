@@ -37,6 +37,11 @@ from strategies.market_maker import build_strategy
 
 log = logging.getLogger(__name__)
 
+# ``forecaster=PRECOMPUTED``: the configured forecaster's forecasts for this very replay (its
+# data, decision grid and start), precomputed with the batch forward and cached on disk
+# (:func:`precomputed_forecaster`); what ``mmbot backtest`` uses unless --no-forecast-cache
+PRECOMPUTED = object()
+
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH", "BNB")
 
 
@@ -97,16 +102,12 @@ def recorded_mids(events, tick: float):
     return events["local_ts"], mid
 
 
-def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
-                        on_progress=None, events_meta=None, forecaster=FROM_CONFIG,
-                        start_ns: int | None = None) -> tuple[Engine, ReplaySource]:
-    """Engine and source of a replay of the recording at ``data``. ``events_meta`` = (events,
-    meta) replays those events from memory; None (the default) streams the recording chunk by
-    chunk (:class:`~paper_trading.stream_venue.StreamingVenue`, same results), except that a
-    recording with trades lacking an aggressor side is read whole to infer them.
-    ``start_ns``: begin at this recorded local time (ns) instead of the recording's start
-    (the book is still built from the start; ``replay.warmup_s`` follows it). ``mmbot tune``
-    backtests its folds this way."""
+def replay_venue(data: str | Path, cfg: Config, events_meta=None, *, warn: bool = True):
+    """(venue, market, meta, trades whose side was inferred) of a replay of the recording at
+    ``data``: streamed chunk by chunk (:class:`~paper_trading.stream_venue.StreamingVenue`)
+    when ``events_meta`` is None, else over the (events, meta) in memory; a recording with
+    trades lacking an aggressor side is read whole to infer them. Logs a warning when prices
+    are finer than the recording's tick (``warn``)."""
     r = cfg.replay
     params = VenueParams(queue_model=r.queue_model, queue_power=r.queue_power, entry_latency_ns=int(r.entry_latency_ms * 1e6),
                          latency_mode=r.latency_mode, latency_multiplier=r.latency_multiplier)
@@ -126,9 +127,6 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     else:
         meta = events_meta[1]
         market = market_from_meta(meta, cfg)
-    if forecaster is FROM_CONFIG:
-        forecaster = build_forecaster(cfg)
-    with_trades = forecaster is not None
     if fp is not None:
         venue = StreamingVenue(rec, float(market.tick), float(market.lot), params, first_pass=fp)
         n_inferred, (off, total, example) = 0, (fp.off, fp.total, fp.example)
@@ -138,9 +136,117 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
         events, n_inferred = infer_trade_sides(events_meta[0], float(market.tick))
         off, total, example = prices_off_tick(events, float(market.tick))
         venue = Venue(events, float(market.tick), float(market.lot), params)
-    if off:
+    if off and warn:
         log.warning("%s of %s prices of the recording are finer than its tick %s (e.g. %s): the replay merges them "
                     "into tick levels; re-import it with the right tick", off, total, f"{market.tick.normalize():f}", example)
+    return venue, market, meta, n_inferred
+
+
+def replay_decisions(data: str | Path, cfg: Config, events_meta=None, start_ns: int | None = None):
+    """A driver of the decisions of a backtest's replay, for :func:`models.batch_forecast.compute_table`:
+    called with ``on_decision``, it replays the recording (as :func:`build_replay_engine` does,
+    same decision grid) and calls ``on_decision(ts_ns, book, trades)`` at every decision."""
+    r = cfg.replay
+
+    def drive(on_decision) -> None:
+        venue, market, _, _ = replay_venue(data, cfg, events_meta, warn=False)
+        source = ReplaySource(venue, market, interval_s=r.interval_s, speed=0.0, start_ns=start_ns, warmup_s=r.warmup_s,
+                              with_trades=True)
+
+        async def run() -> None:
+            await source.start()
+            while (ev := await source.next()) is not None:
+                on_decision(ev.ts_ns, ev.book, ev.trades)
+
+        asyncio.run(run())
+
+    return drive
+
+
+def precomputed_forecaster(data: str | Path | None, cfg: Config, *, events_meta=None, start_ns: int | None = None,
+                           use_cache: bool = True):
+    """The configured forecaster's forecasts at every decision of the replay of ``data`` (or of
+    ``events_meta`` = (events, meta) in memory) from ``start_ns``, computed with the TorchScript
+    batch forward (:mod:`models.batch_forecast`) and cached on disk (:mod:`models.forecast_cache`;
+    ``use_cache=False``: neither read nor written), as a
+    :class:`~models.batch_forecast.TableForecaster` for the engine. None for
+    ``forecaster.model: none``; ``FROM_CONFIG`` (the engine steps the forecaster itself) when
+    the forecasts are not cached and torch is not installed. A missing model file raises
+    DataError naming it. With a cache hit, torch is not imported."""
+    if cfg.forecaster.model.lower() == "none":
+        return None
+    from models import forecast_cache
+    from models.batch_forecast import compute_table
+    from models.forecaster import GuardConfig, resolve_model_path
+
+    path = resolve_model_path(cfg.forecaster.model)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    f = cfg.forecaster
+    guard = GuardConfig(enabled=f.guard, window=f.guard_window, min_obs=f.guard_min_obs, enter=f.guard_enter,
+                        exit=f.guard_exit, drift=f.guard_drift)
+    digest = forecast_cache.recording_digest(data) if events_meta is None else forecast_cache.events_digest(*events_meta)
+    key = forecast_cache.cache_key(digest, path, cfg, start_ns)
+    try:
+        table, hit = forecast_cache.cached(key, lambda: compute_table(replay_decisions(data, cfg, events_meta, start_ns),
+                                                                      path, guard), use_cache)
+    except ImportError as e:  # no torch: the numba backend steps the forecaster in the engine
+        log.info("forecasts not precomputed (%s): the forecaster runs step by step in the backtest", e)
+        return FROM_CONFIG
+    log.info("forecasts %s: %d decisions (key %s)", "from the cache" if hit else "computed", len(table), key[:12])
+    fc = table.forecaster()
+    fc.grid = _grid(cfg, start_ns)
+    return fc
+
+
+def _grid(cfg: Config, start_ns: int | None) -> tuple:
+    return (cfg.replay.interval_s, cfg.replay.warmup_s, start_ns)
+
+
+def backtest_forecaster(cfg: Config, *, use_cache: bool = True):
+    """What ``mmbot backtest`` hands :func:`run_backtest`: ``PRECOMPUTED`` (forecasts of the
+    replay, batch forward, on-disk cache) or, with ``use_cache=False``, the forecaster itself
+    (stepped in the engine); None without a forecaster. Checks the model file first (DataError
+    naming it), so that a bad one is reported before the database is touched."""
+    if not use_cache:
+        return build_forecaster(cfg)
+    if cfg.forecaster.model.lower() == "none":
+        return None
+    from models.forecaster import resolve_model_path
+
+    path = resolve_model_path(cfg.forecaster.model)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    return PRECOMPUTED
+
+
+def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: str, speed: float, on_tick=None,
+                        on_progress=None, events_meta=None, forecaster=FROM_CONFIG,
+                        start_ns: int | None = None) -> tuple[Engine, ReplaySource]:
+    """Engine and source of a replay of the recording at ``data``. ``events_meta`` = (events,
+    meta) replays those events from memory; None (the default) streams the recording chunk by
+    chunk (:class:`~paper_trading.stream_venue.StreamingVenue`, same results), except that a
+    recording with trades lacking an aggressor side is read whole to infer them.
+    ``start_ns``: begin at this recorded local time (ns) instead of the recording's start
+    (the book is still built from the start; ``replay.warmup_s`` follows it). ``mmbot tune``
+    backtests its folds this way. ``forecaster``: ``FROM_CONFIG`` (the configured forecaster,
+    stepped in the engine), ``PRECOMPUTED`` (its forecasts for this replay, see
+    :func:`precomputed_forecaster`), None, or a forecaster object; precomputed forecasts for
+    another decision grid raise ValueError."""
+    r = cfg.replay
+    if forecaster is PRECOMPUTED:
+        forecaster = precomputed_forecaster(data, cfg, events_meta=events_meta, start_ns=start_ns)
+    if hasattr(forecaster, "fresh"):  # precomputed forecasts shared by runs: a reader of its own per run
+        forecaster = forecaster.fresh()
+    grid = getattr(forecaster, "grid", None)
+    if grid is not None and grid != _grid(cfg, start_ns):
+        raise ValueError(f"forecasts precomputed for the decision grid (interval_s, warmup_s, start_ns) {grid}, "
+                         f"this replay's is {_grid(cfg, start_ns)}")
+    venue, market, meta, n_inferred = replay_venue(data, cfg, events_meta)
+    if forecaster is FROM_CONFIG:
+        forecaster = build_forecaster(cfg)
+    # precomputed forecasts (models.batch_forecast) do not need the public trades
+    with_trades = forecaster is not None and getattr(forecaster, "needs_trades", True)
     source = ReplaySource(venue, market, interval_s=r.interval_s, speed=speed, start_ns=start_ns, warmup_s=r.warmup_s,
                           on_progress=on_progress,
                           with_trades=with_trades or cfg.strategy.pricing.calibrate_intensity)
