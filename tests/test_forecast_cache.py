@@ -69,11 +69,13 @@ def test_cached_backtest_equals_the_uncached_one_and_does_not_import_torch(rec, 
     step, _ = _cli_backtest(rec, cfg_file, tmp_path / "c.db", cache, "--no-forecast-cache")  # the engine steps the model
     keys = ("fills", "pnl", "orders_placed", "orders_canceled", "volume_quote", "inventory", "forecaster", "metrics")
 
-    def outcome(s):  # the run's figures, without its wall-clock start and end
-        return {k: ({m: v for m, v in s[k].items() if m not in ("started_ns", "ended_ns")} if k == "metrics" else s[k])
-                for k in keys}
+    def outcome(s):  # the run's figures, without its wall-clock start and end, nor the backend's name
+        drop = {"metrics": ("started_ns", "ended_ns"), "forecaster": ("backend",)}
+        return {k: ({m: v for m, v in s[k].items() if m not in drop[k]} if k in drop else s[k]) for k in keys}
 
     assert outcome(hit) == outcome(miss) == outcome(step)
+    assert hit["forecaster"]["backend"] == miss["forecaster"]["backend"] == "torchscript-batch"
+    assert step["forecaster"]["backend"] == "torchscript"
     assert hit["fills"] > 0 and hit["forecaster"]["warmed_up"] is True
 
 
