@@ -50,7 +50,8 @@ class ForecastTable:
     ``ts_ns``: decision times, ns since epoch, increasing; ``drift``: expected mid change over
     the horizon, quote per base (valid where ``has_drift``); ``sigma``: quote per base per
     sqrt(second) (valid where ``has_sigma``); ``horizon_s``: seconds; ``source``: index into
-    ``sources`` (-1: the forecaster returned None); ``status``: the forecaster's
+    ``sources`` (-1: the forecaster returned None); ``inputs_ns``: grid time (ns) of the row the
+    forecast was computed from (-1: none, :attr:`Forecast.inputs_ns` None); ``status``: the forecaster's
     ``status()`` after the last decision. The guard's switches and the forecaster's log lines,
     each with the index of the decision that made it (``*_row``), so that a run on the table
     shows them when it reaches that decision: ``sw_ts`` (grid time ns), ``sw_head`` (0 vol,
@@ -65,6 +66,7 @@ class ForecastTable:
     horizon_s: np.ndarray
     source: np.ndarray
     sources: list[str]
+    inputs_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     status: dict = field(default_factory=dict)
     sw_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sw_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -88,6 +90,7 @@ class ForecastTable:
         drift, sigma, hor = np.zeros(n), np.zeros(n), np.zeros(n)
         hd, hs = np.zeros(n, bool), np.zeros(n, bool)
         src = np.full(n, -1, np.int32)
+        t_in = np.full(n, -1, np.int64)
         sources: list[str] = []
         index: dict[str, int] = {}
         for i, f in enumerate(forecasts):
@@ -98,6 +101,8 @@ class ForecastTable:
             if f.sigma is not None:
                 sigma[i], hs[i] = f.sigma, True
             hor[i] = f.horizon_s
+            if f.inputs_ns is not None:
+                t_in[i] = f.inputs_ns
             k = index.get(f.source)
             if k is None:
                 k = index[f.source] = len(sources)
@@ -105,7 +110,7 @@ class ForecastTable:
             src[i] = k
         sw = list(switches)
         lg = list(logs)
-        return cls(np.asarray(ts, np.int64), drift, hd, sigma, hs, hor, src, sources, dict(status),
+        return cls(np.asarray(ts, np.int64), drift, hd, sigma, hs, hor, src, sources, t_in, dict(status),
                    sw_row=np.array([r for r, _ in sw], np.int64), sw_ts=np.array([s[0] for _, s in sw], np.int64),
                    sw_head=np.array([HEADS.index(s[1]) for _, s in sw], np.int8),
                    sw_fallback=np.array([bool(s[2]) for _, s in sw], bool), sw_ratio=np.array([float(s[3]) for _, s in sw]),
@@ -118,8 +123,9 @@ class ForecastTable:
     def forecasts(self) -> list:
         """The :class:`Forecast` (or None) of each decision, in order."""
         d, hd, s, hs = self.drift.tolist(), self.has_drift.tolist(), self.sigma.tolist(), self.has_sigma.tolist()
-        h, src = self.horizon_s.tolist(), self.source.tolist()
-        return [None if src[i] < 0 else Forecast(d[i] if hd[i] else None, s[i] if hs[i] else None, h[i], self.sources[src[i]])
+        h, src, t_in = self.horizon_s.tolist(), self.source.tolist(), self.inputs_ns.tolist()
+        return [None if src[i] < 0 else Forecast(d[i] if hd[i] else None, s[i] if hs[i] else None, h[i], self.sources[src[i]],
+                                                 None if t_in[i] < 0 else t_in[i])
                 for i in range(len(src))]
 
     def forecaster(self) -> "TableForecaster":
@@ -164,7 +170,7 @@ class TableForecaster:
         self._b0 = b0
         self._block = [t.ts_ns[b0:b1].tolist(), t.source[b0:b1].tolist(), t.drift[b0:b1].tolist(),
                        t.has_drift[b0:b1].tolist(), t.sigma[b0:b1].tolist(), t.has_sigma[b0:b1].tolist(),
-                       t.horizon_s[b0:b1].tolist()]
+                       t.horizon_s[b0:b1].tolist(), t.inputs_ns[b0:b1].tolist()]
 
     def update(self, book, now_ns: int, trades=()):
         i = self._i
@@ -190,12 +196,13 @@ class TableForecaster:
             self._log.log(int(self.table.log_level[j]), "%s", self.table.log_msg[j])
             j += 1
         self._logged = j
-        _, src, d, hd, sg, hs, hor = self._block
+        _, src, d, hd, sg, hs, hor, t_in = self._block
         r = i - self._b0
         k = src[r]
         if k < 0:
             return None
-        return Forecast(d[r] if hd[r] else None, sg[r] if hs[r] else None, hor[r], self.table.sources[k])
+        return Forecast(d[r] if hd[r] else None, sg[r] if hs[r] else None, hor[r], self.table.sources[k],
+                        None if t_in[r] < 0 else t_in[r])
 
     @property
     def by_ts(self) -> dict:

@@ -31,13 +31,13 @@ from models.batch_forecast import ForecastTable
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when the entry's layout changes
+VERSION = 2  # bump when the entry's layout changes
 _ROOT = Path(__file__).resolve().parents[1]
 # the code between a recording and its forecasts: a change to any of these invalidates the cache
 CODE_FILES = ("models/features.py", "models/baseline_inputs.py", "models/forecaster.py", "models/forecast.py",
               "models/batch_forecast.py", "models/forecast_cache.py", "paper_trading/replay.py", "paper_trading/venue.py",
               "paper_trading/stream_venue.py", "paper_trading/backtest.py", "bot/market_data/trade_side.py")
-_FIELDS = ("ts_ns", "drift", "has_drift", "sigma", "has_sigma", "horizon_s", "source")
+_FIELDS = ("ts_ns", "drift", "has_drift", "sigma", "has_sigma", "horizon_s", "source", "inputs_ns")
 _EVENTS = ("sw_row", "sw_ts", "sw_head", "sw_fallback", "sw_ratio", "log_row", "log_level")
 
 
