@@ -252,7 +252,7 @@ def _forecaster(meta: dict, path: Path, guard, predictor):
     from models.forecaster import LstmForecaster
 
     fc = LstmForecaster(None, meta, path, backend="numba", guard=guard, packed=_NO_WEIGHTS)
-    fc.backend = "torchscript-batch"  # what computed the outputs (the status names it), not the placeholder
+    fc.backend = "torchscript"  # what computed the outputs (its batch forward; the status names it), not the placeholder
     fc.predictor = predictor
     fc.reset()
     return fc
