@@ -256,10 +256,17 @@ def paper(
                               "--duration": ("duration_s", duration), "--db": ("database.url", db),
                               "--speed": ("sim.speed", speed), "--seed": ("sim.seed", seed), "--live": ("ui.live", live),
                               "--replay-speed": ("replay.speed", replay_speed), **_observability_options(metrics_port, metrics_linger, log_json)})
-    if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
-        raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     console = _console()
     use_live = cfg.ui.live and console.is_terminal and not json_out
+    if cfg.markets:
+        for opt, v in (("--exchange", exchange), ("--symbol", symbol), ("--replay", replay)):
+            if v is not None:
+                raise MmbotError(f"{opt}: the config lists several markets (markets:); set each market's exchange, symbol "
+                                 f"and recording (data) in its entry instead")
+        _paper_markets(cfg, str(config) if config is not None else "(options)", json_out, console, use_live)
+        return
+    if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
+        raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     events_meta = None
     if replay is not None:
         from paper_trading.backtest import check_recording
@@ -292,6 +299,92 @@ def paper(
         if obs is not None:
             obs.close()
     code = print_run_summary(summary, cfg.database.url, json_out, console, "Paper run summary")
+    if code:
+        raise typer.Exit(code)
+
+
+def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: bool) -> None:
+    """`mmbot paper` on a config with ``markets:``: every market in one process (bot/multi.py)."""
+    from bot.config import market_specs
+    from bot.multi import ForecasterPool, build_market_runs, failure_line, new_session_id, run_markets
+    from bot.observability.runtime import Observability
+    from bot.persistence.dbpath import redact
+    from bot.persistence.store import Store
+    from bot.status import MultiPanel
+
+    specs = market_specs(cfg, where)
+    if any(s.data is not None for s in specs):
+        from paper_trading.backtest import check_recording
+
+        for s in specs:
+            if s.data is not None:
+                try:
+                    check_recording(s.data)  # a bad recording fails before the database is touched
+                except MmbotError as e:
+                    raise type(e)(f"markets[{s.index}] ({s.name}): data: {e}") from None
+    pool = ForecasterPool()
+    for s in specs:  # a bad model file fails before the database is touched too (each model loads once)
+        pool.get(s.cfg)
+    session = new_session_id()
+    first = _open_store(cfg.database.url)
+    stores = [first]
+
+    def open_store():
+        if len(stores) == 1 and not getattr(open_store, "used", False):
+            open_store.used = True
+            return first
+        st = Store(first.engine, redact(cfg.database.url))
+        stores.append(st)
+        return st
+
+    obs = None
+    runs = []
+    try:
+        obs = Observability(cfg)
+        panel = MultiPanel(console, cfg.ui.refresh_per_s) if use_live else None
+        runs = build_market_runs(specs, open_store, session, on_tick=panel, pool=pool)
+        for i, r in enumerate(runs):
+            r.engine.observer = obs.observer if i == 0 else obs.new_observer()
+        if panel is not None:
+            panel.engines = [r.engine for r in runs]
+            with panel:
+                risk = asyncio.run(run_markets(runs, cfg.account))
+        else:
+            risk = asyncio.run(run_markets(runs, cfg.account))
+        obs.linger()
+    finally:
+        for st in reversed(stores):
+            st.close()
+        if obs is not None:
+            obs.close()
+    db = redact(cfg.database.url)
+    rows = []
+    for r in runs:
+        s = r.summary
+        rows.append({"market": r.spec.name, "run_id": s.get("run_id"), "status": s.get("status"), "events": s.get("events"),
+                     "fills": s.get("fills"), "pnl": s.get("pnl"), "inventory": s.get("inventory"),
+                     "stop_reason": s.get("stop_reason")})
+    if json_out:
+        print(json.dumps({"session_id": session, "database": db, "account_kill_switch": risk.killed or None,
+                          "markets": [{**r.summary, "market": r.spec.name} for r in runs]}, default=str))
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"Paper session {session}: {len(runs)} markets")
+        for k in rows[0]:
+            t.add_column(k, overflow="fold")
+        for row in rows:
+            t.add_row(*("-" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()))
+        console.print(t)
+        if risk.killed:
+            console.print(risk.killed, soft_wrap=True)
+        console.print(f"Report: mmbot report --db {db.removeprefix('sqlite:///')} --session {session}", soft_wrap=True)
+    failed = [r for r in runs if r.error is not None]
+    for r in failed:
+        print(f"mmbot: error: {failure_line(r)}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(2 if all(isinstance(r.error, MmbotError) for r in failed) else 1)
+    code = max((_exit_code(r.summary) for r in runs), default=0)
     if code:
         raise typer.Exit(code)
 

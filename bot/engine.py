@@ -129,6 +129,14 @@ class Engine:
         # bot.observability.Observer (metrics, JSON logs), set by the CLI: told of the run's
         # start and end, each event (after on_tick), each fill and each rejected order
         self.observer = None
+        # several markets in one process (bot/multi.py): the runs share ``session_id``; the
+        # account's risk may trim the strategy's quotes (``quote_filter(engine, quotes) ->
+        # quotes``, the same object when it keeps them all); ``last_event_wall`` is the
+        # time.monotonic() of the last market event processed (feed staleness)
+        self.session_id: str | None = None
+        self.quote_filter: Callable[["Engine", Quotes], Quotes] | None = None
+        self.last_event_wall = time.monotonic()
+        self.quotes_pulled = ""  # why this market's quotes are pulled ("" = they are not)
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to finish after the current event; a wait for market data (which may
@@ -160,7 +168,8 @@ class Engine:
             self.market = await self.source.start()
             await self.exchange.start(self.market)
             self.strategy = self.strategy_factory(self.market)
-            self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot)
+            self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot,
+                                 session_id=self.session_id)
             started = True
             ids = ClientIdFactory(self.store.installation_id, self.store.run_id)  # type: ignore[arg-type]
             self.om = OrderManager(self.market, on_change=self.store.record_order, new_client_id=ids,  # type: ignore[arg-type]
@@ -232,6 +241,8 @@ class Engine:
     async def step(self, ev: MarketEvent) -> None:
         """Process one market event (public so that tests and backtests can drive it)."""
         t_in = time.perf_counter_ns()
+        self.last_event_wall = time.monotonic()
+        self.quotes_pulled = ""  # data again: quote as usual
         st = self.state
         st.events += 1
         st.ts_ns = ev.ts_ns
@@ -249,6 +260,8 @@ class Engine:
         if forecast is not None:
             st.forecast_source = forecast.source
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
+        if self.quote_filter is not None:
+            quotes = self.quote_filter(self, quotes)
         st.tick_to_quote_ns = time.perf_counter_ns() - t_in
         # the same Quotes object means the same desired orders: with no order activity since
         # the last reconcile (and no age limit) there is nothing to change
@@ -269,6 +282,20 @@ class Engine:
             self.on_tick(self)
         if self.observer is not None:
             self.observer.tick(self)
+
+    async def pull_quotes(self, reason: str) -> None:
+        """Cancel this market's working orders now (its feed went stale); the next market
+        event quotes again. Safe while :meth:`run` waits for data (one event loop)."""
+        if self.om is None or self.market is None:
+            return
+        self.quotes_pulled = reason
+        log.warning("%s: quotes pulled: %s", self.market.symbol, reason)
+        now = self.state.ts_ns or time.time_ns()
+        for ack in await self.exchange.cancel_all(self.market.symbol, now):
+            self.om.on_ack(ack)
+            self.state.canceled += 1
+        self._orders_changed = True
+        self.store.commit()
 
     async def _reconcile(self, quotes: Quotes, now_ns: int) -> None:
         om = self.om
