@@ -619,13 +619,20 @@ def _exit_code(summary: dict) -> int:
 def report(
     db: str = typer.Option(..., "--db", help="database file or SQLAlchemy URL"),
     run: Optional[int] = typer.Option(None, "--run", help="run id (default: the latest)"),
+    session: Optional[str] = typer.Option(None, "--session", help="a multi-market session (printed by mmbot paper; 'latest' = the newest): a row per market and totals"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write report.html and PNG plots into this directory"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object"),
 ) -> None:
-    """Results of a run, computed from the database alone."""
+    """Results of a run (or of a multi-market session: by market and in total), computed from the database alone."""
     from bot.persistence.report import build_report
     from bot.status import summary_table
     from paper_trading.metrics import compute_metrics
+
+    if session is not None:
+        if run is not None or html is not None:
+            raise MmbotError("--session: a session's report is a table of its markets; --run and --html are for one run")
+        _session_report(db, session, json_out)
+        return
 
     if html is not None:
         _out_dir(html, "--html")
@@ -641,6 +648,38 @@ def report(
     from bot.persistence.report import run_title
 
     _console().print(summary_table(_shown_metrics(m), f"{run_title(r.run_id, r.mode, r.source, r.symbol)} ({r.status})"))
+
+
+def _session_report(db: str, session: str, json_out: bool) -> None:
+    """`mmbot report --session`: a row per market and a total per quote currency."""
+    from rich.table import Table
+
+    from bot.persistence.report import SUMMED, build_session_report, run_title
+
+    sr = build_session_report(db, session)
+    if json_out:
+        print(json.dumps(sr.as_dict(), default=str))
+        return
+    cols = ("run", "market", "status", *SUMMED, "final_inventory")
+    t = Table(title=f"Session {sr.session_id}: {len(sr.runs)} markets (money in each market's quote currency)")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("run", "market", "status") else "right", overflow="fold")
+
+    def fmt(v) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    for r in sr.runs:
+        t.add_row(str(r.run_id), f"{r.source}, {r.symbol}", r.status, *(fmt(getattr(r, k)) for k in SUMMED), fmt(r.final_inventory))
+    for cur, tot in sr.totals.items():
+        t.add_row("", f"total {cur} ({tot['markets']} markets)", "", *(fmt(tot[k]) for k in SUMMED), "", style="bold")
+    console = _console()
+    console.print(t)
+    if len(sr.totals) > 1:
+        console.print(f"quote currencies differ ({', '.join(sr.totals)}): totals are per currency; amounts in different "
+                      "currencies are not added", soft_wrap=True)
+    for r in sr.runs:
+        if r.stop_reason and r.stop_reason != "end of market data":
+            console.print(f"{run_title(r.run_id, r.mode, r.source, r.symbol)}: {r.stop_reason}", soft_wrap=True)
 
 
 def _shown_metrics(m: dict) -> dict:

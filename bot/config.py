@@ -202,7 +202,7 @@ class Config(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     account: AccountRiskConfig = Field(default_factory=AccountRiskConfig)
-    markets: list[dict[str, Any]] | None = Field(
+    markets: list[Any] | None = Field(
         None, description="several markets in one process: each entry has exchange (default: the top-level one) and symbol, "
         "optionally data (a recording to replay) and overrides of sim, market_data, paper, replay, forecaster, strategy, live "
         "(deep-merged over this file's sections); null = the one market of exchange/symbol")

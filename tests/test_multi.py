@@ -1,0 +1,378 @@
+"""Many markets in one process (config ``markets:``): real ``mmbot paper`` processes on three
+simulated markets, the record (one run per market, one session), ``mmbot report --session``,
+the Prometheus endpoint, and in-process runs of the account's risk and of feed isolation.
+
+No timed assertions: the waits are on process output, process exit or conditions, with
+generous ceilings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.config import config_from_dict, market_specs
+from bot.multi import ForecasterPool, build_market_runs, new_session_id, run_markets
+from bot.persistence.store import Store, make_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+CEILING_S = 240
+sys.path.insert(0, str(Path(__file__).parent))
+from test_metrics_endpoint import Proc, scrape, value  # noqa: E402
+
+
+def three_markets(db: Path, duration=60.0, speed=0.0, **extra) -> dict:
+    """Three simulated markets, shared defaults plus per-market overrides."""
+    cfg = {
+        "duration_s": duration,
+        "database": {"url": str(db)},
+        "forecaster": {"model": "none"},
+        "sim": {"speed": speed},
+        "markets": [
+            {"exchange": "sim", "symbol": "AAA/USD", "sim": {"seed": 11}},
+            {"exchange": "sim", "symbol": "BBB/USD", "sim": {"seed": 12, "s0": 50.0}, "strategy": {"pricing": {"gamma": 0.2}}},
+            {"exchange": "sim", "symbol": "CCC/USDT", "sim": {"seed": 13, "sigma": 0.12}},
+        ],
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def write(tmp_path: Path, cfg: dict, name="multi.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=CEILING_S)
+
+
+def db_rows(db: Path, sql: str, *args) -> list:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+# -- one process, three markets, one session ---------------------------------------------
+def test_one_paper_process_quotes_three_markets_into_one_session(tmp_path):
+    db = tmp_path / "m.db"
+    r = cli("paper", "--config", str(write(tmp_path, three_markets(db))), "--no-live", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    session = out["session_id"]
+    runs = db_rows(db, "select id, mode, exchange, symbol, status, session_id from runs order by id")
+    assert [(m, s, st, sid) for _, m, _, s, st, sid in runs] == [
+        ("paper", "AAA/USD", "completed", session), ("paper", "BBB/USD", "completed", session),
+        ("paper", "CCC/USDT", "completed", session)]
+    per_run = {}
+    for run_id, *_ in runs:
+        orders = db_rows(db, "select count(*) from orders where run_id = ?", run_id)[0][0]
+        fills = db_rows(db, "select side, price, size, fee from fills where run_id = ?", run_id)
+        working = db_rows(db, "select count(*) from orders where run_id = ? and state in ('new','open','partially_filled')", run_id)[0][0]
+        assert orders > 0 and fills, f"run {run_id}: {orders} orders, {len(fills)} fills"
+        assert working == 0  # every market's shutdown cancelled its orders
+        per_run[run_id] = (orders, fills)
+    # each market ran on its own parameters: the per-market overrides reached the runs' configs
+    cfgs = {s: json.loads(c) for s, c in db_rows(db, "select symbol, config_json from runs")}
+    assert cfgs["BBB/USD"]["sim"]["s0"] == 50.0 and cfgs["BBB/USD"]["strategy"]["pricing"]["gamma"] == 0.2
+    assert cfgs["AAA/USD"]["sim"]["s0"] == 100.0 and cfgs["AAA/USD"]["strategy"]["pricing"]["gamma"] == 0.1
+    assert cfgs["CCC/USDT"]["sim"]["seed"] == 13 and cfgs["CCC/USDT"]["markets"] is None
+
+    rep = cli("report", "--db", str(db), "--session", session, "--json")
+    assert rep.returncode == 0, rep.stderr
+    sr = json.loads(rep.stdout)
+    assert [m["symbol"] for m in sr["markets"]] == ["AAA/USD", "BBB/USD", "CCC/USDT"]
+    assert sr["currencies_differ"] is True and set(sr["totals"]) == {"USD", "USDT"}
+    for m in sr["markets"]:
+        orders, fills = per_run[m["run_id"]]
+        assert m["orders"] == orders and m["fills"] == len(fills)
+        vol = sum(Decimal(p) * Decimal(s) for _, p, s, _ in fills)
+        assert m["volume_quote"] == pytest.approx(float(vol), rel=1e-12)
+    for cur, members in (("USD", ("AAA/USD", "BBB/USD")), ("USDT", ("CCC/USDT",))):
+        ms = [m for m in sr["markets"] if m["symbol"] in members]
+        t = sr["totals"][cur]
+        assert t["markets"] == len(members)
+        for k in ("orders", "fills", "volume_quote", "total_pnl", "spread_capture", "inventory_pnl", "fees"):
+            assert t[k] == pytest.approx(sum(m[k] for m in ms), abs=1e-9), k
+    # each market's total is its run's own report (and its paper summary)
+    by_run = {m["run_id"]: m for m in out["markets"]}
+    for m in sr["markets"]:
+        assert m["total_pnl"] == pytest.approx(by_run[m["run_id"]]["pnl"], abs=1e-6)
+    # the table says which currency and that they are not added
+    table = cli("report", "--db", str(db), "--session", "latest")
+    assert table.returncode == 0 and "total USD" in table.stdout and "total USDT" in table.stdout
+    assert "quote currencies differ (USD, USDT)" in " ".join(table.stdout.split())
+
+
+def test_prometheus_scrape_of_a_running_three_market_process(tmp_path):
+    db = tmp_path / "m.db"
+    # until stopped (a rolling horizon), so that the scrape happens while every market runs
+    cfg = three_markets(db, duration=None, speed=20.0,
+                        metrics={"update_interval_s": 0.01})
+    cfg["strategy"] = {"pricing": {"horizon": "rolling"}}
+    p = Proc(["paper", "--config", str(write(tmp_path, cfg)), "--no-live", "--json", "--metrics-port", "0",
+              "--metrics-linger", "600"])
+    symbols = ("AAA/USD", "BBB/USD", "CCC/USDT")
+    try:
+        url = p.wait_line("mmbot: metrics on ").split()[-1]
+        deadline = time.monotonic() + CEILING_S
+        while True:  # a condition, not a timing: every market has events and fills
+            m = scrape(url)
+            fills = {dict(lb).get("symbol"): v for (n, lb), v in m.items() if n == "mmbot_fills_total"}
+            if all(fills.get(s, 0) > 0 for s in symbols):
+                break
+            assert p.p.poll() is None, p.seen
+            assert time.monotonic() < deadline, f"not every market filled within {CEILING_S} s: {fills}"
+            time.sleep(0.2)
+        for s in symbols:
+            assert value(m, "mmbot_run_ended", exchange="sim", symbol=s) == 0  # scraped while running
+            assert value(m, "mmbot_market_events_total", exchange="sim", symbol=s) > 0
+        run_ids = {dict(lb)["symbol"]: int(dict(lb)["run_id"]) for (n, lb) in m if n == "mmbot_run_info"}
+        assert sorted(run_ids) == list(symbols) and len(set(run_ids.values())) == 3
+        p.p.send_signal(signal.SIGTERM)  # stops every market
+        p.wait_line("mmbot: run ended; metrics held on ")
+        m = scrape(url)
+        for s in symbols:
+            n_db = db_rows(db, "select count(*) from fills where run_id = ?", run_ids[s])[0][0]
+            assert value(m, "mmbot_run_ended", exchange="sim", symbol=s) == 1
+            assert value(m, "mmbot_fills_total", exchange="sim", symbol=s) == n_db > 0
+    finally:
+        if p.p.poll() is None:
+            p.p.send_signal(signal.SIGTERM)
+    p.p.communicate(timeout=CEILING_S)
+    assert p.p.returncode == 143, p.seen
+    rows = db_rows(db, "select status, session_id, summary_json from runs")
+    assert len(rows) == 3 and len({r[1] for r in rows}) == 1
+    assert all(st == "interrupted" and json.loads(sj)["stop_reason"] == "SIGTERM" for st, _, sj in rows)
+
+
+# -- in-process runs -----------------------------------------------------------------------
+def _runs(tmp_path: Path, cfg: dict, on_tick=None):
+    cfg = config_from_dict(cfg, "(test)")
+    eng = make_engine(str(tmp_path / "r.db"))
+    runs = build_market_runs(market_specs(cfg), lambda: Store(eng), new_session_id(), on_tick=on_tick, pool=ForecasterPool())
+    return cfg, runs
+
+
+def _close(runs) -> None:
+    for r in runs:
+        r.store.close()
+
+
+def test_account_kill_switch_stops_every_market(tmp_path):
+    db = tmp_path / "r.db"
+    c = three_markets(db, duration=600.0, account={"max_total_loss": 0.5})
+    # inventory from the start (long on one market, short on another): the summed PnL is a random
+    # walk from 0 and soon crosses -0.5 quote (whatever the seeds, almost surely)
+    c["markets"][0]["paper"] = {"initial_base": 50.0, "initial_quote": -5000.0}
+    c["markets"][1]["paper"] = {"initial_base": -50.0, "initial_quote": 2500.0}
+    cfg, runs = _runs(tmp_path, c)
+    try:
+        risk = asyncio.run(run_markets(runs, cfg.account, handle_signals=False))
+    finally:
+        _close(runs)
+    assert risk.killed.startswith("account kill switch: total loss ")
+    for r in runs:
+        assert r.error is None
+        assert r.summary["stop_reason"] == risk.killed
+        assert r.summary["events"] < 12000  # stopped before its 600 s (12000 steps) were over
+    rows = db_rows(db, "select id, status, summary_json from runs")
+    assert len(rows) == 3 and all(json.loads(sj)["stop_reason"].startswith("account kill switch") for _, _, sj in rows)
+    assert db_rows(db, "select count(*) from orders where state in ('new','open','partially_filled')")[0][0] == 0
+    # the loss that fired it: one currency's markets summed below -0.5
+    cur = risk.killed.split()[6]
+    assert sum(r.summary["pnl"] for r in runs if r.spec.cfg.symbol.endswith("/" + cur)) < -0.5
+
+
+def _btc_markets(db: Path, cap: float | None) -> dict:
+    cfg = {
+        "duration_s": 600.0, "database": {"url": str(db)}, "forecaster": {"model": "none"},
+        "sim": {"speed": 0.0, "sigma": 0.3},
+        "strategy": {"controls": {"max_inventory_orders": 8}},
+        "markets": [{"symbol": "BTC/USDT", "sim": {"seed": 21}}, {"symbol": "BTC/USDC", "sim": {"seed": 22}}],
+    }
+    if cap is not None:
+        cfg["account"] = {"max_asset_inventory": {"BTC": cap}}
+    return cfg
+
+
+@pytest.mark.parametrize("cap", [None, 2.0])
+def test_per_asset_inventory_cap_over_two_markets_of_one_asset(tmp_path, cap):
+    seen = []
+
+    def track(engine):
+        seen.append(sum((e.inventory.base for e in engines), Decimal(0)))
+
+    cfg, runs = _runs(tmp_path, _btc_markets(tmp_path / "r.db", cap), on_tick=track)
+    engines = [r.engine for r in runs]
+    try:
+        asyncio.run(run_markets(runs, cfg.account, handle_signals=False))
+    finally:
+        _close(runs)
+    assert all(r.error is None for r in runs)
+    worst = max(abs(x) for x in seen)
+    if cap is None:
+        assert worst > 2  # without the cap the two markets together go beyond it ...
+    else:
+        assert worst <= 2  # ... with it, BTC summed over both never does
+        assert all(r.summary["fills"] > 0 for r in runs)
+
+
+class FailingSource:
+    """A real market source that raises (``mode="raise"``) or falls silent forever
+    (``mode="stall"``) after ``after`` events."""
+
+    def __init__(self, inner, after: int, mode: str) -> None:
+        self.inner, self.after, self.mode, self.n = inner, after, mode, 0
+        self.stalled = asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def next(self):
+        self.n += 1
+        if self.n > self.after:
+            if self.mode == "raise":
+                raise ConnectionError("feed broke")
+            self.stalled.set()
+            await asyncio.Event().wait()  # never: stopped by the test
+        return await self.inner.next()
+
+
+def test_a_failing_feed_pulls_only_its_market(tmp_path):
+    db = tmp_path / "r.db"
+    after_failure: dict[int, int] = {}
+
+    def track(engine):  # the other markets' working orders while market 0 is down
+        if runs[0].engine.stop_reason and engine is not runs[0].engine:
+            after_failure[id(engine)] = max(after_failure.get(id(engine), 0), len(engine.om.working))
+
+    cfg, runs = _runs(tmp_path, three_markets(db, duration=120.0), on_tick=track)
+    runs[0].engine.source = FailingSource(runs[0].engine.source, 300, "raise")
+    try:
+        asyncio.run(run_markets(runs, cfg.account, handle_signals=False))
+    finally:
+        _close(runs)
+    assert isinstance(runs[0].error, ConnectionError) and runs[0].summary["status"] == "failed"
+    assert [r.summary["status"] for r in runs[1:]] == ["completed", "completed"]
+    assert all(r.summary["events"] == 2400 for r in runs[1:])  # their whole 120 s
+    assert all(after_failure.get(id(r.engine), 0) > 0 for r in runs[1:])  # quoting on after the failure
+    st = dict(db_rows(db, "select symbol, status from runs"))
+    assert st == {"AAA/USD": "failed", "BBB/USD": "completed", "CCC/USDT": "completed"}
+    run0 = runs[0].summary["run_id"]
+    assert db_rows(db, "select count(*) from orders where run_id = ? and state in ('new','open','partially_filled')", run0)[0][0] == 0
+    assert db_rows(db, "select count(*) from orders where run_id = ?", run0)[0][0] > 0
+
+
+def test_a_silent_feed_has_its_quotes_pulled_while_the_others_quote(tmp_path):
+    db = tmp_path / "r.db"
+    cfg, runs = _runs(tmp_path, three_markets(db, duration=None, speed=50.0, account={"stale_after_s": 0.3},
+                                              strategy={"pricing": {"horizon": "rolling"}}))
+    stalled = FailingSource(runs[0].engine.source, 400, "stall")
+    runs[0].engine.source = stalled
+    seen: dict = {}
+
+    async def main():
+        task = asyncio.ensure_future(run_markets(runs, cfg.account, handle_signals=False))
+        e0 = runs[0].engine
+        deadline = time.monotonic() + CEILING_S
+        await stalled.stalled.wait()
+        seen["working_at_stall"] = len(e0.om.working)
+        while not e0.quotes_pulled:
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        seen["working_after_pull"] = len(e0.om.working)
+        seen["others_working"] = [len(r.engine.om.working) for r in runs[1:]]
+        events = [r.engine.state.events for r in runs[1:]]
+        while any(r.engine.state.events <= n for r, n in zip(runs[1:], events)):  # the others go on
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.05)
+        seen["events0"] = e0.state.events
+        for r in runs:
+            r.engine.stop("test over")
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        _close(runs)
+    assert seen["working_at_stall"] > 0 and seen["working_after_pull"] == 0
+    assert all(n > 0 for n in seen["others_working"])
+    assert runs[0].engine.quotes_pulled.startswith("no market data for ")
+    assert seen["events0"] == 400
+    assert all(r.error is None for r in runs)
+
+
+def test_markets_share_one_loaded_model_but_not_its_state(tmp_path):
+    cfg = config_from_dict({"forecaster": {"model": "default"},
+                            "markets": [{"symbol": "A/USD"}, {"symbol": "B/USD", "forecaster": {"guard": False}}]})
+    pool = ForecasterPool()
+    a, b = (pool.get(s.cfg) for s in market_specs(cfg))
+    assert pool.loads == 1
+    assert a is not b and a.feats is not b.feats and a.guard is not b.guard
+    assert a.predictor.W is b.predictor.W  # the weights, loaded once
+    assert a.guard_cfg.enabled and not b.guard_cfg.enabled
+
+
+# -- bad configs -----------------------------------------------------------------------------
+BAD = [
+    ({"markets": [{"symbol": "A/USD"}, {"symbol": "A/USD"}]},
+     "markets[1] (sim A/USD): the same market as markets[0]"),
+    ({"markets": [{"symbol": "A/USD"}, {"symbol": "B/USD", "strategy": {"pricing": {"gamma": -1}}}]},
+     "markets[1] (sim B/USD): strategy.pricing.gamma: Input should be greater than 0"),
+    ({"markets": [{"exchange": "sim"}]}, "markets[0].symbol: required"),
+    ({"markets": [{"symbol": "A/USD", "database": {"url": "x.db"}}]}, "markets[0].database: not a per-market field"),
+    ({"markets": [{"symbol": "A/USD", "sim": {"seeed": 3}}]}, "markets[0] (sim A/USD): sim.seeed: unknown field"),
+    ({"markets": []}, "markets: an empty list"),
+    ({"markets": ["A/USD"]}, "markets[0]: must be a mapping"),
+    ({"markets": [{"symbol": "A/USD", "sim": 3}]}, "markets[0] (sim A/USD): sim: must be a mapping"),
+    ({"account": {"max_asset_inventory": {"BTC": -1}}, "markets": [{"symbol": "A/USD"}]}, "account.max_asset_inventory.BTC"),
+]
+
+
+@pytest.mark.parametrize("cfg,expected", BAD, ids=[e for _, e in BAD])
+def test_bad_multi_market_configs_are_one_line(tmp_path, cfg, expected):
+    cfg = {"database": {"url": str(tmp_path / "x.db")}, **cfg}
+    path = write(tmp_path, cfg)
+    from bot.cli import run
+
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = run(["paper", "--config", str(path), "--no-live"])
+    lines = err.getvalue().strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"mmbot: error: invalid config {path}: ") and expected in lines[0], lines[0]
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_markets_refuse_single_market_options(tmp_path):
+    path = write(tmp_path, three_markets(tmp_path / "x.db"))
+    from bot.cli import run
+
+    import contextlib
+    import io
+
+    for opt in (["--symbol", "X/USD"], ["--replay", str(tmp_path)]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = run(["paper", "--config", str(path), "--no-live", *opt])
+        assert code == 2 and err.getvalue().startswith(f"mmbot: error: {opt[0]}: the config lists several markets")
