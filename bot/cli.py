@@ -314,14 +314,19 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
 
     specs = market_specs(cfg, where)
     if any(s.data is not None for s in specs):
-        from paper_trading.backtest import check_recording
+        from bot.errors import ConfigError
+        from paper_trading.backtest import check_recording, unified_symbol
 
         for s in specs:
             if s.data is not None:
                 try:
-                    check_recording(s.data)  # a bad recording fails before the database is touched
+                    rec = check_recording(s.data)  # a bad recording fails before the database is touched
                 except MmbotError as e:
                     raise type(e)(f"markets[{s.index}] ({s.name}): data: {e}") from None
+                rx, rs = rec.meta.get("exchange"), unified_symbol(str(rec.meta.get("symbol", "?")))[0]
+                if (rx and rx != s.cfg.exchange) or rs != s.cfg.symbol:  # the record and the metrics name the market
+                    raise ConfigError(f"invalid config {where}: markets[{s.index}] ({s.name}): data: {s.data} is a recording of "
+                                      f"{rx or '?'} {rs}; set the entry's exchange: {rx or '?'} and symbol: {rs}")
     pool = ForecasterPool()
     for s in specs:  # a bad model file fails before the database is touched too (each model loads once)
         pool.get(s.cfg)

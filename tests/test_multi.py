@@ -275,6 +275,17 @@ def test_a_failing_feed_pulls_only_its_market(tmp_path):
     assert all(after_failure.get(id(r.engine), 0) > 0 for r in runs[1:])  # quoting on after the failure
     st = dict(db_rows(db, "select symbol, status from runs"))
     assert st == {"AAA/USD": "failed", "BBB/USD": "completed", "CCC/USDT": "completed"}
+    # the status panel: a row per market, the failed one says why
+    from rich.console import Console
+
+    from bot.status import markets_table
+
+    con = Console(record=True, width=250)
+    con.print(markets_table([r.engine for r in runs]))
+    lines = [ln for ln in con.export_text().splitlines() if "sim " in ln]
+    assert [ln.split("│")[1].strip() for ln in lines] == ["sim AAA/USD", "sim BBB/USD", "sim CCC/USDT"]
+    assert "stopped: error: ConnectionError: feed broke" in lines[0]
+    assert lines[1].split("│")[7].strip() == str(runs[1].summary['fills'])
     run0 = runs[0].summary["run_id"]
     assert db_rows(db, "select count(*) from orders where run_id = ? and state in ('new','open','partially_filled')", run0)[0][0] == 0
     assert db_rows(db, "select count(*) from orders where run_id = ?", run0)[0][0] > 0
@@ -376,3 +387,44 @@ def test_markets_refuse_single_market_options(tmp_path):
         with contextlib.redirect_stderr(err):
             code = run(["paper", "--config", str(path), "--no-live", *opt])
         assert code == 2 and err.getvalue().startswith(f"mmbot: error: {opt[0]}: the config lists several markets")
+
+
+HYPERLIQUID = ROOT.parent / "shared" / "data" / "binance" / "hyperliquid" / "btcusd_20250126.gz"
+
+
+@pytest.fixture(scope="module")
+def hl_recording(tmp_path_factory) -> Path:
+    if not HYPERLIQUID.exists():
+        pytest.skip(f"real market data not found at {HYPERLIQUID}")
+    from bot.importers.hyperliquid import import_hyperliquid
+
+    rec = tmp_path_factory.mktemp("hl") / "rec"
+    import_hyperliquid([HYPERLIQUID], rec)
+    return rec
+
+
+def test_a_replayed_recording_and_two_simulated_markets_in_one_session(tmp_path, hl_recording):
+    """paper: a market replaying a real recording (Hyperliquid BTC, 26 s) next to two simulated ones."""
+    db = tmp_path / "m.db"
+    cfg = three_markets(db, duration=60.0, replay={"speed": 0.0})
+    # quotes at the touch (a spread finer than the $1 tick), so the short capture fills us
+    cfg["markets"][0] = {"exchange": "hyperliquid", "symbol": "BTC/USD", "data": str(hl_recording),
+                         "strategy": {"pricing": {"gamma": 0.0001, "k": 5.0, "sigma": 1.0}}}
+    r = cli("paper", "--config", str(write(tmp_path, cfg)), "--no-live", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = db_rows(db, "select id, symbol, status, session_id, config_json from runs order by id")
+    assert [(s, st, sid) for _, s, st, sid, _ in rows] == [
+        ("BTC/USD", "completed", out["session_id"]), ("BBB/USD", "completed", out["session_id"]),
+        ("CCC/USDT", "completed", out["session_id"])]
+    assert json.loads(rows[0][4])["data"]["exchange"] == "hyperliquid"
+    for run_id, *_ in rows:
+        assert db_rows(db, "select count(*) from fills where run_id = ?", run_id)[0][0] > 0
+    rep = json.loads(cli("report", "--db", str(db), "--session", out["session_id"], "--json").stdout)
+    assert [m["source"] for m in rep["markets"]] == ["hyperliquid recording", "the simulated market", "the simulated market"]
+
+    # the entry must name the recording's market (the record and the metrics label it so)
+    cfg["markets"][0]["symbol"] = "ETH/USD"
+    bad = cli("paper", "--config", str(write(tmp_path, cfg, "bad.yaml")), "--no-live")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "markets[0] (hyperliquid ETH/USD): data: " in bad.stderr and "is a recording of hyperliquid BTC/USD" in bad.stderr
