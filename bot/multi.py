@@ -8,6 +8,9 @@ gets its own forecaster state, see :class:`ForecasterPool`), the account's risk
 (:class:`bot.portfolio.AccountRisk`), the metrics endpoint and the JSON log (an observer per
 market), and SIGINT/SIGTERM (stop every market).
 
+Markets on one exchange share one ccxt client and one REST request budget
+(:mod:`bot.market_data.shared`).
+
 What they do not share: a market's feed. An exception in one market's source ends that
 market's run (``failed``; its shutdown cancels its orders) and the others go on; a feed
 silent for ``account.stale_after_s`` wall seconds has its market's quotes pulled until data
@@ -84,7 +87,14 @@ def build_market_runs(specs: list[MarketSpec], open_store, session_id: str, *, o
     each with its own Store from ``open_store()`` and the session id."""
     from bot.app import build_paper_engine
 
+    from bot.market_data.shared import SharedClients
+
     pool = pool or ForecasterPool()
+    rates: dict[str, float] = {}
+    for spec in specs:  # one REST budget per exchange: the smallest of its markets'
+        ex, r = spec.cfg.exchange.strip().lower(), spec.cfg.market_data.rate_limit_per_s
+        rates[ex] = min(rates.get(ex, r), r)
+    clients = SharedClients(rates)
     runs: list[MarketRun] = []
     try:
         for spec in specs:
@@ -98,7 +108,7 @@ def build_market_runs(specs: list[MarketSpec], open_store, session_id: str, *, o
                     engine, _ = build_replay_engine(spec.data, cfg, store, mode="paper", speed=cfg.replay.speed,
                                                     on_tick=on_tick, forecaster=fc)
                 else:
-                    engine = build_paper_engine(cfg, store, on_tick=on_tick, handle_signals=False, forecaster=fc)
+                    engine = build_paper_engine(cfg, store, on_tick=on_tick, handle_signals=False, forecaster=fc, clients=clients)
             except BaseException:
                 store.close()
                 raise

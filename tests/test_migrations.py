@@ -115,14 +115,21 @@ def test_a_pre_alembic_database_upgrades_without_loss_and_reports_the_same(tmp_p
     assert len(before_rows["runs"]) == runs and before_rows["fills"]
     work = tmp_path / "elsewhere"  # not the repository: the migrations come with the package
     work.mkdir()
-    before = {i: report_json(db, i, work) for i in range(1, runs + 1)}
-    assert all(b["fills"] > 0 for b in before.values())
+    if migrate.HEAD == migrate.BASELINE:
+        before = {i: report_json(db, i, work) for i in range(1, runs + 1)}
+    else:  # a later revision exists: the report refuses the old schema until `mmbot db upgrade`
+        r = mmbot("report", "--db", db, "--run", 1, "--json", cwd=work)
+        assert r.returncode == 2 and "is older than this mmbot's" in r.stderr, r.stderr
+        before = None
 
     r = mmbot("db", "upgrade", "--db", db, cwd=work)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"database {db}: schema upgraded from pre-alembic to revision {migrate.HEAD}"
     assert version(db) == [migrate.HEAD]
-    assert rows(db) == before_rows  # every row of every table, column by column
+    upgraded = rows(db)
+    n_cols = len(before_rows["runs"][0])  # later revisions add runs columns at the end, empty for old runs
+    assert [r[:n_cols] for r in upgraded["runs"]] == before_rows["runs"] and all(set(r[n_cols:]) <= {None} for r in upgraded["runs"])
+    assert {**upgraded, "runs": before_rows["runs"]} == before_rows  # every row of every table, column by column
     assert {"mmbot_meta", "run_processes"} <= tables(db)
     eng = make_engine(str(db))
     try:
@@ -130,6 +137,12 @@ def test_a_pre_alembic_database_upgrades_without_loss_and_reports_the_same(tmp_p
     finally:
         eng.dispose()
     after = {i: report_json(db, i, work) for i in range(1, runs + 1)}
+    assert all(a["fills"] > 0 for a in after.values())
+    if before is None:  # the figures the rows hold, counted here
+        fills = before_rows["fills"]
+        for i, a in after.items():
+            assert a["fills"] == sum(1 for f in fills if f[1] == i)
+        before = after
     assert after == before
 
     again = mmbot("db", "upgrade", "--db", db, cwd=work)
@@ -146,6 +159,13 @@ def test_a_pre_alembic_database_upgrades_without_loss_and_reports_the_same(tmp_p
 def test_a_start_adopts_a_pre_alembic_database_as_the_first_revision(tmp_path):
     db = load_fixture("record_d7289a2.sql.gz", tmp_path / "old.db")
     before_rows = rows(db)
+    if migrate.HEAD != migrate.BASELINE:
+        # later revisions exist: the start adopts it as the first revision, then refuses it as older
+        with pytest.raises(ConfigError, match=r"its schema \(revision 0001\) is older than this mmbot's"):
+            open_store(str(db))
+        assert version(db) == [migrate.BASELINE]
+        assert rows(db) == before_rows
+        return
     before = build_report(str(db), 2)
     st = open_store(str(db))  # what `mmbot paper` / `backtest` do first
     try:
@@ -183,14 +203,14 @@ def test_a_database_newer_than_the_code_is_refused_by_every_command(tmp_path):
 
 SECOND = '''"""A later revision (test): runs.note, additive.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0999
+Revises: HEAD
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0999"
+down_revision = "HEAD"
 branch_labels = None
 depends_on = None
 
@@ -216,12 +236,13 @@ def test_a_database_older_than_the_code_is_refused_until_db_upgrade(tmp_path, mo
 
     scripts = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_note.py").write_text(SECOND)
+    head = migrate.HEAD  # the shipped head, then the test's revision on top of it
+    (scripts / "versions" / "0999_note.py").write_text(SECOND.replace("HEAD", head))
     monkeypatch.setattr(migrate, "MIGRATIONS_DIR", scripts)
-    monkeypatch.setattr(migrate, "REVISIONS", ("0001", "0002"))
-    monkeypatch.setattr(migrate, "HEAD", "0002")
+    monkeypatch.setattr(migrate, "REVISIONS", (*migrate.REVISIONS, "0999"))
+    monkeypatch.setattr(migrate, "HEAD", "0999")
 
-    hint = (f"database {db}: its schema (revision 0001) is older than this mmbot's (0002); "
+    hint = (f"database {db}: its schema (revision {head}) is older than this mmbot's (0999); "
             f"run `mmbot db upgrade --db {db}` first")
     with pytest.raises(ConfigError) as e:
         open_store(str(db))
@@ -229,16 +250,16 @@ def test_a_database_older_than_the_code_is_refused_until_db_upgrade(tmp_path, mo
     with pytest.raises(ConfigError) as e:
         build_report(str(db))
     assert str(e.value) == hint
-    assert version(db) == ["0001"]
+    assert version(db) == [head]
 
     eng = make_engine(str(db))
     try:
-        assert migrate.upgrade(eng, str(db)) == ("0001", "0002")
+        assert migrate.upgrade(eng, str(db)) == (head, "0999")
         with eng.connect() as c:
             assert c.execute(text("SELECT note FROM runs")).all() == [(None,)]
     finally:
         eng.dispose()
-    assert version(db) == ["0002"]
+    assert version(db) == ["0999"]
     after = rows(db)
     assert [r[:-1] for r in after["runs"]] == before_rows["runs"]  # the new column is last
     assert {t: after[t] for t in RECORD_TABLES if t != "runs"} == {t: before_rows[t] for t in RECORD_TABLES if t != "runs"}
@@ -264,7 +285,11 @@ def test_first_starts_racing_on_a_new_database_all_succeed_with_one_schema(tmp_p
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     assert version(db) == [migrate.HEAD]
-    assert [r[-2] for r in rows(db)["runs"]] == ["completed"] * 4
+    con = sqlite3.connect(db)
+    try:
+        assert [r[0] for r in con.execute("SELECT status FROM runs")] == ["completed"] * 4
+    finally:
+        con.close()
 
 
 def test_db_upgrade_refuses_a_missing_file_and_a_missing_command(tmp_path):
