@@ -394,8 +394,9 @@ HYPERLIQUID = ROOT.parent / "shared" / "data" / "binance" / "hyperliquid" / "btc
 
 @pytest.fixture(scope="module")
 def hl_recording(tmp_path_factory) -> Path:
-    if not HYPERLIQUID.exists():
-        pytest.skip(f"real market data not found at {HYPERLIQUID}")
+    from real_data import require
+
+    require(HYPERLIQUID)
     from bot.importers.hyperliquid import import_hyperliquid
 
     rec = tmp_path_factory.mktemp("hl") / "rec"
@@ -428,3 +429,54 @@ def test_a_replayed_recording_and_two_simulated_markets_in_one_session(tmp_path,
     bad = cli("paper", "--config", str(write(tmp_path, cfg, "bad.yaml")), "--no-live")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "markets[0] (hyperliquid ETH/USD): data: " in bad.stderr and "is a recording of hyperliquid BTC/USD" in bad.stderr
+
+
+# -- live public data: one ccxt client per exchange ---------------------------------------
+def _binance_markets(db: Path, api_url: str) -> dict:
+    live = {"pricing": {"gamma": 0.001, "k": 0.5, "initial_sigma": 5.0}, "controls": {"order_size": 0.001, "max_inventory": 0.01}}
+    return {
+        "duration_s": 3600.0, "database": {"url": str(db)}, "forecaster": {"model": "none"},
+        "market_data": {"transport": "rest", "api_url": api_url, "poll_interval_s": 0.2, "rate_limit_per_s": 20},
+        "markets": [
+            {"exchange": "binance", "symbol": "BTC/USDT", "strategy": live},
+            {"exchange": "binance", "symbol": "ETH/USDT", "market_data": {"rate_limit_per_s": 8},  # min notional 5 USDT
+             "strategy": {**live, "controls": {"order_size": 0.002, "max_inventory": 0.02}}},
+            {"exchange": "sim", "symbol": "SIM/USD", "sim": {"speed": 10.0}},
+        ],
+    }
+
+
+def test_markets_of_one_exchange_get_one_client_and_one_request_budget(tmp_path):
+    cfg, runs = _runs(tmp_path, _binance_markets(tmp_path / "r.db", "http://127.0.0.1:9"))
+    try:
+        a, b, sim = (r.engine.source for r in runs)
+        assert a._throttler is b._throttler and a.rate_limit_per_s == b.rate_limit_per_s == 8  # the smallest
+        assert a._shared is b._shared
+        assert not hasattr(sim, "_throttler")
+    finally:
+        _close(runs)
+
+
+async def test_paper_on_live_public_books_of_two_markets_shares_one_client(fake_binance, tmp_path):
+    """Two Binance markets (REST polling against a local Binance on 127.0.0.1) and a simulated
+    one in one process: ccxt loads the markets once (one client), both Binance markets quote."""
+    from test_cli_live_data import start_mmbot, wait_then_interrupt
+    from waiting import db_count
+
+    fake_binance.set_book([(3000.00, 5.0), (2999.99, 5.0)], [(3000.01, 5.0), (3000.02, 5.0)], symbol="ETHUSDT")
+    db = tmp_path / "live.db"
+    path = write(tmp_path, _binance_markets(db, fake_binance.base_url))
+    p = await start_mmbot("paper", "--config", str(path), "--no-live", "--json")
+
+    def quoting() -> bool:
+        return all(db_count(db, f"select count(*) from orders o join runs r on r.id = o.run_id where r.symbol = '{s}'") >= 2
+                   for s in ("BTC/USDT", "ETH/USDT", "SIM/USD"))
+
+    code, out, err = await wait_then_interrupt(p, quoting, "orders on all three markets")
+    assert code == 130 and "Traceback" not in err, err
+    assert fake_binance.requests["/api/v3/exchangeInfo"] == 1  # one client for both Binance markets
+    assert fake_binance.unexpected == []
+    rows = db_rows(db, "select symbol, status, session_id from runs order by symbol")
+    assert [(s, st) for s, st, _ in rows] == [("BTC/USDT", "interrupted"), ("ETH/USDT", "interrupted"), ("SIM/USD", "interrupted")]
+    assert len({sid for *_, sid in rows}) == 1 and rows[0][2] == json.loads(out.strip().splitlines()[-1])["session_id"]
+    assert db_rows(db, "select count(*) from orders where state in ('new','open','partially_filled')")[0][0] == 0
