@@ -478,6 +478,9 @@ def backtest(
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
     cfg = _with_options(load_config(config), {"--db": ("database.url", db), **_observability_options(metrics_port, metrics_linger, log_json)})
+    if cfg.markets:  # not silently the top-level market only
+        raise MmbotError(f"{config}: markets: mmbot backtest replays one recording (--data); several markets in one "
+                         "process: mmbot paper with a recording per market (markets[i].data, replay.speed 0)")
     if variants and (cfg.metrics.port is not None or cfg.logging.json_file):
         raise MmbotError("--compare runs several backtests: metrics (--metrics-port, metrics.port) and JSON logs "
                          "(--log-json, logging.json_file) are for single runs")

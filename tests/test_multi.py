@@ -480,3 +480,13 @@ async def test_paper_on_live_public_books_of_two_markets_shares_one_client(fake_
     assert [(s, st) for s, st, _ in rows] == [("BTC/USDT", "interrupted"), ("ETH/USDT", "interrupted"), ("SIM/USD", "interrupted")]
     assert len({sid for *_, sid in rows}) == 1 and rows[0][2] == json.loads(out.strip().splitlines()[-1])["session_id"]
     assert db_rows(db, "select count(*) from orders where state in ('new','open','partially_filled')")[0][0] == 0
+
+
+@pytest.mark.parametrize("command", [["live", "--yes"], ["backtest", "--data", "nowhere"]])
+def test_commands_of_one_market_refuse_a_markets_config(tmp_path, command):
+    """Not silently the top-level market only: one line, exit 2, nothing written."""
+    path = write(tmp_path, three_markets(tmp_path / "x.db"))
+    r = cli(*command, "--config", str(path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"mmbot: error: {path}: markets: mmbot {command[0]} ")
+    assert not (tmp_path / "x.db").exists()

@@ -33,6 +33,9 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     if config is None and DEFAULT_LIVE_CONFIG.exists():
         config = DEFAULT_LIVE_CONFIG
     cfg = load_config(config)
+    if cfg.markets:  # not silently the top-level market only
+        raise ConfigError(f"{config}: markets: mmbot live trades one market per process for now (its balance checks assume the "
+                          "account's base and quote move only with this market); run one mmbot live per market")
     cfg = with_overrides(cfg, **{"exchange": exchange, "symbol": symbol, "duration_s": duration, "database.url": db,
                                  "ui.live": live_panel, "live.sandbox": True if sandbox else None,
                                  "live.key_file": str(key_file) if key_file else None})
