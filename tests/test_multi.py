@@ -72,7 +72,8 @@ def db_rows(db: Path, sql: str, *args) -> list:
 # -- one process, three markets, one session ---------------------------------------------
 def test_one_paper_process_quotes_three_markets_into_one_session(tmp_path):
     db = tmp_path / "m.db"
-    r = cli("paper", "--config", str(write(tmp_path, three_markets(db))), "--no-live", "--json")
+    log = tmp_path / "events.jsonl"
+    r = cli("paper", "--config", str(write(tmp_path, three_markets(db))), "--no-live", "--json", "--log-json", str(log))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     session = out["session_id"]
@@ -88,6 +89,12 @@ def test_one_paper_process_quotes_three_markets_into_one_session(tmp_path):
         assert orders > 0 and fills, f"run {run_id}: {orders} orders, {len(fills)} fills"
         assert working == 0  # every market's shutdown cancelled its orders
         per_run[run_id] = (orders, fills)
+    # the JSON log: each fill line carries its own run and market
+    lines = [json.loads(ln) for ln in log.read_text().splitlines()]
+    fill_lines = [(ln["run_id"], ln["symbol"]) for ln in lines if ln["event"] == "fill"]
+    for run_id, _, _, symbol, *_ in runs:
+        assert fill_lines.count((run_id, symbol)) == len(per_run[run_id][1])
+    assert len(fill_lines) == sum(len(f) for _, f in per_run.values())
     # each market ran on its own parameters: the per-market overrides reached the runs' configs
     cfgs = {s: json.loads(c) for s, c in db_rows(db, "select symbol, config_json from runs")}
     assert cfgs["BBB/USD"]["sim"]["s0"] == 50.0 and cfgs["BBB/USD"]["strategy"]["pricing"]["gamma"] == 0.2
