@@ -497,3 +497,31 @@ def test_commands_of_one_market_refuse_a_markets_config(tmp_path, command):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith(f"mmbot: error: {path}: markets: mmbot {command[0]} ")
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("cap", [None, 300.0])
+def test_total_notional_cap_per_quote_currency(tmp_path, cap):
+    """Open orders plus positions of the USD markets, summed after every event, stay within
+    the cap (up to the mid's moves of held positions); the USDT market is not counted."""
+    from bot.portfolio import open_notional, position_notional
+
+    worst = [Decimal(0)]
+
+    def track(engine):
+        usd = [e for e in engines if e.market is not None and e.market.quote == "USD"]
+        worst[0] = max(worst[0], sum((open_notional(e) + position_notional(e) for e in usd), Decimal(0)))
+
+    c = three_markets(tmp_path / "r.db", duration=300.0, sim={"speed": 0.0, "sigma": 0.3})
+    if cap is not None:
+        c["account"] = {"max_total_notional": cap}
+    cfg, runs = _runs(tmp_path, c, on_tick=track)
+    engines = [r.engine for r in runs]
+    try:
+        asyncio.run(run_markets(runs, cfg.account, handle_signals=False))
+    finally:
+        _close(runs)
+    assert all(r.error is None and r.summary["fills"] > 0 for r in runs)
+    if cap is None:
+        assert worst[0] > Decimal("450")  # both USD markets quote and hold far beyond 300
+    else:
+        assert worst[0] <= Decimal("315")  # 300 plus the drift of a held position's mark
