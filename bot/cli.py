@@ -313,6 +313,18 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
     from bot.status import MultiPanel
 
     specs = market_specs(cfg, where)
+    live_data = [s for s in specs if s.data is None and s.cfg.exchange != "sim"]
+    if live_data:  # a typo fails before any market starts
+        import ccxt
+
+        from bot.errors import ConfigError
+        from bot.exchanges.ccxt_client import _close_matches
+
+        for s in live_data:
+            if s.cfg.exchange.strip().lower() not in ccxt.exchanges:
+                close = ", ".join(_close_matches(s.cfg.exchange, list(ccxt.exchanges))) or "none close; see ccxt.exchanges"
+                raise ConfigError(f"invalid config {where}: markets[{s.index}] ({s.name}): exchange: unknown exchange "
+                                  f"{s.cfg.exchange!r} (ccxt knows: {close})")
     if any(s.data is not None for s in specs):
         from bot.errors import ConfigError
         from paper_trading.backtest import check_recording, unified_symbol
@@ -331,13 +343,12 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
     for s in specs:  # a bad model file fails before the database is touched too (each model loads once)
         pool.get(s.cfg)
     session = new_session_id()
-    first = _open_store(cfg.database.url)
-    stores = [first]
+    first = _open_store(cfg.database.url)  # checks the path / URL; the other markets' stores share its engine
+    stores, unused = [first], [first]
 
     def open_store():
-        if len(stores) == 1 and not getattr(open_store, "used", False):
-            open_store.used = True
-            return first
+        if unused:
+            return unused.pop()
         st = Store(first.engine, redact(cfg.database.url))
         stores.append(st)
         return st

@@ -84,7 +84,8 @@ class MarketRun:
 def build_market_runs(specs: list[MarketSpec], open_store, session_id: str, *, on_tick=None,
                       pool: ForecasterPool | None = None) -> list[MarketRun]:
     """An engine per market (paper on its configured source, or a replay of its ``data``),
-    each with its own Store from ``open_store()`` and the session id."""
+    each with its own Store from ``open_store()`` and the session id. The caller closes the
+    stores ``open_store`` gave (also when this raises)."""
     from bot.app import build_paper_engine
 
     from bot.market_data.shared import SharedClients
@@ -96,29 +97,20 @@ def build_market_runs(specs: list[MarketSpec], open_store, session_id: str, *, o
         rates[ex] = min(rates.get(ex, r), r)
     clients = SharedClients(rates)
     runs: list[MarketRun] = []
-    try:
-        for spec in specs:
-            cfg = spec.cfg
-            store = open_store()
-            try:
-                fc = pool.get(cfg)
-                if spec.data is not None:
-                    from paper_trading.backtest import build_replay_engine
+    for spec in specs:
+        cfg = spec.cfg
+        store = open_store()
+        fc = pool.get(cfg)
+        if spec.data is not None:
+            from paper_trading.backtest import build_replay_engine
 
-                    engine, _ = build_replay_engine(spec.data, cfg, store, mode="paper", speed=cfg.replay.speed,
-                                                    on_tick=on_tick, forecaster=fc)
-                else:
-                    engine = build_paper_engine(cfg, store, on_tick=on_tick, handle_signals=False, forecaster=fc, clients=clients)
-            except BaseException:
-                store.close()
-                raise
-            engine.handle_signals = False  # one handler for the process: it stops every market
-            engine.session_id = session_id
-            runs.append(MarketRun(spec, engine, store))
-    except BaseException:
-        for r in runs:
-            r.store.close()
-        raise
+            engine, _ = build_replay_engine(spec.data, cfg, store, mode="paper", speed=cfg.replay.speed,
+                                            on_tick=on_tick, forecaster=fc)
+        else:
+            engine = build_paper_engine(cfg, store, on_tick=on_tick, handle_signals=False, forecaster=fc, clients=clients)
+        engine.handle_signals = False  # one handler for the process: it stops every market
+        engine.session_id = session_id
+        runs.append(MarketRun(spec, engine, store))
     return runs
 
 

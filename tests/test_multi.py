@@ -361,6 +361,8 @@ BAD = [
     ({"markets": ["A/USD"]}, "markets[0]: must be a mapping"),
     ({"markets": [{"symbol": "A/USD", "sim": 3}]}, "markets[0] (sim A/USD): sim: must be a mapping"),
     ({"account": {"max_asset_inventory": {"BTC": -1}}, "markets": [{"symbol": "A/USD"}]}, "account.max_asset_inventory.BTC"),
+    ({"markets": [{"symbol": "A/USD"}, {"exchange": "binanse", "symbol": "BTC/USDT"}]},
+     "markets[1] (binanse BTC/USDT): exchange: unknown exchange 'binanse' (ccxt knows: binance"),
 ]
 
 
