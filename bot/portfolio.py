@@ -13,8 +13,9 @@ looks at all of them together:
   (each run's ``stop_reason`` says why; the engines cancel their orders at shutdown).
 * **per-asset inventory** (``max_asset_inventory``, units of the asset): the inventories of
   the markets whose *base* asset is the same (BTC/USDT and BTC/USDC both hold BTC) are
-  summed; a side that would take the sum beyond +-cap (with the side's whole quoted size
-  filled) is not quoted. The quote currency's balance is not capped here.
+  summed; a side that would take the sum beyond +-cap if it filled whole -- together with
+  every other such market's working orders on that side -- is not quoted, so no sequence of
+  fills can pass the cap. The quote currency's balance is not capped here.
 
 Amounts in different quote currencies are never added: each currency's markets are summed
 and limited on their own. PnL values are the engines' floats (quote currency); order and
@@ -29,6 +30,7 @@ from decimal import Decimal
 
 from bot.config import AccountRiskConfig
 from bot.engine import Engine
+from bot.orders import Side
 from strategies.base import Quotes
 
 log = logging.getLogger("mmbot.portfolio")
@@ -87,6 +89,12 @@ class AccountRisk:
         return sum((open_notional(e) + position_notional(e) for e in self._started()
                     if e.market.quote == quote and e is not exclude), Decimal(0))
 
+    def asset_working(self, asset: str, side: Side, exclude: Engine | None = None) -> Decimal:
+        """Remaining size of the working ``side`` orders of the markets whose base asset is
+        ``asset`` (except ``exclude``), asset units."""
+        return sum((o.remaining for e in self._started() if e is not exclude and e.om is not None
+                    and e.market.base.upper() == asset.upper() for o in e.om.working.values() if o.side is side), Decimal(0))
+
     def asset_inventory(self, asset: str) -> Decimal:
         """Summed inventory of the markets whose base asset is ``asset``, asset units."""
         return sum((e.inventory.base for e in self._started() if e.market.base.upper() == asset.upper()), Decimal(0))
@@ -119,12 +127,12 @@ class AccountRisk:
         acap = self.asset_caps.get(m.base.upper())
         if acap is not None:
             held = self.asset_inventory(m.base)
-            if bids and held + sum((lv.size for lv in bids), Decimal(0)) > acap:
+            if bids and held + self.asset_working(m.base, Side.BUY, engine) + sum((lv.size for lv in bids), Decimal(0)) > acap:
                 bids = []
-                notes.append(f"{m.base} inventory {held} at cap {acap}")
-            if asks and held - sum((lv.size for lv in asks), Decimal(0)) < -acap:
+                notes.append(f"{m.base} inventory {held} (with working bids) at cap {acap}")
+            if asks and held - self.asset_working(m.base, Side.SELL, engine) - sum((lv.size for lv in asks), Decimal(0)) < -acap:
                 asks = []
-                notes.append(f"{m.base} inventory {held} at cap -{acap}")
+                notes.append(f"{m.base} inventory {held} (with working asks) at cap -{acap}")
         if bids is quotes.bids and asks is quotes.asks:
             return quotes
         note = "; ".join(notes)
