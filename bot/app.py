@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from functools import partial
 
 from bot.config import Config, build_forecaster
 from bot.engine import Engine
@@ -45,7 +46,7 @@ def build_source(cfg: Config, clients=None) -> MarketSource:
     if clients is not None:
         from bot.market_data.shared import SharedPollingSource, SharedWsSource
 
-        ws_cls, poll_cls = (lambda *a, **k: SharedWsSource(clients, *a, **k)), (lambda *a, **k: SharedPollingSource(clients, *a, **k))
+        ws_cls, poll_cls = partial(SharedWsSource, clients), partial(SharedPollingSource, clients)
     else:
         ws_cls, poll_cls = CcxtWsSource, CcxtPollingSource
     if md.transport == "ws" or (md.transport == "auto" and has_websocket_book(cfg.exchange)):
