@@ -209,9 +209,9 @@ def test_account_kill_switch_stops_every_market(tmp_path):
 
 def _btc_markets(db: Path, cap: float | None) -> dict:
     cfg = {
-        "duration_s": 600.0, "database": {"url": str(db)}, "forecaster": {"model": "none"},
-        "sim": {"speed": 0.0, "sigma": 0.3},
-        "strategy": {"controls": {"max_inventory_orders": 8}},
+        "duration_s": 150.0, "database": {"url": str(db)}, "forecaster": {"model": "none"},
+        "sim": {"speed": 0.0, "sigma": 0.3},  # a weak inventory skew: inventories wander up to +-8
+        "strategy": {"pricing": {"gamma": 0.005}, "controls": {"max_inventory_orders": 8}},
         "markets": [{"symbol": "BTC/USDT", "sim": {"seed": 21}}, {"symbol": "BTC/USDC", "sim": {"seed": 22}}],
     }
     if cap is not None:
@@ -515,7 +515,7 @@ def test_total_notional_cap_per_quote_currency(tmp_path, cap):
         usd = [e for e in engines if e.market is not None and e.market.quote == "USD"]
         worst[0] = max(worst[0], sum((open_notional(e) + position_notional(e) for e in usd), Decimal(0)))
 
-    c = three_markets(tmp_path / "r.db", duration=300.0, sim={"speed": 0.0, "sigma": 0.3})
+    c = three_markets(tmp_path / "r.db", duration=150.0, sim={"speed": 0.0, "sigma": 0.3})
     if cap is not None:
         c["account"] = {"max_total_notional": cap}
     cfg, runs = _runs(tmp_path, c, on_tick=track)
