@@ -671,6 +671,7 @@ def report(
 
 def _session_report(db: str, session: str, json_out: bool) -> None:
     """`mmbot report --session`: a row per market and a total per quote currency."""
+    from rich import box
     from rich.table import Table
 
     from bot.persistence.report import SUMMED, build_session_report, run_title
@@ -679,26 +680,28 @@ def _session_report(db: str, session: str, json_out: bool) -> None:
     if json_out:
         print(json.dumps(sr.as_dict(), default=str))
         return
-    cols = ("run", "market", "status", *SUMMED, "final_inventory")
-    t = Table(title=f"Session {sr.session_id}: {len(sr.runs)} markets (money in each market's quote currency)")
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("run", "market", "status") else "right", overflow="fold")
+    heads = {"orders": "orders", "fills": "fills", "volume_quote": "volume", "total_pnl": "PnL", "spread_capture": "spread",
+             "inventory_pnl": "inv. PnL", "fees": "fees"}
+    t = Table(title=f"Session {sr.session_id}: {len(sr.runs)} markets (money in each market's quote currency; "
+                    f"inventory in base units)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for c in ("run", "market", "status", *heads.values(), "inventory"):
+        text = c in ("run", "market", "status")
+        t.add_column(c, justify="left" if text else "right", overflow="fold")  # never cut a number
 
     def fmt(v) -> str:
         return f"{v:.6g}" if isinstance(v, float) else str(v)
 
     for r in sr.runs:
-        t.add_row(str(r.run_id), f"{r.source}, {r.symbol}", r.status, *(fmt(getattr(r, k)) for k in SUMMED), fmt(r.final_inventory))
+        t.add_row(str(r.run_id), r.symbol, r.status, *(fmt(getattr(r, k)) for k in SUMMED), fmt(r.final_inventory))
     for cur, tot in sr.totals.items():
-        t.add_row("", f"total {cur} ({tot['markets']} markets)", "", *(fmt(tot[k]) for k in SUMMED), "", style="bold")
+        t.add_row("", f"total {cur}", f"{tot['markets']} markets", *(fmt(tot[k]) for k in SUMMED), "", style="bold")
     console = _console()
     console.print(t)
     if len(sr.totals) > 1:
         console.print(f"quote currencies differ ({', '.join(sr.totals)}): totals are per currency; amounts in different "
                       "currencies are not added", soft_wrap=True)
     for r in sr.runs:
-        if r.stop_reason and r.stop_reason != "end of market data":
-            console.print(f"{run_title(r.run_id, r.mode, r.source, r.symbol)}: {r.stop_reason}", soft_wrap=True)
+        console.print(f"{run_title(r.run_id, r.mode, r.source, r.symbol)}: {r.stop_reason or r.status}", soft_wrap=True)
 
 
 def _shown_metrics(m: dict) -> dict:
