@@ -386,9 +386,12 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
     else:
         from rich.table import Table
 
-        t = Table(title=f"Paper session {session}: {len(runs)} markets")
+        from rich import box
+
+        t = Table(title=f"Paper session {session}: {len(runs)} markets (PnL in each market's quote currency)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for k in rows[0]:
-            t.add_column(k, overflow="fold")
+            t.add_column(k.replace("_", " "), overflow="fold")  # never cut a number
         for row in rows:
             t.add_row(*("-" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()))
         console.print(t)
