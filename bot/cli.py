@@ -395,14 +395,15 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
         for row in rows:
             t.add_row(*("-" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()))
         console.print(t)
-        if risk.killed:
-            console.print(risk.killed, soft_wrap=True)
         console.print(f"Report: mmbot report --db {db.removeprefix('sqlite:///')} --session {session}", soft_wrap=True)
     failed = [r for r in runs if r.error is not None]
     for r in failed:
         print(f"mmbot: error: {failure_line(r)}", file=sys.stderr)
     if failed:
         raise typer.Exit(2 if all(isinstance(r.error, MmbotError) for r in failed) else 1)
+    if risk.killed:
+        print(f"mmbot: {risk.killed}", file=sys.stderr)
+        raise typer.Exit(3)  # as mmbot live after its kill switch
     code = max((_exit_code(r.summary) for r in runs), default=0)
     if code:
         raise typer.Exit(code)

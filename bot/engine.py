@@ -137,11 +137,15 @@ class Engine:
         self.quote_filter: Callable[["Engine", Quotes], Quotes] | None = None
         self.last_event_wall = time.monotonic()
         self.quotes_pulled = ""  # why this market's quotes are pulled ("" = they are not)
+        self.stop_status = ""  # the status stop() asked for ("" = as the run ends)
 
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self, reason: str = "stopped", status: str | None = None) -> None:
         """Ask the loop to finish after the current event; a wait for market data (which may
-        be long on a polled feed) is interrupted at once."""
+        be long on a polled feed) is interrupted at once. ``status``: the run's status when
+        it ends this way (e.g. ``killed`` by the account's kill switch; default: completed)."""
         self.stop_reason = self.stop_reason or reason
+        if status is not None and not self.stop_status:
+            self.stop_status = status
         self._stop.set()
         if self._waiting and self._task is not None:
             self._task.cancel()
@@ -208,6 +212,8 @@ class Engine:
                     self._next_yield = time.monotonic() + YIELD_EVERY_S
             if self.stop_reason in ("SIGINT", "SIGTERM"):
                 status = "interrupted"
+            elif self.stop_status:
+                status = self.stop_status
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
             self.stop_reason = self.stop_reason or "interrupted"

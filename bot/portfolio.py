@@ -10,7 +10,8 @@ looks at all of them together:
   when it is flat).
 * **total loss kill switch** (``max_total_loss``, quote currency): when the summed PnL of
   the markets quoted in one currency falls below minus the limit, every market is stopped
-  (each run's ``stop_reason`` says why; the engines cancel their orders at shutdown).
+  (each run ends ``killed``, its ``stop_reason`` says why; the engines cancel their orders
+  at shutdown; ``mmbot paper`` exits 3, as ``mmbot live`` after its kill switch).
 * **per-asset inventory** (``max_asset_inventory``, units of the asset): the inventories of
   the markets whose *base* asset is the same (BTC/USDT and BTC/USDC both hold BTC) are
   summed; a side that would take the sum beyond +-cap if it filled whole -- together with
@@ -149,6 +150,6 @@ class AccountRisk:
                 self.killed = f"account kill switch: total loss {-pnl:.4f} {cur} over {len(self._started())} markets exceeds max_total_loss {limit:g} {cur}"
                 log.error("%s; stopping every market", self.killed)
                 for e in self.engines:
-                    e.stop(self.killed)
+                    e.stop(self.killed, status="killed")
                 break
         return self.killed

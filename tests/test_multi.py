@@ -201,6 +201,7 @@ def test_account_kill_switch_stops_every_market(tmp_path):
         assert r.summary["events"] < 12000  # stopped before its 600 s (12000 steps) were over
     rows = db_rows(db, "select id, status, summary_json from runs")
     assert len(rows) == 3 and all(json.loads(sj)["stop_reason"].startswith("account kill switch") for _, _, sj in rows)
+    assert all(st == "killed" for _, st, _ in rows)
     assert db_rows(db, "select count(*) from orders where state in ('new','open','partially_filled')")[0][0] == 0
     # the loss that fired it: one currency's markets summed below -0.5
     cur = risk.killed.split()[6]
@@ -529,3 +530,14 @@ def test_total_notional_cap_per_quote_currency(tmp_path, cap):
         assert worst[0] > Decimal("450")  # both USD markets quote and hold far beyond 300
     else:
         assert worst[0] <= Decimal("315")  # 300 plus the drift of a held position's mark
+
+
+def test_kill_switch_of_a_paper_process_exits_3_with_one_line(tmp_path):
+    db = tmp_path / "k.db"
+    c = three_markets(db, duration=600.0, account={"max_total_loss": 0.5})
+    c["markets"][0]["paper"] = {"initial_base": 50.0, "initial_quote": -5000.0}
+    c["markets"][1]["paper"] = {"initial_base": -50.0, "initial_quote": 2500.0}
+    r = cli("paper", "--config", str(write(tmp_path, c)), "--no-live", "--json")
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("mmbot: account kill switch: total loss ")
+    assert [st for (st,) in db_rows(db, "select status from runs")] == ["killed"] * 3
