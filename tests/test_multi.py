@@ -9,6 +9,7 @@ generous ceilings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -541,3 +542,51 @@ def test_kill_switch_of_a_paper_process_exits_3_with_one_line(tmp_path):
     assert r.returncode == 3, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("mmbot: account kill switch: total loss ")
     assert [st for (st,) in db_rows(db, "select status from runs")] == ["killed"] * 3
+
+
+async def test_paper_on_websocket_books_of_two_markets_shares_one_pro_client(tmp_path):
+    """transport ws: both Binance markets on one ccxt.pro client (markets loaded once), each
+    market's book synced from its own depth stream, both quoting."""
+    from fake_binance_ws import FakeBinanceWs
+    from test_cli_live_data import start_mmbot, wait_then_interrupt
+    from waiting import db_count
+
+    server = FakeBinanceWs()
+    await server.start()
+    feeder = None
+    try:
+        server.set_book([(29999.0 - i, 1.0) for i in range(20)], [(30001.0 + i, 1.0) for i in range(20)])
+        server.set_book([(2999.0 - i, 5.0) for i in range(20)], [(3001.0 + i, 5.0) for i in range(20)], symbol="ETHUSDT")
+        db = tmp_path / "ws.db"
+        c = _binance_markets(db, server.base_url)
+        c["market_data"]["transport"] = "ws"
+        c["markets"] = c["markets"][:2]
+        p = await start_mmbot("paper", "--config", str(write(tmp_path, c)), "--no-live", "--json")
+
+        async def market():  # sizes change at the best levels of both books; prices stay uncrossed
+            i = 0
+            while p.returncode is None:
+                await server.push_depth([(29999.0, 1.0 + i % 3)], [(30001.0, 2.0 + i % 2)])
+                await server.push_depth([(2999.0, 5.0 + i % 3)], [(3001.0, 6.0 + i % 2)], symbol="ETHUSDT")
+                i += 1
+                await asyncio.sleep(0.05)  # pacing of the fake market, not a wait for a result
+
+        feeder = asyncio.ensure_future(market())
+
+        def quoting() -> bool:
+            return all(db_count(db, f"select count(*) from orders o join runs r on r.id = o.run_id where r.symbol = '{s}'") >= 2
+                       for s in ("BTC/USDT", "ETH/USDT"))
+
+        code, _, err = await wait_then_interrupt(p, quoting, "orders on both websocket markets")
+        assert code == 130 and "Traceback" not in err, err
+        assert server.requests["/api/v3/exchangeInfo"] == 1  # one ccxt.pro client
+        assert server.subscribe_count("depth", "BTCUSDT") >= 1 and server.subscribe_count("depth", "ETHUSDT") >= 1
+        rows = db_rows(db, "select symbol, status, session_id from runs order by symbol")
+        assert [(s, st) for s, st, _ in rows] == [("BTC/USDT", "interrupted"), ("ETH/USDT", "interrupted")]
+        assert len({sid for *_, sid in rows}) == 1
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+            with contextlib.suppress(BaseException):
+                await feeder
+        await server.stop()
