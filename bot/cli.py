@@ -303,8 +303,9 @@ def paper(
         raise typer.Exit(code)
 
 
-def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: bool) -> None:
-    """`mmbot paper` on a config with ``markets:``: every market in one process (bot/multi.py)."""
+def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: bool, credentials=None) -> None:
+    """`mmbot paper` (or, with ``credentials``, `mmbot live`) on a config with ``markets:``:
+    every market in one process (bot/multi.py)."""
     from bot.config import market_specs
     from bot.multi import ForecasterPool, build_market_runs, failure_line, new_session_id, run_markets
     from bot.observability.runtime import Observability
@@ -358,7 +359,7 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
     try:
         obs = Observability(cfg)
         panel = MultiPanel(console, cfg.ui.refresh_per_s) if use_live else None
-        runs = build_market_runs(specs, open_store, session, on_tick=panel, pool=pool)
+        runs = build_market_runs(specs, open_store, session, on_tick=panel, pool=pool, credentials=credentials)
         for i, r in enumerate(runs):
             r.engine.observer = obs.observer if i == 0 else obs.new_observer()
         if panel is not None:
@@ -388,7 +389,8 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
 
         from rich import box
 
-        t = Table(title=f"Paper session {session}: {len(runs)} markets (PnL in each market's quote currency)",
+        mode = "Live" if credentials is not None else "Paper"
+        t = Table(title=f"{mode} session {session}: {len(runs)} markets (PnL in each market's quote currency)",
                   box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for k in rows[0]:
             t.add_column(k.replace("_", " "), overflow="fold")  # never cut a number
@@ -401,8 +403,10 @@ def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: 
         print(f"mmbot: error: {failure_line(r)}", file=sys.stderr)
     if failed:
         raise typer.Exit(2 if all(isinstance(r.error, MmbotError) for r in failed) else 1)
-    if risk.killed:
-        print(f"mmbot: {risk.killed}", file=sys.stderr)
+    killed = [r for r in runs if r.summary.get("status") == "killed"]  # the account's or a live market's own
+    if risk.killed or killed:
+        for reason in dict.fromkeys([risk.killed] if risk.killed else [str(r.summary.get("stop_reason")) for r in killed]):
+            print(f"mmbot: {reason}", file=sys.stderr)
         raise typer.Exit(3)  # as mmbot live after its kill switch
     code = max((_exit_code(r.summary) for r in runs), default=0)
     if code:

@@ -82,10 +82,10 @@ class MarketRun:
 
 
 def build_market_runs(specs: list[MarketSpec], open_store, session_id: str, *, on_tick=None,
-                      pool: ForecasterPool | None = None) -> list[MarketRun]:
-    """An engine per market (paper on its configured source, or a replay of its ``data``),
-    each with its own Store from ``open_store()`` and the session id. The caller closes the
-    stores ``open_store`` gave (also when this raises)."""
+                      pool: ForecasterPool | None = None, credentials=None) -> list[MarketRun]:
+    """An engine per market (paper on its configured source, or a replay of its ``data``;
+    live when ``credentials`` are given), each with its own Store from ``open_store()`` and
+    the session id. The caller closes the stores ``open_store`` gave (also when this raises)."""
     from bot.app import build_paper_engine
 
     from bot.market_data.shared import SharedClients
@@ -101,7 +101,12 @@ def build_market_runs(specs: list[MarketSpec], open_store, session_id: str, *, o
         cfg = spec.cfg
         store = open_store()
         fc = pool.get(cfg)
-        if spec.data is not None:
+        if credentials is not None:
+            from bot.live.app import build_live_engine
+
+            engine = build_live_engine(cfg, store, credentials, on_tick=on_tick, handle_signals=False, forecaster=fc,
+                                       clients=clients)
+        elif spec.data is not None:
             from paper_trading.backtest import build_replay_engine
 
             engine, _ = build_replay_engine(spec.data, cfg, store, mode="paper", speed=cfg.replay.speed,

@@ -495,7 +495,7 @@ async def test_paper_on_live_public_books_of_two_markets_shares_one_client(fake_
     assert db_rows(db, "select count(*) from orders where state in ('new','open','partially_filled')")[0][0] == 0
 
 
-@pytest.mark.parametrize("command", [["live", "--yes"], ["backtest", "--data", "nowhere"]])
+@pytest.mark.parametrize("command", [["backtest", "--data", "nowhere"]])
 def test_commands_of_one_market_refuse_a_markets_config(tmp_path, command):
     """Not silently the top-level market only: one line, exit 2, nothing written."""
     path = write(tmp_path, three_markets(tmp_path / "x.db"))
@@ -590,3 +590,61 @@ async def test_paper_on_websocket_books_of_two_markets_shares_one_pro_client(tmp
             with contextlib.suppress(BaseException):
                 await feeder
         await server.stop()
+
+
+# -- live: several markets of one account -------------------------------------------------
+def _live_markets(fake, db, **live) -> dict:
+    return {
+        "exchange": "binance", "duration_s": None, "forecaster": {"model": "none"}, "database": {"url": str(db)},
+        "market_data": {"transport": "rest", "api_url": fake.base_url, "poll_interval_s": 0.1, "rate_limit_per_s": 100},
+        "strategy": {"pricing": {"horizon": "rolling"}},
+        "live": {"fills_transport": "rest", "poll_interval_s": 0.2, "reconcile_interval_s": 1, "request_timeout_s": 3,
+                 "balance_check": False, **live},
+        "markets": [
+            {"symbol": "BTC/USDT", "strategy": {"controls": {"order_size": 0.001}}},
+            {"symbol": "ETH/USDT", "strategy": {"controls": {"order_size": 0.002}}},  # min notional 5 USDT
+        ],
+    }
+
+
+async def test_live_two_markets_of_one_account_in_one_process(fake_binance, tmp_path):
+    """`mmbot live` on two markets against a local Binance (real ccxt, signed requests):
+    both quote, the data and the trading client are one each for the exchange (exchangeInfo
+    twice, not four times), SIGTERM cancels everything on both markets."""
+    from test_live_cli import finish, mmbot as live_proc
+    from test_live_engine import ours_open, wait_for
+
+    fake = fake_binance
+    fake.set_book([(3000.00, 5.0), (2999.99, 5.0)], [(3000.01, 5.0), (3000.02, 5.0)], symbol="ETHUSDT")
+    db = tmp_path / "live.db"
+    proc = await live_proc("live", "--config", str(write(tmp_path, _live_markets(fake, db))), "--yes", "--json")
+    try:
+        await wait_for(lambda: {o.symbol for o in ours_open(fake)} >= {"BTCUSDT", "ETHUSDT"}, "quotes on both markets")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    rc, out, err = await finish(proc)
+    assert rc == 143, err
+    assert not ours_open(fake)
+    assert fake.requests["/api/v3/exchangeInfo"] == 2  # one market-data client + one trading client
+    rows = db_rows(db, "select symbol, status, session_id, exchange from runs order by symbol")
+    assert [(s, st) for s, st, *_ in rows] == [("BTC/USDT", "interrupted"), ("ETH/USDT", "interrupted")]
+    assert len({r[2] for r in rows}) == 1 and json.loads(out)["session_id"] == rows[0][2]
+    assert db_rows(db, "select count(*) from orders where state in ('new','open','partially_filled','pending_cancel')")[0][0] == 0
+
+
+@pytest.mark.parametrize("change,expected", [
+    (lambda c: c.update(live={**c["live"], "balance_check": True}),
+     "markets[1] (binance ETH/USDT) and markets[0] (binance BTC/USDT) share USDT: set live.balance_check: false"),
+    (lambda c: c["markets"][1].update(exchange="kraken"), "markets[1] (kraken ETH/USDT): exchange: every market"),
+    (lambda c: c["markets"][1].update(exchange="sim"), "markets[1] (sim ETH/USDT): mmbot live trades real exchanges only"),
+])
+async def test_live_markets_that_cannot_share_an_account_are_refused(fake_binance, tmp_path, change, expected):
+    from test_live_cli import finish, mmbot as live_proc
+
+    db = tmp_path / "x.db"
+    c = _live_markets(fake_binance, db)
+    change(c)
+    path = write(tmp_path, c)
+    rc, _, err = await finish(await live_proc("live", "--config", str(path), "--yes"))
+    assert rc == 2 and err.count("\n") == 1 and f"invalid config {path}: {expected}" in err, err
+    assert not db.exists()

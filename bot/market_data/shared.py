@@ -103,3 +103,26 @@ class SharedWsSource(CcxtWsSource):
 
     async def _close_client(self, ex) -> None:
         await self._shared.release(self._key)
+
+
+class LeasedClient:
+    """A shared client as one user sees it: every attribute is the client's, ``close()``
+    gives the lease back (the client closes when its last user has). For the live trading
+    adapter (:class:`bot.exchanges.live.CcxtLiveExchange` takes a ready client)."""
+
+    def __init__(self, shared: SharedClients, key: tuple, make) -> None:
+        object.__setattr__(self, "_shared", shared)
+        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "_client", shared.lease(key, make).client)
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._client, name, value)
+
+    async def close(self) -> None:
+        if self._key is not None:
+            key = self._key
+            object.__setattr__(self, "_key", None)
+            await self._shared.release(key)
