@@ -9,7 +9,9 @@ gets its own forecaster state, see :class:`ForecasterPool`), the account's risk
 market), and SIGINT/SIGTERM (stop every market).
 
 Markets on one exchange share one ccxt client and one REST request budget
-(:mod:`bot.market_data.shared`).
+(:mod:`bot.market_data.shared`). Paper runs a market on the simulated market, live public
+data or a recording (``data:``); live (``credentials`` given, see bot/live/multi.py) runs
+the markets of one exchange account, sharing one trading client too.
 
 What they do not share: a market's feed. An exception in one market's source ends that
 market's run (``failed``; its shutdown cancels its orders) and the others go on; a feed
@@ -127,8 +129,8 @@ async def _watch_feeds(runs: list[MarketRun], tasks: list[asyncio.Task], stale_a
         now = time.monotonic()
         for r, t in zip(runs, tasks):
             e = r.engine
-            if t.done() or e.om is None or e.quotes_pulled or not e.om.working:
-                continue
+            if t.done() or e.om is None or e.quotes_pulled or not e.om.working or e.mode == "live":
+                continue  # a live engine has its own stale-data guard (live.risk.stale_after_s)
             silent = now - e.last_event_wall
             if silent > stale_after_s:
                 try:
