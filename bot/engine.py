@@ -172,8 +172,8 @@ class Engine:
             self.market = await self.source.start()
             await self.exchange.start(self.market)
             self.strategy = self.strategy_factory(self.market)
-            self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot,
-                                 session_id=self.session_id)
+            session = {"session_id": self.session_id} if self.session_id is not None else {}  # store-likes (tune) have none
+            self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot, **session)
             started = True
             ids = ClientIdFactory(self.store.installation_id, self.store.run_id)  # type: ignore[arg-type]
             self.om = OrderManager(self.market, on_change=self.store.record_order, new_client_id=ids,  # type: ignore[arg-type]
