@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from functools import partial
 
 from bot.config import Config, build_forecaster
 from bot.engine import Engine
@@ -27,7 +28,9 @@ def _decimal(field: str, value: str) -> Decimal:
     return d
 
 
-def build_source(cfg: Config) -> MarketSource:
+def build_source(cfg: Config, clients=None) -> MarketSource:
+    """The configured market source; ``clients`` (a :class:`bot.market_data.shared.SharedClients`)
+    lends live sources the exchange's client shared by the markets of one process."""
     if cfg.exchange == "sim":
         s = cfg.sim
         return SimulatedMarket(
@@ -40,10 +43,16 @@ def build_source(cfg: Config) -> MarketSource:
     from bot.market_data.ccxt_ws import CcxtWsSource, has_websocket_book
 
     md = cfg.market_data
+    if clients is not None:
+        from bot.market_data.shared import SharedPollingSource, SharedWsSource
+
+        ws_cls, poll_cls = partial(SharedWsSource, clients), partial(SharedPollingSource, clients)
+    else:
+        ws_cls, poll_cls = CcxtWsSource, CcxtPollingSource
     if md.transport == "ws" or (md.transport == "auto" and has_websocket_book(cfg.exchange)):
-        return CcxtWsSource(cfg.exchange, cfg.symbol, depth=md.depth, api_url=md.api_url, ws_url=md.ws_url,
-                            duration_s=cfg.duration_s, keepalive_s=md.ws_keepalive_s)
-    return CcxtPollingSource(
+        return ws_cls(cfg.exchange, cfg.symbol, depth=md.depth, api_url=md.api_url, ws_url=md.ws_url,
+                      duration_s=cfg.duration_s, keepalive_s=md.ws_keepalive_s)
+    return poll_cls(
         cfg.exchange, cfg.symbol, depth=md.depth, poll_interval_s=md.poll_interval_s,
         rate_limit_per_s=md.rate_limit_per_s, api_url=md.api_url, duration_s=cfg.duration_s,
     )
@@ -52,10 +61,12 @@ def build_source(cfg: Config) -> MarketSource:
 FROM_CONFIG = object()  # "build the forecaster the config names" (None means no forecaster)
 
 
-def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: bool = True, forecaster=FROM_CONFIG) -> Engine:
+def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: bool = True, forecaster=FROM_CONFIG,
+                       clients=None) -> Engine:
     """A paper run: the configured market source, the paper exchange, the configured strategy
-    and forecaster (pass ``forecaster`` to reuse one already loaded)."""
-    source = build_source(cfg)
+    and forecaster (pass ``forecaster`` to reuse one already loaded; ``clients`` to share
+    ccxt clients between the markets of one process)."""
+    source = build_source(cfg, clients)
     session_s = getattr(source, "duration_s", None)  # the run's length: the finite AS horizon
     check_session(cfg.strategy, session_s)
     p = cfg.paper

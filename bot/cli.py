@@ -256,10 +256,17 @@ def paper(
                               "--duration": ("duration_s", duration), "--db": ("database.url", db),
                               "--speed": ("sim.speed", speed), "--seed": ("sim.seed", seed), "--live": ("ui.live", live),
                               "--replay-speed": ("replay.speed", replay_speed), **_observability_options(metrics_port, metrics_linger, log_json)})
-    if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
-        raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     console = _console()
     use_live = cfg.ui.live and console.is_terminal and not json_out
+    if cfg.markets:
+        for opt, v in (("--exchange", exchange), ("--symbol", symbol), ("--replay", replay)):
+            if v is not None:
+                raise MmbotError(f"{opt}: the config lists several markets (markets:); set each market's exchange, symbol "
+                                 f"and recording (data) in its entry instead")
+        _paper_markets(cfg, str(config) if config is not None else "(options)", json_out, console, use_live)
+        return
+    if cfg.exchange != "sim" and symbol is None and cfg.symbol == "SIM/USD":
+        raise MmbotError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     events_meta = None
     if replay is not None:
         from paper_trading.backtest import check_recording
@@ -292,6 +299,116 @@ def paper(
         if obs is not None:
             obs.close()
     code = print_run_summary(summary, cfg.database.url, json_out, console, "Paper run summary")
+    if code:
+        raise typer.Exit(code)
+
+
+def _paper_markets(cfg, where: str, json_out: bool, console: Console, use_live: bool, credentials=None) -> None:
+    """`mmbot paper` (or, with ``credentials``, `mmbot live`) on a config with ``markets:``:
+    every market in one process (bot/multi.py)."""
+    from bot.config import market_specs
+    from bot.multi import ForecasterPool, build_market_runs, failure_line, new_session_id, run_markets
+    from bot.observability.runtime import Observability
+    from bot.persistence.dbpath import redact
+    from bot.persistence.store import Store
+    from bot.status import MultiPanel
+
+    specs = market_specs(cfg, where)
+    live_data = [s for s in specs if s.data is None and s.cfg.exchange != "sim"]
+    if live_data:  # a typo fails before any market starts
+        import ccxt
+
+        from bot.errors import ConfigError
+        from bot.exchanges.ccxt_client import _close_matches
+
+        for s in live_data:
+            if s.cfg.exchange.strip().lower() not in ccxt.exchanges:
+                close = ", ".join(_close_matches(s.cfg.exchange, list(ccxt.exchanges))) or "none close; see ccxt.exchanges"
+                raise ConfigError(f"invalid config {where}: markets[{s.index}] ({s.name}): exchange: unknown exchange "
+                                  f"{s.cfg.exchange!r} (ccxt knows: {close})")
+    if any(s.data is not None for s in specs):
+        from bot.errors import ConfigError
+        from paper_trading.backtest import check_recording, unified_symbol
+
+        for s in specs:
+            if s.data is not None:
+                try:
+                    rec = check_recording(s.data)  # a bad recording fails before the database is touched
+                except MmbotError as e:
+                    raise type(e)(f"markets[{s.index}] ({s.name}): data: {e}") from None
+                rx, rs = rec.meta.get("exchange"), unified_symbol(str(rec.meta.get("symbol", "?")))[0]
+                if (rx and rx != s.cfg.exchange) or rs != s.cfg.symbol:  # the record and the metrics name the market
+                    raise ConfigError(f"invalid config {where}: markets[{s.index}] ({s.name}): data: {s.data} is a recording of "
+                                      f"{rx or '?'} {rs}; set the entry's exchange: {rx or '?'} and symbol: {rs}")
+    pool = ForecasterPool()
+    for s in specs:  # a bad model file fails before the database is touched too (each model loads once)
+        pool.get(s.cfg)
+    session = new_session_id()
+    first = _open_store(cfg.database.url)  # checks the path / URL; the other markets' stores share its engine
+    stores, unused = [first], [first]
+
+    def open_store():
+        if unused:
+            return unused.pop()
+        st = Store(first.engine, redact(cfg.database.url))
+        stores.append(st)
+        return st
+
+    obs = None
+    runs = []
+    try:
+        obs = Observability(cfg)
+        panel = MultiPanel(console, cfg.ui.refresh_per_s) if use_live else None
+        runs = build_market_runs(specs, open_store, session, on_tick=panel, pool=pool, credentials=credentials)
+        for i, r in enumerate(runs):
+            r.engine.observer = obs.observer if i == 0 else obs.new_observer()
+        if panel is not None:
+            panel.engines = [r.engine for r in runs]
+            with panel:
+                risk = asyncio.run(run_markets(runs, cfg.account))
+        else:
+            risk = asyncio.run(run_markets(runs, cfg.account))
+        obs.linger()
+    finally:
+        for st in reversed(stores):
+            st.close()
+        if obs is not None:
+            obs.close()
+    db = redact(cfg.database.url)
+    rows = []
+    for r in runs:
+        s = r.summary
+        rows.append({"market": r.spec.name, "run_id": s.get("run_id"), "status": s.get("status"), "events": s.get("events"),
+                     "fills": s.get("fills"), "pnl": s.get("pnl"), "inventory": s.get("inventory"),
+                     "stop_reason": s.get("stop_reason")})
+    if json_out:
+        print(json.dumps({"session_id": session, "database": db, "account_kill_switch": risk.killed or None,
+                          "markets": [{**r.summary, "market": r.spec.name} for r in runs]}, default=str))
+    else:
+        from rich.table import Table
+
+        from rich import box
+
+        mode = "Live" if credentials is not None else "Paper"
+        t = Table(title=f"{mode} session {session}: {len(runs)} markets (PnL in each market's quote currency)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for k in rows[0]:
+            t.add_column(k.replace("_", " "), overflow="fold")  # never cut a number
+        for row in rows:
+            t.add_row(*("-" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()))
+        console.print(t)
+        console.print(f"Report: mmbot report --db {db.removeprefix('sqlite:///')} --session {session}", soft_wrap=True)
+    failed = [r for r in runs if r.error is not None]
+    for r in failed:
+        print(f"mmbot: error: {failure_line(r)}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(2 if all(isinstance(r.error, MmbotError) for r in failed) else 1)
+    killed = [r for r in runs if r.summary.get("status") == "killed"]  # the account's or a live market's own
+    if risk.killed or killed:
+        for reason in dict.fromkeys([risk.killed] if risk.killed else [str(r.summary.get("stop_reason")) for r in killed]):
+            print(f"mmbot: {reason}", file=sys.stderr)
+        raise typer.Exit(3)  # as mmbot live after its kill switch
+    code = max((_exit_code(r.summary) for r in runs), default=0)
     if code:
         raise typer.Exit(code)
 
@@ -383,6 +500,9 @@ def backtest(
     if config is None and DEFAULT_BACKTEST_CONFIG.exists():
         config = DEFAULT_BACKTEST_CONFIG
     cfg = _with_options(load_config(config), {"--db": ("database.url", db), **_observability_options(metrics_port, metrics_linger, log_json)})
+    if cfg.markets:  # not silently the top-level market only
+        raise MmbotError(f"{config}: markets: mmbot backtest replays one recording (--data); several markets in one "
+                         "process: mmbot paper with a recording per market (markets[i].data, replay.speed 0)")
     if variants and (cfg.metrics.port is not None or cfg.logging.json_file):
         raise MmbotError("--compare runs several backtests: metrics (--metrics-port, metrics.port) and JSON logs "
                          "(--log-json, logging.json_file) are for single runs")
@@ -552,13 +672,20 @@ def _exit_code(summary: dict) -> int:
 def report(
     db: str = typer.Option(..., "--db", help="database file or SQLAlchemy URL"),
     run: Optional[int] = typer.Option(None, "--run", help="run id (default: the latest)"),
+    session: Optional[str] = typer.Option(None, "--session", help="a multi-market session (printed by mmbot paper; 'latest' = the newest): a row per market and totals"),
     html: Optional[Path] = typer.Option(None, "--html", help="also write report.html and PNG plots into this directory"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object"),
 ) -> None:
-    """Results of a run, computed from the database alone."""
+    """Results of a run (or of a multi-market session: by market and in total), computed from the database alone."""
     from bot.persistence.report import build_report
     from bot.status import summary_table
     from paper_trading.metrics import compute_metrics
+
+    if session is not None:
+        if run is not None or html is not None:
+            raise MmbotError("--session: a session's report is a table of its markets; --run and --html are for one run")
+        _session_report(db, session, json_out)
+        return
 
     if html is not None:
         _out_dir(html, "--html")
@@ -574,6 +701,41 @@ def report(
     from bot.persistence.report import run_title
 
     _console().print(summary_table(_shown_metrics(m), f"{run_title(r.run_id, r.mode, r.source, r.symbol)} ({r.status})"))
+
+
+def _session_report(db: str, session: str, json_out: bool) -> None:
+    """`mmbot report --session`: a row per market and a total per quote currency."""
+    from rich import box
+    from rich.table import Table
+
+    from bot.persistence.report import SUMMED, build_session_report, run_title
+
+    sr = build_session_report(db, session)
+    if json_out:
+        print(json.dumps(sr.as_dict(), default=str))
+        return
+    heads = {"orders": "orders", "fills": "fills", "volume_quote": "volume", "total_pnl": "PnL", "spread_capture": "spread",
+             "inventory_pnl": "inv. PnL", "fees": "fees"}
+    t = Table(title=f"Session {sr.session_id}: {len(sr.runs)} markets (money in each market's quote currency; "
+                    f"inventory in base units)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for c in ("run", "market", "status", *heads.values(), "inventory"):
+        text = c in ("run", "market", "status")
+        t.add_column(c, justify="left" if text else "right", overflow="fold")  # never cut a number
+
+    def fmt(v) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    for r in sr.runs:
+        t.add_row(str(r.run_id), r.symbol, r.status, *(fmt(getattr(r, k)) for k in SUMMED), fmt(r.final_inventory))
+    for cur, tot in sr.totals.items():
+        t.add_row("", f"total {cur}", f"{tot['markets']} markets", *(fmt(tot[k]) for k in SUMMED), "", style="bold")
+    console = _console()
+    console.print(t)
+    if len(sr.totals) > 1:
+        console.print(f"quote currencies differ ({', '.join(sr.totals)}): totals are per currency; amounts in different "
+                      "currencies are not added", soft_wrap=True)
+    for r in sr.runs:
+        console.print(f"{run_title(r.run_id, r.mode, r.source, r.symbol)}: {r.stop_reason or r.status}", soft_wrap=True)
 
 
 def _shown_metrics(m: dict) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -217,6 +217,26 @@ class LoggingConfig(_Strict):
     backup_count: int = Field(5, ge=0, le=1000, description="rotated JSON log files kept (FILE.1 ... FILE.N)")
 
 
+class AccountRiskConfig(_Strict):
+    """Account-level risk across the markets of one process (``markets:``; null = off).
+
+    Money limits are per quote currency: markets quoted in USDT are summed together, markets
+    in USDC together, and each sum is held to the limit (amounts in different currencies are
+    never added). Asset limits are in units of the asset, summed over every market whose base
+    asset it is (BTC/USDT and BTC/USDC both add to BTC). See bot/portfolio.py."""
+
+    max_total_notional: float | None = Field(None, gt=0, description="open orders (price * remaining size) plus positions (|base| * mid) of all markets, per quote currency; at the cap only quotes that reduce a position are kept")
+    max_total_loss: float | None = Field(None, gt=0, description="kill switch: summed PnL of all markets below minus this, per quote currency, stops every market")
+    max_asset_inventory: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict, description="per base asset (e.g. BTC: 0.5): the markets' summed inventory may not go beyond +-this, asset units")
+    stale_after_s: float | None = Field(30.0, gt=0, description="a market without a market event for this long (wall seconds) has its quotes pulled; the others go on (null = off)")
+
+
+#: what a ``markets:`` entry may set (the rest -- database, ui, metrics, logging, account,
+#: duration_s -- belongs to the process); ``data`` is a recording directory to replay
+MARKET_KEYS = ("exchange", "symbol", "data", "pnl_snapshot_interval_s", "sim", "market_data", "paper", "replay",
+               "forecaster", "strategy", "live")
+
+
 class Config(_Strict):
     exchange: str = Field("sim", description="'sim' = the simulated market, else a ccxt exchange id")
     symbol: str = Field("SIM/USD", description="ccxt unified symbol")
@@ -233,6 +253,77 @@ class Config(_Strict):
     ui: UiConfig = Field(default_factory=UiConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    account: AccountRiskConfig = Field(default_factory=AccountRiskConfig)
+    markets: list[Any] | None = Field(
+        None, description="several markets in one process: each entry has exchange (default: the top-level one) and symbol, "
+        "optionally data (a recording to replay) and overrides of sim, market_data, paper, replay, forecaster, strategy, live "
+        "(deep-merged over this file's sections); null = the one market of exchange/symbol")
+
+
+class MarketSpec(BaseModel):
+    """One market of a multi-market config: its full, validated config (the shared sections
+    with the entry's overrides merged in; ``markets`` is None) and an optional recording."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    index: int
+    cfg: Config
+    data: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.cfg.exchange} {self.cfg.symbol}"
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def market_specs(cfg: Config, where: str = "(options)") -> list[MarketSpec]:
+    """The markets a config trades: its ``markets:`` entries, each validated as a whole config
+    (ConfigError naming ``markets[i]``, the market and the dotted field), or the one market
+    of ``exchange``/``symbol`` when there is no ``markets:``. Two entries of the same
+    (exchange, symbol) are an error."""
+    if not cfg.markets:
+        if cfg.markets is not None:
+            raise ConfigError(f"invalid config {where}: markets: an empty list (give at least one market, or leave markets out)")
+        return [MarketSpec(index=0, cfg=cfg)]
+    shared = cfg.model_dump()
+    shared["markets"] = None
+    specs: list[MarketSpec] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, entry in enumerate(cfg.markets):
+        at = f"markets[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"invalid config {where}: {at}: must be a mapping with exchange and symbol, got {type(entry).__name__}")
+        bad = [k for k in entry if k not in MARKET_KEYS]
+        if bad:
+            allowed = ", ".join(MARKET_KEYS)
+            raise ConfigError(f"invalid config {where}: {at}.{bad[0]}: not a per-market field (a market may set {allowed})")
+        if not isinstance(entry.get("symbol"), str) or not entry["symbol"].strip():
+            raise ConfigError(f"invalid config {where}: {at}.symbol: required (a ccxt unified symbol such as BTC/USDT)")
+        data = entry.get("data")
+        if data is not None and not isinstance(data, str):
+            raise ConfigError(f"invalid config {where}: {at}.data: must be a recording directory path (got {data!r})")
+        over = {k: v for k, v in entry.items() if k != "data"}
+        name = f"{entry.get('exchange', cfg.exchange)} {entry['symbol']}"
+        for k, v in over.items():
+            if k in ("sim", "market_data", "paper", "replay", "forecaster", "strategy", "live") and not isinstance(v, dict):
+                raise ConfigError(f"invalid config {where}: {at} ({name}): {k}: must be a mapping of overrides, got {type(v).__name__}")
+        try:
+            mcfg = config_from_dict(_deep_merge(shared, over), where)
+        except ConfigError as e:
+            msg = str(e).replace(f"invalid config {where}: ", "", 1)
+            raise ConfigError(f"invalid config {where}: {at} ({name}): {msg}") from None
+        key = (mcfg.exchange, mcfg.symbol)
+        if key in seen:
+            raise ConfigError(f"invalid config {where}: {at} ({name}): the same market as markets[{seen[key]}] "
+                              f"(each exchange and symbol once)")
+        seen[key] = i
+        specs.append(MarketSpec(index=i, cfg=mcfg, data=data))
+    return specs
 
 
 def build_forecaster(cfg: "Config"):
@@ -293,9 +384,11 @@ def config_from_dict(data: Any, where: str = "(options)") -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(where, e)) from None
-    hit = _non_finite(cfg.model_dump())
+    hit = _non_finite({k: v for k, v in cfg.model_dump().items() if k != "markets"})  # markets: checked each below
     if hit:
         raise ConfigError(f"invalid config {where}: {hit[0]}: must be a finite number (got {hit[1]})")
+    if cfg.markets is not None:
+        market_specs(cfg, where)  # every market validated now: a bad entry fails at load
     return cfg
 
 

@@ -134,11 +134,23 @@ class Engine:
         # bot.observability.Observer (metrics, JSON logs), set by the CLI: told of the run's
         # start and end, each event (after on_tick), each fill and each rejected order
         self.observer = None
+        # several markets in one process (bot/multi.py): the runs share ``session_id``; the
+        # account's risk may trim the strategy's quotes (``quote_filter(engine, quotes) ->
+        # quotes``, the same object when it keeps them all); ``last_event_wall`` is the
+        # time.monotonic() of the last market event processed (feed staleness)
+        self.session_id: str | None = None
+        self.quote_filter: Callable[["Engine", Quotes], Quotes] | None = None
+        self.last_event_wall = time.monotonic()
+        self.quotes_pulled = ""  # why this market's quotes are pulled ("" = they are not)
+        self.stop_status = ""  # the status stop() asked for ("" = as the run ends)
 
-    def stop(self, reason: str = "stopped") -> None:
+    def stop(self, reason: str = "stopped", status: str | None = None) -> None:
         """Ask the loop to finish after the current event; a wait for market data (which may
-        be long on a polled feed) is interrupted at once."""
+        be long on a polled feed) is interrupted at once. ``status``: the run's status when
+        it ends this way (e.g. ``killed`` by the account's kill switch; default: completed)."""
         self.stop_reason = self.stop_reason or reason
+        if status is not None and not self.stop_status:
+            self.stop_status = status
         self._stop.set()
         if self._waiting and self._task is not None:
             self._task.cancel()
@@ -165,7 +177,8 @@ class Engine:
             self.market = await self.source.start()
             await self.exchange.start(self.market)
             self.strategy = self.strategy_factory(self.market)
-            self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot)
+            session = {"session_id": self.session_id} if self.session_id is not None else {}  # store-likes (tune) have none
+            self.store.start_run(self.mode, self.exchange_name(), self.market.symbol, self.config_snapshot, **session)
             started = True
             ids = ClientIdFactory(self.store.installation_id, self.store.run_id)  # type: ignore[arg-type]
             self.om = OrderManager(self.market, on_change=self.store.record_order, new_client_id=ids,  # type: ignore[arg-type]
@@ -204,6 +217,8 @@ class Engine:
                     self._next_yield = time.monotonic() + YIELD_EVERY_S
             if self.stop_reason in ("SIGINT", "SIGTERM"):
                 status = "interrupted"
+            elif self.stop_status:
+                status = self.stop_status
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
             self.stop_reason = self.stop_reason or "interrupted"
@@ -248,6 +263,8 @@ class Engine:
     async def step(self, ev: MarketEvent) -> None:
         """Process one market event (public so that tests and backtests can drive it)."""
         t_in = time.perf_counter_ns()
+        self.last_event_wall = time.monotonic()
+        self.quotes_pulled = ""  # data again: quote as usual
         st = self.state
         st.events += 1
         st.ts_ns = ev.ts_ns
@@ -265,6 +282,8 @@ class Engine:
         if forecast is not None:
             st.forecast_source = forecast.source
         quotes = self.strategy.on_update(book, self.inventory.q, ev.ts_ns, forecast)  # type: ignore[union-attr]
+        if self.quote_filter is not None:
+            quotes = self.quote_filter(self, quotes)
         st.tick_to_quote_ns = time.perf_counter_ns() - t_in
         if forecast is not None:
             st.forecast_age_ns = None if forecast.inputs_ns is None else ev.ts_ns - forecast.inputs_ns
@@ -287,6 +306,20 @@ class Engine:
             self.on_tick(self)
         if self.observer is not None:
             self.observer.tick(self)
+
+    async def pull_quotes(self, reason: str) -> None:
+        """Cancel this market's working orders now (its feed went stale); the next market
+        event quotes again. Safe while :meth:`run` waits for data (one event loop)."""
+        if self.om is None or self.market is None:
+            return
+        self.quotes_pulled = reason
+        log.warning("%s: quotes pulled: %s", self.market.symbol, reason)
+        now = self.state.ts_ns or time.time_ns()
+        for ack in await self.exchange.cancel_all(self.market.symbol, now):
+            self.om.on_ack(ack)
+            self.state.canceled += 1
+        self._orders_changed = True
+        self.store.commit()
 
     async def _reconcile(self, quotes: Quotes, now_ns: int) -> None:
         om = self.om

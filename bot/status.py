@@ -46,6 +46,59 @@ def status_table(engine: Engine) -> Table:
     return t
 
 
+def markets_table(engines: list[Engine], title: str = "") -> Table:
+    """One row per market of a multi-market run: mid, best quotes, inventory (base units),
+    PnL (the market's quote currency), fills, orders, events and state."""
+    t = Table(title=title or f"mmbot paper - {len(engines)} markets", min_width=60)
+    for col in ("market", "mid", "bid", "ask", "inventory", "PnL", "fills", "orders p/c/r", "events", "state"):
+        t.add_column(col, justify="left" if col in ("market", "state") else "right", overflow="fold")
+    for e in engines:
+        st, inv, m = e.state, e.inventory, e.market
+        name = f"{(e.config_snapshot or {}).get('exchange', '')} {m.symbol if m else (e.config_snapshot or {}).get('symbol', '')}"
+        q = st.quotes
+        bid = f"{q.bids[0].size}@{q.bids[0].price}" if q is not None and q.bids else "-"
+        ask = f"{q.asks[0].size}@{q.asks[0].price}" if q is not None and q.asks else "-"
+        if e.quotes_pulled:
+            state = f"pulled: {e.quotes_pulled}"
+        elif e.stop_reason:
+            state = f"stopped: {e.stop_reason}"
+        elif m is None:
+            state = "starting"
+        else:
+            state = "quoting" if (q is not None and (q.bids or q.asks)) else "not quoting" + (f" ({q.note})" if q is not None and q.note else "")
+        t.add_row(name.strip(), f"{st.mid:.6g}", bid, ask, f"{inv.base}", f"{st.pnl:.4f} {m.quote if m else ''}".strip(),
+                  f"{inv.n_fills}", f"{st.placed}/{st.canceled}/{st.rejected}", f"{st.events}", state)
+    return t
+
+
+class MultiPanel:
+    """The live panel of a multi-market run (a row per market), refreshed at most
+    ``refresh_per_s`` times a second from any market's on_tick. Set ``engines`` before use."""
+
+    def __init__(self, console: Console, refresh_per_s: float = 4.0) -> None:
+        self.console = console
+        self.min_dt = 1.0 / refresh_per_s
+        self._last = 0.0
+        self.live: Live | None = None
+        self.engines: list[Engine] = []
+
+    def __enter__(self) -> "MultiPanel":
+        self.live = Live(console=self.console, auto_refresh=False, transient=False)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.update(markets_table(self.engines), refresh=True)
+            self.live.__exit__(*exc)
+
+    def __call__(self, engine: Engine) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.min_dt and self.live is not None:
+            self._last = now
+            self.live.update(markets_table(self.engines), refresh=True)
+
+
 class LivePanel:
     """Refreshes the panel at most ``refresh_per_s`` times a second from the engine's on_tick hook."""
 

@@ -34,8 +34,10 @@ def config_snapshot(cfg: Config) -> dict:
 
 
 def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on_tick=None, handle_signals: bool = True,
-                      forecaster=FROM_CONFIG) -> LiveEngine:
-    """A live run on ``cfg.exchange`` / ``cfg.symbol`` with the configured strategy."""
+                      forecaster=FROM_CONFIG, clients=None) -> LiveEngine:
+    """A live run on ``cfg.exchange`` / ``cfg.symbol`` with the configured strategy.
+    ``clients`` (a :class:`bot.market_data.shared.SharedClients`): the markets of one process
+    share one market-data client and one trading client per exchange."""
     from bot.app import build_source
 
     lv = cfg.live
@@ -46,18 +48,27 @@ def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on
     except InvalidOperation:
         raise ConfigError(f"invalid config: live.balance_tolerance: not a decimal number (got {lv.balance_tolerance!r})") from None
     prefix = lv.client_id_prefix or f"mm{store.installation_id}-"  # ids: mm<installation>-<run>-<n>
+    client = None
+    if clients is not None:
+        from bot.exchanges.live import create_trading_client
+        from bot.market_data.shared import LeasedClient
+
+        api_url, ws_url = lv.api_url or cfg.market_data.api_url, lv.ws_url or cfg.market_data.ws_url
+        client = LeasedClient(clients, ("trading", cfg.exchange.strip().lower(), api_url, ws_url, lv.sandbox), lambda: create_trading_client(
+            cfg.exchange, credentials=credentials.ccxt(), api_url=api_url, ws_url=ws_url, sandbox=lv.sandbox,
+            timeout_ms=int(lv.request_timeout_s * 1000)))
     exchange = CcxtLiveExchange(
         cfg.exchange, credentials=credentials.ccxt(), api_url=lv.api_url or cfg.market_data.api_url,
         ws_url=lv.ws_url or cfg.market_data.ws_url, sandbox=lv.sandbox, request_timeout_s=lv.request_timeout_s,
         fills_transport=lv.fills_transport, poll_interval_s=lv.poll_interval_s, dedicated_account=lv.dedicated_account,
-        is_ours=lambda cid: cid.startswith(prefix), dead_man_s=lv.dead_man_s,
+        is_ours=lambda cid: cid.startswith(prefix), dead_man_s=lv.dead_man_s, client=client,
     )
     reconciler = Reconciler(store, exchange, cfg.symbol, is_ours=lambda cid: cid.startswith(prefix),
                             unknown_orders=lv.unknown_orders, tolerance=tol, balance_check=lv.balance_check,
                             order_size=Decimal(repr(cfg.strategy.controls.order_size)))
     c = cfg.strategy.controls
     return LiveEngine(
-        build_source(cfg), exchange, lambda market: build_strategy(cfg.strategy, market, session_s), store,
+        build_source(cfg, clients), exchange, lambda market: build_strategy(cfg.strategy, market, session_s), store,
         reconciler=reconciler, limits=risk_limits(cfg), reconcile_interval_s=lv.reconcile_interval_s,
         target_inventory=None if lv.target_inventory is None else Decimal(repr(lv.target_inventory)),
         forecaster=build_forecaster(cfg) if forecaster is FROM_CONFIG else forecaster,

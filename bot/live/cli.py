@@ -33,9 +33,18 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     if config is None and DEFAULT_LIVE_CONFIG.exists():
         config = DEFAULT_LIVE_CONFIG
     cfg = load_config(config)
+    if cfg.markets and (exchange is not None or symbol is not None):
+        raise ConfigError("--exchange/--symbol: the config lists several markets (markets:); set each market's exchange "
+                          "and symbol in its entry instead")
     cfg = with_overrides(cfg, **{"exchange": exchange, "symbol": symbol, "duration_s": duration, "database.url": db,
                                  "ui.live": live_panel, "live.sandbox": True if sandbox else None,
                                  "live.key_file": str(key_file) if key_file else None})
+    specs = None
+    if cfg.markets:  # several markets of one account in this process (bot/live/multi.py)
+        from bot.live.multi import live_specs
+
+        specs = live_specs(cfg, str(config))
+        cfg = with_overrides(cfg, exchange=specs[0].cfg.exchange, symbol=specs[0].cfg.symbol)  # the checks below: the first
     if cfg.exchange == "sim":
         raise ConfigError("mmbot live needs a real exchange: give --exchange (e.g. binance) or set exchange in the config")
     import ccxt
@@ -47,6 +56,11 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     if cfg.symbol == "SIM/USD":
         raise ConfigError(f"--symbol is required with --exchange {cfg.exchange} (e.g. --symbol BTC/USDT)")
     if not (yes or cfg.live.confirm or cfg.live.sandbox):
+        if specs is not None:
+            print(f"mmbot live places real orders with real money on {cfg.exchange} "
+                  f"({', '.join(s.cfg.symbol for s in specs)}). Try --sandbox first; to trade for real, add --yes or set "
+                  f"live.confirm: true. See docs/live.md.", file=sys.stderr)
+            raise SystemExit(2)
         print(f"mmbot live places real orders with real money on {cfg.exchange} {cfg.symbol} "
               f"(order size {cfg.strategy.controls.order_size} {cfg.symbol.split('/')[0]}, "
               f"{cfg.strategy.controls.levels} level(s) a side). Try --sandbox (the exchange's testnet) first; "
@@ -61,6 +75,10 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     root.setLevel(logging.WARNING)
     console = Console()
     use_panel = cfg.ui.live and console.is_terminal and not json_out
+    if specs is not None:
+        from bot.cli import _paper_markets
+
+        return _paper_markets(cfg, str(config), json_out, console, use_panel, credentials=creds)
     from bot.observability.runtime import Observability
 
     obs = None

@@ -124,9 +124,7 @@ class CcxtPollingSource(MarketSource):
         """
         if self._closed:
             raise ExchangeError(f"{self.exchange_id} source for {self.symbol} is closed")
-        self.exchange = create_ccxt_exchange(
-            self.exchange_id, api_url=self.api_url, options=self._options, credentials=self._credentials
-        )
+        self.exchange = self._new_client()
         try:
             self.market = await load_market(self.exchange, self.symbol)
             # market() accepts exchange ids too: use the unified symbol from here on
@@ -152,9 +150,16 @@ class CcxtPollingSource(MarketSource):
         ex, self.exchange = self.exchange, None
         if ex is not None:
             try:
-                await ex.close()
+                await self._close_client(ex)
             except Exception as e:  # pragma: no cover - best effort on shutdown
                 log.debug("closing %s client failed: %s", self.exchange_id, e)
+
+    def _new_client(self) -> Any:
+        """The ccxt client of this source (bot.market_data.shared lends one shared by markets)."""
+        return create_ccxt_exchange(self.exchange_id, api_url=self.api_url, options=self._options, credentials=self._credentials)
+
+    async def _close_client(self, ex: Any) -> None:
+        await ex.close()
 
     # -- feed ---------------------------------------------------------------------------
     async def next(self) -> MarketEvent | None:

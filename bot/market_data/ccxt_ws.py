@@ -133,7 +133,7 @@ class CcxtWsSource(MarketSource):
         self.trade_task_restarts = 0
 
     async def start(self) -> MarketInfo:
-        self.ex = create_pro_exchange(self.exchange_id, api_url=self.api_url, ws_url=self.ws_url)
+        self.ex = self._new_client()
         self._guard_message_handler()
         if self.keepalive_s is not None:
             self.ex.streaming = {**(getattr(self.ex, "streaming", None) or {}), "keepAlive": int(self.keepalive_s * 1000)}
@@ -157,6 +157,13 @@ class CcxtWsSource(MarketSource):
             self._trade_task = asyncio.ensure_future(self._watch_trades())
         self._t0 = time.monotonic()
         return self.market
+
+    def _new_client(self):
+        """The ccxt.pro client of this source (bot.market_data.shared lends one shared by markets)."""
+        return create_pro_exchange(self.exchange_id, api_url=self.api_url, ws_url=self.ws_url)
+
+    async def _close_client(self, ex) -> None:
+        await ex.close()
 
     def _guard_message_handler(self) -> None:
         """Make ccxt's per-message handler skip (log, count) a message it cannot parse
@@ -258,4 +265,4 @@ class CcxtWsSource(MarketSource):
                 await self._trade_task
         if self.ex is not None:
             with contextlib.suppress(Exception):
-                await self.ex.close()
+                await self._close_client(self.ex)

@@ -34,7 +34,7 @@ from bot.errors import ConfigError
 
 VERSION_TABLE = "mmbot_alembic_version"
 #: every revision in ``migrations/versions``, oldest first (a test checks it against Alembic)
-REVISIONS = ("0001", "0002")
+REVISIONS = ("0001", "0002", "0003_sessions")
 BASELINE = REVISIONS[0]  # what a database written before Alembic counts as
 HEAD = REVISIONS[-1]
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")

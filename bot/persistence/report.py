@@ -171,3 +171,55 @@ def _stop_reason(summary_json: str | None) -> str:
         return str((json.loads(summary_json or "{}") or {}).get("stop_reason") or "")
     except (ValueError, AttributeError):
         return ""
+
+
+def quote_currency(symbol: str) -> str:
+    """The quote currency of a ccxt unified symbol: ``BTC/USDT`` -> USDT, ``BTC/USDT:USDT``
+    (a perpetual settled in USDT) -> USDT; ``""`` when the symbol has no ``/``."""
+    if "/" not in symbol:
+        return ""
+    return symbol.split("/", 1)[1].split(":", 1)[0]
+
+
+#: the RunReport fields a session total adds up (all quote currency, or counts)
+SUMMED = ("orders", "fills", "volume_quote", "total_pnl", "spread_capture", "inventory_pnl", "fees")
+
+
+@dataclass
+class SessionReport:
+    """The runs of one multi-market process (``runs.session_id``): a report per market and
+    totals per quote currency (``totals[currency]`` holds the SUMMED fields; amounts in
+    different currencies are never added together)."""
+
+    session_id: str
+    runs: list[RunReport]
+    totals: dict[str, dict]
+
+    @property
+    def currencies(self) -> list[str]:
+        return list(self.totals)
+
+    def as_dict(self) -> dict:
+        return {"session_id": self.session_id, "markets": [r.as_dict() for r in self.runs], "totals": self.totals,
+                "currencies_differ": len(self.totals) > 1}
+
+
+def build_session_report(db: str, session_id: str) -> SessionReport:
+    """The report of session ``session_id`` (``"latest"``: the newest session in ``db``)."""
+    with _open(db) as s:
+        if session_id == "latest":
+            sid = s.scalars(select(Run.session_id).where(Run.session_id.is_not(None)).order_by(Run.id.desc()).limit(1)).first()
+            if sid is None:
+                raise ConfigError(f"database {db} has no multi-market session")
+            session_id = sid
+        ids = s.scalars(select(Run.id).where(Run.session_id == session_id).order_by(Run.id)).all()
+    if not ids:
+        raise ConfigError(f"database {db} has no session {session_id!r}")
+    runs = [build_report(db, i) for i in ids]
+    totals: dict[str, dict] = {}
+    for r in runs:
+        t = totals.setdefault(quote_currency(r.symbol) or "?", {k: 0 for k in SUMMED} | {"markets": 0})
+        t["markets"] += 1
+        for k in SUMMED:
+            t[k] += getattr(r, k)
+    return SessionReport(session_id, runs, totals)

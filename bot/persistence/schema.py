@@ -56,6 +56,8 @@ class Run(Base):
     # running | completed | interrupted | failed | crashed (process gone without ending the run)
     status: Mapped[str] = mapped_column(String(16), default="running")
     summary_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the runs of one multi-market process (one per market) share it; NULL for a one-market run
+    session_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class Meta(Base):

@@ -157,9 +157,11 @@ class Store:
         return self._installation
 
     # -- runs ----------------------------------------------------------------------------
-    def start_run(self, mode: str, exchange: str, symbol: str, config: dict, started_ns: int | None = None) -> int:
+    def start_run(self, mode: str, exchange: str, symbol: str, config: dict, started_ns: int | None = None,
+                  session_id: str | None = None) -> int:
         """Insert a ``running`` run owned by this process; first mark dead runs as crashed
-        (best effort: a failed recovery is logged and retried by the next start)."""
+        (best effort: a failed recovery is logged and retried by the next start).
+        ``session_id`` groups the runs of one multi-market process (None: a one-market run)."""
         try:
             self.recover_crashed_runs()
         except SQLAlchemyError as e:  # e.g. another process recovering at the same moment
@@ -171,7 +173,7 @@ class Store:
             config = {**config, "database": {**db, "url": redact(db["url"])}}
         res = self.conn.execute(insert(Run).values(
             mode=mode, exchange=exchange, symbol=symbol, config_json=_dumps(config),
-            started_ns=started_ns or now, status="running"))
+            started_ns=started_ns or now, status="running", session_id=session_id))
         self.run_id = int(res.inserted_primary_key[0])
         pid = os.getpid()
         self.conn.execute(insert(RunProcess).values(run_id=self.run_id, host=liveness.hostname(), pid=pid,
