@@ -78,7 +78,7 @@ def build_paper_engine(cfg: Config, store: Store, on_tick=None, handle_signals: 
     c = cfg.strategy.controls
     return Engine(
         source, exchange, lambda market: build_strategy(cfg.strategy, market, session_s), store, mode="paper",
-        forecaster=build_forecaster(cfg) if forecaster is FROM_CONFIG else forecaster,
+        forecaster=build_forecaster(cfg, live_feed=cfg.exchange != "sim") if forecaster is FROM_CONFIG else forecaster,
         config_snapshot=cfg.model_dump(mode="json"), inventory=Inventory(base=base, cash=quote),
         tolerance_ticks=c.refresh_tolerance_ticks, max_order_age_s=c.max_order_age_s, post_only=c.post_only,
         pnl_interval_s=cfg.pnl_snapshot_interval_s, on_tick=on_tick, handle_signals=handle_signals,

@@ -272,7 +272,7 @@ def paper(
         from paper_trading.backtest import check_recording
 
         check_recording(replay)  # a bad recording fails before the database is touched (then streamed)
-    forecaster = build_forecaster(cfg)  # ... and so does a bad model file
+    forecaster = build_forecaster(cfg, live_feed=replay is None and cfg.exchange != "sim")  # ... and so does a bad model file
     from bot.observability.runtime import Observability
 
     obs = None

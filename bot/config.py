@@ -141,9 +141,11 @@ class ForecasterConfig(_Strict):
     See docs/forecaster.md."""
 
     model: str = Field("default", description="'default' (the shipped pretrained model), 'none', or a model file path")
-    backend: Literal["numba", "torchscript", "torchscript_async"] = Field(
-        "numba", description="one-step inference: numba (weights read from the TorchScript artifact), TorchScript inline, "
-                             "or torchscript_async (the TorchScript step on a worker thread, off the quoting path)"
+    backend: Literal["auto", "numba", "torchscript", "torchscript_async"] = Field(
+        "auto", description="one-step inference: auto (torchscript_async on a live feed -- paper on exchange data, live; "
+                            "numba on simulated or recorded time, where a run must not depend on thread timing), "
+                            "numba (weights read from the TorchScript artifact), TorchScript inline, "
+                            "or torchscript_async (the TorchScript step on a worker thread, off the quoting path)"
     )
     guard: bool = Field(True, description="fall back to the EWMA/zero-drift baseline while the model does worse")
     guard_window: int = Field(600, ge=10, description="guard: rolling window, scored forecasts (grid steps)")
@@ -326,9 +328,24 @@ def market_specs(cfg: Config, where: str = "(options)") -> list[MarketSpec]:
     return specs
 
 
-def build_forecaster(cfg: "Config"):
+def forecaster_backend(cfg: "Config", live_feed: bool = False) -> str:
+    """The one-step backend a run uses: ``forecaster.backend``, with ``auto`` resolved to
+    ``torchscript_async`` when the run is paced by a live feed (``live_feed``: paper on an
+    exchange's public data, live trading; the TorchScript module runs off the quoting path) and
+    to ``numba`` on simulated or recorded time (the simulated market, replays, backtests, tuning:
+    their results must be reproducible, so they cannot depend on a worker thread's timing; the
+    numba backend is tested equal to the TorchScript step to float32 rounding). Backtests with
+    the forecast cache use the TorchScript batch forward whatever this says."""
+    b = cfg.forecaster.backend
+    if b != "auto":
+        return b
+    return "torchscript_async" if live_feed else "numba"
+
+
+def build_forecaster(cfg: "Config", live_feed: bool = False):
     """The configured forecaster, or None for ``forecaster.model: none``. A missing or
-    mismatched model file raises DataError naming it."""
+    mismatched model file raises DataError naming it. ``live_feed``: see
+    :func:`forecaster_backend`."""
     f = cfg.forecaster
     if f.model.lower() == "none":
         return None
@@ -336,7 +353,7 @@ def build_forecaster(cfg: "Config"):
 
     guard = GuardConfig(enabled=f.guard, window=f.guard_window, min_obs=f.guard_min_obs, enter=f.guard_enter,
                         exit=f.guard_exit, drift=f.guard_drift)
-    fc = load_forecaster(f.model, backend=f.backend, guard=guard)
+    fc = load_forecaster(f.model, backend=forecaster_backend(cfg, live_feed), guard=guard)
     if f.adapt.enabled:
         from models.adapt.swap import wrap_from_config
 

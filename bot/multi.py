@@ -52,16 +52,18 @@ class ForecasterPool:
         self._loaded: dict[tuple, object] = {}
         self.loads = 0  # model files actually loaded (for tests and logs)
 
-    def get(self, cfg: Config):
+    def get(self, cfg: Config, live_feed: bool = False):
         f = cfg.forecaster
         if f.model.lower() == "none":
             return None
+        from bot.config import forecaster_backend
         from models.forecaster import GuardConfig, LstmForecaster, resolve_model_path
 
-        key = (str(resolve_model_path(f.model)), f.backend)
+        backend = forecaster_backend(cfg, live_feed)
+        key = (str(resolve_model_path(f.model)), backend)
         first = self._loaded.get(key)
-        if first is None or f.backend != "numba":
-            fc = build_forecaster(cfg)
+        if first is None or backend != "numba":
+            fc = build_forecaster(cfg, live_feed)
             self.loads += 1
             self._loaded.setdefault(key, fc)
             return fc
@@ -102,7 +104,7 @@ def build_market_runs(specs: list[MarketSpec], open_store, session_id: str, *, o
     for spec in specs:
         cfg = spec.cfg
         store = open_store()
-        fc = pool.get(cfg)
+        fc = pool.get(cfg, live_feed=credentials is not None or (spec.data is None and cfg.exchange != "sim"))
         if credentials is not None:
             from bot.live.app import build_live_engine
 

@@ -319,3 +319,35 @@ def test_the_guard_scores_the_forecast_that_was_used(tmp_path):
     # rows 31 (age 2, scored), 32..34 (stale: not scored), 35 (scored with its own output)
     assert len(fc.guard.vol) == scored + 6 + 2
     fc.close()
+
+
+def test_auto_backend_runs_torchscript_off_path_on_live_feeds_and_numba_on_simulated_time(tmp_path):
+    """forecaster.backend: auto (the default): a paper run on an exchange feed and a live run get
+    the TorchScript worker-thread backend; the simulated market and replays get numba (their
+    results must not depend on thread timing). An explicit backend is used everywhere."""
+    from bot.app import build_paper_engine
+    from bot.config import Config, forecaster_backend, with_overrides
+    from bot.persistence.store import open_store
+
+    cfg = Config()
+    assert cfg.forecaster.backend == "auto"
+    assert forecaster_backend(cfg) == "numba" and forecaster_backend(cfg, live_feed=True) == "torchscript_async"
+    forced = with_overrides(cfg, **{"forecaster.backend": "torchscript"})
+    assert forecaster_backend(forced, live_feed=True) == forecaster_backend(forced) == "torchscript"
+    store = open_store(str(tmp_path / "a.db"))
+    engines = []
+    try:
+        sim = build_paper_engine(cfg, store, handle_signals=False)
+        engines.append(sim)
+        feed = build_paper_engine(with_overrides(cfg, **{"exchange": "binance", "symbol": "BTC/USDT",
+                                                         "market_data.api_url": "http://127.0.0.1:9"}),
+                                  store, handle_signals=False)  # built, never started: no connection is made
+        engines.append(feed)
+        assert sim.forecaster.backend == "numba"
+        assert feed.forecaster.backend == "torchscript_async"
+    finally:
+        for e in engines:
+            close = getattr(e.forecaster, "close", None)
+            if close is not None:
+                close()
+        store.close()

@@ -71,7 +71,7 @@ def build_live_engine(cfg: Config, store: Store, credentials: Credentials, *, on
         build_source(cfg, clients), exchange, lambda market: build_strategy(cfg.strategy, market, session_s), store,
         reconciler=reconciler, limits=risk_limits(cfg), reconcile_interval_s=lv.reconcile_interval_s,
         target_inventory=None if lv.target_inventory is None else Decimal(repr(lv.target_inventory)),
-        forecaster=build_forecaster(cfg) if forecaster is FROM_CONFIG else forecaster,
+        forecaster=build_forecaster(cfg, live_feed=True) if forecaster is FROM_CONFIG else forecaster,
         config_snapshot=config_snapshot(cfg), tolerance_ticks=c.refresh_tolerance_ticks,
         max_order_age_s=c.max_order_age_s, post_only=c.post_only, pnl_interval_s=cfg.pnl_snapshot_interval_s,
         on_tick=on_tick, handle_signals=handle_signals,
