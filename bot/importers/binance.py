@@ -1534,13 +1534,40 @@ def import_binance(
     futures = stats.market in ("usdm", "cm") or futures_ids
     has_snapshot = stats.snapshots > 0
 
+    t = time.perf_counter()  # "sync" stage: bookTicker table, writer, sync kernel, gap records
+    bt_rows = np.flatnonzero(mtype == M_BOOKTICKER)
+    bt = np.empty(bt_rows.size, dtype=BOOKTICKER_DTYPE)
+    bt["local_ts"] = cols["local"][bt_rows]
+    bt["exch_ts"] = cols["exch"][bt_rows]
+    bt["bid_px"] = cols["f_px"][bt_rows]
+    bt["bid_qty"] = cols["f_qty"][bt_rows]
+    bt["ask_px"] = cols["f_px2"][bt_rows]
+    bt["ask_qty"] = cols["f_qty2"][bt_rows]
+    bt["update_id"] = cols["uid_last"][bt_rows]
+
+    meta = {
+        "exchange": "binance",
+        "symbol": stats.symbol,
+        "market": stats.market,
+        "tick_size": tick_size,
+        "lot_size": lot_size,
+        "qty_unit": "contracts" if stats.market == "cm" else "base",
+        "source_files": [{"path": str(p), "bytes": p.stat().st_size} for p in paths],
+        "importer": "bot.importers.binance",
+    }
+    kw = {"chunk_rows": chunk_rows} if chunk_rows else {}
+    writer = RecordingWriter(out_dir, meta, overwrite=overwrite, **kw)
+    # the bookTicker table is final now: encode it (arrow, no GIL) while the sync kernel
+    # (numba, no GIL) runs
+    bt_ex = ThreadPoolExecutor(max_workers=1)
+    bt_fut = bt_ex.submit(writer.write_aux, "bookticker", bt) if _PIPELINE != "v1" else None
+
     n_lvl_depth = int(cols["nbid"][is_depth].sum() + cols["nask"][is_depth].sum())
     is_snap = mtype == M_SNAPSHOT
     n_lvl_snap = int(cols["nbid"][is_snap].sum() + cols["nask"][is_snap].sum())
     # held-back diffs can be written once more after a mid-stream snapshot: bound by 2x
     out_cap = stats.trade_messages + 2 * n_lvl_depth + n_lvl_snap + 2 * stats.snapshots + 16
     gap_cap = 10_000
-    t = time.perf_counter()
     (o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last, nrow, gaps, ngap, counters) = sync_and_emit(
         mtype, cols["local"], cols["exch"], cols["uid_first"], cols["uid_last"], cols["uid_prev"],
         cols["f_px"], cols["f_qty"], cols["flag"], cols["bstart"], cols["nbid"], cols["astart"], cols["nask"],
@@ -1600,35 +1627,16 @@ def import_binance(
     stats.nonmonotonic_local_ts = int(np.count_nonzero(lt[1:] < lt[:-1])) if nrow > 1 else 0
     stats.events = int(nrow)
 
-    bt_rows = np.flatnonzero(mtype == M_BOOKTICKER)
-    bt = np.empty(bt_rows.size, dtype=BOOKTICKER_DTYPE)
-    bt["local_ts"] = cols["local"][bt_rows]
-    bt["exch_ts"] = cols["exch"][bt_rows]
-    bt["bid_px"] = cols["f_px"][bt_rows]
-    bt["bid_qty"] = cols["f_qty"][bt_rows]
-    bt["ask_px"] = cols["f_px2"][bt_rows]
-    bt["ask_qty"] = cols["f_qty2"][bt_rows]
-    bt["update_id"] = cols["uid_last"][bt_rows]
-
-    meta = {
-        "exchange": "binance",
-        "symbol": stats.symbol,
-        "market": stats.market,
-        "tick_size": tick_size,
-        "lot_size": lot_size,
-        "qty_unit": "contracts" if stats.market == "cm" else "base",
-        "source_files": [{"path": str(p), "bytes": p.stat().st_size} for p in paths],
-        "importer": "bot.importers.binance",
-    }
-    kw = {"chunk_rows": chunk_rows} if chunk_rows else {}
     tim["sync"] = time.perf_counter() - t
     t = time.perf_counter()
-    writer = RecordingWriter(out_dir, meta, overwrite=overwrite, **kw)
-    with ThreadPoolExecutor(max_workers=1) as ex:  # both writes spend their time in arrow (no GIL)
-        fut = ex.submit(writer.write_aux, "bookticker", bt)
+    if bt_fut is None:  # v1 pipeline: bookTicker encoded alongside the events
+        bt_fut = bt_ex.submit(writer.write_aux, "bookticker", bt)
+    try:
         writer.append_columns(ev_cols)
         writer.flush()
-        fut.result()
+    finally:
+        bt_fut.result()
+        bt_ex.shutdown()
     counts_k = np.bincount(ev_cols["kind"], minlength=5)
     stats.rows_by_kind = {"depth": int(counts_k[1]), "trade": int(counts_k[2]),
                           "snapshot": int(counts_k[3]), "clear": int(counts_k[4])}
