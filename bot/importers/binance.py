@@ -1167,7 +1167,7 @@ def _finish_block(path: Path, data: bytes, scanned, row_base: int, sym: str, ndi
     extra_qty: list[np.ndarray] = []
     n_extra = 0
     for row in fb.tolist():
-        line = data[int(lstart[row]) : int(lend[row])].rstrip(b"\r ")
+        line = bytes(data[int(lstart[row]) : int(lend[row])]).rstrip(b"\r ")
         try:
             typ, v = _slow_line(line, ndig, sym)
         except _LineError as e:
@@ -1375,8 +1375,16 @@ def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) 
         parts.append(part)
         row_base += part[0]["mtype"].shape[0]
 
+    def submit(data, start: int, end: int) -> None:
+        """Queue ``data[start:end]`` (whole lines) for scanning, without copying it."""
+        buf = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
+        view = data if start == 0 and end == len(data) else memoryview(data)[start:end]
+        pending.append((pool.submit(_scan_part, buf, sym_arr, ndig), view))
+
     pool = ThreadPoolExecutor(max_workers=_N_THREADS)
     try:
+        # Inflated pieces are scanned in place: only the line split between two pieces is
+        # copied (as a one-line block), so the text is never copied as a whole.
         carry = b""
         while True:
             item = q.get()
@@ -1388,21 +1396,25 @@ def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) 
             if isinstance(item, Exception):
                 truncated = f"{type(item).__name__}: {item}"
                 break
-            data = carry + item if carry else item
-            k = data.rfind(b"\n")
-            if k < 0:
-                carry = data
+            k_first = item.find(b"\n")
+            if k_first < 0:
+                carry = carry + item
                 continue
             if ndig is None:
-                ndig, fsym = _first_line_info(data, path)
+                ndig, fsym = _first_line_info(carry + item[: 1 << 20], path)
                 if sym and fsym and fsym.lower() != sym.lower():
                     raise DataError(f"{path}: stream symbol {fsym!r} differs from the first file's {sym!r}")
                 sym = sym or fsym
                 sym_arr = np.frombuffer(sym.encode(), dtype=np.uint8)
-            carry = data[k + 1 :]
-            block = data if k + 1 == len(data) else data[: k + 1]
-            buf = np.frombuffer(block, dtype=np.uint8)
-            pending.append((pool.submit(_scan_part, buf, sym_arr, ndig), block))
+            start = 0
+            if carry:
+                bridge = carry + item[: k_first + 1]
+                submit(bridge, 0, len(bridge))
+                start = k_first + 1
+            k_last = item.rfind(b"\n")
+            if k_last + 1 > start:
+                submit(item, start, k_last + 1)
+            carry = item[k_last + 1 :]
             while pending and pending[0][0].done():
                 finish_head()
         while pending:  # (line errors of whole blocks come before a gzip error, as before)
@@ -1414,7 +1426,7 @@ def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) 
                 ndig, fsym = _first_line_info(carry, path)
                 sym = sym or fsym
                 sym_arr = np.frombuffer(sym.encode(), dtype=np.uint8)
-            pending.append((pool.submit(_scan_part, np.frombuffer(carry, dtype=np.uint8), sym_arr, ndig), carry))
+            submit(carry, 0, len(carry))
             finish_head()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
