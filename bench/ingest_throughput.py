@@ -13,7 +13,9 @@
   :mod:`bot.importers.binance` (each inflated block split in two and scanned by two threads,
   block after block; bookTicker encoded after the sync) and the previous parquet writer
   (dictionary encoding on every column, :func:`_old_write_parquet_atomic` below). Both write
-  the same recording content. Prints ``old_*`` figures and ``speedup_median``.
+  the same recording content. Prints ``old_*`` figures and ``speedup_median``. The glibc
+  allocator setting the importer makes once per process (``_keep_freed_memory``) then also
+  applies to the old runs, so the ratio understates the gain over a fresh old process.
 * replay: the numba book replay (:mod:`bot.recording.book_replay`) over the imported
   recording: ``replay_kernel_events_per_s`` is the loop alone on prepared columns,
   ``replay_with_level_map_events_per_s`` includes mapping prices to level indices.

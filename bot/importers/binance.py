@@ -69,8 +69,10 @@ contracts (``meta["qty_unit"] == "contracts"``); timestamps int ns since the epo
 
 from __future__ import annotations
 
+import os
 import queue
 import re
+import sys
 import threading
 import time
 import zlib
@@ -1331,6 +1333,33 @@ def _scan_gz_streaming_v1(path: Path, sym: str, lenient: bool, stats: ImportStat
     return _FileTable(path, cols, np.concatenate([pt[1] for pt in parts]), np.concatenate([pt[2] for pt in parts])), sym
 
 
+_MALLOC_TUNED = False
+
+
+def _keep_freed_memory() -> None:
+    """Once per process, on glibc: let freed heap memory be reused instead of returned to the
+    OS (``M_MMAP_THRESHOLD`` 32 MB, ``M_TRIM_THRESHOLD`` 256 MB). An import allocates and
+    frees some 100 MB of short-lived buffers (inflated text, per-block tables, event columns);
+    with glibc's defaults most of them are fresh pages, and the page faults cost about a
+    quarter of the import's CPU time. Process-wide effect: memory freed after the import's
+    peak stays mapped in the process (up to 256 MB of free heap top) for later allocations.
+    No-op elsewhere (musl, macOS, Windows) or when ``MMBOT_MALLOC_TUNING=0``."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    if os.environ.get("MMBOT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 _PIPELINE = "pool"  # "v1": the previous streaming pipeline (benchmarks compare both)
 _POOL_PIECE = 1 << 18  # compressed bytes per inflate call in the pooled pipeline (~2 MB out)
 
@@ -1501,6 +1530,8 @@ def import_binance(
     """
     t0 = time.perf_counter()
     tim: dict[str, float] = {}
+    if _PIPELINE != "v1":
+        _keep_freed_memory()
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no input files")
