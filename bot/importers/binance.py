@@ -55,11 +55,15 @@ with ``lenient=True`` they are counted and skipped (``stats["lines_skipped"]``, 
 examples in ``stats["skipped"]``). A truncated gzip stream is an error, or, when lenient,
 is read up to the damage.
 
-Speed: a producer thread inflates gzip input in ~4 MB blocks (zlib-ng when installed)
-while a numba kernel parses the previous block straight from its bytes, split over two
-threads (no per-message Python objects); only lines it declines (the snapshot, odd lines) go
-through orjson. The sync pass and row emission are a second numba kernel, and the parquet
-writes of events and bookTicker run concurrently. The inflated text is not kept, but the
+Speed: a producer thread inflates gzip input in ~2 MB pieces (zlib-ng when installed); each
+piece is parsed in place (only the line split between two pieces is copied) by a numba kernel
+in one of two worker threads, so inflating and parsing overlap on both cores with no barrier
+per block (no per-message Python objects); only lines the kernel declines (the snapshot, odd
+lines) go through orjson, in this thread and in line order. The sync pass and row emission are
+a second numba kernel; the bookTicker table is encoded to parquet while it runs, then the
+events. Once per process the importer asks glibc to keep freed memory for reuse
+(:func:`_keep_freed_memory`): page faults on fresh buffers were about a quarter of its CPU
+time. ``_PIPELINE = "v1"`` runs the previous pipeline (for side-by-side benchmarks). The inflated text is not kept, but the
 per-line message table and the parsed levels of all input files are (about 16 bytes per
 level plus ~120 bytes per line), which bounds the input to a few GB per call.
 
@@ -1387,7 +1391,7 @@ def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) 
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
-    q: queue.Queue = queue.Queue(maxsize=64)
+    q: queue.Queue = queue.Queue(maxsize=32)  # (at most ~64 MB of inflated text ahead)
     th = threading.Thread(target=_inflate_pieces, args=(raw, q, _POOL_PIECE), daemon=True)
     th.start()
     parts = []
