@@ -63,9 +63,10 @@ lines) go through orjson, in this thread and in line order. The sync pass and ro
 a second numba kernel; the bookTicker table is encoded to parquet while it runs, then the
 events. Once per process the importer asks glibc to keep freed memory for reuse
 (:func:`_keep_freed_memory`): page faults on fresh buffers were about a quarter of its CPU
-time. ``_PIPELINE = "v1"`` runs the previous pipeline (for side-by-side benchmarks). The inflated text is not kept, but the
-per-line message table and the parsed levels of all input files are (about 16 bytes per
-level plus ~120 bytes per line), which bounds the input to a few GB per call.
+time. ``_PIPELINE = "v1"`` runs the previous pipeline (for side-by-side benchmarks).
+The inflated text is not kept, but the per-line message table and the parsed levels of all
+input files are (about 16 bytes per level plus ~120 bytes per line), which bounds the input
+to a few GB per call.
 
 Units: prices quote/base; sizes base units, except COIN-M (``cm``) where Binance sizes are
 contracts (``meta["qty_unit"] == "contracts"``); timestamps int ns since the epoch.
