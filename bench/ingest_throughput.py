@@ -8,11 +8,19 @@
   encode) of one import, and ``ingest_messages_per_cpu_s`` = messages / that: less sensitive
   to other load on the machine than the wall-clock figures (load averages at start and end of
   the timed runs are printed).
+* ``--compare``: also time the previous ingest path in the same process, interleaved with the
+  current one (old, new, old, new, ...): the ``v1`` streaming pipeline of
+  :mod:`bot.importers.binance` (each inflated block split in two and scanned by two threads,
+  block after block; bookTicker encoded after the sync) and the previous parquet writer
+  (dictionary encoding on every column, :func:`_old_write_parquet_atomic` below). Both write
+  the same recording content. Prints ``old_*`` figures and ``speedup_median``. The glibc
+  allocator setting the importer makes once per process (``_keep_freed_memory``) then also
+  applies to the old runs, so the ratio understates the gain over a fresh old process.
 * replay: the numba book replay (:mod:`bot.recording.book_replay`) over the imported
   recording: ``replay_kernel_events_per_s`` is the loop alone on prepared columns,
   ``replay_with_level_map_events_per_s`` includes mapping prices to level indices.
 
-Usage: ``python bench/ingest_throughput.py [--runs 3] [--file PATH]``
+Usage: ``python bench/ingest_throughput.py [--runs 3] [--file PATH] [--compare]``
 """
 
 from __future__ import annotations
@@ -33,10 +41,47 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_FILE = ROOT.parent / "shared" / "data" / "binance" / "usdm" / "btcusdt_20240808.gz"
 
 
+def _old_write_parquet_atomic(path, arr, compression):
+    """The recording writer's parquet write before the ingest work (dictionary on every
+    column), for ``--compare``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bot.recording.io import _as_columns
+
+    tmp = path.with_name(path.name + ".tmp")
+    cols = _as_columns(arr)
+    table = pa.table({name: pa.array(np.ascontiguousarray(c)) for name, c in cols.items()})
+    pq.write_table(table, tmp, compression=compression, row_group_size=max(table.num_rows, 1),
+                   write_statistics=False)
+    os.replace(tmp, path)
+
+
+class _OldPath:
+    """Context manager: run the previous ingest path (see the module docstring)."""
+
+    def __enter__(self):
+        import bot.importers.binance as b
+        import bot.recording.io as io
+
+        self.saved = (b._PIPELINE, io._write_parquet_atomic)
+        b._PIPELINE = "v1"
+        io._write_parquet_atomic = _old_write_parquet_atomic
+        return self
+
+    def __exit__(self, *exc):
+        import bot.importers.binance as b
+        import bot.recording.io as io
+
+        b._PIPELINE, io._write_parquet_atomic = self.saved
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--file", type=Path, default=DEFAULT_FILE)
+    ap.add_argument("--compare", action="store_true", help="interleave runs of the previous ingest path")
     args = ap.parse_args()
     if not args.file.exists():
         print(json.dumps({"skipped": f"{args.file} not found (../shared/data is not part of the repository)"}))
@@ -53,9 +98,20 @@ def main() -> int:
         out = tmp / "rec"
         import_binance([args.file], out)  # warm-up: JIT/cache load, page cache
         times, cpus, stages = [], [], []
+        old_times, old_cpus = [], []
         stats = None
+        if args.compare:
+            with _OldPath():
+                import_binance([args.file], out)
         load_start = [round(x, 2) for x in os.getloadavg()]
         for _ in range(args.runs):
+            if args.compare:
+                with _OldPath():
+                    c0 = time.process_time()
+                    t0 = time.perf_counter()
+                    import_binance([args.file], out)
+                    old_times.append(time.perf_counter() - t0)
+                    old_cpus.append(time.process_time() - c0)
             c0 = time.process_time()
             t0 = time.perf_counter()
             stats = import_binance([args.file], out)
@@ -104,6 +160,15 @@ def main() -> int:
             "replay_with_level_map_events_per_s": round(n_ev / statistics.median(rl)),
             "cpus": os.cpu_count(),
         }
+        if args.compare:
+            t_old = statistics.median(old_times)
+            res.update({
+                "old_ingest_s_median": round(t_old, 4),
+                "old_ingest_s_all": [round(t, 4) for t in old_times],
+                "old_ingest_messages_per_s": round(stats.messages / t_old),
+                "old_ingest_cpu_s_median": round(statistics.median(old_cpus), 4),
+                "speedup_median": round(t_old / t_ing, 3),
+            })
         print(json.dumps(res))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

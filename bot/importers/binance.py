@@ -55,13 +55,18 @@ with ``lenient=True`` they are counted and skipped (``stats["lines_skipped"]``, 
 examples in ``stats["skipped"]``). A truncated gzip stream is an error, or, when lenient,
 is read up to the damage.
 
-Speed: a producer thread inflates gzip input in ~4 MB blocks (zlib-ng when installed)
-while a numba kernel parses the previous block straight from its bytes, split over two
-threads (no per-message Python objects); only lines it declines (the snapshot, odd lines) go
-through orjson. The sync pass and row emission are a second numba kernel, and the parquet
-writes of events and bookTicker run concurrently. The inflated text is not kept, but the
-per-line message table and the parsed levels of all input files are (about 16 bytes per
-level plus ~120 bytes per line), which bounds the input to a few GB per call.
+Speed: a producer thread inflates gzip input in ~4 MB pieces (zlib-ng when installed); each
+piece is parsed in place (only the line split between two pieces is copied) by a numba kernel
+in one of two worker threads, so inflating and parsing overlap on both cores with no barrier
+per block (no per-message Python objects); only lines the kernel declines (the snapshot, odd
+lines) go through orjson, in this thread and in line order. The sync pass and row emission are
+a second numba kernel; the bookTicker table is encoded to parquet while it runs, then the
+events. Once per process the importer asks glibc to keep freed memory for reuse
+(:func:`_keep_freed_memory`): page faults on fresh buffers were about a quarter of its CPU
+time. ``_PIPELINE = "v1"`` runs the previous pipeline (for side-by-side benchmarks).
+The inflated text is not kept, but the per-line message table and the parsed levels of all
+input files are (about 16 bytes per level plus ~120 bytes per line), which bounds the input
+to a few GB per call.
 
 Units: prices quote/base; sizes base units, except COIN-M (``cm``) where Binance sizes are
 contracts (``meta["qty_unit"] == "contracts"``); timestamps int ns since the epoch.
@@ -69,8 +74,10 @@ contracts (``meta["qty_unit"] == "contracts"``); timestamps int ns since the epo
 
 from __future__ import annotations
 
+import os
 import queue
 import re
+import sys
 import threading
 import time
 import zlib
@@ -1150,7 +1157,15 @@ def _process_block(path: Path, data: bytes, end: int, row_base: int, sym: str, n
                    stats: ImportStats):
     """Parse ``data[:end]`` (whole lines); line numbers in errors are ``row_base + row + 1``."""
     buf = np.frombuffer(data, dtype=np.uint8, count=end)
-    cols, lvl_px, lvl_qty, lstart, lend = _scan_bytes(buf, np.frombuffer(sym.encode(), dtype=np.uint8), ndig)
+    scanned = _scan_bytes(buf, np.frombuffer(sym.encode(), dtype=np.uint8), ndig)
+    return _finish_block(path, data, scanned, row_base, sym, ndig, lenient, stats)
+
+
+def _finish_block(path: Path, data: bytes, scanned, row_base: int, sym: str, ndig: int, lenient: bool,
+                  stats: ImportStats):
+    """Python part of a block: parse the lines the numba scanner declined (``scanned`` is what
+    :func:`_scan_bytes` returned for ``data``) with orjson; returns (cols, lvl_px, lvl_qty)."""
+    cols, lvl_px, lvl_qty, lstart, lend = scanned
     lvl_n = lvl_px.shape[0]
     # lines the fast path declined
     fb = np.flatnonzero(cols["mtype"] == M_FALLBACK)
@@ -1159,7 +1174,7 @@ def _process_block(path: Path, data: bytes, end: int, row_base: int, sym: str, n
     extra_qty: list[np.ndarray] = []
     n_extra = 0
     for row in fb.tolist():
-        line = data[int(lstart[row]) : int(lend[row])].rstrip(b"\r ")
+        line = bytes(data[int(lstart[row]) : int(lend[row])]).rstrip(b"\r ")
         try:
             typ, v = _slow_line(line, ndig, sym)
         except _LineError as e:
@@ -1213,7 +1228,7 @@ _IN_PIECE = 1 << 19  # compressed bytes per inflate call (~4 MB out)
 _DONE = object()
 
 
-def _inflate_pieces(raw: bytes, q: "queue.Queue") -> None:
+def _inflate_pieces(raw: bytes, q: "queue.Queue", piece: int = _IN_PIECE) -> None:
     """Producer thread: inflate (multi-member) gzip ``raw`` piece by piece into ``q``; ends
     with ``_DONE``, or ``("truncated", reason)`` / an exception object on damage."""
     try:
@@ -1222,8 +1237,8 @@ def _inflate_pieces(raw: bytes, q: "queue.Queue") -> None:
         pos = 0
         n = len(raw)
         while pos < n:
-            data = raw[pos : pos + _IN_PIECE]
-            pos += _IN_PIECE
+            data = raw[pos : pos + piece]
+            pos += piece
             while data:
                 out = d.decompress(data)
                 if out:
@@ -1248,8 +1263,10 @@ def _inflate_pieces(raw: bytes, q: "queue.Queue") -> None:
         q.put(e)
 
 
-def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
-    """Inflate in a producer thread while the numba scanner parses the previous block."""
+def _scan_gz_streaming_v1(path: Path, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
+    """Previous pipeline (kept for side-by-side benchmarks, ``_PIPELINE = "v1"``): inflate in a
+    producer thread while each block is split in two and scanned by two threads, block after
+    block."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -1321,6 +1338,150 @@ def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) 
     return _FileTable(path, cols, np.concatenate([pt[1] for pt in parts]), np.concatenate([pt[2] for pt in parts])), sym
 
 
+_MALLOC_TUNED = False
+
+
+def _keep_freed_memory() -> None:
+    """Once per process, on glibc: let freed heap memory be reused instead of returned to the
+    OS (``M_MMAP_THRESHOLD`` 32 MB, ``M_TRIM_THRESHOLD`` 256 MB). An import allocates and
+    frees some 100 MB of short-lived buffers (inflated text, per-block tables, event columns);
+    with glibc's defaults most of them are fresh pages, and the page faults cost about a
+    quarter of the import's CPU time. Process-wide effect: memory freed after the import's
+    peak stays mapped in the process (up to 256 MB of free heap top) for later allocations.
+    No-op elsewhere (musl, macOS, Windows) or when ``MMBOT_MALLOC_TUNING=0``."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    if os.environ.get("MMBOT_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_PIPELINE = "pool"  # "v1": the previous streaming pipeline (benchmarks compare both)
+_POOL_PIECE = 1 << 19  # compressed bytes per inflate call in the pooled pipeline (~4 MB out)
+
+
+def _merge_parts(parts: list) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Concatenate per-block (cols, lvl_px, lvl_qty), shifting level offsets."""
+    if len(parts) == 1:
+        return parts[0]
+    lvl_off = np.cumsum([0] + [pt[1].shape[0] for pt in parts[:-1]])
+    cols = {}
+    for name in _TABLE_FIELDS:
+        cs = [pt[0][name] + off if name in ("bstart", "astart") else pt[0][name] for pt, off in zip(parts, lvl_off)]
+        cols[name] = np.concatenate(cs)
+    return cols, np.concatenate([pt[1] for pt in parts]), np.concatenate([pt[2] for pt in parts])
+
+
+def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
+    """Inflate in a producer thread; each block of whole lines is scanned, whole, by one of
+    ``_N_THREADS`` worker threads (the numba kernel releases the GIL), so inflating and
+    scanning overlap without a barrier per block. The Python part of each block (lines the
+    kernel declined, line numbers) runs in this thread, in block order."""
+    if _PIPELINE == "v1":
+        return _scan_gz_streaming_v1(path, sym, lenient, stats)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    q: queue.Queue = queue.Queue(maxsize=16)  # (at most ~64 MB of inflated text ahead)
+    th = threading.Thread(target=_inflate_pieces, args=(raw, q, _POOL_PIECE), daemon=True)
+    th.start()
+    parts = []
+    pending: list = []  # (future, data) in block order
+    row_base = 0
+    ndig = None
+    sym_arr = None
+    truncated = None
+
+    def finish_head() -> None:
+        nonlocal row_base
+        fut, data = pending.pop(0)
+        part = _finish_block(path, data, fut.result(), row_base, sym, ndig, lenient, stats)
+        parts.append(part)
+        row_base += part[0]["mtype"].shape[0]
+
+    def submit(data, start: int, end: int) -> None:
+        """Queue ``data[start:end]`` (whole lines) for scanning, without copying it."""
+        buf = np.frombuffer(data, dtype=np.uint8, count=end - start, offset=start)
+        view = data if start == 0 and end == len(data) else memoryview(data)[start:end]
+        pending.append((pool.submit(_scan_part, buf, sym_arr, ndig), view))
+
+    pool = ThreadPoolExecutor(max_workers=_N_THREADS)
+    try:
+        # Inflated pieces are scanned in place: only the line split between two pieces is
+        # copied (as a one-line block), so the text is never copied as a whole.
+        carry = b""
+        while True:
+            item = q.get()
+            if item is _DONE:
+                break
+            if isinstance(item, tuple):
+                truncated = item[1]
+                break
+            if isinstance(item, Exception):
+                truncated = f"{type(item).__name__}: {item}"
+                break
+            k_first = item.find(b"\n")
+            if k_first < 0:
+                carry = carry + item
+                continue
+            if ndig is None:
+                ndig, fsym = _first_line_info(carry + item[: 1 << 20], path)
+                if sym and fsym and fsym.lower() != sym.lower():
+                    raise DataError(f"{path}: stream symbol {fsym!r} differs from the first file's {sym!r}")
+                sym = sym or fsym
+                sym_arr = np.frombuffer(sym.encode(), dtype=np.uint8)
+            start = 0
+            if carry:
+                bridge = carry + item[: k_first + 1]
+                submit(bridge, 0, len(bridge))
+                start = k_first + 1
+            k_last = item.rfind(b"\n")
+            if k_last + 1 > start:
+                submit(item, start, k_last + 1)
+            carry = item[k_last + 1 :]
+            while pending and pending[0][0].done():
+                finish_head()
+        while pending:  # (line errors of whole blocks come before a gzip error, as before)
+            finish_head()
+        if truncated is not None and not lenient:
+            raise DataError(f"{path}: corrupt or truncated gzip stream: {truncated}")
+        if carry:
+            if ndig is None:
+                ndig, fsym = _first_line_info(carry, path)
+                sym = sym or fsym
+                sym_arr = np.frombuffer(sym.encode(), dtype=np.uint8)
+            submit(carry, 0, len(carry))
+            finish_head()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if truncated is None and th.is_alive():
+            # consumer failed: drain so the producer can finish
+            while th.is_alive():
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+        th.join()
+    if truncated is not None:
+        stats.truncated_files.append(str(path))
+    if not parts:
+        empty = {k: np.empty(0, np.int64) for k in _TABLE_FIELDS}
+        empty["mtype"] = np.empty(0, np.int8)
+        return _FileTable(path, empty, np.empty(0), np.empty(0)), sym
+    cols, lp, lq = _merge_parts(parts)
+    return _FileTable(path, cols, lp, lq), sym
+
+
 def _scan_path(path: Path, sym: str, lenient: bool, stats: ImportStats) -> tuple[_FileTable, str]:
     try:
         with open(path, "rb") as f:
@@ -1374,6 +1535,8 @@ def import_binance(
     """
     t0 = time.perf_counter()
     tim: dict[str, float] = {}
+    if _PIPELINE != "v1":
+        _keep_freed_memory()
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no input files")
@@ -1419,13 +1582,40 @@ def import_binance(
     futures = stats.market in ("usdm", "cm") or futures_ids
     has_snapshot = stats.snapshots > 0
 
+    t = time.perf_counter()  # "sync" stage: bookTicker table, writer, sync kernel, gap records
+    bt_rows = np.flatnonzero(mtype == M_BOOKTICKER)
+    bt = np.empty(bt_rows.size, dtype=BOOKTICKER_DTYPE)
+    bt["local_ts"] = cols["local"][bt_rows]
+    bt["exch_ts"] = cols["exch"][bt_rows]
+    bt["bid_px"] = cols["f_px"][bt_rows]
+    bt["bid_qty"] = cols["f_qty"][bt_rows]
+    bt["ask_px"] = cols["f_px2"][bt_rows]
+    bt["ask_qty"] = cols["f_qty2"][bt_rows]
+    bt["update_id"] = cols["uid_last"][bt_rows]
+
+    meta = {
+        "exchange": "binance",
+        "symbol": stats.symbol,
+        "market": stats.market,
+        "tick_size": tick_size,
+        "lot_size": lot_size,
+        "qty_unit": "contracts" if stats.market == "cm" else "base",
+        "source_files": [{"path": str(p), "bytes": p.stat().st_size} for p in paths],
+        "importer": "bot.importers.binance",
+    }
+    kw = {"chunk_rows": chunk_rows} if chunk_rows else {}
+    writer = RecordingWriter(out_dir, meta, overwrite=overwrite, **kw)
+    # the bookTicker table is final now: encode it (arrow, no GIL) while the sync kernel
+    # (numba, no GIL) runs
+    bt_ex = ThreadPoolExecutor(max_workers=1)
+    bt_fut = bt_ex.submit(writer.write_aux, "bookticker", bt) if _PIPELINE != "v1" else None
+
     n_lvl_depth = int(cols["nbid"][is_depth].sum() + cols["nask"][is_depth].sum())
     is_snap = mtype == M_SNAPSHOT
     n_lvl_snap = int(cols["nbid"][is_snap].sum() + cols["nask"][is_snap].sum())
     # held-back diffs can be written once more after a mid-stream snapshot: bound by 2x
     out_cap = stats.trade_messages + 2 * n_lvl_depth + n_lvl_snap + 2 * stats.snapshots + 16
     gap_cap = 10_000
-    t = time.perf_counter()
     (o_kind, o_side, o_exch, o_local, o_px, o_qty, o_first, o_last, nrow, gaps, ngap, counters) = sync_and_emit(
         mtype, cols["local"], cols["exch"], cols["uid_first"], cols["uid_last"], cols["uid_prev"],
         cols["f_px"], cols["f_qty"], cols["flag"], cols["bstart"], cols["nbid"], cols["astart"], cols["nask"],
@@ -1485,35 +1675,16 @@ def import_binance(
     stats.nonmonotonic_local_ts = int(np.count_nonzero(lt[1:] < lt[:-1])) if nrow > 1 else 0
     stats.events = int(nrow)
 
-    bt_rows = np.flatnonzero(mtype == M_BOOKTICKER)
-    bt = np.empty(bt_rows.size, dtype=BOOKTICKER_DTYPE)
-    bt["local_ts"] = cols["local"][bt_rows]
-    bt["exch_ts"] = cols["exch"][bt_rows]
-    bt["bid_px"] = cols["f_px"][bt_rows]
-    bt["bid_qty"] = cols["f_qty"][bt_rows]
-    bt["ask_px"] = cols["f_px2"][bt_rows]
-    bt["ask_qty"] = cols["f_qty2"][bt_rows]
-    bt["update_id"] = cols["uid_last"][bt_rows]
-
-    meta = {
-        "exchange": "binance",
-        "symbol": stats.symbol,
-        "market": stats.market,
-        "tick_size": tick_size,
-        "lot_size": lot_size,
-        "qty_unit": "contracts" if stats.market == "cm" else "base",
-        "source_files": [{"path": str(p), "bytes": p.stat().st_size} for p in paths],
-        "importer": "bot.importers.binance",
-    }
-    kw = {"chunk_rows": chunk_rows} if chunk_rows else {}
     tim["sync"] = time.perf_counter() - t
     t = time.perf_counter()
-    writer = RecordingWriter(out_dir, meta, overwrite=overwrite, **kw)
-    with ThreadPoolExecutor(max_workers=1) as ex:  # both writes spend their time in arrow (no GIL)
-        fut = ex.submit(writer.write_aux, "bookticker", bt)
+    if bt_fut is None:  # v1 pipeline: bookTicker encoded alongside the events
+        bt_fut = bt_ex.submit(writer.write_aux, "bookticker", bt)
+    try:
         writer.append_columns(ev_cols)
         writer.flush()
-        fut.result()
+    finally:
+        bt_fut.result()
+        bt_ex.shutdown()
     counts_k = np.bincount(ev_cols["kind"], minlength=5)
     stats.rows_by_kind = {"depth": int(counts_k[1]), "trade": int(counts_k[2]),
                           "snapshot": int(counts_k[3]), "clear": int(counts_k[4])}

@@ -90,9 +90,12 @@ def _write_parquet_atomic(path: Path, arr, compression: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     cols = _as_columns(arr)
     table = pa.table({name: pa.array(np.ascontiguousarray(c)) for name, c in cols.items()})
+    # dictionary-encode floats and 1-byte columns only: int64 timestamps and ids are mostly
+    # distinct, and a dictionary there costs time and size (same content either way)
+    dict_cols = [name for name, c in cols.items() if c.dtype.kind == "f" or c.dtype.itemsize == 1]
     pq.write_table(
         table, tmp, compression=compression, row_group_size=max(table.num_rows, 1),
-        write_statistics=False,
+        write_statistics=False, use_dictionary=dict_cols,
     )
     os.replace(tmp, path)
 
