@@ -56,7 +56,7 @@ _RANGES = {
     "tune_timeout": (0.0, 1e7, True), "hidden": (1, 4096, False), "layers": (1, 16, False), "lookback": (1, 100_000, False),
     "batch": (1, 100_000, False), "max_epochs": (1, 100_000, False), "patience": (1, 100_000, False),
     "threads": (1, 1024, False), "folds": (0, 100, False), "trials": (0, 100_000, False), "tune_epochs": (1, 100_000, False),
-    "seed": (0, 2**63 - 1, False), "n_levels": (1, 1000, False),
+    "seed": (0, 2**63 - 1, False), "n_levels": (1, 1000, False), "calib_frac": (0.0, 0.9, True),
 }
 _OPTION = {"n_levels": "--levels"}
 
@@ -147,6 +147,9 @@ def train(
     name: Annotated[str, typer.Option(help="model name (file name under --out)")] = "model",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+    lomo: Annotated[bool, typer.Option("--lomo", help="several markets (at least 3): leave-one-market-out evaluation in the report")] = False,
+    calib_frac: Annotated[float, typer.Option("--calib-frac", help="several markets, --lomo: share of a held-out market's rows that standardise it (not scored)")] = 0.3,
+    shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="several markets, --lomo, correction arch: shrink the correction towards its baseline on each held-out market, weights fitted on its calibration rows")] = True,
 ) -> dict:
     """Train the LSTM forecaster, evaluate it walk-forward against the baselines, export it, register it, write the report."""
     from rich.console import Console
@@ -165,7 +168,7 @@ def train(
     _check_options(sample_s=sample_s, dropout=dropout, lr=lr, weight_decay=weight_decay, drift_weight=drift_weight,
                    initial_frac=initial_frac, tune_timeout=tune_timeout, hidden=hidden, layers=layers, lookback=lookback,
                    batch=batch, max_epochs=max_epochs, patience=patience, threads=threads, folds=folds, trials=trials,
-                   tune_epochs=tune_epochs, seed=seed, n_levels=n_levels)
+                   tune_epochs=tune_epochs, seed=seed, n_levels=n_levels, calib_frac=calib_frac)
     if scheme not in ("expanding", "rolling"):
         raise MmbotError(f"--scheme must be 'expanding' or 'rolling', got {scheme!r}")
     if arch not in ("plain", "correction"):
@@ -183,6 +186,23 @@ def train(
     cfg = TrainConfig(hidden=hidden, layers=layers, dropout=dropout, lookback=lookback, batch=batch, lr=lr,
                       weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, drift_weight=drift_weight,
                       skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2)
+    from models.multitrain import group_inputs
+
+    for p in data:
+        if not Path(p).exists():
+            raise DataError(f"{p}: not found")
+    groups = group_inputs([Path(p) for p in data])
+    if len(groups) > 1:
+        for opt, val in (("--init-from", init_from), ("--since", since), ("--until", until), ("--trials", trials or None)):
+            if val:
+                raise MmbotError(f"{opt} is not supported with several markets ({len(groups)} given)")
+        from models.multitrain import train_markets
+
+        return train_markets(groups, fcfg=fcfg, hz=hz, cfg=replace(cfg, base="combo"), lomo_on=lomo, calib_frac=calib_frac, registry=registry,
+                             make_default=make_default, out=out, name=name, say=say, json_out=json_out,
+                             command=_command(args, hz, cfg, 0), shrink=shrink)
+    if lomo:
+        raise MmbotError("--lomo needs several markets (at least 3 recordings)")
     init = None
     parent = None
     reg = Registry(registry)
@@ -394,6 +414,8 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
         parts.append("--no-skip")
     if args.get("make_default"):
         parts.append("--make-default")
+    if args.get("lomo"):
+        parts += ["--lomo", "--calib-frac", str(args["calib_frac"])] + ([] if args["shrink"] else ["--no-shrink"])
     return " ".join(shlex.quote(p) for p in parts)
 
 

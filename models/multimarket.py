@@ -96,6 +96,7 @@ class _Std:
     floor: float
     spec: object
     kw: dict
+    norm: Normalizer  # the inputs' standardisation (fitted on the given rows only)
 
 
 def _standardise(ds: cal.Dataset, cfg: TrainConfig, rows: np.ndarray) -> _Std:
@@ -113,7 +114,7 @@ def _standardise(ds: cal.Dataset, cfg: TrainConfig, rows: np.ndarray) -> _Std:
     if oc is not None:
         Z[:, oc[0]] = X[:, oc[0]] / sc.drift_scale
         Z[:, oc[1]] = X[:, oc[1]] - math.log(sc.var_scale)
-    return _Std(X, Z, ds.tg.drift / sc.drift_scale, (ds.tg.var + floor) / sc.var_scale, sc, floor, spec, kw)
+    return _Std(X, Z, ds.tg.drift / sc.drift_scale, (ds.tg.var + floor) / sc.var_scale, sc, floor, spec, kw, norm)
 
 
 def _identity(n: int, offset_cols) -> Normalizer:
@@ -123,20 +124,29 @@ def _identity(n: int, offset_cols) -> Normalizer:
     return Normalizer(np.zeros(n), std, 1e6)
 
 
-def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = False, label: str = "markets") -> tuple[FitResult, dict]:
+def train_val_rows(ds: cal.Dataset, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of one market: the last ``val_frac`` of its usable rows
+    validate; no training row's target reaches into them."""
+    use = ds.usable()
+    u = np.flatnonzero(use)
+    v0 = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * (1.0 - val_frac))
+    idx = np.arange(ds.n)
+    return use & (idx < v0) & (ds.end_row < v0), use & (idx >= v0)
+
+
+def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = False, label: str = "markets",
+                stds_out: list | None = None) -> tuple[FitResult, dict]:
     """Train one network on several markets (each standardised on its own rows; the last
     ``cfg.val_frac`` of each market's usable rows for early stopping). Returns the fit (its
-    normaliser is the identity: inputs must be standardised per market) and the kwargs."""
+    normaliser is the identity: inputs must be standardised per market) and the kwargs.
+    ``stds_out``: if given, each market's :class:`_Std` (its standardisation) is appended."""
     Zs, ds_, vs_, tr_, va_ = [], [], [], [], []
     kw: dict = {}
     for ds in datasets:
-        use = ds.usable()
-        u = np.flatnonzero(use)
-        v0 = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * (1.0 - cfg.val_frac))
-        idx = np.arange(ds.n)
-        tr = use & (idx < v0) & (ds.end_row < v0)
-        va = use & (idx >= v0)
+        tr, va = train_val_rows(ds, cfg.val_frac)
         st = _standardise(ds, cfg, tr | va)
+        if stds_out is not None:
+            stds_out.append(st)
         kw = st.kw
         Zs.append(st.Z)
         ds_.append(st.drift)
@@ -151,8 +161,29 @@ def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = 
     return res, kw
 
 
-def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=None, progress: bool = False) -> list[dict]:
-    """Leave-one-market-out evaluation (see the module docstring); one result dict per market."""
+SHRINK_GRID = np.linspace(0.0, 1.0, 11)
+
+
+def fit_shrink(y_var: np.ndarray, log_base: np.ndarray, log_model: np.ndarray, y_drift: np.ndarray,
+               mu_base: np.ndarray, mu_model: np.ndarray, floor: float) -> tuple[float, float]:
+    """Shrinkage of the correction towards its baseline, fitted on calibration rows: the
+    weights ``a_v``, ``a_d`` in [0, 1] (grid of 0.1) of ``log V = log V_base + a_v (log V_model -
+    log V_base)`` with the lowest QLIKE and ``mu = mu_base + a_d (mu_model - mu_base)`` with the
+    lowest MSE. 0 = the baseline alone: a market on which the correction does not help on its own
+    first rows gets none. Units: variances bp^2 (logs of), drifts bp."""
+    v = y_var + floor
+    c = log_model - log_base
+    ql = [float(np.mean(dm_.qlike_rows(v, np.exp(log_base + a * c)))) for a in SHRINK_GRID]
+    d = mu_model - mu_base
+    ms = [float(np.mean((y_drift - mu_base - a * d) ** 2)) for a in SHRINK_GRID]
+    return float(SHRINK_GRID[int(np.argmin(ql))]), float(SHRINK_GRID[int(np.argmin(ms))])
+
+
+def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=None, progress: bool = False,
+         shrink: bool = False) -> list[dict]:
+    """Leave-one-market-out evaluation (see the module docstring); one result dict per market.
+    ``shrink`` (correction arch): the correction on the held-out market is shrunk towards its
+    baseline by weights fitted on its calibration rows (:func:`fit_shrink`), never on test rows."""
     markets = sorted(markets, key=lambda m: m.start_ns)
     out = []
     for held in markets:
@@ -186,11 +217,18 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
         mu = mu_s * st.scales.drift_scale
         var = var_s * st.scales.var_scale
         floor = st.floor
+        oc = st.kw.get("offset_cols")
+        if shrink and oc is not None:
+            lb, mb = st.X[:, oc[1]], st.X[:, oc[0]]
+            a_v, a_d = fit_shrink(ds.tg.var[calib], lb[calib], np.log(var[calib]), ds.tg.drift[calib], mb[calib],
+                                  mu[calib], floor)
+            var = np.exp(lb + a_v * (np.log(var) - lb))
+            mu = mb + a_d * (mu - mb)
+            row["shrink"] = {"vol": a_v, "drift": a_d}
         v, y = ds.tg.var[test], ds.tg.drift[test]
         tau = cal.fit_tau(ds.tg.drift[calib], mu[calib])
         met = {"model": {**cal.vol_metrics(v, var[test], floor), **cal.drift_metrics(y, mu[test], cal.classify(mu[test], tau))}}
         losses = {"qlike": {"model": dm_.qlike_rows(v + floor, var[test])}, "sqerr": {"model": (y - mu[test]) ** 2}}
-        oc = st.kw.get("offset_cols")
         if oc is not None:  # the correction model's own baseline, without the correction
             met["own_baseline"] = {**cal.vol_metrics(v, np.exp(st.X[test, oc[1]]), floor),
                                    **cal.drift_metrics(y, st.X[test, oc[0]], cal.classify(st.X[test, oc[0]], tau))}
@@ -265,7 +303,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
                  calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
                  weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
-                 base: str = "combo") -> tuple[list[dict], str]:
+                 base: str = "combo", shrink: bool = False) -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
     are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
     fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
@@ -279,7 +317,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
         m = load_market(p, fcfg, horizon, warmup, name=Path(p).name, max_hours=max_hours)
         log(f"{m.name}: {m.ds.n} rows, {int(m.ds.usable().sum())} usable")
         markets.append(m)
-    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress)
+    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink)
     return rows, lomo_table(rows, arch)
 
 
@@ -301,9 +339,11 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--calib-frac", type=float, default=0.3)
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--shrink", action="store_true", help="correction arch: shrink the correction towards its baseline "
+                    "by weights fitted on each held-out market's calibration rows")
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
-                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base)
+                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))

@@ -1,0 +1,131 @@
+"""``mmbot train`` on several markets (real Binance captures, raw files grouped into markets):
+one model out, carrying its first market's own standardisation, that the forecaster loads
+and steps; a bad input named in one line; a held-out market standardised on its calibration
+rows only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.recording.io import open_recording
+from models.features import FeatureConfig
+from models_helpers import BINANCE_SPOT, DATA, change_future, need, replay_online, write_recording
+
+ROOT = Path(__file__).resolve().parents[1]
+ETH = [DATA / "binance/spot/ethusdt_20240808.gz", DATA / "binance/spot/ethusdt_20240809.gz"]
+ARGS = dict(arch="correction", sample_s=0.5, horizon="5s", rv_windows="10,40", hidden=6, lookback=16, batch=4,
+            max_epochs=2, patience=1, threads=1, progress=False, json_out=True)
+
+
+def test_group_inputs():
+    from models.multitrain import group_inputs
+
+    need(*BINANCE_SPOT, *ETH)
+    g = group_inputs([*BINANCE_SPOT, *ETH])
+    assert g == [list(BINANCE_SPOT), list(ETH)]  # two files of one capture = one market
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    need(*BINANCE_SPOT, *ETH)
+    from models.cli import train
+
+    reg = tmp_path_factory.mktemp("reg")
+    res = train([*BINANCE_SPOT, *ETH], registry=reg, **ARGS)
+    return res, reg
+
+
+def test_two_markets_one_model_the_forecaster_loads_and_steps(trained, tmp_path):
+    from bot.importers.binance import import_binance
+    from models.export import load_model
+    from models.forecaster import GuardConfig, load_forecaster
+    from models.features import grid_times
+    from models.multimarket import _standardise, load_market, train_val_rows
+    from models.train import TrainConfig
+
+    res, reg = trained
+    assert len(res["markets"]) == 2 and res["markets"][0] != res["markets"][1]
+    module, meta = load_model(Path(res["model"]))
+    assert meta["data"]["calibrated_for"] == res["markets"][0] and len(meta["markets"]) == 2
+    assert (reg / res["version"] / "report.md").exists() and "several markets" in (reg / res["version"] / "report.md").read_text()
+    assert "index.json" in {p.name for p in reg.iterdir()}
+    # the exported standardisation is the first market's own, fitted on its rows alone
+    rec = import_binance(BINANCE_SPOT, tmp_path / "btc")
+    fcfg = FeatureConfig(sample_s=0.5, n_levels=5, rv_windows=(10, 40))
+    m = load_market(tmp_path / "btc", fcfg, "5s", 40)
+    tr, va = train_val_rows(m.ds, TrainConfig().val_frac)
+    st = _standardise(m.ds, TrainConfig(arch="correction", lookback=16, base="combo"), tr | va)
+    assert np.allclose(meta["normalization"]["mean"], st.norm.mean) and np.allclose(meta["scales"]["drift_scale"], st.scales.drift_scale)
+    assert not np.allclose(meta["markets"][1]["normalization"]["mean"], st.norm.mean)
+    # the forecaster loads it and steps it on the first 90 s of that market
+    f = load_forecaster(res["model"], guard=GuardConfig(enabled=False))
+    r = open_recording(tmp_path / "btc")
+    ev = r.events()
+    ev = ev[ev["local_ts"] <= ev["local_ts"][0] + 90 * 10**9]
+    seen = []
+
+    def step(book, t, trades):
+        out = f.update(book, t, trades)
+        if out is not None:
+            seen.append(out)
+
+    replay_online(ev, r.meta["tick_size"], r.meta["lot_size"], grid_times(ev["local_ts"][0], ev["local_ts"][-1], fcfg.sample_ns), step)
+    f.close()
+    assert f.rows > meta["warmup_steps"] and seen
+    assert rec
+
+
+def test_bad_input_names_the_file(tmp_path):
+    need(*BINANCE_SPOT)
+    bad = tmp_path / "junk_20240808.gz"
+    bad.write_bytes(b"this is not a capture\n")
+    p = subprocess.run([sys.executable, "-m", "bot.cli", "train", str(bad), *map(str, BINANCE_SPOT), "--registry",
+                        str(tmp_path / "reg"), "--no-progress", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2, p.stderr
+    assert str(bad) in p.stderr and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_held_out_market_standardised_on_calibration_rows_only(tmp_path):
+    """A held-out market's standardisation (inputs, target scales, baselines) does not move when
+    its recording is changed beyond recognition after its calibration rows."""
+    from bot.importers.binance import import_binance
+    from models.multimarket import _standardise, load_market
+    from models.train import TrainConfig
+
+    need(*ETH)
+    fcfg = FeatureConfig(sample_s=0.5, n_levels=5, rv_windows=(10, 40))
+    cfg = TrainConfig(arch="correction", lookback=16, base="combo")
+    import_binance(ETH, tmp_path / "eth")
+    m = load_market(tmp_path / "eth", fcfg, "5s", 40, max_hours=0.05)
+    use = np.flatnonzero(m.ds.usable())
+    c_end = int(use[0]) + int((int(use[-1]) + 1 - int(use[0])) * 0.3)
+    calib = m.ds.usable() & (np.arange(m.ds.n) < c_end) & (m.ds.end_row < c_end)
+    r = open_recording(tmp_path / "eth")
+    cut = int(m.ds.ff.ts_ns[c_end])
+    ev2 = change_future(r.events(), cut)
+    m2 = load_market(write_recording(ev2, r.meta, tmp_path / "eth2"), fcfg, "5s", 40, max_hours=0.05)
+    calib2 = calib[: m2.ds.n] if m2.ds.n >= m.ds.n else None
+    assert calib2 is not None and np.array_equal(m2.ds.ff.ts_ns[:c_end], m.ds.ff.ts_ns[:c_end])
+    a, b = _standardise(m.ds, cfg, calib), _standardise(m2.ds, cfg, calib2)
+    assert np.array_equal(a.norm.mean, b.norm.mean) and np.array_equal(a.norm.std, b.norm.std)
+    assert a.scales == b.scales and a.floor == b.floor and a.spec.to_dict() == b.spec.to_dict()
+    # ... whereas fitting on all rows would see the change
+    full = _standardise(m2.ds, cfg, m2.ds.usable())
+    assert not np.allclose(full.norm.mean, a.norm.mean)
+
+
+def test_fit_shrink_picks_no_correction_when_it_hurts():
+    from models.multimarket import fit_shrink
+
+    rng = np.random.default_rng(0)
+    base = np.full(500, np.log(4.0))
+    v = 4.0 * rng.chisquare(1, 500)  # the baseline is right
+    a_v, a_d = fit_shrink(v, base, base + 1.5, rng.normal(size=500), np.zeros(500), np.full(500, 3.0), 0.0)
+    assert a_v == 0.0 and a_d == 0.0
+    a_v, _ = fit_shrink(v, base - 1.5, base, rng.normal(size=500), np.zeros(500), np.zeros(500), 0.0)
+    assert a_v == 1.0  # the correction fixes the baseline: kept whole
