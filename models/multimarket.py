@@ -218,10 +218,12 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
         var = var_s * st.scales.var_scale
         floor = st.floor
         oc = st.kw.get("offset_cols")
+        raw = None
         if shrink and oc is not None:
             lb, mb = st.X[:, oc[1]], st.X[:, oc[0]]
             a_v, a_d = fit_shrink(ds.tg.var[calib], lb[calib], np.log(var[calib]), ds.tg.drift[calib], mb[calib],
                                   mu[calib], floor)
+            raw = (var, mu)
             var = np.exp(lb + a_v * (np.log(var) - lb))
             mu = mb + a_d * (mu - mb)
             row["shrink"] = {"vol": a_v, "drift": a_d}
@@ -229,6 +231,9 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
         tau = cal.fit_tau(ds.tg.drift[calib], mu[calib])
         met = {"model": {**cal.vol_metrics(v, var[test], floor), **cal.drift_metrics(y, mu[test], cal.classify(mu[test], tau))}}
         losses = {"qlike": {"model": dm_.qlike_rows(v + floor, var[test])}, "sqerr": {"model": (y - mu[test]) ** 2}}
+        if raw is not None:  # the same model without the shrinkage
+            row["unshrunk"] = {"qlike": cal.vol_metrics(v, raw[0][test], floor)["qlike"],
+                               "mse": float(np.mean((y - raw[1][test]) ** 2))}
         if oc is not None:  # the correction model's own baseline, without the correction
             met["own_baseline"] = {**cal.vol_metrics(v, np.exp(st.X[test, oc[1]]), floor),
                                    **cal.drift_metrics(y, st.X[test, oc[0]], cal.classify(st.X[test, oc[0]], tau))}

@@ -129,3 +129,23 @@ def test_fit_shrink_picks_no_correction_when_it_hurts():
     assert a_v == 0.0 and a_d == 0.0
     a_v, _ = fit_shrink(v, base - 1.5, base, rng.normal(size=500), np.zeros(500), np.zeros(500), 0.0)
     assert a_v == 1.0  # the correction fixes the baseline: kept whole
+
+
+def test_lomo_table_in_the_report_with_three_markets(tmp_path):
+    from bot.errors import MmbotError
+    from models.cli import train
+
+    usdm = DATA / "binance/usdm/btcusdt_20240808.gz"
+    need(*BINANCE_SPOT, *ETH, usdm)
+    with pytest.raises(MmbotError, match="--lomo needs at least 3 markets"):
+        train([*BINANCE_SPOT, *ETH], registry=tmp_path / "r0", lomo=True, **ARGS)
+    res = train([*BINANCE_SPOT, *ETH, usdm], registry=tmp_path / "reg", lomo=True, **ARGS)
+    assert len(res["markets"]) == 3 and len(res["lomo"]) == 3
+    report = Path(res["report"]).read_text()
+    assert "Leave-one-market-out" in report and "held-out markets" in report and "--lomo" in report
+    for r in res["lomo"]:
+        assert "error" not in r, r
+        assert 0.0 <= r["shrink"]["vol"] <= 1.0 and (np.isnan(r["dm_vol"]["p"]) or 0.0 <= r["dm_vol"]["p"] <= 1.0)
+        assert f"| {r['market']} |" in report
+    assert res["default"] is False or all(
+        r["metrics"]["model"]["qlike"] < r["metrics"][r["best_vol"]]["qlike"] for r in res["lomo"])
