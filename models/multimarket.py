@@ -179,11 +179,42 @@ def fit_shrink(y_var: np.ndarray, log_base: np.ndarray, log_model: np.ndarray, y
     return float(SHRINK_GRID[int(np.argmin(ql))]), float(SHRINK_GRID[int(np.argmin(ms))])
 
 
+GATE_CANDIDATES = ("ewma", "ewma_fit")  # baselines whose calibration-row QLIKE is (nearly) out of sample
+GATE_STEP = 0.1
+
+
+def fit_gate(y_var: np.ndarray, logs: list[np.ndarray], floor: float) -> list[float]:
+    """Weights (non-negative, summing to 1, on a grid of ``GATE_STEP``) of a geometric
+    combination ``log V = sum_i w_i log V_i`` of the candidate forecasts ``logs`` (log bp^2) with
+    the lowest QLIKE on the given (calibration) rows. The first candidate is the model; the
+    others the baselines of ``GATE_CANDIDATES``."""
+    v = y_var + floor
+    k = len(logs)
+    n = int(round(1.0 / GATE_STEP))
+    best, bw = math.inf, [1.0] + [0.0] * (k - 1)
+
+    def rec(prefix: list[int], left: int):
+        nonlocal best, bw
+        if len(prefix) == k - 1:
+            w = [x / n for x in prefix + [left]]
+            q = float(np.mean(dm_.qlike_rows(v, np.exp(sum(wi * li for wi, li in zip(w, logs))))))
+            if q < best - 1e-12:
+                best, bw = q, w
+            return
+        for i in range(left, -1, -1):
+            rec(prefix + [i], left - i)
+
+    rec([], n)
+    return bw
+
+
 def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=None, progress: bool = False,
-         shrink: bool = False) -> list[dict]:
+         shrink: bool = False, gate: bool = False) -> list[dict]:
     """Leave-one-market-out evaluation (see the module docstring); one result dict per market.
     ``shrink`` (correction arch): the correction on the held-out market is shrunk towards its
-    baseline by weights fitted on its calibration rows (:func:`fit_shrink`), never on test rows."""
+    baseline by weights fitted on its calibration rows (:func:`fit_shrink`), never on test rows.
+    ``gate``: the volatility forecast is then the geometric combination of the model and the
+    EWMA baselines with weights fitted on the calibration rows (:func:`fit_gate`)."""
     markets = sorted(markets, key=lambda m: m.start_ns)
     out = []
     for held in markets:
@@ -227,6 +258,14 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
             var = np.exp(lb + a_v * (np.log(var) - lb))
             mu = mb + a_d * (mu - mb)
             row["shrink"] = {"vol": a_v, "drift": a_d}
+        b = cal.fit_baselines(ds, calib, floor)
+        if gate:
+            if raw is None:
+                raw = (var, mu)
+            logs = [np.log(var)] + [np.log(b["var"][k]) for k in GATE_CANDIDATES]
+            w = fit_gate(ds.tg.var[calib], [x[calib] for x in logs], floor)
+            var = np.exp(sum(wi * li for wi, li in zip(w, logs)))
+            row["gate"] = dict(zip(("model",) + GATE_CANDIDATES, w))
         v, y = ds.tg.var[test], ds.tg.drift[test]
         tau = cal.fit_tau(ds.tg.drift[calib], mu[calib])
         met = {"model": {**cal.vol_metrics(v, var[test], floor), **cal.drift_metrics(y, mu[test], cal.classify(mu[test], tau))}}
@@ -237,7 +276,6 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
         if oc is not None:  # the correction model's own baseline, without the correction
             met["own_baseline"] = {**cal.vol_metrics(v, np.exp(st.X[test, oc[1]]), floor),
                                    **cal.drift_metrics(y, st.X[test, oc[0]], cal.classify(st.X[test, oc[0]], tau))}
-        b = cal.fit_baselines(ds, calib, floor)
         for name, h in b["var"].items():
             met[name] = cal.vol_metrics(v, h[test], floor)
             losses["qlike"][name] = dm_.qlike_rows(v + floor, h[test])
@@ -308,7 +346,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
                  calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
                  weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
-                 base: str = "combo", shrink: bool = False) -> tuple[list[dict], str]:
+                 base: str = "combo", shrink: bool = False, gate: bool = False) -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
     are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
     fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
@@ -322,7 +360,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
         m = load_market(p, fcfg, horizon, warmup, name=Path(p).name, max_hours=max_hours)
         log(f"{m.name}: {m.ds.n} rows, {int(m.ds.usable().sum())} usable")
         markets.append(m)
-    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink)
+    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink, gate=gate)
     return rows, lomo_table(rows, arch)
 
 
@@ -344,11 +382,13 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--calib-frac", type=float, default=0.3)
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--gate", action="store_true", help="volatility: combine the model with the EWMAs, weights fitted "
+                    "on each held-out market's calibration rows")
     ap.add_argument("--shrink", action="store_true", help="correction arch: shrink the correction towards its baseline "
                     "by weights fitted on each held-out market's calibration rows")
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
-                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink)
+                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink, gate=a.gate)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))
