@@ -149,7 +149,7 @@ def train(
     json_out: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
     lomo: Annotated[bool, typer.Option("--lomo", help="several markets (at least 3): leave-one-market-out evaluation in the report")] = False,
     calib_frac: Annotated[float, typer.Option("--calib-frac", help="several markets, --lomo: share of a held-out market's rows that standardise it (not scored)")] = 0.3,
-    shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="several markets, --lomo, correction arch: shrink the correction towards its baseline on each held-out market, weights fitted on its calibration rows")] = True,
+    shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="several markets, --lomo, correction arch: shrink the correction towards its baseline on each held-out market, weights fitted on its calibration rows (measured: does not help, docs/forecaster.md)")] = False,
 ) -> dict:
     """Train the LSTM forecaster, evaluate it walk-forward against the baselines, export it, register it, write the report."""
     from rich.console import Console
@@ -415,7 +415,7 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
     if args.get("make_default"):
         parts.append("--make-default")
     if args.get("lomo"):
-        parts += ["--lomo", "--calib-frac", str(args["calib_frac"])] + ([] if args["shrink"] else ["--no-shrink"])
+        parts += ["--lomo", "--calib-frac", str(args["calib_frac"])] + (["--shrink"] if args["shrink"] else [])
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -92,7 +92,7 @@ def load_group(group: list[Path], tmp: Path, i: int, fcfg, hz, warmup: int, say)
 
 def train_markets(groups: list[list[Path]], *, fcfg, hz, cfg, lomo_on: bool, calib_frac: float, registry: Path,
                   make_default: bool, out: Path | None, name: str, say, json_out: bool, command: str,
-                  shrink: bool = True) -> dict:
+                  shrink: bool = False) -> dict:
     """Train one model on every market of ``groups`` (see the module docstring); returns the
     result dict of ``mmbot train``."""
     import json
@@ -207,9 +207,11 @@ def train_markets(groups: list[list[Path]], *, fcfg, hz, cfg, lomo_on: bool, cal
         if json_out:
             print(json.dumps(result, default=float))
         else:
-            if table:
-                say(table)
-            say(note)
+            import sys
+
+            if table:  # plain text: markdown tables must not be wrapped or read as markup
+                print(table, file=sys.stderr)
+            print(note, file=sys.stderr)
             say(f"model {version}: {mpath}\nreport: {rpath}\ntotal {result['seconds']} s")
         return result
     finally:

@@ -139,10 +139,10 @@ def test_lomo_table_in_the_report_with_three_markets(tmp_path):
     need(*BINANCE_SPOT, *ETH, usdm)
     with pytest.raises(MmbotError, match="--lomo needs at least 3 markets"):
         train([*BINANCE_SPOT, *ETH], registry=tmp_path / "r0", lomo=True, **ARGS)
-    res = train([*BINANCE_SPOT, *ETH, usdm], registry=tmp_path / "reg", lomo=True, **ARGS)
+    res = train([*BINANCE_SPOT, *ETH, usdm], registry=tmp_path / "reg", lomo=True, shrink=True, **ARGS)
     assert len(res["markets"]) == 3 and len(res["lomo"]) == 3
     report = Path(res["report"]).read_text()
-    assert "Leave-one-market-out" in report and "held-out markets" in report and "--lomo" in report
+    assert "Leave-one-market-out" in report and "held-out markets" in report and "--lomo" in report and "--shrink" in report
     for r in res["lomo"]:
         assert "error" not in r, r
         assert 0.0 <= r["shrink"]["vol"] <= 1.0 and (np.isnan(r["dm_vol"]["p"]) or 0.0 <= r["dm_vol"]["p"] <= 1.0)
