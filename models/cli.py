@@ -129,6 +129,8 @@ def train(
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
     arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
     corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
+    base: Annotated[str, typer.Option(help="correction arch: the variance baseline: auto (chosen on training rows), combo, ewma, ewma_fit, garch, har, ewma_mix (geometric mean of the EWMAs), auto_mix (auto, ewma_mix when too few rows to choose); default auto, or combo with several markets")] = "",
+    corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction (default: --corr-l2)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
     folds: Annotated[int, typer.Option(help="walk-forward test folds (0 = no evaluation)")] = 4,
@@ -185,7 +187,10 @@ def train(
         raise MmbotError(str(e)) from None
     cfg = TrainConfig(hidden=hidden, layers=layers, dropout=dropout, lookback=lookback, batch=batch, lr=lr,
                       weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, drift_weight=drift_weight,
-                      skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2)
+                      skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
+                      base=base or "auto")
+    if base and base not in ("auto", "auto_mix", "combo", "ewma_mix", "ewma", "ewma_fit", "garch", "har"):
+        raise MmbotError(f"--base must be auto, auto_mix, combo, ewma_mix, ewma, ewma_fit, garch or har, got {base!r}")
     from models.multitrain import group_inputs
 
     for p in data:
@@ -198,7 +203,7 @@ def train(
                 raise MmbotError(f"{opt} is not supported with several markets ({len(groups)} given)")
         from models.multitrain import train_markets
 
-        return train_markets(groups, fcfg=fcfg, hz=hz, cfg=replace(cfg, base="combo"), lomo_on=lomo, calib_frac=calib_frac, registry=registry,
+        return train_markets(groups, fcfg=fcfg, hz=hz, cfg=replace(cfg, base=base or "combo"), lomo_on=lomo, calib_frac=calib_frac, registry=registry,
                              make_default=make_default, out=out, name=name, say=say, json_out=json_out,
                              command=_command(args, hz, cfg, 0), shrink=shrink)
     if lomo:
@@ -393,6 +398,8 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
             ("--max-epochs", args["max_epochs"]), ("--patience", args["patience"]),
             ("--drift-weight", args["drift_weight"]), ("--seed", args["seed"]), ("--threads", args["threads"]),
             ("--arch", args["arch"]), ("--corr-l2", args["corr_l2"]),
+            *([("--corr-l2-drift", args["corr_l2_drift"])] if args.get("corr_l2_drift") is not None else []),
+            *([("--base", args["base"])] if args.get("base") else []),
             ("--folds", args["folds"]), ("--scheme", args["scheme"]), ("--initial-frac", args["initial_frac"])]
     if trials:
         opts += [("--trials", trials), ("--tune-epochs", args["tune_epochs"])]

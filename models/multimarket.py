@@ -346,12 +346,13 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
                  calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
                  weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
-                 base: str = "combo", shrink: bool = False, gate: bool = False) -> tuple[list[dict], str]:
+                 base: str = "combo", shrink: bool = False, gate: bool = False,
+                 corr_l2_drift: float | None = None) -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
     are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
     fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
     cfg = TrainConfig(hidden=hidden, lookback=lookback, max_epochs=max_epochs, patience=patience, batch=16, arch=arch,
-                      seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2,
+                      seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
                       base=base)
     warmup = max(max(fcfg.rv_windows), lookback)
     Horizon.parse(horizon)
@@ -378,6 +379,7 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--lookback", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--corr-l2", type=float, default=1.0)
+    ap.add_argument("--corr-l2-drift", type=float, default=None, help="the drift correction's L2 (default: --corr-l2)")
     ap.add_argument("--base", default="combo", help="correction arch: the variance baseline of every market (auto = chosen per market)")
     ap.add_argument("--calib-frac", type=float, default=0.3)
     ap.add_argument("--max-hours", type=float, default=None)
@@ -388,7 +390,8 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
                     "by weights fitted on each held-out market's calibration rows")
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
-                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink, gate=a.gate)
+                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink, gate=a.gate,
+                               corr_l2_drift=a.corr_l2_drift)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))

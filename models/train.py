@@ -46,6 +46,7 @@ class TrainConfig:
     skip: bool = True
     arch: str = "plain"  # plain | correction (models.baseline_inputs)
     corr_l2: float = 1.0  # correction arch: L2 penalty on the (standardised) corrections
+    corr_l2_drift: float | None = None  # ... on the drift correction, if not the same (None)
     base: str = "auto"  # correction arch: the variance baseline (auto = chosen on training rows)
     val_frac: float = 0.15
     grad_clip: float = 1.0
@@ -123,9 +124,10 @@ def run_sequence(net: LSTMNet, z: np.ndarray, state=None, chunk: int = 20000) ->
 
 
 def _loss(out: torch.Tensor, yd: torch.Tensor, yv: torch.Tensor, m: torch.Tensor, w: float,
-          off: torch.Tensor | None = None, l2: float = 0.0) -> tuple[torch.Tensor, float, float]:
+          off: torch.Tensor | None = None, l2: float = 0.0, l2_drift: float | None = None) -> tuple[torch.Tensor, float, float]:
     """QLIKE + w * drift MSE (standardised). ``off``: the baselines' standardised outputs that
-    the correction ``out`` is added to; ``l2`` penalises the correction's size."""
+    the correction ``out`` is added to; ``l2`` penalises the correction's size (``l2_drift``
+    the drift correction's, if given)."""
     corr = out
     if off is not None:
         out = out + off
@@ -136,8 +138,9 @@ def _loss(out: torch.Tensor, yd: torch.Tensor, yv: torch.Tensor, m: torch.Tensor
     ql = (q * m).sum() / n
     mse = (e * m).sum() / n
     loss = ql + w * mse
-    if off is not None and l2 > 0:
-        loss = loss + l2 * (((corr ** 2).sum(-1)) * m).sum() / n
+    ld = l2 if l2_drift is None else l2_drift
+    if off is not None and (l2 > 0 or ld > 0):
+        loss = loss + ((ld * corr[..., 0] ** 2 + l2 * corr[..., 1] ** 2) * m).sum() / n
     return loss, float(ql.detach()), float(mse.detach())
 
 
@@ -248,7 +251,7 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
                 if float(m.sum()) == 0.0:
                     continue
                 loss, q, e = _loss(out, ydt[ii], yvt[ii], m, cfg.drift_weight,
-                                   None if offt is None else offt[ii], cfg.corr_l2)
+                                   None if offt is None else offt[ii], cfg.corr_l2, cfg.corr_l2_drift)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
