@@ -149,3 +149,43 @@ def test_lomo_table_in_the_report_with_three_markets(tmp_path):
         assert f"| {r['market']} |" in report
     assert res["default"] is False or all(
         r["metrics"]["model"]["qlike"] < r["metrics"][r["best_vol"]]["qlike"] for r in res["lomo"])
+
+
+def test_auto_mix_falls_back_to_the_ewmas_geometric_mean(tmp_path):
+    """--base auto_mix on minutes of data (too few rows to select): the baseline is the geometric
+    mean of the RiskMetrics and fitted EWMAs, row by row."""
+    import models.baseline_inputs as bi
+    from bot.importers.binance import import_binance
+    from models.features import feature_names
+    from models.multimarket import load_market
+    from models.targets import variance_floor
+
+    need(*ETH)
+    import_binance(ETH, tmp_path / "eth")
+    fcfg = FeatureConfig(sample_s=0.5, n_levels=5, rv_windows=(10, 40))
+    ds = load_market(tmp_path / "eth", fcfg, "5s", 40, max_hours=0.05).ds
+    tr = ds.usable()
+    fr = np.zeros(ds.n, bool)
+    fr[ds.warmup : int(np.flatnonzero(tr)[-1]) + 1] = True
+    names = feature_names(fcfg)
+    ofi = names.index("ofi")
+    args = (ds.horizon(tr)[0], variance_floor(ds.tg.var[tr]), fcfg.sample_s, fcfg.rv_windows)
+    sp = bi.fit_spec(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, tr, fr, *args, best="auto_mix")
+    assert sp.best == "ewma_mix"
+    assert bi.fit_spec(ds.ff.X[:, 0], ds.ff.X, ofi, ds.tg.var, ds.tg.drift, tr, fr, *args).best == "combo"
+    X = bi.full_inputs(ds.ff.X, sp, names)
+    comp = bi._components(sp, ds.ff.X[:, 0], ds.ff.X[:, ofi])[:, :2] + sp.floor
+    assert np.allclose(X[:, bi.offset_columns(fcfg)[1]], 0.5 * np.log(comp).sum(axis=1), rtol=1e-12, atol=1e-12)
+
+
+def test_drift_correction_has_its_own_l2():
+    import torch
+
+    from models.train import _loss
+
+    out = torch.tensor([[[1.0, 2.0]]])
+    args = (torch.zeros(1, 1), torch.ones(1, 1), torch.ones(1, 1), 1.0, torch.zeros(1, 1, 2))
+    same, _, _ = _loss(out, *args, 1.0)
+    sep, _, _ = _loss(out, *args, 1.0, 0.0)
+    more, _, _ = _loss(out, *args, 1.0, 3.0)
+    assert float(same - sep) == pytest.approx(1.0) and float(more - same) == pytest.approx(2.0)
