@@ -149,8 +149,9 @@ def train(
     name: Annotated[str, typer.Option(help="model name (file name under --out)")] = "model",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="with --init-from: no training; the model's standardisation (and baselines) refitted on the first --calib-frac of DATA's rows, for a market it was not trained on")] = False,
     lomo: Annotated[bool, typer.Option("--lomo", help="several markets (at least 3): leave-one-market-out evaluation in the report")] = False,
-    calib_frac: Annotated[float, typer.Option("--calib-frac", help="several markets, --lomo: share of a held-out market's rows that standardise it (not scored)")] = 0.3,
+    calib_frac: Annotated[float, typer.Option("--calib-frac", help="--lomo: share of a held-out market's rows that standardise it (not scored); --recalibrate: share of DATA's rows the new standardisation is fitted on")] = 0.3,
     shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="several markets, --lomo, correction arch: shrink the correction towards its baseline on each held-out market, weights fitted on its calibration rows (measured: does not help, docs/forecaster.md)")] = False,
 ) -> dict:
     """Train the LSTM forecaster, evaluate it walk-forward against the baselines, export it, register it, write the report."""
@@ -197,6 +198,15 @@ def train(
         if not Path(p).exists():
             raise DataError(f"{p}: not found")
     groups = group_inputs([Path(p) for p in data])
+    if recalibrate:
+        if not init_from:
+            raise MmbotError("--recalibrate needs --init-from (the model to recalibrate)")
+        if len(groups) != 1:
+            raise MmbotError(f"--recalibrate takes one market's recording, got {len(groups)} markets")
+        from models.multitrain import recalibrate as recal
+
+        return recal(init_from, groups[0], calib_frac=calib_frac, registry=registry, say=say, json_out=json_out,
+                     command=_command(args, hz, cfg, 0), out=out, name=name)
     if len(groups) > 1:
         for opt, val in (("--init-from", init_from), ("--since", since), ("--until", until), ("--trials", trials or None)):
             if val:
@@ -421,6 +431,8 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
         parts.append("--no-skip")
     if args.get("make_default"):
         parts.append("--make-default")
+    if args.get("recalibrate"):
+        parts += ["--recalibrate", "--calib-frac", str(args["calib_frac"])]
     if args.get("lomo"):
         parts += ["--lomo", "--calib-frac", str(args["calib_frac"])] + (["--shrink"] if args["shrink"] else [])
     return " ".join(shlex.quote(p) for p in parts)

@@ -124,6 +124,16 @@ def _identity(n: int, offset_cols) -> Normalizer:
     return Normalizer(np.zeros(n), std, 1e6)
 
 
+def calib_rows(ds: cal.Dataset, calib_frac: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(calibration rows, test rows, first test row) of a market: the first ``calib_frac`` of
+    its usable rows calibrate (no calibration target reaches into the test rows)."""
+    use = ds.usable()
+    u = np.flatnonzero(use)
+    c_end = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * calib_frac)
+    idx = np.arange(ds.n)
+    return use & (idx < c_end) & (ds.end_row < c_end), use & (idx >= c_end), c_end
+
+
 def train_val_rows(ds: cal.Dataset, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of one market: the last ``val_frac`` of its usable rows
     validate; no training row's target reaches into them."""
@@ -220,12 +230,7 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
     for held in markets:
         t = time.perf_counter()
         ds = held.ds
-        use = ds.usable()
-        u = np.flatnonzero(use)
-        c_end = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * calib_frac)
-        idx = np.arange(ds.n)
-        calib = use & (idx < c_end) & (ds.end_row < c_end)
-        test = use & (idx >= c_end)
+        calib, test, c_end = calib_rows(ds, calib_frac)
         t_test = int(ds.ff.ts_ns[c_end])
         train_sets, used = [], []
         for m in markets:

@@ -247,3 +247,109 @@ def write_report(vdir: Path, meta: dict, command: str, note: str, table: str, ca
     p = vdir / "report.md"
     p.write_text("\n".join(L))
     return p
+
+
+def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registry: Path, say, json_out: bool,
+                command: str, out: Path | None = None, name: str = "model") -> dict:
+    """A registered model, recalibrated for a new market: the same network, with the market's
+    own standardisation (inputs, target scales, variance floor and, for a correction model,
+    its baselines) fitted causally on the first ``calib_frac`` of the recording's usable rows
+    (as the leave-one-market-out evaluation does for a held-out market). No training. The
+    result is a new registry version whose parent is ``init_from``."""
+    import copy
+    import json
+    import math
+
+    import torch
+
+    from models import baselines as bl
+    from models.export import iso, load_model, save_model
+    from models.features import FeatureConfig
+    from models.lstm import net_from_params
+    from models.multimarket import _standardise, calib_rows
+    from models.registry import Registry
+    from models.targets import Horizon
+    from models.train import FitResult, Scales, TrainConfig
+
+    t_all = time.perf_counter()
+    reg = Registry(registry)
+    p = reg.resolve(init_from)
+    module, pmeta = load_model(p)
+    fcfg = FeatureConfig.from_dict(pmeta["features"]["config"])
+    hz = Horizon.parse(pmeta["horizon"])
+    known = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in (pmeta.get("train") or {}).items() if k in known})
+    a = pmeta["arch"]
+    cfg.arch = a.get("kind", "plain")
+    spec_old = (pmeta.get("baseline_inputs") or {}).get("spec")
+    if spec_old is not None:
+        cfg.base = spec_old["best"]  # the baseline the network's correction was learnt on
+    warmup = int(pmeta["warmup_steps"])
+    tmp = Path(tempfile.mkdtemp(prefix="mmbot-recal-"))
+    try:
+        m = load_group(group, tmp, 0, fcfg, hz, warmup, say)
+        ds = m.ds
+        calib, _, c_end = calib_rows(ds, calib_frac)
+        if calib.sum() < 20:
+            raise DataError(f"{', '.join(map(str, group))}: too few calibration rows ({int(calib.sum())}) in the first "
+                            f"{calib_frac:.0%}; use more data or a larger --calib-frac")
+        st = _standardise(ds, cfg, calib)
+        net, _, _ = net_from_params(list(module.params()), a)
+        sc_old = pmeta.get("scales") or {"drift_scale": 1.0, "var_scale": 1.0}
+        with torch.no_grad():  # unfold the old market's output scaling (StepModule folds it in)
+            net.head.weight[0] /= sc_old["drift_scale"]
+            net.head.bias[0] /= sc_old["drift_scale"]
+            if net.skip is not None:
+                net.skip.weight[0] /= sc_old["drift_scale"]
+            if net.offset_cols is None:
+                net.head.bias[1] -= math.log(sc_old["var_scale"])
+        sc = Scales(st.scales.drift_scale, st.scales.var_scale, st.floor)
+        fr = FitResult(net, st.norm, sc, cfg)
+        H, horizon_s = ds.horizon(calib)
+        r2 = ds.ff.ret_bp ** 2
+        init_r2 = float(np.mean(r2[warmup:c_end])) if c_end > warmup else float(np.mean(r2))
+        hl = bl.fit_ewma_halflife(r2, ds.tg.var, calib, H, fcfg.sample_s, st.floor, init_r2)
+        meta = copy.deepcopy(pmeta)
+        t_end = int(ds.ff.ts_ns[c_end - 1])
+        meta.update(
+            normalization=st.norm.to_dict(), scales={"drift_scale": sc.drift_scale, "var_scale": sc.var_scale},
+            var_floor_bp2=float(st.floor), horizon_steps=int(H), horizon_s=float(horizon_s),
+            baseline={"kind": "ewma", "halflife_s": hl, "lambda_per_row": bl.lambda_from_halflife(hl, fcfg.sample_s),
+                      "init_r2_bp2": init_r2},
+            data={"source": [str(x) for x in group], "exchange": m.meta.get("exchange"), "symbol": m.meta.get("symbol"),
+                  "market": m.meta.get("market"), "start_ns": int(ds.ff.ts_ns[0]), "end_ns": t_end,
+                  "start": iso(int(ds.ff.ts_ns[0])), "end": iso(t_end), "rows": int(c_end), "calibrated_for": m.name,
+                  "recalibrated": {"calib_frac": calib_frac, "calib_rows": int(calib.sum()),
+                                   "trained_on": (pmeta.get("data") or {}).get("markets")}},
+            metrics={"scheme": "none", "folds": 0, "summary_short": None}, parent=init_from, command=command, name=name)
+        if st.spec is not None:
+            meta["baseline_inputs"]["spec"] = st.spec.to_dict()
+        version, vdir = reg.new_dir()
+        meta["version"] = version
+        mpath = save_model(fr.step_module(), meta, vdir / "model.pt")
+        _, meta_saved = load_model(mpath)
+        note = (f"Registry: {version} ({p} recalibrated for {m.name} on its first {int(calib.sum())} usable rows, "
+                "no training) is registered but not made the default.")
+        rpath = vdir / "report.md"
+        rpath.write_text("\n".join([f"# Forecaster recalibration: {name} ({version})", "", f"**{note}**", "", "Reproduce:",
+                                    "", "```sh", command, "```", "",
+                                    f"The network of `{init_from}` with {m.name}'s own standardisation (inputs, target "
+                                    "scales, variance floor" + (", baselines" if st.spec is not None else "") +
+                                    f") fitted on the first {calib_frac:.0%} of the recording ({iso(int(ds.ff.ts_ns[0]))} "
+                                    f"to {iso(t_end)}); nothing after that is used.", ""]))
+        reg.register(version, meta_saved, parent=init_from, make_default=False)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mpath, out / f"{name}.pt")
+            shutil.copyfile(mpath.with_suffix(".json"), out / f"{name}.json")
+        result = {"version": version, "model": str(mpath), "report": str(rpath), "horizon": str(hz),
+                  "sample_s": fcfg.sample_s, "rows": int(c_end), "seconds": round(time.perf_counter() - t_all, 1),
+                  "default": False, "default_note": note, "arch": cfg.arch, "calibrated_for": m.name}
+        if json_out:
+            print(json.dumps(result, default=float))
+        else:
+            say(note)
+            say(f"model {version}: {mpath}")
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

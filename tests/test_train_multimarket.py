@@ -189,3 +189,46 @@ def test_drift_correction_has_its_own_l2():
     sep, _, _ = _loss(out, *args, 1.0, 0.0)
     more, _, _ = _loss(out, *args, 1.0, 3.0)
     assert float(same - sep) == pytest.approx(1.0) and float(more - same) == pytest.approx(2.0)
+
+
+def test_recalibrate_for_a_market_from_its_first_rows(trained, tmp_path):
+    """--recalibrate: the two-market model (calibrated for BTC) recalibrated for ETH on ETH's
+    first 30 % of rows: ETH's own standardisation, nothing after those rows used, the same
+    network (the drift head rescaled to ETH's drift scale), loadable and stepped online."""
+    from bot.importers.binance import import_binance
+    from models.cli import train
+    from models.export import load_model
+    from models.forecaster import GuardConfig, load_forecaster
+    from models.multimarket import _standardise, calib_rows, load_market
+    from models.train import TrainConfig
+
+    res, reg = trained
+    fcfg = FeatureConfig(sample_s=0.5, n_levels=5, rv_windows=(10, 40))
+    import_binance(ETH, tmp_path / "eth")
+    out = train([tmp_path / "eth"], registry=reg, init_from=res["version"], recalibrate=True, calib_frac=0.3, **ARGS)
+    module0, meta0 = load_model(Path(res["model"]))
+    module, meta = load_model(Path(out["model"]))
+    assert meta["parent"] == res["version"] and meta["data"]["calibrated_for"] == out["calibrated_for"]
+    m = load_market(tmp_path / "eth", fcfg, "5s", 40)
+    calib, _, c_end = calib_rows(m.ds, 0.3)
+    st = _standardise(m.ds, TrainConfig(arch="correction", lookback=16, base="combo"), calib)
+    assert np.allclose(meta["normalization"]["mean"], st.norm.mean) and meta["scales"]["drift_scale"] == st.scales.drift_scale
+    assert meta["baseline_inputs"]["spec"] == st.spec.to_dict() and meta["data"]["end_ns"] < int(m.ds.ff.ts_ns[c_end])
+    p0, p1 = list(module0.params()), list(module.params())
+    L = meta["arch"]["layers"]
+    for a, b in zip(p0[2 : 2 + 4 * L], p1[2 : 2 + 4 * L]):
+        assert np.array_equal(a.numpy(), b.numpy())  # the same LSTM
+    r = st.scales.drift_scale / meta0["scales"]["drift_scale"]
+    hw0, hw1 = p0[2 + 4 * L].numpy(), p1[2 + 4 * L].numpy()
+    assert np.allclose(hw1[0], hw0[0] * r, rtol=1e-5, atol=1e-7) and np.allclose(hw1[1], hw0[1])
+    f = load_forecaster(out["model"], guard=GuardConfig(enabled=False))
+    ev = open_recording(tmp_path / "eth").events()
+    ev = ev[ev["local_ts"] <= ev["local_ts"][0] + 60 * 10**9]
+    from models.features import grid_times
+
+    seen = []
+    rec = open_recording(tmp_path / "eth")
+    replay_online(ev, rec.meta["tick_size"], rec.meta["lot_size"], grid_times(ev["local_ts"][0], ev["local_ts"][-1], fcfg.sample_ns),
+                  lambda book, t, trades: seen.append(f.update(book, t, trades)))
+    f.close()
+    assert any(x is not None for x in seen)
