@@ -4,7 +4,10 @@ search, the final model, its export, the registry entry and the report.
 The lead registers :func:`train` as a typer command (``app.command("train")(train)``); it
 can also be called as a plain function (tests do). Raw captures are accepted as well as
 recordings: a Bitstamp ``.log``/``.log.bz2`` file or Binance capture files are imported to a
-temporary recording first.
+temporary recording first. Several markets (several recordings, or raw files of several
+symbols) train one model on all of them (:mod:`models.multitrain`; ``--lomo``: the
+leave-one-market-out evaluation); ``--init-from vX --recalibrate`` refits a model's
+standardisation for a new market without training.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ markets only shape the network). In the leave-one-market-out evaluation a market
 never saw is standardised on its own first ``calib_frac`` rows, causally, and scored after
 them: that is how well the model transfers to a new market normalised by its own first rows.
 Every training market's standardisation is kept in the metadata (``markets``).
+:func:`recalibrate` (``mmbot train NEWREC --init-from vX --recalibrate``) does the same for a
+deployed model: the same network, the new market's standardisation fitted on the first
+``--calib-frac`` of its recording (causal, no training), registered as a new version.
 """
 
 from __future__ import annotations
