@@ -145,11 +145,13 @@ def train_val_rows(ds: cal.Dataset, val_frac: float) -> tuple[np.ndarray, np.nda
 
 
 def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = False, label: str = "markets",
-                stds_out: list | None = None) -> tuple[FitResult, dict]:
+                stds_out: list | None = None, balance: bool = False) -> tuple[FitResult, dict]:
     """Train one network on several markets (each standardised on its own rows; the last
     ``cfg.val_frac`` of each market's usable rows for early stopping). Returns the fit (its
     normaliser is the identity: inputs must be standardised per market) and the kwargs.
-    ``stds_out``: if given, each market's :class:`_Std` (its standardisation) is appended."""
+    ``stds_out``: if given, each market's :class:`_Std` (its standardisation) is appended.
+    ``balance``: every market's rows weigh alike in the losses (weight = mean rows per market /
+    the market's rows), instead of a long market dominating."""
     Zs, ds_, vs_, tr_, va_ = [], [], [], [], []
     kw: dict = {}
     for ds in datasets:
@@ -165,9 +167,13 @@ def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = 
         va_.append(va)
     Z = np.vstack(Zs)
     oc = kw.get("offset_cols")
+    rw = None
+    if balance:
+        n_m = np.array([max(int(t.sum() + v.sum()), 1) for t, v in zip(tr_, va_)], float)
+        rw = np.concatenate([np.full(len(t), n_m.mean() / n) for t, n in zip(tr_, n_m)])
     res = fit(Z, np.concatenate(ds_), np.concatenate(vs_), np.concatenate(tr_), np.concatenate(va_), len(Z), cfg, 0.0,
               progress=progress, label=label, offset_cols=oc, normalizer=_identity(Z.shape[1], oc),
-              scales=Scales(1.0, 1.0, 0.0))
+              scales=Scales(1.0, 1.0, 0.0), row_weight=rw)
     return res, kw
 
 
@@ -219,7 +225,7 @@ def fit_gate(y_var: np.ndarray, logs: list[np.ndarray], floor: float) -> list[fl
 
 
 def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=None, progress: bool = False,
-         shrink: bool = False, gate: bool = False) -> list[dict]:
+         shrink: bool = False, gate: bool = False, balance: bool = False) -> list[dict]:
     """Leave-one-market-out evaluation (see the module docstring); one result dict per market.
     ``shrink`` (correction arch): the correction on the held-out market is shrunk towards its
     baseline by weights fitted on its calibration rows (:func:`fit_shrink`), never on test rows.
@@ -247,7 +253,7 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
             row["error"] = "no training market outside its test span" if not train_sets else "too few rows"
             out.append(row)
             continue
-        res, kw = fit_markets(train_sets, cfg, progress=progress, label=f"without {held.name}")
+        res, kw = fit_markets(train_sets, cfg, progress=progress, label=f"without {held.name}", balance=balance)
         st = _standardise(ds, cfg, calib)
         mu_s, var_s = res.predict(st.Z)
         mu = mu_s * st.scales.drift_scale
@@ -352,7 +358,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
                  weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
                  base: str = "combo", shrink: bool = False, gate: bool = False,
-                 corr_l2_drift: float | None = None) -> tuple[list[dict], str]:
+                 corr_l2_drift: float | None = None, balance: bool = False) -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
     are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
     fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
@@ -366,7 +372,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
         m = load_market(p, fcfg, horizon, warmup, name=Path(p).name, max_hours=max_hours)
         log(f"{m.name}: {m.ds.n} rows, {int(m.ds.usable().sum())} usable")
         markets.append(m)
-    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink, gate=gate)
+    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink, gate=gate, balance=balance)
     return rows, lomo_table(rows, arch)
 
 
@@ -389,6 +395,7 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--calib-frac", type=float, default=0.3)
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--balance", action="store_true", help="every market weighs alike in the training loss")
     ap.add_argument("--gate", action="store_true", help="volatility: combine the model with the EWMAs, weights fitted "
                     "on each held-out market's calibration rows")
     ap.add_argument("--shrink", action="store_true", help="correction arch: shrink the correction towards its baseline "
@@ -396,7 +403,7 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
                                a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink, gate=a.gate,
-                               corr_l2_drift=a.corr_l2_drift)
+                               corr_l2_drift=a.corr_l2_drift, balance=a.balance)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))

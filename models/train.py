@@ -161,7 +161,8 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
         stream_end: int, cfg: TrainConfig, var_floor: float, *, stream_start: int = 0, warmup: int = 0,
         progress: bool = False, label: str = "train", init: tuple[LSTMNet, Normalizer, Scales] | None = None,
         offset_cols: tuple[int, int] | None = None, mask_cols: tuple[int, ...] | list[int] = (),
-        normalizer: Normalizer | None = None, scales: Scales | None = None) -> FitResult:
+        normalizer: Normalizer | None = None, scales: Scales | None = None,
+        row_weight: np.ndarray | None = None) -> FitResult:
     """Train on the raw feature matrix ``X`` (all rows of the series) and targets.
 
     Args:
@@ -179,6 +180,7 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
         normalizer / scales: use these instead of fitting them on the training rows (several
             markets, each standardised on its own rows before they are stacked:
             :mod:`models.multimarket`).
+        row_weight: per-row weights of the training and validation losses (default 1).
     """
     t_start = time.perf_counter()
     set_seed(cfg.seed)
@@ -204,6 +206,9 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
     yv = np.where(np.isfinite(var), (var + sc.var_floor) / sc.var_scale, 1.0).astype(np.float32)
     mtr = (train_rows & np.isfinite(drift) & np.isfinite(var)).astype(np.float32)
     mva = (val_rows & np.isfinite(drift) & np.isfinite(var)).astype(np.float32)
+    if row_weight is not None:  # e.g. every market weighing alike in a multi-market fit
+        mtr *= row_weight.astype(np.float32)
+        mva *= row_weight.astype(np.float32)
     oc = net.offset_cols
     offt = None
     if oc is not None:
