@@ -232,3 +232,27 @@ def test_recalibrate_for_a_market_from_its_first_rows(trained, tmp_path):
                   lambda book, t, trades: seen.append(f.update(book, t, trades)))
     f.close()
     assert any(x is not None for x in seen)
+
+
+def test_row_weight_zero_is_the_same_as_leaving_rows_out(tmp_path):
+    """fit(row_weight=...) (what --balance uses): rows of weight 0 count as rows left out."""
+    from bot.importers.binance import import_binance
+    from models.multimarket import load_market, train_val_rows
+    from models.train import Scales, TrainConfig, fit
+
+    need(*ETH)
+    import_binance(ETH, tmp_path / "eth")
+    fcfg = FeatureConfig(sample_s=0.5, n_levels=5, rv_windows=(10, 40))
+    ds = load_market(tmp_path / "eth", fcfg, "5s", 40, max_hours=0.05).ds
+    cfg = TrainConfig(hidden=4, lookback=16, batch=4, max_epochs=2, patience=1, threads=1)
+    tr, va = train_val_rows(ds, cfg.val_frac)
+    w = np.ones(ds.n)
+    w[: ds.n // 2] = 0.0
+    sc = Scales(1.0, 1.0, 0.0)
+    v0 = int(np.flatnonzero(va)[0])
+    a = fit(ds.ff.X, ds.tg.drift, ds.tg.var, tr, va, v0, cfg, 0.0, scales=sc, row_weight=w)
+    b = fit(ds.ff.X, ds.tg.drift, ds.tg.var, tr & (w > 0), va & (w > 0), v0, cfg, 0.0, scales=sc)
+    c = fit(ds.ff.X, ds.tg.drift, ds.tg.var, tr, va, v0, cfg, 0.0, scales=sc)
+    sa, sb, s_c = (x.net.state_dict() for x in (a, b, c))
+    assert all(np.array_equal(sa[k].numpy(), sb[k].numpy()) for k in sa)
+    assert not all(np.array_equal(sa[k].numpy(), s_c[k].numpy()) for k in sa)
