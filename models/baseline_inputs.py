@@ -25,6 +25,9 @@ Fitted on training rows only (:func:`fit_spec`), stored in the model's metadata
   training rows (fitted on their first 2/3, scored on the last 1/3; never test rows); with
   fewer than ``MIN_SELECT_ROWS`` rows in that last third, the combination (selection on a
   few minutes is noise). In-sample QLIKE would favour HAR-RV, which can overfit.
+  ``ewma_mix`` (only when asked for, ``--base ewma_mix``): the geometric mean of the two EWMAs,
+  for markets too short for GARCH and HAR-RV to fit; ``--base auto_mix``: the selection, with
+  ``ewma_mix`` instead of ``combo`` when there are too few rows to select.
 
 Inputs appended to the 16 book features (names :func:`input_names`; units in brackets):
 
@@ -183,6 +186,8 @@ class BaselineState:
         if s.best == "combo":  # the median of the four in logs (robust to one that is far off)
             a, b, c, d = sorted((math.log(vr), math.log(ve), math.log(vg), math.log(vh)))
             best = math.exp(0.5 * (b + c))
+        elif s.best == "ewma_mix":  # geometric mean of the two EWMAs (nothing fitted but a half-life)
+            best = math.sqrt(vr * ve)
         else:
             best = {"ewma": vr, "ewma_fit": ve, "garch": vg, "har": vh}[s.best]
         slow_v = s.H * slow + fl
@@ -221,8 +226,11 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
             of a multi-market model, so that the correction means the same on each).
     """
     spec = _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows)
+    fallback = "combo"
+    if best == "auto_mix":  # auto, but the EWMAs' mix when there are too few rows to select
+        best, fallback = "auto", "ewma_mix"
     if best != "auto":
-        if best not in VAR_BASELINES + ("combo",):
+        if best not in VAR_BASELINES + ("combo", "ewma_mix"):
             raise ValueError(f"unknown baseline {best!r}")
         spec.best = best
         return spec
@@ -230,7 +238,7 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
     # their first 2/3, scored on the last 1/3), since in-sample QLIKE favours HAR-RV's OLS,
     # which can forecast ~0 (the floor) out of sample; then every baseline is refitted on all rows
     idx = np.flatnonzero(rows)
-    spec.best = "combo"  # too few rows to tell the baselines apart: combine them
+    spec.best = fallback  # too few rows to tell the baselines apart: combine them
     if len(idx) < 3 * MIN_SELECT_ROWS:
         return spec
     cut = int(idx[int(len(idx) * 2 / 3)])

@@ -4,7 +4,10 @@ search, the final model, its export, the registry entry and the report.
 The lead registers :func:`train` as a typer command (``app.command("train")(train)``); it
 can also be called as a plain function (tests do). Raw captures are accepted as well as
 recordings: a Bitstamp ``.log``/``.log.bz2`` file or Binance capture files are imported to a
-temporary recording first.
+temporary recording first. Several markets (several recordings, or raw files of several
+symbols) train one model on all of them (:mod:`models.multitrain`; ``--lomo``: the
+leave-one-market-out evaluation); ``--init-from vX --recalibrate`` refits a model's
+standardisation for a new market without training.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ _RANGES = {
     "tune_timeout": (0.0, 1e7, True), "hidden": (1, 4096, False), "layers": (1, 16, False), "lookback": (1, 100_000, False),
     "batch": (1, 100_000, False), "max_epochs": (1, 100_000, False), "patience": (1, 100_000, False),
     "threads": (1, 1024, False), "folds": (0, 100, False), "trials": (0, 100_000, False), "tune_epochs": (1, 100_000, False),
-    "seed": (0, 2**63 - 1, False), "n_levels": (1, 1000, False),
+    "seed": (0, 2**63 - 1, False), "n_levels": (1, 1000, False), "calib_frac": (0.0, 0.9, True),
 }
 _OPTION = {"n_levels": "--levels"}
 
@@ -129,6 +132,8 @@ def train(
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
     arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
     corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
+    base: Annotated[str, typer.Option(help="correction arch: the variance baseline: auto (chosen on training rows), combo, ewma, ewma_fit, garch, har, ewma_mix (geometric mean of the EWMAs), auto_mix (auto, ewma_mix when too few rows to choose); default auto, or combo with several markets")] = "",
+    corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction (default: --corr-l2)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
     folds: Annotated[int, typer.Option(help="walk-forward test folds (0 = no evaluation)")] = 4,
@@ -147,6 +152,10 @@ def train(
     name: Annotated[str, typer.Option(help="model name (file name under --out)")] = "model",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="print the result as one JSON object")] = False,
+    recalibrate: Annotated[bool, typer.Option("--recalibrate", help="with --init-from: no training; the model's standardisation (and baselines) refitted on the first --calib-frac of DATA's rows, for a market it was not trained on")] = False,
+    lomo: Annotated[bool, typer.Option("--lomo", help="several markets (at least 3): leave-one-market-out evaluation in the report")] = False,
+    calib_frac: Annotated[float, typer.Option("--calib-frac", help="--lomo: share of a held-out market's rows that standardise it (not scored); --recalibrate: share of DATA's rows the new standardisation is fitted on")] = 0.3,
+    shrink: Annotated[bool, typer.Option("--shrink/--no-shrink", help="several markets, --lomo, correction arch: shrink the correction towards its baseline on each held-out market, weights fitted on its calibration rows (measured: does not help, docs/forecaster.md)")] = False,
 ) -> dict:
     """Train the LSTM forecaster, evaluate it walk-forward against the baselines, export it, register it, write the report."""
     from rich.console import Console
@@ -165,7 +174,7 @@ def train(
     _check_options(sample_s=sample_s, dropout=dropout, lr=lr, weight_decay=weight_decay, drift_weight=drift_weight,
                    initial_frac=initial_frac, tune_timeout=tune_timeout, hidden=hidden, layers=layers, lookback=lookback,
                    batch=batch, max_epochs=max_epochs, patience=patience, threads=threads, folds=folds, trials=trials,
-                   tune_epochs=tune_epochs, seed=seed, n_levels=n_levels)
+                   tune_epochs=tune_epochs, seed=seed, n_levels=n_levels, calib_frac=calib_frac)
     if scheme not in ("expanding", "rolling"):
         raise MmbotError(f"--scheme must be 'expanding' or 'rolling', got {scheme!r}")
     if arch not in ("plain", "correction"):
@@ -182,7 +191,36 @@ def train(
         raise MmbotError(str(e)) from None
     cfg = TrainConfig(hidden=hidden, layers=layers, dropout=dropout, lookback=lookback, batch=batch, lr=lr,
                       weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, drift_weight=drift_weight,
-                      skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2)
+                      skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
+                      base=base or "auto")
+    if base and base not in ("auto", "auto_mix", "combo", "ewma_mix", "ewma", "ewma_fit", "garch", "har"):
+        raise MmbotError(f"--base must be auto, auto_mix, combo, ewma_mix, ewma, ewma_fit, garch or har, got {base!r}")
+    from models.multitrain import group_inputs
+
+    for p in data:
+        if not Path(p).exists():
+            raise DataError(f"{p}: not found")
+    groups = group_inputs([Path(p) for p in data])
+    if recalibrate:
+        if not init_from:
+            raise MmbotError("--recalibrate needs --init-from (the model to recalibrate)")
+        if len(groups) != 1:
+            raise MmbotError(f"--recalibrate takes one market's recording, got {len(groups)} markets")
+        from models.multitrain import recalibrate as recal
+
+        return recal(init_from, groups[0], calib_frac=calib_frac, registry=registry, say=say, json_out=json_out,
+                     command=_command(args, hz, cfg, 0), out=out, name=name)
+    if len(groups) > 1:
+        for opt, val in (("--init-from", init_from), ("--since", since), ("--until", until), ("--trials", trials or None)):
+            if val:
+                raise MmbotError(f"{opt} is not supported with several markets ({len(groups)} given)")
+        from models.multitrain import train_markets
+
+        return train_markets(groups, fcfg=fcfg, hz=hz, cfg=replace(cfg, base=base or "combo"), lomo_on=lomo, calib_frac=calib_frac, registry=registry,
+                             make_default=make_default, out=out, name=name, say=say, json_out=json_out,
+                             command=_command(args, hz, cfg, 0), shrink=shrink)
+    if lomo:
+        raise MmbotError("--lomo needs several markets (at least 3 recordings)")
     init = None
     parent = None
     reg = Registry(registry)
@@ -373,6 +411,8 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
             ("--max-epochs", args["max_epochs"]), ("--patience", args["patience"]),
             ("--drift-weight", args["drift_weight"]), ("--seed", args["seed"]), ("--threads", args["threads"]),
             ("--arch", args["arch"]), ("--corr-l2", args["corr_l2"]),
+            *([("--corr-l2-drift", args["corr_l2_drift"])] if args.get("corr_l2_drift") is not None else []),
+            *([("--base", args["base"])] if args.get("base") else []),
             ("--folds", args["folds"]), ("--scheme", args["scheme"]), ("--initial-frac", args["initial_frac"])]
     if trials:
         opts += [("--trials", trials), ("--tune-epochs", args["tune_epochs"])]
@@ -394,6 +434,10 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
         parts.append("--no-skip")
     if args.get("make_default"):
         parts.append("--make-default")
+    if args.get("recalibrate"):
+        parts += ["--recalibrate", "--calib-frac", str(args["calib_frac"])]
+    if args.get("lomo"):
+        parts += ["--lomo", "--calib-frac", str(args["calib_frac"])] + (["--shrink"] if args["shrink"] else [])
     return " ".join(shlex.quote(p) for p in parts)
 
 

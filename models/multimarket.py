@@ -96,6 +96,7 @@ class _Std:
     floor: float
     spec: object
     kw: dict
+    norm: Normalizer  # the inputs' standardisation (fitted on the given rows only)
 
 
 def _standardise(ds: cal.Dataset, cfg: TrainConfig, rows: np.ndarray) -> _Std:
@@ -113,7 +114,7 @@ def _standardise(ds: cal.Dataset, cfg: TrainConfig, rows: np.ndarray) -> _Std:
     if oc is not None:
         Z[:, oc[0]] = X[:, oc[0]] / sc.drift_scale
         Z[:, oc[1]] = X[:, oc[1]] - math.log(sc.var_scale)
-    return _Std(X, Z, ds.tg.drift / sc.drift_scale, (ds.tg.var + floor) / sc.var_scale, sc, floor, spec, kw)
+    return _Std(X, Z, ds.tg.drift / sc.drift_scale, (ds.tg.var + floor) / sc.var_scale, sc, floor, spec, kw, norm)
 
 
 def _identity(n: int, offset_cols) -> Normalizer:
@@ -123,20 +124,41 @@ def _identity(n: int, offset_cols) -> Normalizer:
     return Normalizer(np.zeros(n), std, 1e6)
 
 
-def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = False, label: str = "markets") -> tuple[FitResult, dict]:
+def calib_rows(ds: cal.Dataset, calib_frac: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(calibration rows, test rows, first test row) of a market: the first ``calib_frac`` of
+    its usable rows calibrate (no calibration target reaches into the test rows)."""
+    use = ds.usable()
+    u = np.flatnonzero(use)
+    c_end = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * calib_frac)
+    idx = np.arange(ds.n)
+    return use & (idx < c_end) & (ds.end_row < c_end), use & (idx >= c_end), c_end
+
+
+def train_val_rows(ds: cal.Dataset, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of one market: the last ``val_frac`` of its usable rows
+    validate; no training row's target reaches into them."""
+    use = ds.usable()
+    u = np.flatnonzero(use)
+    v0 = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * (1.0 - val_frac))
+    idx = np.arange(ds.n)
+    return use & (idx < v0) & (ds.end_row < v0), use & (idx >= v0)
+
+
+def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = False, label: str = "markets",
+                stds_out: list | None = None, balance: bool = False) -> tuple[FitResult, dict]:
     """Train one network on several markets (each standardised on its own rows; the last
     ``cfg.val_frac`` of each market's usable rows for early stopping). Returns the fit (its
-    normaliser is the identity: inputs must be standardised per market) and the kwargs."""
+    normaliser is the identity: inputs must be standardised per market) and the kwargs.
+    ``stds_out``: if given, each market's :class:`_Std` (its standardisation) is appended.
+    ``balance``: every market's rows weigh alike in the losses (weight = mean rows per market /
+    the market's rows), instead of a long market dominating."""
     Zs, ds_, vs_, tr_, va_ = [], [], [], [], []
     kw: dict = {}
     for ds in datasets:
-        use = ds.usable()
-        u = np.flatnonzero(use)
-        v0 = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * (1.0 - cfg.val_frac))
-        idx = np.arange(ds.n)
-        tr = use & (idx < v0) & (ds.end_row < v0)
-        va = use & (idx >= v0)
+        tr, va = train_val_rows(ds, cfg.val_frac)
         st = _standardise(ds, cfg, tr | va)
+        if stds_out is not None:
+            stds_out.append(st)
         kw = st.kw
         Zs.append(st.Z)
         ds_.append(st.drift)
@@ -145,25 +167,76 @@ def fit_markets(datasets: list[cal.Dataset], cfg: TrainConfig, progress: bool = 
         va_.append(va)
     Z = np.vstack(Zs)
     oc = kw.get("offset_cols")
+    rw = None
+    if balance:
+        n_m = np.array([max(int(t.sum() + v.sum()), 1) for t, v in zip(tr_, va_)], float)
+        rw = np.concatenate([np.full(len(t), n_m.mean() / n) for t, n in zip(tr_, n_m)])
     res = fit(Z, np.concatenate(ds_), np.concatenate(vs_), np.concatenate(tr_), np.concatenate(va_), len(Z), cfg, 0.0,
               progress=progress, label=label, offset_cols=oc, normalizer=_identity(Z.shape[1], oc),
-              scales=Scales(1.0, 1.0, 0.0))
+              scales=Scales(1.0, 1.0, 0.0), row_weight=rw)
     return res, kw
 
 
-def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=None, progress: bool = False) -> list[dict]:
-    """Leave-one-market-out evaluation (see the module docstring); one result dict per market."""
+SHRINK_GRID = np.linspace(0.0, 1.0, 11)
+
+
+def fit_shrink(y_var: np.ndarray, log_base: np.ndarray, log_model: np.ndarray, y_drift: np.ndarray,
+               mu_base: np.ndarray, mu_model: np.ndarray, floor: float) -> tuple[float, float]:
+    """Shrinkage of the correction towards its baseline, fitted on calibration rows: the
+    weights ``a_v``, ``a_d`` in [0, 1] (grid of 0.1) of ``log V = log V_base + a_v (log V_model -
+    log V_base)`` with the lowest QLIKE and ``mu = mu_base + a_d (mu_model - mu_base)`` with the
+    lowest MSE. 0 = the baseline alone: a market on which the correction does not help on its own
+    first rows gets none. Units: variances bp^2 (logs of), drifts bp."""
+    v = y_var + floor
+    c = log_model - log_base
+    ql = [float(np.mean(dm_.qlike_rows(v, np.exp(log_base + a * c)))) for a in SHRINK_GRID]
+    d = mu_model - mu_base
+    ms = [float(np.mean((y_drift - mu_base - a * d) ** 2)) for a in SHRINK_GRID]
+    return float(SHRINK_GRID[int(np.argmin(ql))]), float(SHRINK_GRID[int(np.argmin(ms))])
+
+
+GATE_CANDIDATES = ("ewma", "ewma_fit")  # baselines whose calibration-row QLIKE is (nearly) out of sample
+GATE_STEP = 0.1
+
+
+def fit_gate(y_var: np.ndarray, logs: list[np.ndarray], floor: float) -> list[float]:
+    """Weights (non-negative, summing to 1, on a grid of ``GATE_STEP``) of a geometric
+    combination ``log V = sum_i w_i log V_i`` of the candidate forecasts ``logs`` (log bp^2) with
+    the lowest QLIKE on the given (calibration) rows. The first candidate is the model; the
+    others the baselines of ``GATE_CANDIDATES``."""
+    v = y_var + floor
+    k = len(logs)
+    n = int(round(1.0 / GATE_STEP))
+    best, bw = math.inf, [1.0] + [0.0] * (k - 1)
+
+    def rec(prefix: list[int], left: int):
+        nonlocal best, bw
+        if len(prefix) == k - 1:
+            w = [x / n for x in prefix + [left]]
+            q = float(np.mean(dm_.qlike_rows(v, np.exp(sum(wi * li for wi, li in zip(w, logs))))))
+            if q < best - 1e-12:
+                best, bw = q, w
+            return
+        for i in range(left, -1, -1):
+            rec(prefix + [i], left - i)
+
+    rec([], n)
+    return bw
+
+
+def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=None, progress: bool = False,
+         shrink: bool = False, gate: bool = False, balance: bool = False) -> list[dict]:
+    """Leave-one-market-out evaluation (see the module docstring); one result dict per market.
+    ``shrink`` (correction arch): the correction on the held-out market is shrunk towards its
+    baseline by weights fitted on its calibration rows (:func:`fit_shrink`), never on test rows.
+    ``gate``: the volatility forecast is then the geometric combination of the model and the
+    EWMA baselines with weights fitted on the calibration rows (:func:`fit_gate`)."""
     markets = sorted(markets, key=lambda m: m.start_ns)
     out = []
     for held in markets:
         t = time.perf_counter()
         ds = held.ds
-        use = ds.usable()
-        u = np.flatnonzero(use)
-        c_end = int(u[0]) + int((int(u[-1]) + 1 - int(u[0])) * calib_frac)
-        idx = np.arange(ds.n)
-        calib = use & (idx < c_end) & (ds.end_row < c_end)
-        test = use & (idx >= c_end)
+        calib, test, c_end = calib_rows(ds, calib_frac)
         t_test = int(ds.ff.ts_ns[c_end])
         train_sets, used = [], []
         for m in markets:
@@ -180,21 +253,40 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
             row["error"] = "no training market outside its test span" if not train_sets else "too few rows"
             out.append(row)
             continue
-        res, kw = fit_markets(train_sets, cfg, progress=progress, label=f"without {held.name}")
+        res, kw = fit_markets(train_sets, cfg, progress=progress, label=f"without {held.name}", balance=balance)
         st = _standardise(ds, cfg, calib)
         mu_s, var_s = res.predict(st.Z)
         mu = mu_s * st.scales.drift_scale
         var = var_s * st.scales.var_scale
         floor = st.floor
+        oc = st.kw.get("offset_cols")
+        raw = None
+        if shrink and oc is not None:
+            lb, mb = st.X[:, oc[1]], st.X[:, oc[0]]
+            a_v, a_d = fit_shrink(ds.tg.var[calib], lb[calib], np.log(var[calib]), ds.tg.drift[calib], mb[calib],
+                                  mu[calib], floor)
+            raw = (var, mu)
+            var = np.exp(lb + a_v * (np.log(var) - lb))
+            mu = mb + a_d * (mu - mb)
+            row["shrink"] = {"vol": a_v, "drift": a_d}
+        b = cal.fit_baselines(ds, calib, floor)
+        if gate:
+            if raw is None:
+                raw = (var, mu)
+            logs = [np.log(var)] + [np.log(b["var"][k]) for k in GATE_CANDIDATES]
+            w = fit_gate(ds.tg.var[calib], [x[calib] for x in logs], floor)
+            var = np.exp(sum(wi * li for wi, li in zip(w, logs)))
+            row["gate"] = dict(zip(("model",) + GATE_CANDIDATES, w))
         v, y = ds.tg.var[test], ds.tg.drift[test]
         tau = cal.fit_tau(ds.tg.drift[calib], mu[calib])
         met = {"model": {**cal.vol_metrics(v, var[test], floor), **cal.drift_metrics(y, mu[test], cal.classify(mu[test], tau))}}
         losses = {"qlike": {"model": dm_.qlike_rows(v + floor, var[test])}, "sqerr": {"model": (y - mu[test]) ** 2}}
-        oc = st.kw.get("offset_cols")
+        if raw is not None:  # the same model without the shrinkage
+            row["unshrunk"] = {"qlike": cal.vol_metrics(v, raw[0][test], floor)["qlike"],
+                               "mse": float(np.mean((y - raw[1][test]) ** 2))}
         if oc is not None:  # the correction model's own baseline, without the correction
             met["own_baseline"] = {**cal.vol_metrics(v, np.exp(st.X[test, oc[1]]), floor),
                                    **cal.drift_metrics(y, st.X[test, oc[0]], cal.classify(st.X[test, oc[0]], tau))}
-        b = cal.fit_baselines(ds, calib, floor)
         for name, h in b["var"].items():
             met[name] = cal.vol_metrics(v, h[test], floor)
             losses["qlike"][name] = dm_.qlike_rows(v + floor, h[test])
@@ -265,12 +357,13 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
                  calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
                  weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
-                 base: str = "combo") -> tuple[list[dict], str]:
+                 base: str = "combo", shrink: bool = False, gate: bool = False,
+                 corr_l2_drift: float | None = None, balance: bool = False) -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
     are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
     fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
     cfg = TrainConfig(hidden=hidden, lookback=lookback, max_epochs=max_epochs, patience=patience, batch=16, arch=arch,
-                      seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2,
+                      seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
                       base=base)
     warmup = max(max(fcfg.rv_windows), lookback)
     Horizon.parse(horizon)
@@ -279,7 +372,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
         m = load_market(p, fcfg, horizon, warmup, name=Path(p).name, max_hours=max_hours)
         log(f"{m.name}: {m.ds.n} rows, {int(m.ds.usable().sum())} usable")
         markets.append(m)
-    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress)
+    rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink, gate=gate, balance=balance)
     return rows, lomo_table(rows, arch)
 
 
@@ -297,13 +390,20 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--lookback", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--corr-l2", type=float, default=1.0)
+    ap.add_argument("--corr-l2-drift", type=float, default=None, help="the drift correction's L2 (default: --corr-l2)")
     ap.add_argument("--base", default="combo", help="correction arch: the variance baseline of every market (auto = chosen per market)")
     ap.add_argument("--calib-frac", type=float, default=0.3)
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--balance", action="store_true", help="every market weighs alike in the training loss")
+    ap.add_argument("--gate", action="store_true", help="volatility: combine the model with the EWMAs, weights fitted "
+                    "on each held-out market's calibration rows")
+    ap.add_argument("--shrink", action="store_true", help="correction arch: shrink the correction towards its baseline "
+                    "by weights fitted on each held-out market's calibration rows")
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
-                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base)
+                               a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink, gate=a.gate,
+                               corr_l2_drift=a.corr_l2_drift, balance=a.balance)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))

@@ -46,6 +46,7 @@ class TrainConfig:
     skip: bool = True
     arch: str = "plain"  # plain | correction (models.baseline_inputs)
     corr_l2: float = 1.0  # correction arch: L2 penalty on the (standardised) corrections
+    corr_l2_drift: float | None = None  # ... on the drift correction, if not the same (None)
     base: str = "auto"  # correction arch: the variance baseline (auto = chosen on training rows)
     val_frac: float = 0.15
     grad_clip: float = 1.0
@@ -123,9 +124,10 @@ def run_sequence(net: LSTMNet, z: np.ndarray, state=None, chunk: int = 20000) ->
 
 
 def _loss(out: torch.Tensor, yd: torch.Tensor, yv: torch.Tensor, m: torch.Tensor, w: float,
-          off: torch.Tensor | None = None, l2: float = 0.0) -> tuple[torch.Tensor, float, float]:
+          off: torch.Tensor | None = None, l2: float = 0.0, l2_drift: float | None = None) -> tuple[torch.Tensor, float, float]:
     """QLIKE + w * drift MSE (standardised). ``off``: the baselines' standardised outputs that
-    the correction ``out`` is added to; ``l2`` penalises the correction's size."""
+    the correction ``out`` is added to; ``l2`` penalises the correction's size (``l2_drift``
+    the drift correction's, if given)."""
     corr = out
     if off is not None:
         out = out + off
@@ -136,8 +138,9 @@ def _loss(out: torch.Tensor, yd: torch.Tensor, yv: torch.Tensor, m: torch.Tensor
     ql = (q * m).sum() / n
     mse = (e * m).sum() / n
     loss = ql + w * mse
-    if off is not None and l2 > 0:
-        loss = loss + l2 * (((corr ** 2).sum(-1)) * m).sum() / n
+    ld = l2 if l2_drift is None else l2_drift
+    if off is not None and (l2 > 0 or ld > 0):
+        loss = loss + ((ld * corr[..., 0] ** 2 + l2 * corr[..., 1] ** 2) * m).sum() / n
     return loss, float(ql.detach()), float(mse.detach())
 
 
@@ -158,7 +161,8 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
         stream_end: int, cfg: TrainConfig, var_floor: float, *, stream_start: int = 0, warmup: int = 0,
         progress: bool = False, label: str = "train", init: tuple[LSTMNet, Normalizer, Scales] | None = None,
         offset_cols: tuple[int, int] | None = None, mask_cols: tuple[int, ...] | list[int] = (),
-        normalizer: Normalizer | None = None, scales: Scales | None = None) -> FitResult:
+        normalizer: Normalizer | None = None, scales: Scales | None = None,
+        row_weight: np.ndarray | None = None) -> FitResult:
     """Train on the raw feature matrix ``X`` (all rows of the series) and targets.
 
     Args:
@@ -176,6 +180,7 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
         normalizer / scales: use these instead of fitting them on the training rows (several
             markets, each standardised on its own rows before they are stacked:
             :mod:`models.multimarket`).
+        row_weight: per-row weights of the training and validation losses (default 1).
     """
     t_start = time.perf_counter()
     set_seed(cfg.seed)
@@ -201,6 +206,9 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
     yv = np.where(np.isfinite(var), (var + sc.var_floor) / sc.var_scale, 1.0).astype(np.float32)
     mtr = (train_rows & np.isfinite(drift) & np.isfinite(var)).astype(np.float32)
     mva = (val_rows & np.isfinite(drift) & np.isfinite(var)).astype(np.float32)
+    if row_weight is not None:  # e.g. every market weighing alike in a multi-market fit
+        mtr *= row_weight.astype(np.float32)
+        mva *= row_weight.astype(np.float32)
     oc = net.offset_cols
     offt = None
     if oc is not None:
@@ -248,7 +256,7 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
                 if float(m.sum()) == 0.0:
                     continue
                 loss, q, e = _loss(out, ydt[ii], yvt[ii], m, cfg.drift_weight,
-                                   None if offt is None else offt[ii], cfg.corr_l2)
+                                   None if offt is None else offt[ii], cfg.corr_l2, cfg.corr_l2_drift)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
