@@ -1228,6 +1228,19 @@ _IN_PIECE = 1 << 19  # compressed bytes per inflate call (~4 MB out)
 _DONE = object()
 
 
+def _next_piece(q) -> tuple[bytes | None, str | None]:
+    """The next inflated piece from the reader thread's queue: (piece, None); at the end
+    (None, None) when the file ended cleanly, else (None, why it was cut short)."""
+    item = q.get()
+    if item is _DONE:
+        return None, None
+    if isinstance(item, tuple):
+        return None, item[1]
+    if isinstance(item, Exception):
+        return None, f"{type(item).__name__}: {item}"
+    return item, None
+
+
 def _inflate_pieces(raw: bytes, q: "queue.Queue", piece: int = _IN_PIECE) -> None:
     """Producer thread: inflate (multi-member) gzip ``raw`` piece by piece into ``q``; ends
     with ``_DONE``, or ``("truncated", reason)`` / an exception object on damage."""
@@ -1281,14 +1294,8 @@ def _scan_gz_streaming_v1(path: Path, sym: str, lenient: bool, stats: ImportStat
     truncated = None
     try:
         while True:
-            item = q.get()
-            if item is _DONE:
-                break
-            if isinstance(item, tuple):
-                truncated = item[1]
-                break
-            if isinstance(item, Exception):
-                truncated = f"{type(item).__name__}: {item}"
+            item, truncated = _next_piece(q)
+            if item is None:
                 break
             data = carry + item if carry else item
             k = data.rfind(b"\n")
@@ -1421,14 +1428,8 @@ def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) 
         # copied (as a one-line block), so the text is never copied as a whole.
         carry = b""
         while True:
-            item = q.get()
-            if item is _DONE:
-                break
-            if isinstance(item, tuple):
-                truncated = item[1]
-                break
-            if isinstance(item, Exception):
-                truncated = f"{type(item).__name__}: {item}"
+            item, truncated = _next_piece(q)
+            if item is None:
                 break
             k_first = item.find(b"\n")
             if k_first < 0:
