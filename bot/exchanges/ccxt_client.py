@@ -187,6 +187,32 @@ def create_ccxt_exchange(
     return exchange
 
 
+def check_base_urls(api_url: str | None, ws_url: str | None) -> None:
+    """ExchangeError unless each given base URL has a scheme (``http://host:port``, ``ws://host:port``)."""
+    for url, what in ((api_url, "api_url"), (ws_url, "ws_url")):
+        if url and "://" not in url:
+            raise ExchangeError(f"{what} {url!r} must look like 'http://host:port' / 'ws://host:port'")
+
+
+def point_at(ex: Any, api_url: str | None, ws_url: str | None) -> None:
+    """Rewrite every URL the ccxt client ``ex`` holds onto one REST base (``api_url``: public
+    and private REST) and one websocket base (``ws_url``: market streams and the websocket
+    API), so that one local server can stand in for the whole exchange. None leaves that
+    part as ccxt has it."""
+    if not (api_url or ws_url):
+        return
+    api = dict(ex.urls.get("api") or {})
+    ws = api.pop("ws", None)
+    if api_url:
+        api = _rewrite_urls(api, api_url)
+    if ws is not None:
+        api["ws"] = _rewrite_urls(ws, ws_url) if ws_url else ws
+    ex.urls = dict(ex.urls)
+    ex.urls["api"] = api
+    if api_url and urlsplit(api_url).scheme == "http":
+        ex.timeout_on_exit = 0  # no TLS to wind down (see create_ccxt_exchange)
+
+
 def _ws_url_from(api_url: str) -> str:
     p = urlsplit(api_url)
     scheme = {"http": "ws", "https": "wss"}.get(p.scheme, p.scheme)
@@ -210,22 +236,8 @@ def create_pro_exchange(exchange_id: str, *, api_url: str | None = None, ws_url:
         ex = getattr(ccxtpro, eid)({"enableRateLimit": True, "options": merged})
     except ccxt.BaseError as e:
         raise ExchangeError(f"cannot create ccxt.pro client for {eid}: {short_reason(e, eid)}") from None
-    for url, what in ((api_url, "api_url"), (ws_url, "ws_url")):
-        if url and "://" not in url:
-            raise ExchangeError(f"{what} {url!r} must look like 'http://host:port' / 'ws://host:port'")
-    if ws_url is None and api_url:
-        ws_url = _ws_url_from(api_url)
-    if api_url or ws_url:
-        api = dict(ex.urls.get("api") or {})
-        ws = api.pop("ws", None)
-        if api_url:
-            api = _rewrite_urls(api, api_url)
-        if ws is not None:
-            api["ws"] = _rewrite_urls(ws, ws_url) if ws_url else ws
-        ex.urls = dict(ex.urls)
-        ex.urls["api"] = api
-        if api_url and urlsplit(api_url).scheme == "http":
-            ex.timeout_on_exit = 0  # no TLS to wind down (see create_ccxt_exchange)
+    check_base_urls(api_url, ws_url)
+    point_at(ex, api_url, ws_url if ws_url is not None or not api_url else _ws_url_from(api_url))
     return ex
 
 

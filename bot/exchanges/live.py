@@ -65,7 +65,7 @@ import ccxt
 
 from bot.errors import ExchangeError
 from bot.exchanges.base import Exchange, OrderAck
-from bot.exchanges.ccxt_client import _DEFAULT_OPTIONS, _deep_merge, _rewrite_urls, load_market, short_reason
+from bot.exchanges.ccxt_client import _DEFAULT_OPTIONS, _deep_merge, check_base_urls, load_market, point_at, short_reason
 from bot.live.secrets import redact
 from bot.market import MarketInfo
 from bot.market_data.base import MarketEvent
@@ -131,20 +131,8 @@ def create_trading_client(exchange_id: str, *, credentials: dict | None = None, 
             ex.set_sandbox_mode(True)
         except ccxt.NotSupported:
             raise ExchangeError(f"{eid} has no sandbox (testnet) in ccxt; drop --sandbox") from None
-    for url, what in ((api_url, "api_url"), (ws_url, "ws_url")):
-        if url and "://" not in url:
-            raise ExchangeError(f"{what} {url!r} must look like 'http://host:port' / 'ws://host:port'")
-    if api_url or ws_url:
-        api = dict(ex.urls.get("api") or {})
-        ws = api.pop("ws", None)
-        if api_url:
-            api = _rewrite_urls(api, api_url)
-        if ws is not None:
-            api["ws"] = _rewrite_urls(ws, ws_url) if ws_url else ws
-        ex.urls = dict(ex.urls)
-        ex.urls["api"] = api
-        if (api_url or "").startswith("http://"):
-            ex.timeout_on_exit = 0
+    check_base_urls(api_url, ws_url)
+    point_at(ex, api_url, ws_url)
     return ex
 
 
