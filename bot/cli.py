@@ -247,7 +247,7 @@ def paper(
     """Paper-trade: simulated fills on the simulated market (default), on live public data, or on a replayed recording."""
     from bot.app import build_paper_engine
     from bot.config import build_forecaster, load_config
-    from bot.status import LivePanel
+    from bot.status import LivePanel, run_with_panel
 
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
@@ -288,11 +288,7 @@ def paper(
         else:
             engine = build_paper_engine(cfg, store, on_tick=panel, forecaster=forecaster)
         engine.observer = obs.observer
-        if panel is not None:
-            with panel:
-                summary = asyncio.run(engine.run())
-        else:
-            summary = asyncio.run(engine.run())
+        summary = run_with_panel(engine, panel)
         obs.linger()
     finally:
         store.close()

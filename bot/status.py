@@ -137,3 +137,14 @@ def summary_table(summary: dict, title: str = "Run summary") -> Table:
             v = ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items())
         t.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
     return t
+
+
+def run_with_panel(engine, panel) -> dict:
+    """Run ``engine`` to its end (``asyncio.run``), inside the live status ``panel`` when there
+    is one (None: no panel); returns the run's summary."""
+    import asyncio
+
+    if panel is None:
+        return asyncio.run(engine.run())
+    with panel:
+        return asyncio.run(engine.run())

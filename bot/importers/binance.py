@@ -1241,6 +1241,18 @@ def _next_piece(q) -> tuple[bytes | None, str | None]:
     return item, None
 
 
+def _join_reader(th, q, truncated: str | None) -> None:
+    """Join the inflating thread ``th``; when the consumer stopped before the end (an error,
+    not a truncated file), drain ``q`` so that the producer can finish."""
+    if truncated is None and th.is_alive():
+        while th.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+    th.join()
+
+
 def _inflate_pieces(raw: bytes, q: "queue.Queue", piece: int = _IN_PIECE) -> None:
     """Producer thread: inflate (multi-member) gzip ``raw`` piece by piece into ``q``; ends
     with ``_DONE``, or ``("truncated", reason)`` / an exception object on damage."""
@@ -1312,14 +1324,7 @@ def _scan_gz_streaming_v1(path: Path, sym: str, lenient: bool, stats: ImportStat
             row_base += cols["mtype"].shape[0]
             carry = data[k + 1 :]
     finally:
-        if truncated is None and th.is_alive():
-            # consumer failed: drain so the producer can finish
-            while th.is_alive():
-                try:
-                    q.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-        th.join()
+        _join_reader(th, q, truncated)
     if truncated is not None:
         if not lenient:
             raise DataError(f"{path}: corrupt or truncated gzip stream: {truncated}")
@@ -1465,14 +1470,7 @@ def _scan_gz_streaming(path: Path, sym: str, lenient: bool, stats: ImportStats) 
             finish_head()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        if truncated is None and th.is_alive():
-            # consumer failed: drain so the producer can finish
-            while th.is_alive():
-                try:
-                    q.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-        th.join()
+        _join_reader(th, q, truncated)
     if truncated is not None:
         stats.truncated_files.append(str(path))
     if not parts:

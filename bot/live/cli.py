@@ -9,7 +9,6 @@ ended (duration), 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM (as ``mmbot pap
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
     from bot.live.app import build_live_engine
     from bot.live.secrets import RedactingFormatter, install_log_redaction, load_credentials
     from bot.persistence.store import open_store
-    from bot.status import LivePanel
+    from bot.status import LivePanel, run_with_panel
     from rich.console import Console
 
     if config is None and DEFAULT_LIVE_CONFIG.exists():
@@ -88,11 +87,7 @@ def run_live_command(config: Path | None, exchange: str | None, symbol: str | No
         panel = LivePanel(console, cfg.ui.refresh_per_s) if use_panel else None
         engine = build_live_engine(cfg, store, creds, on_tick=panel)
         engine.observer = obs.observer
-        if panel is not None:
-            with panel:
-                summary = asyncio.run(engine.run())
-        else:
-            summary = asyncio.run(engine.run())
+        summary = run_with_panel(engine, panel)
         obs.linger()
     except MmbotError:
         raise
