@@ -26,6 +26,7 @@ from typing import Optional
 import typer
 
 from bot.errors import ConfigError
+from bot.persistence.dbpath import redact
 
 DEFAULT_BACKTEST_CONFIG = Path("config/backtest.yaml")
 
@@ -160,7 +161,7 @@ def tune(
     study = optuna.load_study(study_name=study_name, storage=stor)
     if plan.holdout:
         _evaluate_holdout(study, settings, objectives, top, plan)
-    extra = {"jobs": jobs, "wall_s": round(wall, 3), "interrupted": interrupted, "workers": stats, "storage": st._redact(url)}
+    extra = {"jobs": jobs, "wall_s": round(wall, 3), "interrupted": interrupted, "workers": stats, "storage": redact(url)}
     if crashed:
         extra["crashed_workers"] = crashed
     summary = _outputs(study, settings, out, objectives, extra, json_out)

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from bot.errors import ConfigError
+from bot.persistence.dbpath import redact
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsga2")
 PRUNERS = ("median", "hyperband", "none")
@@ -96,17 +97,9 @@ def make_storage(url: str, grace_s: int = GRACE_S):
                 break
             time.sleep(0.2 * (attempt + 1))
     msg = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
-    raise ConfigError(f"--storage {_redact(url)}: cannot open the study storage: {msg}") from None
+    raise ConfigError(f"--storage {redact(url)}: cannot open the study storage: {msg}") from None
 
 
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        if ":" in cred:
-            return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
-    return url
 
 
 def make_sampler(name: str, seed: int, space, n_objectives: int, grid_points: int = 5):
