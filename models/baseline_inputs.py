@@ -28,6 +28,16 @@ Fitted on training rows only (:func:`fit_spec`), stored in the model's metadata
   ``ewma_mix`` (only when asked for, ``--base ewma_mix``): the geometric mean of the two EWMAs,
   for markets too short for GARCH and HAR-RV to fit; ``--base auto_mix``: the selection, with
   ``ewma_mix`` instead of ``combo`` when there are too few rows to select.
+* ``tick`` (only with the ``tick_rv`` features, :class:`models.features.FeatureConfig`): the
+  intra-second baseline, H x EWMA(tick_rv, half-life ``TICK_FAST_HL_S``) x EWMA(r2,
+  ``TICK_SLOW_HL_S``) / EWMA(tick_rv, ``TICK_SLOW_HL_S``): the tick-level realised variance of
+  each interval (squared mid changes on every book update, far less noisy than one squared grid
+  return), brought to the grid returns' scale by their causal running ratio (the tick mid's
+  microstructure noise enters only through that slowly moving ratio). Nothing is fitted on the
+  market: the half-lives are constants, chosen leave-one-market-out in
+  ``bench/intrasecond_vol.py`` (docs/forecaster.md). ``--base tick`` uses it on every market;
+  ``--base auto_tick``: the selection (``tick`` among the candidates), ``tick`` when there are too
+  few rows to select. It is never one of the comparator baselines of the evaluation.
 
 Inputs appended to the 16 book features (names :func:`input_names`; units in brackets):
 
@@ -36,6 +46,7 @@ Inputs appended to the 16 book features (names :func:`input_names`; units in bra
 ``b_ofi_z``     OFI drift / sqrt(best variance) [-]
 ``ret_z``       grid return / sqrt(slow EWMA of squared returns) [-]
 ``rv_rel_w``    log((sum of the last w squared returns / w + eps) / slow EWMA) per rv window [-]
+``b_tick_rel``  log(tick baseline's variance / best's) [-] (only with the ``tick_rv`` features)
 ``b_mu``        the OFI regression's drift [bp]; masked from the network, added to its output
 ``b_logvar``    log(best baseline's variance + floor) [log bp^2]; masked, added to its output
 
@@ -57,21 +68,24 @@ from models.features import _Q, FeatureConfig, _r2_units, feature_names
 
 VAR_BASELINES = ("ewma", "ewma_fit", "garch", "har")
 SLOW_HALFLIFE_S = 1800.0
+TICK_FAST_HL_S = 40.0  # the tick baseline's fast half-life, seconds
+TICK_SLOW_HL_S = 300.0  # the half-life of its running ratio to the grid returns, seconds
 MIN_SELECT_ROWS = 300  # fewer held-out training rows than this: no selection, the combination
+_TINY = 1e-12  # bp^2 per row: keeps the tick baseline's ratio finite on a market without mid changes
 _EPS_REL = 1e-6  # relative epsilon of the rv_rel features (fraction of the slow level)
 
 
 def input_names(cfg: FeatureConfig) -> list[str]:
     """Names of the baseline inputs appended to :func:`models.features.feature_names`."""
     return (["b_rm_rel", "b_ewma_rel", "b_garch_rel", "b_har_rel", "b_regime", "b_ofi_z", "ret_z"]
-            + [f"rv_rel_{w}" for w in cfg.rv_windows] + ["b_mu", "b_logvar"])
+            + [f"rv_rel_{w}" for w in cfg.rv_windows] + (["b_tick_rel"] if cfg.tick_rv else []) + ["b_mu", "b_logvar"])
 
 
 def masked_columns(cfg: FeatureConfig) -> list[int]:
     """Columns of the full input (features + baseline inputs) that the network does not see."""
     names = feature_names(cfg) + input_names(cfg)
     return [i for i, n in enumerate(names) if n == "ret" or (n.startswith("rv_") and not n.startswith("rv_rel"))
-            or n in ("b_mu", "b_logvar")]
+            or n in ("b_mu", "b_logvar", "tick_rv")]
 
 
 def offset_columns(cfg: FeatureConfig) -> tuple[int, int]:
@@ -97,10 +111,13 @@ class BaselineSpec:
     ofi_col: int
     best: str
     slow_lam: float
+    tick: dict | None = None  # the tick baseline: fast_lam, ratio_lam (per row), init_tick (bp^2 per row); None: off
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rv_windows"] = list(self.rv_windows)
+        if d["tick"] is None:
+            del d["tick"]  # specs saved before the tick baseline existed read the same
         return d
 
     @classmethod
@@ -132,12 +149,18 @@ class BaselineState:
         self.ew = s.init_r2
         self.rm = s.init_r2
         self.slow = s.init_r2
+        t = s.tick
+        if t is not None:
+            self.t_fast = self.t_slow = t["init_tick"]
+            self.t_r2 = s.init_r2
         g = s.garch
         self.g = g["uncond"] * g["scale"] ** 2 if g is not None else 0.0
 
-    def components(self, ret: float, ofi: float) -> tuple[float, float, float, float, float, float]:
+    def components(self, ret: float, ofi: float, tick_units: int = 0) -> tuple[float, ...]:
         """Advance one row; (RiskMetrics var, fitted ewma var, garch var, har var, slow r2 per
-        row, ofi drift), bp^2 / bp."""
+        row, ofi drift, tick var), bp^2 / bp; ``tick_units``: the row's tick-level variance
+        (1e-9 bp^2 units, :attr:`models.features.OnlineFeatures.tick_units`); tick var is NaN
+        when the spec has no tick baseline."""
         s = self.spec
         u = _r2_units(ret)
         r2 = u * _Q
@@ -175,12 +198,21 @@ class BaselineState:
         for v in self.ofi_hist:
             osum += v
         mu = o[0] + o[1] * ofi + o[2] * osum
-        return H * self.rm, v_ew, v_g, v_h, self.slow, mu
+        t = s.tick
+        v_t = math.nan
+        if t is not None:
+            x = tick_units * _Q
+            self.t_fast = t["fast_lam"] * self.t_fast + (1.0 - t["fast_lam"]) * x
+            self.t_slow = t["ratio_lam"] * self.t_slow + (1.0 - t["ratio_lam"]) * x
+            self.t_r2 = t["ratio_lam"] * self.t_r2 + (1.0 - t["ratio_lam"]) * r2
+            v_t = H * self.t_fast * (self.t_r2 + _TINY) / (self.t_slow + _TINY)
+        return H * self.rm, v_ew, v_g, v_h, self.slow, mu, v_t
 
-    def step(self, ret: float, ofi: float) -> list[float]:
-        """The baseline inputs of one row (:func:`input_names` order)."""
+    def step(self, ret: float, ofi: float, tick_units: int = 0) -> list[float]:
+        """The baseline inputs of one row (:func:`input_names` order); ``tick_units`` as in
+        :meth:`components` (used only by a spec with the tick baseline)."""
         s = self.spec
-        v_rm, v_ew, v_g, v_h, slow, mu = self.components(ret, ofi)
+        v_rm, v_ew, v_g, v_h, slow, mu, v_t = self.components(ret, ofi, tick_units)
         fl = s.floor
         vr, ve, vg, vh = v_rm + fl, v_ew + fl, v_g + fl, v_h + fl
         if s.best == "combo":  # the median of the four in logs (robust to one that is far off)
@@ -188,6 +220,8 @@ class BaselineState:
             best = math.exp(0.5 * (b + c))
         elif s.best == "ewma_mix":  # geometric mean of the two EWMAs (nothing fitted but a half-life)
             best = math.sqrt(vr * ve)
+        elif s.best == "tick":
+            best = v_t + fl
         else:
             best = {"ewma": vr, "ewma_fit": ve, "garch": vg, "har": vh}[s.best]
         slow_v = s.H * slow + fl
@@ -196,25 +230,32 @@ class BaselineState:
                mu / math.sqrt(best), ret / math.sqrt(slow_r)]
         for w in s.rv_windows:
             out.append(math.log((self.sums[w] * _Q / w + _EPS_REL * slow_r) / slow_r))
+        if s.tick is not None:
+            out.append(math.log((v_t + fl) / best))
         out += [mu, math.log(best)]
         return out
 
 
-def baseline_matrix(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray) -> np.ndarray:
+def _ticks(n: int, tick_units: np.ndarray | None) -> list:
+    return [0] * n if tick_units is None else [int(u) for u in tick_units.tolist()]
+
+
+def baseline_matrix(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, tick_units: np.ndarray | None = None) -> np.ndarray:
     """The baseline inputs of every row (the same code as online, row by row)."""
     st = BaselineState(spec)
-    return np.array([st.step(float(r), float(o)) for r, o in zip(ret.tolist(), ofi.tolist())], dtype=np.float64).reshape(
-        len(ret), -1)
+    return np.array([st.step(float(r), float(o), u) for r, o, u in zip(ret.tolist(), ofi.tolist(), _ticks(len(ret), tick_units))],
+                    dtype=np.float64).reshape(len(ret), -1)
 
 
-def _components(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray) -> np.ndarray:
+def _components(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, tick_units: np.ndarray | None = None) -> np.ndarray:
     st = BaselineState(spec)
-    return np.array([st.components(float(r), float(o)) for r, o in zip(ret.tolist(), ofi.tolist())]).reshape(len(ret), 6)
+    return np.array([st.components(float(r), float(o), u) for r, o, u in zip(ret.tolist(), ofi.tolist(), _ticks(len(ret), tick_units))]
+                    ).reshape(len(ret), 7)
 
 
 def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.ndarray, drift_target: np.ndarray,
              rows: np.ndarray, fit_rows: np.ndarray, H: int, floor: float, sample_s: float,
-             rv_windows: tuple[int, ...], best: str = "auto") -> BaselineSpec:
+             rv_windows: tuple[int, ...], best: str = "auto", tick_units: np.ndarray | None = None) -> BaselineSpec:
     """Fit the baselines on training rows and pick the best variance baseline (QLIKE out of
     sample within the training rows, see the module docstring).
 
@@ -223,14 +264,21 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
         rows: boolean mask of training rows with targets (purged); fit_rows: rows whose returns
             the GARCH / EWMA initial level may use (the training span, after the warm-up).
         best: "auto" (select as above) or the baseline to use (e.g. "combo" for every market
-            of a multi-market model, so that the correction means the same on each).
+            of a multi-market model, so that the correction means the same on each); "tick" and
+            "auto_tick" need ``tick_units``.
+        tick_units: per row the tick-level variance (:attr:`models.features.FeatureFrame.tick_units`):
+            the spec then has the tick baseline (and its ``b_tick_rel`` input).
     """
-    spec = _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows)
+    spec = _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows, tick_units)
     fallback = "combo"
+    if best in ("tick", "auto_tick") and spec.tick is None:
+        raise ValueError(f"baseline {best!r} needs the tick_rv features (--tick-rv)")
     if best == "auto_mix":  # auto, but the EWMAs' mix when there are too few rows to select
         best, fallback = "auto", "ewma_mix"
+    if best == "auto_tick":  # auto, the tick baseline when there are too few rows to select
+        best, fallback = "auto", "tick"
     if best != "auto":
-        if best not in VAR_BASELINES + ("combo", "ewma_mix"):
+        if best not in VAR_BASELINES + ("combo", "ewma_mix", "tick"):
             raise ValueError(f"unknown baseline {best!r}")
         spec.best = best
         return spec
@@ -249,8 +297,8 @@ def fit_spec(ret: np.ndarray, ofi_X: np.ndarray, ofi_col: int, var_target: np.nd
     ef = fit_rows.copy()
     ef[cut - H :] = False
     if late.sum() >= MIN_SELECT_ROWS and early.sum() >= MIN_SELECT_ROWS and ef.sum() >= MIN_SELECT_ROWS:
-        sp = _fit(ret, ofi_X, ofi_col, var_target, drift_target, early, ef, H, floor, sample_s, rv_windows)
-        spec.best = _best(sp, ret, ofi_X[:, ofi_col], var_target, late, floor)
+        sp = _fit(ret, ofi_X, ofi_col, var_target, drift_target, early, ef, H, floor, sample_s, rv_windows, tick_units)
+        spec.best = _best(sp, ret, ofi_X[:, ofi_col], var_target, late, floor, tick_units)
     return spec
 
 
@@ -261,18 +309,22 @@ def combo(logs: np.ndarray) -> np.ndarray:
     return np.exp(0.5 * (srt[:, 1] + srt[:, 2]))
 
 
-def _best(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, var_target: np.ndarray, rows: np.ndarray, floor: float) -> str:
+def _best(spec: BaselineSpec, ret: np.ndarray, ofi: np.ndarray, var_target: np.ndarray, rows: np.ndarray, floor: float,
+          tick_units: np.ndarray | None = None) -> str:
     from models import baselines as bl
 
-    comp = _components(spec, ret, ofi)
+    comp = _components(spec, ret, ofi, tick_units)
     v = var_target[rows] + floor
     logs = np.log(comp[rows, : len(VAR_BASELINES)] + floor)
     scores = {name: bl.qlike(v, np.exp(logs[:, i])) for i, name in enumerate(VAR_BASELINES)}
     scores["combo"] = bl.qlike(v, combo(logs))
+    if spec.tick is not None:  # a candidate only when the spec has it (it is not in the combination)
+        scores["tick"] = bl.qlike(v, comp[rows, 6] + floor)
     return min(scores, key=lambda k: scores[k] if math.isfinite(scores[k]) else math.inf)
 
 
-def _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows) -> BaselineSpec:
+def _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor, sample_s, rv_windows,
+         tick_units=None) -> BaselineSpec:
     from models import baselines as bl
 
     ret = np.asarray(ret, np.float64)
@@ -289,6 +341,11 @@ def _fit(ret, ofi_X, ofi_col, var_target, drift_target, rows, fit_rows, H, floor
     spec = BaselineSpec(int(H), float(floor), float(sample_s), tuple(rv_windows), bl.lambda_from_halflife(hl, sample_s),
                         bl.ewma_lambda(sample_s), init, garch, [float(c) for c in har.coef], [float(c) for c in ofi.coef], int(ofi_col), "har",
                         0.5 ** (sample_s / SLOW_HALFLIFE_S))
+    if tick_units is not None:
+        t = np.asarray(tick_units, np.float64) * _Q
+        spec.tick = {"fast_lam": bl.lambda_from_halflife(TICK_FAST_HL_S, sample_s),
+                     "ratio_lam": bl.lambda_from_halflife(TICK_SLOW_HL_S, sample_s),
+                     "init_tick": float(np.mean(t[fit_rows])) if fit_rows.any() else 1.0}
     return spec
 
 
@@ -305,7 +362,10 @@ def _har_nonneg(r2: np.ndarray, target: np.ndarray, rows: np.ndarray, H: int):
     return bl.Har(coef / sc, H)
 
 
-def full_inputs(X: np.ndarray, spec: BaselineSpec, names: list[str]) -> np.ndarray:
-    """Features + baseline inputs (the correction model's input matrix)."""
-    B = baseline_matrix(spec, X[:, names.index("ret")], X[:, names.index("ofi")])
+def full_inputs(X: np.ndarray, spec: BaselineSpec, names: list[str], tick_units: np.ndarray | None = None) -> np.ndarray:
+    """Features + baseline inputs (the correction model's input matrix); ``tick_units`` (per
+    row, :attr:`models.features.FeatureFrame.tick_units`) for a spec with the tick baseline."""
+    if spec.tick is not None and tick_units is None:
+        raise ValueError("a baseline spec with the tick baseline needs the rows' tick_units")
+    B = baseline_matrix(spec, X[:, names.index("ret")], X[:, names.index("ofi")], tick_units)
     return np.hstack([X, B])

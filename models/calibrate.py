@@ -345,8 +345,8 @@ def model_inputs(ds: Dataset, cfg: TrainConfig, rows: np.ndarray, floor: float, 
     fit_rows[span_start : int(np.flatnonzero(rows)[-1]) + 1] = True
     fit_rows[: ds.warmup] = False
     spec = bi.fit_spec(ff.ret_bp, ff.X, ff.names.index("ofi"), ds.tg.var, ds.tg.drift, rows, fit_rows, H, floor,
-                       ff.cfg.sample_s, ff.cfg.rv_windows, best=cfg.base)
-    X = bi.full_inputs(ff.X, spec, ff.names)
+                       ff.cfg.sample_s, ff.cfg.rv_windows, best=cfg.base, tick_units=ff.tick_units)
+    X = bi.full_inputs(ff.X, spec, ff.names, ff.tick_units)
     return X, {"offset_cols": bi.offset_columns(ff.cfg), "mask_cols": bi.masked_columns(ff.cfg)}, spec
 
 

@@ -37,6 +37,23 @@ Features (in :func:`feature_names` order; ``n`` = ``n_levels``, ``w`` in ``rv_wi
                  start count 0 (the forecaster's warm-up covers them).
 ``dt_trade``     log(1 + seconds since the last trade at or before t_k), capped at
                  ``dt_cap_s`` (also the value before any trade).
+``tick_rv``      only with ``FeatureConfig.tick_rv`` (off by default; models saved without it
+                 are unchanged): log(1 + sqrt(tick-level realised variance of the interval /
+                 sample_s)), bp per sqrt(second); see "Inside the interval" below.
+
+Inside the interval (``tick_rv``). The mid is also looked at on every book update between two
+grid times: offline, the book after the last recording row of each distinct ``local_ts``
+(valid books only: two-sided, uncrossed); online, the book passed to
+:meth:`OnlineFeatures.observe` (the forecaster calls it on every market event, before the grid
+steps that event triggers). The tick-level realised variance of row k is the sum of the squared
+log changes (bp^2) between consecutive observed mids with time in (t_{k-1}, t_k], each change
+measured from the previous valid observed mid (which may lie in an earlier interval), in the
+same fixed-point units as the rv sums (:attr:`FeatureFrame.tick_units`,
+:attr:`OnlineFeatures.tick_units`). It is far less noisy than one squared grid return as a
+measure of the interval's activity (Binance books update every 0-100 ms). Online, several
+market events at one local time are observed one by one (offline sees only the last book of
+that time), and a grid row computed from a book later than t_k (live, the first event after
+t_k) counts that event's change in row k: the same one-event lateness as the book features.
 
 Sampled OFI. Cont, Kukanov and Stoikov (2014) define the order-flow imbalance of one book
 event n from the best bid/ask price P and size q before and after it,
@@ -88,12 +105,16 @@ class FeatureConfig:
         n_levels: book levels used for the imbalance features ``imb_1..imb_n``.
         rv_windows: realised-volatility windows, in grid rows.
         dt_cap_s: cap of the time-since-last-trade feature, seconds.
+        tick_rv: also compute the tick-level realised variance inside each interval (the
+            ``tick_rv`` feature, :attr:`FeatureFrame.tick_units`). Off: the schema of the
+            models saved before it existed (not written in ``to_dict`` when off).
     """
 
     sample_s: float = 1.0
     n_levels: int = 5
     rv_windows: tuple[int, ...] = (10, 60, 300)
     dt_cap_s: float = 600.0
+    tick_rv: bool = False
 
     def __post_init__(self) -> None:
         if not (self.sample_s > 0):
@@ -111,18 +132,22 @@ class FeatureConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["rv_windows"] = list(self.rv_windows)
+        if not self.tick_rv:
+            del d["tick_rv"]  # the schema of models saved before the option existed
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureConfig":
         return cls(sample_s=float(d["sample_s"]), n_levels=int(d["n_levels"]),
-                   rv_windows=tuple(int(w) for w in d["rv_windows"]), dt_cap_s=float(d["dt_cap_s"]))
+                   rv_windows=tuple(int(w) for w in d["rv_windows"]), dt_cap_s=float(d["dt_cap_s"]),
+                   tick_rv=bool(d.get("tick_rv", False)))
 
 
 def feature_names(cfg: FeatureConfig) -> list[str]:
     """Feature names in model-input order."""
     return (["ret", "spread_bps", "micro_off"] + [f"imb_{i}" for i in range(1, cfg.n_levels + 1)]
-            + ["ofi", "flow", "flow_imb", "n_trades"] + [f"rv_{w}" for w in cfg.rv_windows] + ["dt_trade"])
+            + ["ofi", "flow", "flow_imb", "n_trades"] + [f"rv_{w}" for w in cfg.rv_windows] + ["dt_trade"]
+            + (["tick_rv"] if cfg.tick_rv else []))
 
 
 def schema(cfg: FeatureConfig) -> dict:
@@ -180,6 +205,22 @@ class OnlineFeatures:
         self.mid = float("nan")
         self.r2_hist: deque = deque(maxlen=self._wmax)
         self.sums: dict[int, int] = {w: 0 for w in self.cfg.rv_windows + self._extra_windows}
+        self.tick_mid: float | None = None  # the last valid mid observed (tick_rv)
+        self.tick_acc = 0  # squared mid changes observed since the last grid row, 1e-9 bp^2 units
+        self.tick_units = 0  # tick_acc of the last grid row
+
+    def observe(self, book) -> None:
+        """Look at the mid of ``book`` between grid times (``tick_rv``; call on every book update,
+        before :meth:`step` for the grid time it precedes). One-sided or crossed books are skipped."""
+        b = book.bids.levels(1)
+        a = book.asks.levels(1)
+        if not b or not a or not b[0][0] < a[0][0]:
+            return
+        mid = 0.5 * (b[0][0] + a[0][0])
+        last = self.tick_mid
+        if last is not None and mid != last:
+            self.tick_acc += _r2_units(math.log(mid / last) * BP)
+        self.tick_mid = mid
 
     def add_trades(self, trades: Iterable) -> None:
         """Queue public trades (:class:`bot.market_data.base.Trade` or ``(ts_ns, price, size,
@@ -229,6 +270,9 @@ class OnlineFeatures:
             cnt += 1
             if self.last_trade_ns is None or ts > self.last_trade_ns:
                 self.last_trade_ns = ts
+        if cfg.tick_rv:  # the interval's tick-level variance (counted even when no row is produced)
+            self.tick_units = self.tick_acc
+            self.tick_acc = 0
         if self.snap is None:
             return None
         bp, bq = bids[0]
@@ -281,6 +325,8 @@ class OnlineFeatures:
         else:
             dt = min((t_ns - self.last_trade_ns) * 1e-9, cfg.dt_cap_s)
         x.append(math.log1p(dt))
+        if cfg.tick_rv:
+            x.append(_rv_feature(self.tick_units, 1, cfg.sample_s))
         self.prev_top = (bp, bq, ap, aq)
         self.prev_mid = mid
         self.mid = mid
@@ -302,6 +348,8 @@ class FeatureFrame:
         r2_units: squared ``ret`` per row in fixed-point units (int64), for targets/baselines.
         stale: True where the book at the grid time was invalid and the last valid one was used.
         cfg: the :class:`FeatureConfig`.
+        tick_units: with ``cfg.tick_rv``, per row the tick-level realised variance of the
+            interval (sum of squared mid changes, int64, 1e-9 bp^2 units); else None.
     """
 
     ts_ns: np.ndarray
@@ -311,6 +359,7 @@ class FeatureFrame:
     stale: np.ndarray
     cfg: FeatureConfig
     names: list[str] = field(default_factory=list)
+    tick_units: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ts_ns)
@@ -321,7 +370,7 @@ class FeatureFrame:
 
     def slice(self, i0: int, i1: int) -> "FeatureFrame":
         return FeatureFrame(self.ts_ns[i0:i1], self.X[i0:i1], self.mid[i0:i1], self.r2_units[i0:i1], self.stale[i0:i1],
-                            self.cfg, self.names)
+                            self.cfg, self.names, None if self.tick_units is None else self.tick_units[i0:i1])
 
 
 def grid_times(t_first_ns: int, t_last_ns: int, sample_ns: int) -> np.ndarray:
@@ -435,13 +484,41 @@ def offline_features(events: np.ndarray, cfg: FeatureConfig, tick_size: float | 
     else:
         dt = np.full(m, cfg.dt_cap_s)
     cols.append(np.log1p(dt))
+    tick_u = None
+    if cfg.tick_rv:
+        tick_u = _tick_units(events, T, cfg.sample_ns, tick_size)
+        cols.append(np.log1p(np.sqrt(tick_u * _Q / cfg.sample_s)))
     X = np.column_stack(cols).astype(np.float64)
-    return FeatureFrame(T, X, mid, r2u, stale, cfg, names)
+    return FeatureFrame(T, X, mid, r2u, stale, cfg, names, tick_u)
+
+
+def _tick_units(events: np.ndarray, T: np.ndarray, sample_ns: int, tick_size: float | None) -> np.ndarray:
+    """Per grid row (times ``T``), the sum of squared changes of the mid observed at every distinct
+    local time in (T[k-1], T[k]] (valid books only), fixed-point units (see the module docstring)."""
+    from bot.recording.book_replay import replay_top
+
+    lts = events["local_ts"]
+    top = replay_top(events, tick_size)
+    last = np.ones(len(lts), bool)
+    last[:-1] = lts[1:] != lts[:-1]  # the last row of each local time: the book then
+    bp, ap = top["bid_px"], top["ask_px"]
+    ok = last & np.isfinite(bp) & np.isfinite(ap) & (bp < ap)
+    ts = lts[ok]
+    mid = 0.5 * (bp[ok] + ap[ok])
+    u = np.zeros(len(mid), np.int64)
+    if len(mid) > 1:
+        r = np.log(mid[1:] / mid[:-1]) * BP
+        u[1:] = np.where(mid[1:] != mid[:-1], np.rint(np.minimum(r * r, _R2_CAP) / _Q), 0).astype(np.int64)
+    row = np.searchsorted(T, ts, side="left")
+    inside = (row < len(T)) & (ts > T[0] - sample_ns)
+    out = np.zeros(len(T), np.int64)
+    np.add.at(out, row[inside], u[inside])  # exact integer sums, as online
+    return out
 
 
 def _empty_frame(cfg: FeatureConfig, names: list[str]) -> FeatureFrame:
     return FeatureFrame(np.zeros(0, np.int64), np.zeros((0, len(names))), np.zeros(0), np.zeros(0, np.int64),
-                        np.zeros(0, bool), cfg, names)
+                        np.zeros(0, bool), cfg, names, np.zeros(0, np.int64) if cfg.tick_rv else None)
 
 
 def rv_window_units(ff: FeatureFrame, w: int) -> np.ndarray:

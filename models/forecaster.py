@@ -17,7 +17,9 @@ uses its own estimator).
 
 A correction model (``arch.kind == "correction"``) gets the baselines' inputs appended to
 each feature row (:class:`models.baseline_inputs.BaselineState`, the same code the training
-data went through); its output is already the corrected baseline.
+data went through); its output is already the corrected baseline. A model whose features
+include ``tick_rv`` (:class:`models.features.FeatureConfig`) has the book's mid observed on
+every ``update`` (:meth:`models.features.OnlineFeatures.observe`), not only at grid times.
 
 Backends (``backend=``): ``numba`` and ``torchscript`` run the step inline, in ``update``;
 ``torchscript_async`` runs it on a worker thread (:class:`models.step_worker.StepWorker`):
@@ -216,6 +218,7 @@ class LstmForecaster:
         self.age_counts = {"0": 0, "1": 0, "2+": 0, "none": 0}  # at each grid row's decision, over the forecaster's life
         self.worker_overruns = 0
         self.feats = OnlineFeatures(self.fcfg)
+        self._tick = self.fcfg.tick_rv  # observe the book on every update (models.features: tick_rv)
         self.base_inputs = None  # correction models: the baselines' inputs, computed online
         bi = meta.get("baseline_inputs")
         if meta["arch"].get("kind", "plain") == "correction" and bi:
@@ -278,6 +281,8 @@ class LstmForecaster:
             self.reset()
             self.feats.pending = pend
             last = g - 1
+        if self._tick:  # the mid inside the interval (tick_rv features), before the grid steps
+            self.feats.observe(book)
         if g <= last:
             if self.worker is not None and self._row is not None and self._take_output():
                 self._use_output(update_pending=True)
@@ -293,7 +298,7 @@ class LstmForecaster:
             return
         mid = self.feats.mid
         if self.base_inputs is not None:
-            x = np.concatenate([x, self.base_inputs.step(float(x[0]), float(x[self._ofi_col]))])
+            x = np.concatenate([x, self.base_inputs.step(float(x[0]), float(x[self._ofi_col]), self.feats.tick_units)])
         r = x[0]
         self.ewma = self.lam * self.ewma + (1.0 - self.lam) * r * r
         var_b = self.H * self.ewma + self.floor

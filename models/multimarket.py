@@ -358,10 +358,11 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
                  weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
                  base: str = "combo", shrink: bool = False, gate: bool = False,
-                 corr_l2_drift: float | None = None, balance: bool = False) -> tuple[list[dict], str]:
+                 corr_l2_drift: float | None = None, balance: bool = False, tick_rv: bool = False) -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
-    are the shipped model's hyperparameters (found by its Optuna search on Bitstamp)."""
-    fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")))
+    are the shipped model's hyperparameters (found by its Optuna search on Bitstamp). ``tick_rv``:
+    the intra-second features and baseline (:class:`models.features.FeatureConfig`)."""
+    fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")), tick_rv=tick_rv)
     cfg = TrainConfig(hidden=hidden, lookback=lookback, max_epochs=max_epochs, patience=patience, batch=16, arch=arch,
                       seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
                       base=base)
@@ -396,6 +397,8 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--balance", action="store_true", help="every market weighs alike in the training loss")
+    ap.add_argument("--tick-rv", action="store_true", help="intra-second features (tick-level realised variance) "
+                    "and the tick baseline (--base tick | auto_tick)")
     ap.add_argument("--gate", action="store_true", help="volatility: combine the model with the EWMAs, weights fitted "
                     "on each held-out market's calibration rows")
     ap.add_argument("--shrink", action="store_true", help="correction arch: shrink the correction towards its baseline "
@@ -403,7 +406,7 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
                                a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink, gate=a.gate,
-                               corr_l2_drift=a.corr_l2_drift, balance=a.balance)
+                               corr_l2_drift=a.corr_l2_drift, balance=a.balance, tick_rv=a.tick_rv)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))
