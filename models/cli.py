@@ -119,6 +119,7 @@ def train(
     sample_s: Annotated[float, typer.Option("--sample-s", help="sampling grid interval, seconds")] = 1.0,
     n_levels: Annotated[int, typer.Option("--levels", help="book levels for the imbalance features")] = 5,
     rv_windows: Annotated[str, typer.Option("--rv-windows", help="realised-volatility windows, grid rows, comma separated")] = "10,60,300",
+    tick_rv: Annotated[bool, typer.Option("--tick-rv", help="also the intra-second features (tick-level realised variance of the mid on every book update) and, with --arch correction, the tick baseline (--base tick | auto_tick)")] = False,
     hidden: Annotated[int, typer.Option(help="LSTM hidden size")] = 32,
     layers: Annotated[int, typer.Option(help="LSTM layers")] = 1,
     dropout: Annotated[float, typer.Option(help="dropout before the heads (and between layers)")] = 0.1,
@@ -132,7 +133,7 @@ def train(
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
     arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
     corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
-    base: Annotated[str, typer.Option(help="correction arch: the variance baseline: auto (chosen on training rows), combo, ewma, ewma_fit, garch, har, ewma_mix (geometric mean of the EWMAs), auto_mix (auto, ewma_mix when too few rows to choose); default auto, or combo with several markets")] = "",
+    base: Annotated[str, typer.Option(help="correction arch: the variance baseline: auto (chosen on training rows), combo, ewma, ewma_fit, garch, har, ewma_mix (geometric mean of the EWMAs), auto_mix (auto, ewma_mix when too few rows to choose), tick (the intra-second baseline, needs --tick-rv), auto_tick (auto with tick among the candidates, tick when too few rows to choose); default auto, or combo with several markets")] = "",
     corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction (default: --corr-l2)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
@@ -183,7 +184,7 @@ def train(
         hz = Horizon.parse(horizon)
         hz_list = [str(Horizon.parse(h)) for h in horizons.split(",") if h.strip()] or [str(hz)]
         rvw = tuple(int(w) for w in rv_windows.split(",") if w.strip())
-        fcfg = FeatureConfig(sample_s=sample_s, n_levels=n_levels, rv_windows=rvw)
+        fcfg = FeatureConfig(sample_s=sample_s, n_levels=n_levels, rv_windows=rvw, tick_rv=tick_rv)
         for h in hz_list:
             if Horizon.parse(h).unit == "s":
                 Horizon.parse(h).steps(sample_s)
@@ -193,8 +194,10 @@ def train(
                       weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, drift_weight=drift_weight,
                       skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
                       base=base or "auto")
-    if base and base not in ("auto", "auto_mix", "combo", "ewma_mix", "ewma", "ewma_fit", "garch", "har"):
-        raise MmbotError(f"--base must be auto, auto_mix, combo, ewma_mix, ewma, ewma_fit, garch or har, got {base!r}")
+    if base and base not in ("auto", "auto_mix", "combo", "ewma_mix", "ewma", "ewma_fit", "garch", "har", "tick", "auto_tick"):
+        raise MmbotError(f"--base must be auto, auto_mix, combo, ewma_mix, ewma, ewma_fit, garch, har, tick or auto_tick, got {base!r}")
+    if base in ("tick", "auto_tick") and not tick_rv:
+        raise MmbotError(f"--base {base} needs --tick-rv (the intra-second features it is computed from)")
     from models.multitrain import group_inputs
 
     for p in data:
@@ -405,7 +408,8 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
     """The exact command that reproduces this training run."""
     parts = ["mmbot", "train"] + [str(p) for p in args["data"]]
     opts = [("--horizon", str(hz) if trials == 0 else args["horizon"]), ("--sample-s", args["sample_s"]),
-            ("--levels", args["n_levels"]), ("--rv-windows", args["rv_windows"]), ("--hidden", args["hidden"]),
+            ("--levels", args["n_levels"]), ("--rv-windows", args["rv_windows"]),
+            ("--hidden", args["hidden"]),
             ("--layers", args["layers"]), ("--dropout", args["dropout"]), ("--lookback", args["lookback"]),
             ("--batch", args["batch"]), ("--lr", args["lr"]), ("--weight-decay", args["weight_decay"]),
             ("--max-epochs", args["max_epochs"]), ("--patience", args["patience"]),
@@ -432,6 +436,8 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
         parts += [k, str(v)]
     if not args["skip"]:
         parts.append("--no-skip")
+    if args.get("tick_rv"):
+        parts.append("--tick-rv")
     if args.get("make_default"):
         parts.append("--make-default")
     if args.get("recalibrate"):

@@ -245,3 +245,41 @@ def test_models_saved_without_tick_rv_are_unchanged(binance):
     assert online.shape == (len(ff.X), 2)
     assert np.allclose(online[:, 0], off[:, 0], rtol=1e-5, atol=1e-5)
     assert np.allclose(np.log(online[:, 1]), off[:, 1], rtol=1e-5, atol=1e-5)
+
+
+def test_train_with_tick_rv_through_the_cli(tmp_path):
+    """``mmbot train --tick-rv --arch correction --base auto_tick``: the saved model carries the
+    option in its schema, its baseline is the tick one (minutes of data: too few rows to select),
+    the recorded command reproduces it, and the forecaster runs it on a replay."""
+    from models.calibrate import load_events
+    from models.cli import train
+
+    rec = binance_recording(tmp_path / "rec")
+    reg = tmp_path / "reg"
+    train([rec], registry=reg, arch="correction", base="auto_tick", tick_rv=True, until="8m", sample_s=0.5,
+          horizon="5s", rv_windows="4,20", hidden=6, lookback=16, batch=8, max_epochs=2, patience=1, folds=0,
+          threads=1, progress=False, json_out=True)
+    module, meta = load_model(reg / "v0001" / "model.pt")
+    assert meta["features"]["config"]["tick_rv"] is True and meta["features"]["names"][-1] == "tick_rv"
+    assert meta["baseline_inputs"]["spec"]["best"] == "tick" and meta["baseline_inputs"]["spec"]["tick"]
+    assert "--tick-rv" in meta["command"].split() and "--base auto_tick" in meta["command"]
+    f = load_forecaster(reg / "v0001" / "model.pt")
+    assert f._tick
+    ev, rmeta = load_events(rec)
+    ev = ev[ev["local_ts"] <= ev["local_ts"][0] + 60 * 10**9]
+    grid = grid_times(ev["local_ts"][0], ev["local_ts"][-1], f.S)
+    out = []
+    drive(ev, rmeta, grid, lambda book, t, trades, g: out.append(f.update(book, t, trades)))
+    assert out[-1].sigma is not None and out[-1].sigma > 0 and math.isfinite(out[-1].drift)
+
+
+def test_tick_base_without_tick_rv_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-m", "models.cli", "train", str(tmp_path), "--arch", "correction", "--base", "tick"],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: --base tick needs --tick-rv (the intra-second features it is computed from)"
