@@ -212,11 +212,11 @@ class OnlineFeatures:
     def observe(self, book) -> None:
         """Look at the mid of ``book`` between grid times (``tick_rv``; call on every book update,
         before :meth:`step` for the grid time it precedes). One-sided or crossed books are skipped."""
-        b = book.bids.levels(1)
-        a = book.asks.levels(1)
-        if not b or not a or not b[0][0] < a[0][0]:
+        b = book.bids.best_price()
+        a = book.asks.best_price()
+        if b is None or a is None or not b < a:
             return
-        mid = 0.5 * (b[0][0] + a[0][0])
+        mid = 0.5 * (b + a)
         last = self.tick_mid
         if last is not None and mid != last:
             self.tick_acc += _r2_units(math.log(mid / last) * BP)
