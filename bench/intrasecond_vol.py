@@ -27,14 +27,19 @@ row k uses rows <= k only):
 * ``r2_ewma`` (control): H x EWMA of the squared 1 s returns, its half-life chosen like the
   others (shows what the choice of half-life alone gives, without intra-second information).
 
+* ``loglin``: log h = log(H x slow EWMA of r2 + floor) + theta . x, x = 1 and log(fast / slow
+  EWMA) of r2, tick_rv and n_mid at three fast half-lives; theta minimises the mean QLIKE of the
+  other markets (each weighing alike).
+
 Every predictor has one or two hyperparameters (fast and slow half-lives); they are chosen
 leave-one-market-out: for the held-out market, the half-lives with the lowest mean QLIKE ratio
-(predictor / best baseline) on the OTHER markets' test rows, so nothing about the held-out
-market's test rows is used. Reported per market: QLIKE of each predictor, of the best of the
+(predictor / RiskMetrics EWMA) over the OTHER markets' usable rows (a market whose capture
+overlaps the held-out one's span: only rows whose horizon ends before its test start), so
+nothing about the held-out market is used (``loglin``'s theta likewise). Reported per market: QLIKE of each predictor, of the best of the
 four baselines (EWMA 0.94, fitted EWMA, GARCH, HAR-RV, chosen after the fact on the test rows,
 as in the LOMO table), the ratio and the Diebold-Mariano test against that best baseline.
 
-Usage (REC/x = ``mmbot import`` of capture x; ~1 min for the ten markets of docs/forecaster.md):
+Usage (REC/x = ``mmbot import`` of capture x; 25 s for the ten markets of docs/forecaster.md):
 
     python bench/intrasecond_vol.py REC/bitstamp REC/usdm_btc_0718 ... [--json out.json]
 """
