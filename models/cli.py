@@ -133,8 +133,8 @@ def train(
     arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
     corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
     base: Annotated[str, typer.Option(help="correction arch: the variance baseline: auto (chosen on training rows), combo, ewma, ewma_fit, garch, har, ewma_mix (geometric mean of the EWMAs), auto_mix (auto, ewma_mix when too few rows to choose); default auto, or combo with several markets")] = "",
-    corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction (default: --corr-l2)")] = None,
-    drift_head: Annotated[str, typer.Option("--drift-head", help="correction arch: the drift head corrects the OFI regression's drift (correction) or predicts the drift itself like the plain LSTM (plain); the volatility head stays a correction")] = "",
+    corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction, or with --drift-head plain on the drift itself (towards zero drift) (default: --corr-l2)")] = None,
+    drift_head: Annotated[str, typer.Option("--drift-head", help="correction arch: the drift head corrects the OFI regression's drift (correction) or predicts the drift itself like the plain LSTM (plain, the default; --corr-l2-drift then pulls it towards zero drift); the volatility head stays a correction")] = "",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
     folds: Annotated[int, typer.Option(help="walk-forward test folds (0 = no evaluation)")] = 4,
@@ -416,7 +416,7 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
             ("--arch", args["arch"]), ("--corr-l2", args["corr_l2"]),
             *([("--corr-l2-drift", args["corr_l2_drift"])] if args.get("corr_l2_drift") is not None else []),
             *([("--base", args["base"])] if args.get("base") else []),
-            *([("--drift-head", args["drift_head"])] if args.get("drift_head") else []),
+            *([("--drift-head", cfg.drift_head)] if args["arch"] == "correction" else []),
             ("--folds", args["folds"]), ("--scheme", args["scheme"]), ("--initial-frac", args["initial_frac"])]
     if trials:
         opts += [("--trials", trials), ("--tune-epochs", args["tune_epochs"])]

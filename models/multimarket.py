@@ -355,6 +355,14 @@ def lomo_table(rows: list[dict], arch: str) -> str:
     return "\n".join(L)
 
 
+def arch_label(cfg: TrainConfig) -> str:
+    """The architecture as the LOMO tables name it: ``plain``, ``correction`` or ``correction,
+    drift head plain``."""
+    if cfg.arch == "correction" and cfg.drift_head != "correction":
+        return f"{cfg.arch}, drift head {cfg.drift_head}"
+    return cfg.arch
+
+
 def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1.0, horizon: str = "10s",
                  rv_windows: str = "10,60", hidden: int = 8, lookback: int = 128, max_epochs: int = 30,
                  calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
@@ -377,7 +385,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
         log(f"{m.name}: {m.ds.n} rows, {int(m.ds.usable().sum())} usable")
         markets.append(m)
     rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink, gate=gate, balance=balance)
-    return rows, lomo_table(rows, arch)
+    return rows, lomo_table(rows, arch_label(cfg))
 
 
 if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|correction]
@@ -394,7 +402,8 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--lookback", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--corr-l2", type=float, default=1.0)
-    ap.add_argument("--corr-l2-drift", type=float, default=None, help="the drift correction's L2 (default: --corr-l2)")
+    ap.add_argument("--corr-l2-drift", type=float, default=None, help="the drift correction's L2, or with --drift-head "
+                    "plain the drift's own, towards zero drift (default: --corr-l2)")
     ap.add_argument("--base", default="combo", help="correction arch: the variance baseline of every market (auto = chosen per market)")
     ap.add_argument("--drift-head", choices=("correction", "plain"), default=TrainConfig.drift_head,
                     help="correction arch: the drift head corrects the OFI regression (correction) or predicts the drift "

@@ -47,7 +47,9 @@ class TrainConfig:
     arch: str = "plain"  # plain | correction (models.baseline_inputs)
     corr_l2: float = 1.0  # correction arch: L2 penalty on the (standardised) corrections
     corr_l2_drift: float | None = None  # ... on the drift correction, if not the same (None)
-    drift_head: str = "correction"  # correction arch: correction (of the OFI regression) | plain (drift itself)
+    # correction arch: plain (the drift itself, L2 towards zero drift) | correction (of the OFI regression's drift);
+    # plain by default: it beats zero drift and the OFI regression out of market (docs/forecaster.md, 2026-12-05)
+    drift_head: str = "plain"
     base: str = "auto"  # correction arch: the variance baseline (auto = chosen on training rows)
     val_frac: float = 0.15
     grad_clip: float = 1.0
@@ -179,7 +181,9 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
             (bp) and log variance (log bp^2); the network learns the correction on top of them
             (zero-initialised, L2 ``cfg.corr_l2`` towards no correction). With
             ``cfg.drift_head == "plain"`` only the variance is a correction: the drift head
-            predicts the standardised drift itself (no offset, no L2 on it).
+            predicts the standardised drift itself (no OFI-regression offset); its L2
+            (``cfg.corr_l2_drift``, default ``cfg.corr_l2``) then pulls it towards zero
+            drift, the drift forecast's "no forecast".
         mask_cols: columns the network does not see (normalised to 0: mean 0, std 1e30).
         normalizer / scales: use these instead of fitting them on the training rows (several
             markets, each standardised on its own rows before they are stacked:
@@ -221,7 +225,6 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
         if not net.drift_offset:  # drift head "plain": the drift is predicted outright
             off[:, 0] = 0.0
         offt = torch.from_numpy(np.nan_to_num(off).astype(np.float32))
-    l2_drift = cfg.corr_l2_drift if net.drift_offset else 0.0  # no pull towards a drift the head is not added to
     if warmup:
         mtr[:warmup] = 0.0
         mva[:warmup] = 0.0
@@ -264,7 +267,7 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
                 if float(m.sum()) == 0.0:
                     continue
                 loss, q, e = _loss(out, ydt[ii], yvt[ii], m, cfg.drift_weight,
-                                   None if offt is None else offt[ii], cfg.corr_l2, l2_drift)
+                                   None if offt is None else offt[ii], cfg.corr_l2, cfg.corr_l2_drift)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:

@@ -200,3 +200,22 @@ def test_unknown_drift_head_is_one_line_exit_2(tmp_path):
                         "--drift-head", "deep"], cwd=root, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip() == "error: --drift-head must be 'correction' or 'plain', got 'deep'"
+
+
+def test_plain_drift_head_l2_pulls_towards_zero_drift(binance):
+    """With ``--drift-head plain`` the drift L2 (``--corr-l2-drift``) penalises the drift
+    forecast itself: a strong one keeps it near zero drift (not near the OFI regression)."""
+    _, _, _, ds, tr = binance
+    floor = variance_floor(ds.tg.var[tr])
+    n = ds.n
+    va = np.zeros(n, bool)  # no validation rows: the epoch with the lowest training loss is kept
+    spread = {}
+    for l2 in (0.0, 1e4):
+        cfg = TrainConfig(arch="correction", drift_head="plain", hidden=6, lookback=16, batch=4, max_epochs=4,
+                          patience=4, min_epochs=4, threads=1, corr_l2=0.0, corr_l2_drift=l2, lr=1e-2)
+        X, kw, _ = model_inputs(ds, cfg, tr, floor)
+        res = fit(X, ds.tg.drift, ds.tg.var, tr, va, int(n * 0.6), cfg, floor, warmup=ds.warmup, **kw)
+        assert res.best_epoch >= 1
+        mu, _ = res.predict(X)
+        spread[l2] = float(np.std(mu[ds.warmup:]))
+    assert spread[1e4] < 0.2 * spread[0.0], spread
