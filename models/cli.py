@@ -130,7 +130,7 @@ def train(
     patience: Annotated[int, typer.Option(help="early-stopping patience, epochs")] = 8,
     drift_weight: Annotated[float, typer.Option("--drift-weight", help="weight of the drift loss against QLIKE")] = 1.0,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
-    arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
+    arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows), from scale-free inputs; its drift head: see --drift-head")] = "plain",
     corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
     base: Annotated[str, typer.Option(help="correction arch: the variance baseline: auto (chosen on training rows), combo, ewma, ewma_fit, garch, har, ewma_mix (geometric mean of the EWMAs), auto_mix (auto, ewma_mix when too few rows to choose); default auto, or combo with several markets")] = "",
     corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction, or with --drift-head plain on the drift itself (towards zero drift) (default: --corr-l2)")] = None,

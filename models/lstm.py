@@ -39,7 +39,8 @@ class LSTMNet(nn.Module):
         self.offset_cols = tuple(int(c) for c in offset_cols) if offset_cols is not None else None
         # correction architecture, drift head: "correction" = a correction of the OFI regression's
         # drift (offset_cols[0] added to it); "plain" = the drift itself, as the plain LSTM
-        # predicts it (no offset, no pull towards a baseline); the variance head stays a correction
+        # predicts it (no offset; training's L2 pulls it towards zero drift); the variance head
+        # stays a correction
         if drift_head not in DRIFT_HEADS:
             raise ValueError(f"drift_head must be one of {DRIFT_HEADS}, got {drift_head!r}")
         self.drift_head = drift_head
