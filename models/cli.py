@@ -131,10 +131,11 @@ def train(
     patience: Annotated[int, typer.Option(help="early-stopping patience, epochs")] = 8,
     drift_weight: Annotated[float, typer.Option("--drift-weight", help="weight of the drift loss against QLIKE")] = 1.0,
     skip: Annotated[bool, typer.Option("--skip/--no-skip", help="linear skip path from the features to the heads")] = True,
-    arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows) and of the OFI regression's drift, from scale-free inputs")] = "plain",
+    arch: Annotated[str, typer.Option(help="plain: the LSTM forecasts from the features; correction: it learns a correction of the best baseline's variance (EWMA / GARCH / HAR-RV, chosen on training rows), from scale-free inputs; its drift head: see --drift-head")] = "plain",
     corr_l2: Annotated[float, typer.Option("--corr-l2", help="correction arch: L2 penalty pulling the (standardised) corrections towards zero")] = 1.0,
     base: Annotated[str, typer.Option(help="correction arch: the variance baseline: auto (chosen on training rows), combo, ewma, ewma_fit, garch, har, ewma_mix (geometric mean of the EWMAs), auto_mix (auto, ewma_mix when too few rows to choose), tick (the intra-second baseline, needs --tick-rv), auto_tick (auto with tick among the candidates, tick when too few rows to choose); default auto, or combo with several markets")] = "",
-    corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction (default: --corr-l2)")] = None,
+    corr_l2_drift: Annotated[Optional[float], typer.Option("--corr-l2-drift", help="correction arch: L2 penalty on the drift correction, or with --drift-head plain on the drift itself (towards zero drift) (default: --corr-l2)")] = None,
+    drift_head: Annotated[str, typer.Option("--drift-head", help="correction arch: the drift head corrects the OFI regression's drift (correction) or predicts the drift itself like the plain LSTM (plain, the default; --corr-l2-drift then pulls it towards zero drift); the volatility head stays a correction")] = "",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch threads for training")] = 2,
     folds: Annotated[int, typer.Option(help="walk-forward test folds (0 = no evaluation)")] = 4,
@@ -180,6 +181,8 @@ def train(
         raise MmbotError(f"--scheme must be 'expanding' or 'rolling', got {scheme!r}")
     if arch not in ("plain", "correction"):
         raise MmbotError(f"--arch must be 'plain' or 'correction', got {arch!r}")
+    if drift_head and drift_head not in ("correction", "plain"):
+        raise MmbotError(f"--drift-head must be 'correction' or 'plain', got {drift_head!r}")
     try:
         hz = Horizon.parse(horizon)
         hz_list = [str(Horizon.parse(h)) for h in horizons.split(",") if h.strip()] or [str(hz)]
@@ -193,7 +196,7 @@ def train(
     cfg = TrainConfig(hidden=hidden, layers=layers, dropout=dropout, lookback=lookback, batch=batch, lr=lr,
                       weight_decay=weight_decay, max_epochs=max_epochs, patience=patience, drift_weight=drift_weight,
                       skip=skip, seed=seed, threads=threads, arch=arch, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
-                      base=base or "auto")
+                      base=base or "auto", drift_head=drift_head or TrainConfig.drift_head)
     if base and base not in ("auto", "auto_mix", "combo", "ewma_mix", "ewma", "ewma_fit", "garch", "har", "tick", "auto_tick"):
         raise MmbotError(f"--base must be auto, auto_mix, combo, ewma_mix, ewma, ewma_fit, garch, har, tick or auto_tick, got {base!r}")
     if base in ("tick", "auto_tick") and not tick_rv:
@@ -417,6 +420,7 @@ def _command(args: dict, hz, cfg, trials: int) -> str:
             ("--arch", args["arch"]), ("--corr-l2", args["corr_l2"]),
             *([("--corr-l2-drift", args["corr_l2_drift"])] if args.get("corr_l2_drift") is not None else []),
             *([("--base", args["base"])] if args.get("base") else []),
+            *([("--drift-head", cfg.drift_head)] if args["arch"] == "correction" else []),
             ("--folds", args["folds"]), ("--scheme", args["scheme"]), ("--initial-frac", args["initial_frac"])]
     if trials:
         opts += [("--trials", trials), ("--tune-epochs", args["tune_epochs"])]

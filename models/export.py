@@ -13,7 +13,9 @@ Metadata (``format`` = ``mmbot-forecaster``, ``format_version`` 1):
 * ``horizon`` (e.g. ``"10s"``), ``horizon_s``, ``sample_s``, ``horizon_steps`` (grid rows of
   the horizon for the online guard), ``warmup_steps`` (rows before the first forecast);
 * ``arch`` (n_features, hidden, layers, dropout, ``kind`` plain | correction, and for a
-  correction model ``offset_cols``), ``baseline_inputs`` (correction models: the names of
+  correction model ``offset_cols`` and ``drift_head``: ``correction`` (the drift is a correction
+  of the OFI regression; the default, and what a model saved without the key is) or ``plain``
+  (the drift is predicted outright)), ``baseline_inputs`` (correction models: the names of
   the inputs appended to the features and the fitted baselines' spec,
   :mod:`models.baseline_inputs`), ``train`` (hyperparameters, seed, epochs),
   ``data`` (source, exchange, symbol, training span in ns and ISO time, rows);
@@ -196,6 +198,8 @@ def load_model(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
             raise DataError(f"{path}: baseline inputs {bi['names']} differ from what this code computes "
                             f"{input_names(cfg)}; retrain the model (mmbot train --arch correction)")
         n += len(bi["names"])
+        if arch.get("drift_head", "correction") not in ("correction", "plain"):
+            raise DataError(f"{path}: unknown drift head {arch.get('drift_head')!r} (this mmbot runs correction and plain)")
     elif kind != "plain":
         raise DataError(f"{path}: unknown model architecture {kind!r} (this mmbot runs plain and correction)")
     if int(arch.get("n_features", -1)) != n:

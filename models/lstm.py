@@ -24,17 +24,26 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+DRIFT_HEADS = ("correction", "plain")  # correction architecture: what its drift head predicts (LSTMNet)
+
 
 class LSTMNet(nn.Module):
     """Sequence model for training: ``forward(z [B, T, F], state) -> (out [B, T, 2], state)``."""
 
     def __init__(self, n_features: int, hidden: int = 32, layers: int = 1, dropout: float = 0.1, skip: bool = True,
-                 offset_cols: tuple[int, int] | None = None) -> None:
+                 offset_cols: tuple[int, int] | None = None, drift_head: str = "correction") -> None:
         super().__init__()
         self.n_features, self.hidden, self.layers, self.dropout_p, self.use_skip = n_features, hidden, layers, dropout, skip
         # correction architecture: the outputs are corrections added to the raw input columns
         # offset_cols = (drift bp, log variance bp^2) of the baselines (models.baseline_inputs)
         self.offset_cols = tuple(int(c) for c in offset_cols) if offset_cols is not None else None
+        # correction architecture, drift head: "correction" = a correction of the OFI regression's
+        # drift (offset_cols[0] added to it); "plain" = the drift itself, as the plain LSTM
+        # predicts it (no offset; training's L2 pulls it towards zero drift); the variance head
+        # stays a correction
+        if drift_head not in DRIFT_HEADS:
+            raise ValueError(f"drift_head must be one of {DRIFT_HEADS}, got {drift_head!r}")
+        self.drift_head = drift_head
         self.lstm = nn.LSTM(n_features, hidden, num_layers=layers, batch_first=True,
                             dropout=dropout if layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
@@ -57,11 +66,16 @@ class LSTMNet(nn.Module):
             y = y + self.skip(z)
         return y, state
 
+    @property
+    def drift_offset(self) -> bool:
+        """True when the drift output is added to the baselines' drift column (offset_cols[0])."""
+        return self.offset_cols is not None and self.drift_head == "correction"
+
     def arch(self) -> dict:
         d = {"n_features": self.n_features, "hidden": self.hidden, "layers": self.layers, "dropout": self.dropout_p,
              "skip": self.use_skip, "kind": "plain"}
         if self.offset_cols is not None:
-            d.update(kind="correction", offset_cols=list(self.offset_cols))
+            d.update(kind="correction", offset_cols=list(self.offset_cols), drift_head=self.drift_head)
         return d
 
 
@@ -72,7 +86,8 @@ class StepModule(nn.Module):
     ``y = head(h) + skip(z) + raw(x)``: ``raw`` is a fixed linear map of the raw (not
     normalised) inputs, zero for the plain LSTM; for the correction architecture it copies
     the baselines' drift (bp) and log variance (log bp^2) columns to the outputs, so the
-    network's part is the correction.
+    network's part is the correction (with ``drift_head="plain"`` only the log variance
+    column: the drift output is the network's own, in bp).
 
     ``forward(x [F] float32, h [L, H], c [L, H]) -> (y [2], h', c')``; ``forward_seq(X [T, F],
     h, c) -> (Y [T, 2], h', c')`` runs the very same step in a loop (so a backtest's batch
@@ -94,7 +109,8 @@ class StepModule(nn.Module):
             self.skip.weight.zero_()
             self.raw.weight.zero_()
             if net.offset_cols is not None:
-                self.raw.weight[0, net.offset_cols[0]] = 1.0
+                if net.drift_offset:
+                    self.raw.weight[0, net.offset_cols[0]] = 1.0
                 self.raw.weight[1, net.offset_cols[1]] = 1.0
             if net.skip is not None:
                 ws = net.skip.weight.detach().clone()
@@ -161,7 +177,7 @@ def net_from_params(params: list[Tensor], arch: dict) -> tuple[LSTMNet, np.ndarr
     L = int(arch["layers"])
     oc = arch.get("offset_cols")
     net = LSTMNet(int(arch["n_features"]), int(arch["hidden"]), L, float(arch.get("dropout", 0.0)), bool(arch.get("skip", False)),
-                  offset_cols=tuple(oc) if oc is not None else None)
+                  offset_cols=tuple(oc) if oc is not None else None, drift_head=str(arch.get("drift_head", "correction")))
     mean = params[0].detach().double().numpy()
     std = 1.0 / params[1].detach().double().numpy()
     with torch.no_grad():

@@ -263,6 +263,8 @@ def lomo(markets: list[Market], cfg: TrainConfig, calib_frac: float = 0.3, log=N
         raw = None
         if shrink and oc is not None:
             lb, mb = st.X[:, oc[1]], st.X[:, oc[0]]
+            if not res.net.drift_offset:  # drift head "plain": shrink the drift towards zero drift
+                mb = np.zeros_like(mb)
             a_v, a_d = fit_shrink(ds.tg.var[calib], lb[calib], np.log(var[calib]), ds.tg.drift[calib], mb[calib],
                                   mu[calib], floor)
             raw = (var, mu)
@@ -332,8 +334,8 @@ def lomo_table(rows: list[dict], arch: str) -> str:
         L.append(f"| {r['market']} | {r['test_rows']} | {m['model']['qlike']:.4f} | {own} | {m['ewma']['qlike']:.4f} | {m['ewma_fit']['qlike']:.4f} | "
                  f"{m['garch']['qlike']:.4f} | {m['har']['qlike']:.4f} | {_SHORT[b]} | {ratio:.3f} | {d['dm']:+.2f} | {d['p']:.3g} |")
     L += ["", f"Drift ({arch}): MSE (bp^2) and macro F1 (3 classes, dead zone fitted on the calibration prefix)", "",
-          "| held-out market | model MSE | zero | OFI lin. | imb. logit | best baseline | DM | p | model F1 | best F1 |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| held-out market | model MSE | zero | OFI lin. | imb. logit | best baseline | DM | p | model R^2 | model F1 | best F1 |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ok:
         m = r["metrics"]
         b = r["best_drift"]
@@ -342,7 +344,8 @@ def lomo_table(rows: list[dict], arch: str) -> str:
             dwins += 1
         bf = max((k for k in cal.DRIFT_MODELS if k in m and k != "lstm"), key=lambda k: m[k]["f1"])
         L.append(f"| {r['market']} | {m['model']['mse']:.4g} | {m['zero']['mse']:.4g} | {m['ofi_linear']['mse']:.4g} | "
-                 f"{m['imb_logistic']['mse']:.4g} | {_SHORT[b]} | {d['dm']:+.2f} | {d['p']:.3g} | {m['model']['f1']:.3f} | "
+                 f"{m['imb_logistic']['mse']:.4g} | {_SHORT[b]} | {d['dm']:+.2f} | {d['p']:.3g} | {m['model']['r2']:+.4f} | "
+                 f"{m['model']['f1']:.3f} | "
                  f"{m[bf]['f1']:.3f} ({_SHORT[bf]}) |")
     if ratios:
         vw = sum(x < 1 for x in ratios)
@@ -352,20 +355,29 @@ def lomo_table(rows: list[dict], arch: str) -> str:
     return "\n".join(L)
 
 
+def arch_label(cfg: TrainConfig) -> str:
+    """The architecture as the LOMO tables name it: ``plain``, ``correction`` or ``correction,
+    drift head plain``."""
+    if cfg.arch == "correction" and cfg.drift_head != "correction":
+        return f"{cfg.arch}, drift head {cfg.drift_head}"
+    return cfg.arch
+
+
 def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1.0, horizon: str = "10s",
                  rv_windows: str = "10,60", hidden: int = 8, lookback: int = 128, max_epochs: int = 30,
                  calib_frac: float = 0.3, max_hours: float | None = None, seed: int = 0, threads: int = 1,
                  progress: bool = False, log=print, dropout: float = 0.26, lr: float = 2.5e-3,
                  weight_decay: float = 4.3e-3, corr_l2: float = 1.0, patience: int = 8,
                  base: str = "combo", shrink: bool = False, gate: bool = False,
-                 corr_l2_drift: float | None = None, balance: bool = False, tick_rv: bool = False) -> tuple[list[dict], str]:
+                 corr_l2_drift: float | None = None, balance: bool = False, tick_rv: bool = False,
+                 drift_head: str = TrainConfig.drift_head) -> tuple[list[dict], str]:
     """Load the recordings, run :func:`lomo`, return (results, markdown table). The defaults
     are the shipped model's hyperparameters (found by its Optuna search on Bitstamp). ``tick_rv``:
     the intra-second features and baseline (:class:`models.features.FeatureConfig`)."""
     fcfg = FeatureConfig(sample_s=sample_s, rv_windows=tuple(int(w) for w in rv_windows.split(",")), tick_rv=tick_rv)
     cfg = TrainConfig(hidden=hidden, lookback=lookback, max_epochs=max_epochs, patience=patience, batch=16, arch=arch,
                       seed=seed, threads=threads, dropout=dropout, lr=lr, weight_decay=weight_decay, corr_l2=corr_l2, corr_l2_drift=corr_l2_drift,
-                      base=base)
+                      base=base, drift_head=drift_head)
     warmup = max(max(fcfg.rv_windows), lookback)
     Horizon.parse(horizon)
     markets = []
@@ -374,7 +386,7 @@ def lomo_command(data: list[Path], arch: str = "correction", sample_s: float = 1
         log(f"{m.name}: {m.ds.n} rows, {int(m.ds.usable().sum())} usable")
         markets.append(m)
     rows = lomo(markets, cfg, calib_frac, log=log, progress=progress, shrink=shrink, gate=gate, balance=balance)
-    return rows, lomo_table(rows, arch)
+    return rows, lomo_table(rows, arch_label(cfg))
 
 
 if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|correction]
@@ -391,8 +403,12 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     ap.add_argument("--lookback", type=int, default=128)
     ap.add_argument("--max-epochs", type=int, default=30)
     ap.add_argument("--corr-l2", type=float, default=1.0)
-    ap.add_argument("--corr-l2-drift", type=float, default=None, help="the drift correction's L2 (default: --corr-l2)")
+    ap.add_argument("--corr-l2-drift", type=float, default=None, help="the drift correction's L2, or with --drift-head "
+                    "plain the drift's own, towards zero drift (default: --corr-l2)")
     ap.add_argument("--base", default="combo", help="correction arch: the variance baseline of every market (auto = chosen per market)")
+    ap.add_argument("--drift-head", choices=("correction", "plain"), default=TrainConfig.drift_head,
+                    help="correction arch: the drift head corrects the OFI regression (correction) or predicts the drift "
+                    "itself (plain); the volatility head stays a correction")
     ap.add_argument("--calib-frac", type=float, default=0.3)
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -406,7 +422,8 @@ if __name__ == "__main__":  # python -m models.multimarket REC... [--arch plain|
     a = ap.parse_args()
     rows, table = lomo_command(a.data, a.arch, a.sample_s, a.horizon, a.rv_windows, a.hidden, a.lookback, a.max_epochs,
                                a.calib_frac, a.max_hours, corr_l2=a.corr_l2, base=a.base, shrink=a.shrink, gate=a.gate,
-                               corr_l2_drift=a.corr_l2_drift, balance=a.balance, tick_rv=a.tick_rv)
+                               corr_l2_drift=a.corr_l2_drift, balance=a.balance, tick_rv=a.tick_rv,
+                               drift_head=a.drift_head)
     print(table)
     if a.json:
         a.json.write_text(json.dumps(rows, default=float, indent=1))

@@ -126,7 +126,7 @@ def train_markets(groups: list[list[Path]], *, fcfg, hz, cfg, lomo_on: bool, cal
         if lomo_on:
             say(f"leave-one-market-out over {len(markets)} markets ...")
             lomo_rows = mm.lomo(markets, cfg, calib_frac, log=say, shrink=shrink)
-            table = mm.lomo_table(lomo_rows, cfg.arch)
+            table = mm.lomo_table(lomo_rows, mm.arch_label(cfg))
         stds: list = []
         res, kw = mm.fit_markets([m.ds for m in markets], cfg, label="all markets", stds_out=stds)
         say(f"final model: best epoch {res.best_epoch}, validation loss {res.best_val:.4f}, {res.seconds:.1f} s")
@@ -231,7 +231,8 @@ def write_report(vdir: Path, meta: dict, command: str, note: str, table: str, ca
         L.append(f"| {m['name']} | {m['start']} to {m['end']} | {m['rows']:,} | {m['usable_rows']:,} | "
                  f"{m['scales']['drift_scale']:.4g} | {m['scales']['var_scale']:.4g} |")
     t = meta["train"]
-    L += ["", f"One network ({meta['arch'].get('kind', 'plain')}, hidden {t['hidden']}, lookback {t['lookback']}) trained on "
+    dh = meta["arch"].get("drift_head")
+    L += ["", f"One network ({meta['arch'].get('kind', 'plain')}{', drift head ' + dh if dh else ''}, hidden {t['hidden']}, lookback {t['lookback']}) trained on "
           "every market, each standardised on its own rows (inputs: z-scores; targets: drift / its std, variance / its "
           "mean), stacked in time order; the last "
           f"{t['val_frac']:.0%} of each market's rows are its validation rows (early stopping). Best epoch "

@@ -47,6 +47,9 @@ class TrainConfig:
     arch: str = "plain"  # plain | correction (models.baseline_inputs)
     corr_l2: float = 1.0  # correction arch: L2 penalty on the (standardised) corrections
     corr_l2_drift: float | None = None  # ... on the drift correction, if not the same (None)
+    # correction arch: plain (the drift itself, L2 towards zero drift) | correction (of the OFI regression's drift);
+    # plain by default: it beats zero drift and the OFI regression out of market (docs/forecaster.md, 2026-12-05)
+    drift_head: str = "plain"
     base: str = "auto"  # correction arch: the variance baseline (auto = chosen on training rows)
     val_frac: float = 0.15
     grad_clip: float = 1.0
@@ -100,7 +103,8 @@ class FitResult:
         if oc is None:
             lv = lv + math.log(self.scales.var_scale)
         else:  # correction: the standardised offset log(V_best / var_scale) and the scale cancel
-            mu = mu + X[:, oc[0]]
+            if self.net.drift_offset:
+                mu = mu + X[:, oc[0]]
             lv = lv + X[:, oc[1]]
         return mu, np.exp(lv)
 
@@ -175,7 +179,11 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
             normalisation and scales are kept).
         offset_cols: correction architecture: the columns of X holding the baselines' drift
             (bp) and log variance (log bp^2); the network learns the correction on top of them
-            (zero-initialised, L2 ``cfg.corr_l2`` towards no correction).
+            (zero-initialised, L2 ``cfg.corr_l2`` towards no correction). With
+            ``cfg.drift_head == "plain"`` only the variance is a correction: the drift head
+            predicts the standardised drift itself (no OFI-regression offset); its L2
+            (``cfg.corr_l2_drift``, default ``cfg.corr_l2``) then pulls it towards zero
+            drift, the drift forecast's "no forecast".
         mask_cols: columns the network does not see (normalised to 0: mean 0, std 1e30).
         normalizer / scales: use these instead of fitting them on the training rows (several
             markets, each standardised on its own rows before they are stacked:
@@ -196,7 +204,8 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
             for j in mask_cols:
                 norm.mean[j], norm.std[j] = 0.0, 1e30
         sc = scales if scales is not None else Scales.fit(drift[train_rows], var[train_rows], var_floor)
-        net = LSTMNet(X.shape[1], cfg.hidden, cfg.layers, cfg.dropout, cfg.skip, offset_cols=offset_cols)
+        net = LSTMNet(X.shape[1], cfg.hidden, cfg.layers, cfg.dropout, cfg.skip, offset_cols=offset_cols,
+                      drift_head=cfg.drift_head)
     else:
         net, norm, sc = init
         net = copy.deepcopy(net)
@@ -213,6 +222,8 @@ def fit(X: np.ndarray, drift: np.ndarray, var: np.ndarray, train_rows: np.ndarra
     offt = None
     if oc is not None:
         off = np.column_stack([X[:, oc[0]] / sc.drift_scale, X[:, oc[1]] - math.log(sc.var_scale)])
+        if not net.drift_offset:  # drift head "plain": the drift is predicted outright
+            off[:, 0] = 0.0
         offt = torch.from_numpy(np.nan_to_num(off).astype(np.float32))
     if warmup:
         mtr[:warmup] = 0.0

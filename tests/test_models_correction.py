@@ -173,8 +173,8 @@ def test_training_keeps_no_correction_unless_it_wins_on_validation(binance):
     trm = tr & (idx < v0) & (ds.end_row < v0)
     va = tr & (idx >= v0)
     floor = variance_floor(ds.tg.var[trm])
-    cfg = TrainConfig(arch="correction", hidden=6, lookback=16, batch=4, max_epochs=2, patience=1, lr=1e-9,
-                      threads=1)
+    cfg = TrainConfig(arch="correction", drift_head="correction", hidden=6, lookback=16, batch=4, max_epochs=2,
+                      patience=1, lr=1e-9, threads=1)
     X, kw, spec = model_inputs(ds, cfg, trm | va, floor)
     res = fit(X, ds.tg.drift, ds.tg.var, trm, va, v0, cfg, floor, warmup=ds.warmup, **kw)
     assert res.best_epoch == 0  # a learning rate of 1e-9 cannot beat the baseline: no correction
