@@ -34,9 +34,10 @@ Sections (``main`` prints each as markdown):
    calibration prefix, a market captured at the same time only before the held-out test
    start): the credibility-weighted ratio (the running ratio r2 / tick RV shrunk towards the
    other markets' ratio with a prior worth n0 seconds), a log pool of the tick baseline and
-   the EWMAs (``combo_tick``, weights on a 0.1 grid), and an online exponential-weights
+   the EWMAs (``combo_tick``, weights on a 0.1 grid), an online exponential-weights
    combination of tick half-lives (weights from each one's discounted matured QLIKE on the
-   market itself).
+   market itself), and the convex pool of section 2 with the weights that minimise the worst
+   ratio over the other markets (``minimax``).
 
 Usage (REC/x = ``mmbot import`` of capture x, as in docs/forecaster.md; 15 s):
 
@@ -301,6 +302,14 @@ def nested(ms: list[dict]) -> list[dict]:
         sh = {p: np.mean([ratio_dm_rows(o, r, hf(o, p)) for o, r in oth]) for p in hedge_grid}
         p = min(sh, key=sh.get)
         row["hedge"] = ratio_dm(m, hf(m, p)) + (p,)
+        # the convex pool of section 2 with the weights that minimise the worst ratio over the other markets
+        oth2 = []
+        for o, r in oth:
+            o2 = dict(o, test=r)
+            o2["best_loss"] = min((dm_.qlike_rows(o["v"][r], h[r]) for h in o["base"].values()), key=np.mean)
+            oth2.append(o2)
+        c = ex_post_bound(oth2, triples=False)["convex"]
+        row["minimax"] = ratio_dm(m, np.exp(sum(w * m["L"][k] for k, w in c["weights"].items()))) + (c["weights"],)
         rows.append(row)
     return rows
 
@@ -342,13 +351,14 @@ def main() -> int:
         b["activity"] = act
     nr = nested(short)
     print("3. Nested candidates: ratio to the best baseline (DM p) [choice on the other markets]\n")
-    print("| market | best baseline | tick (round 1) | credibility ratio | combo_tick | online weights |\n|---|---|---|---|---|---|")
+    print("| market | best baseline | tick (round 1) | credibility ratio | combo_tick | online weights | minimax pool |\n"
+          "|---|---|---|---|---|---|---|")
     for r in nr:
         print(f"| {r['market']} | {r['best_qlike']:.4f} ({r['best']}) | {r['tick'][0]:.3f} ({r['tick'][1]:.2g}) | "
               f"{r['cred'][0]:.3f} ({r['cred'][1]:.2g}) [n0 {r['cred'][2]:g}, prior {r['cred'][3]}] | "
               f"{r['combo_tick'][0]:.3f} ({r['combo_tick'][1]:.2g}) {r['combo_tick'][2]} | "
-              f"{r['hedge'][0]:.3f} ({r['hedge'][1]:.2g}) {r['hedge'][2]} |")
-    for k in ("tick", "cred", "combo_tick", "hedge"):
+              f"{r['hedge'][0]:.3f} ({r['hedge'][1]:.2g}) {r['hedge'][2]} | {r['minimax'][0]:.3f} ({r['minimax'][1]:.2g}) |")
+    for k in ("tick", "cred", "combo_tick", "hedge", "minimax"):
         x = np.array([r[k][0] for r in nr])
         print(f"{k}: wins on {int((x < 1).sum())} of {len(x)}, mean ratio {x.mean():.3f}, worst {x.max():.3f}")
     if a.json:
