@@ -37,6 +37,7 @@ from strategies import kernels as K
 from strategies.market_maker import MarketMaker
 
 log = logging.getLogger(__name__)
+log_strategy = logging.getLogger("mmbot.strategy")
 
 LOG_ROWS = 65_536  # entries per log between flushes
 STEPS_PER_CALL = 1 << 16  # decisions per kernel call at most (progress, Ctrl-C)
@@ -231,6 +232,9 @@ class _Loop:
         strategy.decisions = int(ist[CL.I_DECISIONS])
         strategy.decisions_warming_up = int(ist[CL.I_WARMING])
         if ist[CL.I_HORIZON_ENDED] >= 0:
+            if strategy.horizon_ended_ns is None:  # as MarketMaker._tau logs it
+                log_strategy.warning("finite horizon reached (the run's %.0f s are over): tau = 0, quotes carry no "
+                                     "inventory skew", strategy.session_s or 0.0)
             strategy.horizon_ended_ns = int(ist[CL.I_HORIZON_ENDED])
         if ist[CL.I_HAS_PREV_MID]:
             strategy._mid = float(fst[CL.F_PREV_MID])
@@ -323,6 +327,25 @@ def run_compiled(engine: Engine, cfg, on_progress=None) -> dict:
     return summary
 
 
+def _forecaster_caught_up(fc, t_last: int) -> None:
+    """A precomputed forecaster as if the engine had read it up to the decision at ``t_last``
+    (ns): its guard switches and log lines of the decisions reached (TableForecaster.update)."""
+    if fc is None or not hasattr(fc, "table"):
+        return
+    t = fc.table
+    last = int(np.searchsorted(t.ts_ns, t_last, side="right")) - 1 if t_last else -1
+    fc._i = last + 1
+    k = len(fc.switches)
+    while k < len(fc._sw_row) and fc._sw_row[k] <= last:
+        fc.switches.append(fc._all_switches[k])
+        k += 1
+    j = fc._logged
+    while j < len(fc._log_row) and fc._log_row[j] <= last:
+        fc._log.log(int(t.log_level[j]), "%s", t.log_msg[j])
+        j += 1
+    fc._logged = j
+
+
 def _shutdown(engine: Engine, loop: _Loop | None, rec: Recorder | None, strategy, status: str) -> dict:
     """Engine._shutdown for the compiled loop: write the logs, cancel the working orders at the
     last decision time, the final snapshot, the summary, the run's end."""
@@ -336,6 +359,7 @@ def _shutdown(engine: Engine, loop: _Loop | None, rec: Recorder | None, strategy
         st.mid = mid
         if strategy is not None:
             loop.write_back(strategy)
+        _forecaster_caught_up(engine.forecaster, st.ts_ns)
     now = st.ts_ns or time.time_ns()
     for what, step in (("writing the loop's record", lambda: loop.flush(rec) if loop is not None else None),
                        ("cancel-all", lambda: rec.close_orders(now) if rec is not None else None)):
