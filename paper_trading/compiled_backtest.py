@@ -39,7 +39,7 @@ from strategies.market_maker import MarketMaker
 log = logging.getLogger(__name__)
 log_strategy = logging.getLogger("mmbot.strategy")
 
-LOG_ROWS = 65_536  # entries per log between flushes
+LOG_ROWS = 16_384  # entries per log between flushes (grown when one decision needs more)
 STEPS_PER_CALL = 1 << 16  # decisions per kernel call at most (progress, Ctrl-C)
 
 
@@ -220,6 +220,14 @@ class _Loop:
         ist[CL.I_EST_HEAD], ist[CL.I_EST_TAIL] = 0, live
         self.tr_ts, self.tr_px, self.tr_side = np.zeros(cap, np.int64), np.zeros(cap), np.zeros(cap, np.int64)
 
+    def logs_empty(self) -> bool:
+        ist = self.ist
+        return not (ist[CL.I_NOL] or ist[CL.I_NEV] or ist[CL.I_NFL] or ist[CL.I_NSN])
+
+    def grow_logs(self) -> None:
+        """Twice the room in every (empty) log: one decision may log more than they hold."""
+        self.logs = {k: np.zeros(2 * len(v), v.dtype) for k, v in self.logs.items()}
+
     def flush(self, rec: Recorder) -> None:
         ist = self.ist
         rec.flush(self.logs, int(ist[CL.I_NOL]), int(ist[CL.I_NEV]), int(ist[CL.I_NFL]), int(ist[CL.I_NSN]))
@@ -287,8 +295,11 @@ def run_compiled(engine: Engine, cfg, on_progress=None) -> dict:
                 loop.next_window()
                 if on_progress is not None:
                     on_progress(venue.i)
-            elif code == CL.FLUSH:
-                loop.flush(rec)
+            elif code == CL.FLUSH:  # the logs are full: write them (or, empty, make them larger)
+                if loop.logs_empty():
+                    loop.grow_logs()
+                else:
+                    loop.flush(rec)
             elif code == CL.GROW:
                 loop.grow()
             elif code == CL.NEED_START:
