@@ -222,3 +222,17 @@ def test_cli_loop_switch(recording, tmp_path):
     bad = mmbot("--db", str(tmp_path / "z.db"), "--loop", "fast")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--loop 'fast'" in bad.stderr
     assert not (tmp_path / "z.db").exists()
+
+
+def test_window_in_memory_same_record(recording, tmp_path):
+    """A `--start/--end` window (recording cut and held in memory, replay from ``start_ns``),
+    as `mmbot backtest --start --end` and tune folds run it."""
+    from paper_trading.backtest import load_recording
+    from paper_trading.window import events_before
+
+    events, meta = load_recording(recording)
+    t0 = int(events["local_ts"][0])
+    cut = (events_before(events, t0 + 90 * 10**9), meta)
+    s, rec = _assert_same(recording, _cfg(**{"forecaster.model": "none"}), tmp_path, events_meta=cut,
+                          start_ns=t0 + 30 * 10**9)
+    assert s["events"] > 400 and rec["pnl"][0][0] > t0 + 41 * 10**9  # 30 s in, then the 12 s warm-up
