@@ -9,7 +9,11 @@ writes the summary and an HTML report.
 
 Book states do not depend on our orders (no market impact), so everything the kernel needs
 is precomputed once (price -> level index, contiguous columns; when streamed, per chunk); the
-per-event loop is the numba kernel, and Python runs once per decision interval.
+per-event loop is the numba kernel, and Python runs once per decision interval -- or, on the
+compiled loop (:mod:`paper_trading.compiled_backtest`, ``run_backtest(loop=...)``, the default
+when the run is supported), not per decision at all: venue, strategy kernels, order diff and
+bookkeeping run in one numba call per streamed batch, and the record is written in bulk
+(docs/compiled_loop.md).
 """
 
 from __future__ import annotations
