@@ -144,13 +144,14 @@ CONFIGS = {
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_other_configs_same_record_streamed_in_batches(recording, tmp_path, monkeypatch, name):
     """Streamed 20,000 rows at a time: the compiled loop stops at each batch's end and resumes
-    with its state in the arrays; its logs hold 4 rows at first, so they are written to the
-    database (and grown) many times during the run."""
+    with its state in the arrays; it also returns every 97 decisions, and its logs hold 4 rows
+    at first, so they are written to the database (and grown) many times during the run."""
     from paper_trading import compiled_backtest
     from paper_trading.stream_venue import StreamingVenue
 
     monkeypatch.setattr(StreamingVenue, "batch_rows", 20_000)
     monkeypatch.setattr(compiled_backtest, "LOG_ROWS", 4)  # logs written (and grown) many times during the run
+    monkeypatch.setattr(compiled_backtest, "STEPS_PER_CALL", 97)  # and the kernel returns every 97 decisions
     calls = []
     s, rec = _assert_same(recording, _cfg(**CONFIGS[name]), tmp_path, on_progress=calls.append)
     assert s["fills"] > 20 and s["orders_placed"] > 300
