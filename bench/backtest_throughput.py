@@ -83,6 +83,13 @@ Re-measured 07:10 UTC at load 0.75 -> 2.35: cold CLI cached 2.95 s wall (median 
 CPU; ``--no-forecast-cache`` 3.14 s; forecast miss 7.37 s; fresh numba cache 11.2 s first run,
 1.87 s second; warm loop 0.192 s (2.43 M events/s), with precomputed forecasts 0.176 s (2.66 M).
 
+Measured 2026-12-05 ~09:40 UTC (load 1.75 -> 1.87), ``--runs 5 --cold-runs 2 --vs-hftbacktest
+/tmp/hbt_venv/bin/python``: compiled loop 0.0386 s (12.1 M events/s), build + loop 0.0634 s,
+streamed build + loop 0.107 s; engine on the same precomputed forecasts 0.108 s loop, 0.128 s
+build + loop; hftbacktest GLFT port 0.1645 s; ratios 2.60 (compiled build + loop), 4.26
+(compiled loop only), 1.53 (compiled streamed build + loop); cold CLI (compiled, forecasts
+cached) 1.49 s wall; fresh numba cache first run 12.2 s.
+
 Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5] [--cold-runs 3]
        [--no-cold] [--vs-hftbacktest [PYTHON]]
 The raw capture is imported once into bench/out/ (not committed).
