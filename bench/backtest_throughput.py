@@ -23,6 +23,17 @@ except the ``cold_*`` ones. Every figure names its timed region:
   ``full_strategy_precomputed_*``: the same as ``full_strategy_*`` (recording in memory) with
   the forecasts precomputed by the TorchScript batch forward (``models.batch_forecast``, computed
   once before the repetitions, NOT timed) and handed to the engine as a table.
+  All ``full_strategy_*`` and ``glft_plain_*`` modes run the engine path (``loop="engine"``).
+* ``compiled_*``: the same default strategy and forecasts as ``full_strategy_precomputed_*``
+  (precomputed table, NOT timed) on the compiled loop (``run_backtest(..., loop="compiled")``,
+  paper_trading/compiled_backtest.py). ``compiled_loop_*`` times its loop phase only
+  (``run_compiled``: the source's start and the strategy's warm-up on the recorded mids, the
+  kernel calls -- venue, strategy kernels, order diff, fills, inventory in arrays -- turning
+  the logs into rows and their SQLite inserts and commits, the shutdown's cancel-all, final
+  snapshot and the run's end); ``compiled_build_loop_*`` adds build (venue and its price axis,
+  engine objects). ``compiled_streamed_*``: the same with the recording streamed from disk
+  (what ``mmbot backtest`` runs): build includes the first pass over the chunks, loop the
+  chunk reads. Not in any of them: ``compute_metrics`` (``compiled_metrics_s``).
 * ``cold_cli_*``: ``python -m bot.cli backtest --data REC --json --no-progress`` in a fresh
   process each time, wall time from spawn to exit (interpreter start, imports, numba cache load,
   forecast cache read, recording load (streamed), build, loop, metrics; no HTML report: the CLI
@@ -72,8 +83,15 @@ Re-measured 07:10 UTC at load 0.75 -> 2.35: cold CLI cached 2.95 s wall (median 
 CPU; ``--no-forecast-cache`` 3.14 s; forecast miss 7.37 s; fresh numba cache 11.2 s first run,
 1.87 s second; warm loop 0.192 s (2.43 M events/s), with precomputed forecasts 0.176 s (2.66 M).
 
+Measured 2026-12-05 ~09:40 UTC (load 1.75 -> 1.87), ``--runs 5 --cold-runs 2 --vs-hftbacktest
+/tmp/hbt_venv/bin/python``: compiled loop 0.0386 s (12.1 M events/s), build + loop 0.0634 s,
+streamed build + loop 0.107 s; engine on the same precomputed forecasts 0.108 s loop, 0.128 s
+build + loop; hftbacktest GLFT port 0.1645 s; ratios 2.60 (compiled build + loop), 4.26
+(compiled loop only), 1.53 (compiled streamed build + loop); cold CLI (compiled, forecasts
+cached) 1.49 s wall; fresh numba cache first run 12.2 s.
+
 Usage: python bench/backtest_throughput.py [--data RAW_CAPTURE.gz] [--runs 5] [--cold-runs 3]
-       [--vs-hftbacktest [PYTHON]]
+       [--no-cold] [--vs-hftbacktest [PYTHON]]
 The raw capture is imported once into bench/out/ (not committed).
 """
 
@@ -132,6 +150,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--no-cold", action="store_true", help="skip the fresh-process (cold) measurements")
     ap.add_argument("--vs-hftbacktest", nargs="?", const=sys.executable, default=None, metavar="PYTHON")
     args = ap.parse_args()
     if not args.data.exists():
@@ -180,19 +199,25 @@ def main() -> None:
     from paper_trading.backtest import precomputed_forecaster
 
     table = precomputed_forecaster(None, cfg, events_meta=(events, meta), use_cache=False).table
-    full, plain, streamed, pre, hbt_runs = [], [], [], [], []
-    summary = None
+    full, plain, streamed, pre, comp, comp_st, hbt_runs = [], [], [], [], [], [], []
+    summary = comp_summary = summary_pre = None
     with tempfile.TemporaryDirectory() as d:
-        for r in range(args.runs + 1):  # interleaved: mmbot full, plain, full streamed, precomputed, hftbacktest
-            for c, out, em in ((cfg, full, (events, meta)), (plain_cfg, plain, (events, meta)), (cfg, streamed, None),
-                               (cfg, pre, (events, meta))):
-                store = open_store(str(Path(d) / f"bt{len(full)}_{len(plain)}_{len(streamed)}_{len(pre)}.db"))
-                kw = {"forecaster": table.forecaster()} if out is pre else {}
-                s = run_backtest(rec, c, store, events_meta=em, **kw)
+        # interleaved: mmbot full, plain, full streamed, precomputed, compiled, compiled streamed, hftbacktest
+        for r in range(args.runs + 1):
+            for c, out, em, loop in ((cfg, full, (events, meta), "engine"), (plain_cfg, plain, (events, meta), "engine"),
+                                     (cfg, streamed, None, "engine"), (cfg, pre, (events, meta), "engine"),
+                                     (cfg, comp, (events, meta), "compiled"), (cfg, comp_st, None, "compiled")):
+                store = open_store(str(Path(d) / f"bt{r}_{id(out)}.db"))
+                kw = {"forecaster": table.forecaster()} if out is pre or out is comp or out is comp_st else {}
+                s = run_backtest(rec, c, store, events_meta=em, loop=loop, **kw)
                 store.close()
                 out.append(s["timings_s"])
                 if out is full:
                     summary = s
+                if out is comp:
+                    comp_summary = s
+                if out is pre:
+                    summary_pre = s
             if hbt is not None:
                 hbt_runs.append(_hbt_run(hbt))
         # cold: fresh processes of the CLI, with a fresh forecast cache
@@ -212,19 +237,22 @@ def main() -> None:
             cpu = ru2.ru_utime - ru.ru_utime + ru2.ru_stime - ru.ru_stime
             return wall, js.get("timings_s", {}), str(js.get("report") or "").endswith("report.html"), cpu
 
-        miss = cli("prime")  # computes and caches the forecasts
-        cold, cold_step = [], []
-        for r in range(args.cold_runs):  # interleaved: cached forecasts, --no-forecast-cache
-            cold.append(cli(f"cold{r}"))
-            cold_step.append(cli(f"step{r}", "--no-forecast-cache"))
-        numba_dir = str(Path(d) / "numba_fresh")
-        numba_first = cli("nb1", NUMBA_CACHE_DIR=numba_dir)
-        numba_second = cli("nb2", NUMBA_CACHE_DIR=numba_dir)
+        nan = (float("nan"), {}, False, float("nan"))
+        miss, cold, cold_step, numba_first, numba_second = nan, [nan], [nan], nan, nan
+        if not args.no_cold:
+            miss = cli("prime")  # computes and caches the forecasts
+            cold, cold_step = [], []
+            for r in range(args.cold_runs):  # interleaved: cached forecasts, --no-forecast-cache
+                cold.append(cli(f"cold{r}"))
+                cold_step.append(cli(f"step{r}", "--no-forecast-cache"))
+            numba_dir = str(Path(d) / "numba_fresh")
+            numba_first = cli("nb1", NUMBA_CACHE_DIR=numba_dir)
+            numba_second = cli("nb2", NUMBA_CACHE_DIR=numba_dir)
     if hbt is not None:
         hbt.stdin.write("quit\n")
         hbt.stdin.flush()
         hbt.wait(timeout=60)
-    full, plain, streamed, pre = full[1:], plain[1:], streamed[1:], pre[1:]
+    full, plain, streamed, pre, comp, comp_st = full[1:], plain[1:], streamed[1:], pre[1:], comp[1:], comp_st[1:]
 
     def phase(runs, *keys):
         return med([sum(t[k] for k in keys) for t in runs])
@@ -249,6 +277,14 @@ def main() -> None:
         "full_strategy_precomputed_loop_s": round(phase(pre, "loop"), 4),
         "full_strategy_precomputed_loop_events_per_s": round(n / phase(pre, "loop")),
         "full_strategy_precomputed_build_loop_s": round(phase(pre, "build", "loop"), 4),
+        "compiled_loop_s": round(phase(comp, "loop"), 4),
+        "compiled_loop_events_per_s": round(n / phase(comp, "loop")),
+        "compiled_build_loop_s": round(phase(comp, "build", "loop"), 4),
+        "compiled_metrics_s": round(phase(comp, "metrics"), 4),
+        "compiled_streamed_loop_s": round(phase(comp_st, "loop"), 4),
+        "compiled_streamed_build_loop_s": round(phase(comp_st, "build", "loop"), 4),
+        "compiled_same_as_engine": {k: comp_summary[k] for k in ("fills", "orders_placed", "pnl")} == {
+            k: summary_pre[k] for k in ("fills", "orders_placed", "pnl")},
         "cold_cli_forecast_miss_wall_s": round(miss[0], 3),
         "cold_cli_wall_s": round(med([c[0] for c in cold]), 3),
         "cold_cli_cpu_s": round(med([c[3] for c in cold]), 3),
@@ -269,6 +305,9 @@ def main() -> None:
             "ratio_vs_hbt_build_loop": round(h / build_loop_s, 3),
             "ratio_vs_hbt_loop_only": round(h / loop_s, 3),
             "ratio_vs_hbt_glft_plain_loop": round(h / phase(plain, "loop"), 3),
+            "ratio_vs_hbt_compiled_build_loop": round(h / phase(comp, "build", "loop"), 3),
+            "ratio_vs_hbt_compiled_loop_only": round(h / phase(comp, "loop"), 3),
+            "ratio_vs_hbt_compiled_streamed_build_loop": round(h / phase(comp_st, "build", "loop"), 3),
         })
     out["load_avg_start"], out["load_avg_end"] = load_start, _load()
     print(json.dumps(out))

@@ -487,8 +487,13 @@ def backtest(
     start: Optional[str] = typer.Option(None, "--start", help="begin at this recorded time, ISO-8601 UTC or ns since the epoch (the book is built from the recording's start, then replay.warmup_s passes before the first decision, as in a mmbot tune fold)"),
     end: Optional[str] = typer.Option(None, "--end", help="stop before this recorded time, ISO-8601 UTC or ns (the recording is read whole into memory for a window)"),
     no_forecast_cache: bool = typer.Option(False, "--no-forecast-cache", help="run the forecaster step by step inside the backtest instead of reading (or computing and writing) its forecasts in the on-disk cache ($MMBOT_CACHE_DIR/forecasts, default ~/.cache/mmbot/forecasts)"),
+    loop: str = typer.Option("auto", "--loop", help="auto: the compiled loop when the run is supported (built-in strategy, no forecaster or cached forecasts, no metrics endpoint or JSON logs), else the engine; engine: always the engine (Python, per decision); compiled: refuse a run the compiled loop does not support. The summary's 'loop' says which ran"),
 ) -> None:
     """Tick-level backtest of the configured strategy over a recording (same strategy as paper and live)."""
+    from paper_trading.backtest import LOOPS
+
+    if loop not in LOOPS:
+        raise MmbotError(f"--loop {loop!r}: must be one of {', '.join(LOOPS)}")
     from bot.config import load_config
     from bot.status import summary_table
     from paper_trading.backtest import backtest_forecaster, check_recording, run_backtest
@@ -528,7 +533,8 @@ def backtest(
     try:
         obs = Observability(cfg)
         summary = run_backtest(data[0], cfg, store, progress=progress and console.is_terminal and not json_out, report_dir=report_dir,
-                               events_meta=events_meta, forecaster=forecaster, observer=obs.observer, start_ns=start_ns)
+                               events_meta=events_meta, forecaster=forecaster, observer=obs.observer, start_ns=start_ns,
+                               loop=loop)
         obs.linger()
     finally:
         store.close()

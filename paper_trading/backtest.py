@@ -9,7 +9,11 @@ writes the summary and an HTML report.
 
 Book states do not depend on our orders (no market impact), so everything the kernel needs
 is precomputed once (price -> level index, contiguous columns; when streamed, per chunk); the
-per-event loop is the numba kernel, and Python runs once per decision interval.
+per-event loop is the numba kernel, and Python runs once per decision interval -- or, on the
+compiled loop (:mod:`paper_trading.compiled_backtest`, ``run_backtest(loop=...)``, the default
+when the run is supported), not per decision at all: venue, strategy kernels, order diff and
+bookkeeping run in one numba call per streamed batch, and the record is written in bulk
+(docs/compiled_loop.md).
 """
 
 from __future__ import annotations
@@ -277,13 +281,26 @@ def build_replay_engine(data: str | Path, cfg: Config, store: Store, *, mode: st
     return engine, source
 
 
+LOOPS = ("auto", "compiled", "engine")
+
+
 def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool = False, report_dir: str | Path | None = None,
-                 events_meta=None, forecaster=FROM_CONFIG, observer=None, start_ns: int | None = None) -> dict:
+                 events_meta=None, forecaster=FROM_CONFIG, observer=None, start_ns: int | None = None,
+                 loop: str = "auto", on_progress=None) -> dict:
     """Run a backtest; returns the engine summary plus metrics and the report path.
     ``events_meta``: see :func:`build_replay_engine` (None: the recording is streamed).
     ``start_ns``: begin at this recorded local time, ns (``mmbot backtest --start``; a window's
     end is applied by cutting ``events_meta``, see :mod:`paper_trading.window`).
-    ``observer``: the engine's observer (bot.observability: metrics, JSON logs), or None."""
+    ``observer``: the engine's observer (bot.observability: metrics, JSON logs), or None.
+    ``loop``: ``auto`` runs the compiled loop (:mod:`paper_trading.compiled_backtest`) when the
+    run is supported and the engine otherwise; ``engine`` forces the engine; ``compiled``
+    refuses (ConfigError) a run the compiled loop does not support. ``summary["loop"]`` says
+    which ran: ``compiled`` or ``engine: <reason>``. ``on_progress(rows replayed)``: called as
+    the replay goes (per decision on the engine, per batch or per 65,536 decisions compiled)."""
+    from bot.errors import ConfigError
+
+    if loop not in LOOPS:
+        raise ConfigError(f"loop {loop!r}: must be one of {', '.join(LOOPS)}")
     t0 = time.perf_counter()
     n = len(check_recording(data)) if events_meta is None else len(events_meta[0])  # None: streamed
     t_loaded = time.perf_counter()
@@ -295,21 +312,36 @@ def run_backtest(data: str | Path, cfg: Config, store: Store, *, progress: bool 
         bar = Progress(TextColumn("backtest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} events"), TimeRemainingColumn())
         task = bar.add_task("bt", total=n)
         cb = lambda i: bar.update(task, completed=i)  # noqa: E731
+    if on_progress is not None:
+        user_cb, bar_cb = on_progress, cb
+        cb = (lambda i: (bar_cb(i), user_cb(i))) if bar_cb is not None else user_cb  # noqa: E731
     engine, source = build_replay_engine(data, cfg, store, mode="backtest", speed=0.0, on_progress=cb, events_meta=events_meta,
                                          forecaster=forecaster, start_ns=start_ns)
     engine.observer = observer
     # the loop allocates many short-lived objects; keep the cyclic GC from re-scanning the
     # long-lived ones (modules, config, arrays) at every collection
     t_built = time.perf_counter()
+    from paper_trading.compiled_backtest import run_compiled, unsupported
+
+    why = "forced (loop: engine)" if loop == "engine" else unsupported(engine, cfg)
+    if why is not None and loop == "compiled":
+        raise ConfigError(f"loop compiled: this run is not supported by the compiled loop: {why}")
+
+    def run() -> dict:
+        if why is None:
+            return run_compiled(engine, cfg, on_progress=cb)
+        return asyncio.run(engine.run())
+
     gc.freeze()
     try:
         if bar is not None:
             with bar:
-                summary = asyncio.run(engine.run())
+                summary = run()
         else:
-            summary = asyncio.run(engine.run())
+            summary = run()
     finally:
         gc.unfreeze()
+    summary["loop"] = "compiled" if why is None else f"engine: {why}"
     t_loop = time.perf_counter()
     elapsed = t_loop - t0
     summary["events_replayed"] = int(source.venue.i)

@@ -40,6 +40,7 @@ Trades with a NaN depth (unknown mid) are ignored.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -223,13 +224,17 @@ class IntensityEstimator:
 
     def estimate(self, now_ns: int | None = None) -> tuple[float, float] | None:
         """(A [1/s], k [1/(quote per base)]) at ``now_ns`` (default: the last trade's time), or None."""
-        lam = self.lambdas(now_ns)
-        if lam is None:
+        if self._now_ns is None:
             return None
-        a, k = fit_intensity(self._depths, lam)
-        if not np.isfinite(a[0]):
+        now = self._advance(now_ns if now_ns is not None else self._now_ns)
+        length_s = min(self._win_ns, now - self._first_ns) / NS_PER_S  # type: ignore[operator]
+        if length_s <= 0:
             return None
-        return float(a[0]), float(k[0])
+        # the compiled fit the compiled backtest loop calls too (paper_trading.compiled_loop)
+        a, k = K.intensity_fit(self._counts, self.depth_step, length_s)
+        if math.isnan(a):
+            return None
+        return float(a), float(k)
 
 
 def estimate_batch(ts_ns, price, side, mid, window_s: float, depth_step: float, n_depths: int,

@@ -250,3 +250,63 @@ def count_trades(ts_buf, b_buf, head, tail, counts, ts_ns, price, side, mid, ste
     if has_now:
         head = expire_trades(ts_buf, b_buf, head, tail, counts, now_ns - win_ns)
     return head, tail, now_ns, has_now, first_ns, has_first
+
+
+# -- A/k fit and the EWMA of the mid (strategies.intensity, strategies.volatility) -----------
+@njit(cache=True)
+def intensity_fit(counts, depth_step, length_s):
+    """(A [1/s], k [1/(quote per base)]) of the window's trade ``counts`` per depth bucket
+    over ``length_s`` seconds: lambda_j = (trades at depth >= j*depth_step) / length_s, then
+    the OLS of log(lambda_j) = log(A) - k*depth_j over the j with lambda_j > 0. (NaN, NaN)
+    with fewer than 3 such points or a fitted k that is not > 0 (or not finite).
+    :meth:`strategies.intensity.IntensityEstimator.estimate` and the compiled backtest loop
+    both call this (sequential sums: one result to the bit on both paths)."""
+    J = counts.shape[0]
+    lam = np.empty(J)
+    c = 0.0
+    for j in range(J - 1, -1, -1):
+        c += float(counts[j])
+        lam[j] = c / length_s
+    n = 0
+    sx = 0.0
+    sy = 0.0
+    for j in range(J):
+        if lam[j] > 0.0:
+            n += 1
+            sx += j * depth_step
+            sy += math.log(lam[j])
+    if n < 3:
+        return math.nan, math.nan
+    xbar = sx / n
+    ybar = sy / n
+    sxy = 0.0
+    sxx = 0.0
+    for j in range(J):
+        if lam[j] > 0.0:
+            dx = j * depth_step - xbar
+            sxy += dx * (math.log(lam[j]) - ybar)
+            sxx += dx * dx
+    slope = sxy / sxx
+    k = -slope
+    a = math.exp(ybar - slope * xbar)
+    if not (math.isfinite(k) and math.isfinite(a) and k > 0.0):
+        return math.nan, math.nan
+    return a, k
+
+
+@njit(cache=True)
+def ewma_step(last_t, last_mid, acc, norm, n, mid, now_ns, sample_ns, halflife_s):
+    """One sample of the EWMA of the mid's variance rate (:class:`strategies.volatility.EwmaVolatility`,
+    after its first mid): when ``now_ns - last_t >= sample_ns`` (int ns) the squared change of
+    the mid (quote per base) per second enters with weight 1 - exp(-ln2 * dt / halflife_s).
+    Returns (last_t, last_mid, acc, norm, n)."""
+    elapsed = now_ns - last_t
+    if elapsed < sample_ns:
+        return last_t, last_mid, acc, norm, n
+    dt = elapsed * 1e-9
+    d = mid - last_mid
+    w = 1.0 - math.exp(-math.log(2.0) * dt / halflife_s)
+    rate = d * d / dt
+    acc = (1.0 - w) * acc + w * rate
+    norm = (1.0 - w) * norm + w
+    return now_ns, mid, acc, norm, n + 1

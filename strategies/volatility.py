@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from strategies.kernels import ewma_step
+
 
 class EwmaVolatility:
     __slots__ = ("sample_ns", "halflife_s", "initial_sigma", "min_samples", "_last_t", "_last_mid", "_acc", "_norm", "n",
@@ -48,17 +50,12 @@ class EwmaVolatility:
         if self._last_t is None:
             self._last_t, self._last_mid = now_ns, mid
             return
-        elapsed = now_ns - self._last_t
-        if elapsed < self.sample_ns:
+        if now_ns - self._last_t < self.sample_ns:
             return
-        dt = elapsed * 1e-9
-        d = mid - self._last_mid
-        w = 1.0 - math.exp(-math.log(2.0) * dt / self.halflife_s)
-        rate = d * d / dt
-        self._acc = (1.0 - w) * self._acc + w * rate
-        self._norm = (1.0 - w) * self._norm + w
-        self.n += 1
-        self._last_t, self._last_mid = now_ns, mid
+        # the compiled step the compiled backtest loop calls too (paper_trading.compiled_loop)
+        t, m, self._acc, self._norm, self.n = ewma_step(self._last_t, self._last_mid, self._acc, self._norm, self.n,
+                                                        float(mid), int(now_ns), self.sample_ns, float(self.halflife_s))
+        self._last_t, self._last_mid = int(t), float(m)
 
     def warm_up(self, ts_ns: np.ndarray, mids: np.ndarray) -> int:
         """Feed recorded mids (quote per base) at times ``ts_ns`` (int ns, non-decreasing),

@@ -149,9 +149,11 @@ class Worker:
                                              events_meta=(events, meta), forecaster=self.forecasts(cfg, seg, events, meta),
                                              start_ns=seg.start_ns)
         engine.handle_signals = False  # Ctrl-C is the worker's: it finishes the running trial
+        from paper_trading.compiled_backtest import run_compiled, unsupported
+
         gc.freeze()
-        try:
-            summary = asyncio.run(engine.run())
+        try:  # the compiled loop when the trial's config allows (same results as the engine's)
+            summary = run_compiled(engine, cfg) if unsupported(engine, cfg) is None else asyncio.run(engine.run())
         finally:
             gc.unfreeze()
             if db_store is not None:
