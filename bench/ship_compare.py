@@ -36,7 +36,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import calibrate as cal  # noqa: E402
 from models import dm as dm_  # noqa: E402
 from models import multimarket as mm  # noqa: E402
 from models.features import FeatureConfig  # noqa: E402
