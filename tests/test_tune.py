@@ -64,13 +64,20 @@ def test_tune_jobs2_beats_bad_config_holdout_untouched_report_rebuilt(rec, tmp_p
     trials = study_trials(out)
     # the exact budget, every trial finished, by two worker processes
     assert len(trials) == 10 and all(st in ("COMPLETE", "PRUNED") for _, st, _, _ in trials)
-    assert len({s["worker"] for _, _, _, s in trials}) == 2
-    # the held-out segment: no trial read past the cut-off; the final evaluation starts after it
+    # two worker processes joined the study (--min-workers 2: each registers, then both take
+    # trials) and every trial was run by one of them. Which one ran how many is a race between
+    # the two (a compiled-loop trial takes milliseconds: one worker may take them all before
+    # the other's next look at the queue), so it is not asserted.
     from optuna import load_study
 
     from paper_trading.tune.study import SETTINGS_ATTR, make_storage
 
     study = load_study(study_name="mmbot-tune", storage=make_storage(f"journal:{out / 'study.journal'}"))
+    joined = {k.split(":", 1)[1] for k in study.user_attrs if k.startswith("worker:")}
+    assert len(joined) == 2
+    assert {s["worker"] for _, _, _, s in trials} <= joined
+    assert len(summary["workers"]) == 2 and sum(w["trials"] for w in summary["workers"]) == 10
+    # the held-out segment: no trial read past the cut-off; the final evaluation starts after it
     settings = study.user_attrs[SETTINGS_ATTR]
     cutoff = settings["cutoff_ns"]
     assert all(0 < s["last_ts"] < cutoff for _, _, _, s in trials)
@@ -263,5 +270,10 @@ def test_killed_worker_loses_only_its_running_trial(rec, tmp_path):
     assert sum(1 for st in states.values() if st == "COMPLETE") == 16  # the full budget, by the surviving worker
     failed = [n for n, st in states.items() if st == "FAIL"]
     assert len(failed) <= 1 and set(states.values()) <= {"COMPLETE", "FAIL"}
-    if failed:  # the kill landed while the trial ran (not between its end and the next claim)
-        assert failed == [victim["trial"]] and len(trials) == 17
+    if failed:  # the kill landed while the victim ran a trial (not between its end and the next claim)
+        # that trial was the victim's: the one seen running, or a later one (a trial takes
+        # milliseconds, so the victim may have moved on before the signal landed)
+        assert len(trials) == 17 and failed[0] >= victim["trial"]
+        st = optuna.load_study(study_name="mmbot-tune", storage=make_storage(f"journal:{out / 'study.journal'}"))
+        why = st.trials[failed[0]].user_attrs["requeued"]
+        assert f":{victim['pid']}" in why, why

@@ -82,3 +82,28 @@ def test_lock_waiter_blocks_in_kernel_and_wakes_on_release(tmp_path, monkeypatch
     th.join()
     assert slept == []  # no polling: the kernel woke the waiter
     assert optuna.load_study(study_name="s", storage=make_storage(f"journal:{path}")).user_attrs == {"k": 1}
+
+
+def test_requeue_dead_takes_back_a_trial_claimed_by_a_worker_killed_before_it_wrote_its_name(tmp_path):
+    """A worker claims a trial (WAITING -> RUNNING) and then writes ``claimed_by``; killed
+    between the two writes it leaves a RUNNING trial with no owner. requeue_dead fails it and
+    queues a fresh trial (the budget is kept), and leaves a trial whose live owner wrote its
+    name alone."""
+    from optuna.trial import TrialState
+
+    from paper_trading.tune.runner import pop_waiting_trial
+    from paper_trading.tune.study import requeue_dead
+
+    storage = make_storage(f"journal:{tmp_path / 'study.journal'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    for _ in range(2):
+        study.enqueue_trial({})
+    sid = storage.get_study_id_from_name("s")
+    orphan = pop_waiting_trial(storage, sid)  # the dead worker's claim, no name written
+    live = pop_waiting_trial(storage, sid)
+    storage.set_trial_user_attr(live, "claimed_by", "host:1")  # a live worker's trial
+    assert requeue_dead(study, {"host:2"}, claim_ceiling_s=0.5) == 1
+    trials = {t._trial_id: t for t in study.get_trials(deepcopy=False)}
+    assert trials[orphan].state == TrialState.FAIL and "died" in trials[orphan].user_attrs["requeued"]
+    assert trials[live].state == TrialState.RUNNING and "requeued" not in trials[live].user_attrs
+    assert [t.state for t in trials.values()].count(TrialState.WAITING) == 1  # the replacement

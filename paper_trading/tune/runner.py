@@ -378,13 +378,17 @@ def work(s: Settings, stop: StopFlag | None = None, on_trial=None) -> dict:
             optuna.storages.fail_stale_trials(study)
         tid = pop_waiting_trial(storage, study_id)
         if tid is None:
-            # others still run trials: one may die, go stale and come back to the queue; wait
-            # for that (at most twice the grace period: a worker killed between claiming a
-            # trial and its first heartbeat leaves a trial Optuna never calls stale)
-            if heartbeat and storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            # others still run trials: one may die and its trial come back to the queue (failed
+            # as stale by heartbeat on PostgreSQL; re-queued by the `mmbot tune` process that
+            # started the dead worker on a journal file, which notices within a second). Stay
+            # until no trial runs or one is queued again (at most twice the grace period: a
+            # worker killed between claiming a trial and its first heartbeat leaves a trial
+            # Optuna never calls stale), so that the budget is finished even when trials take
+            # milliseconds and the dead worker's trial comes back after the queue ran dry
+            if storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since < 2 * s.grace_s + 5:
-                    time.sleep(1.0)
+                    time.sleep(1.0 if heartbeat else 0.1)
                     continue
             break
         idle_since = None

@@ -169,16 +169,38 @@ def open_study(storage, name: str, directions: list[str], budget: int, settings:
     return study, False
 
 
-def requeue_dead(study, dead: set[str]) -> int:
+def requeue_dead(study, dead: set[str], claim_ceiling_s: float = 60.0) -> int:
     """Mark RUNNING trials claimed by the dead workers (``host:pid``) failed and queue a
-    fresh trial for each; returns how many."""
+    fresh trial for each; returns how many.
+
+    A worker claims a trial (WAITING -> RUNNING) and then writes ``claimed_by``: two writes.
+    One killed between them leaves a RUNNING trial with no owner. A live worker writes its
+    ``claimed_by`` right after its claim, so a RUNNING trial that still has none after
+    ``claim_ceiling_s`` (a generous ceiling: microseconds on an idle machine) belongs to a
+    dead worker and is re-queued too (its ``requeued`` attribute says so)."""
     from optuna.trial import TrialState
 
+    def running():
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    def fail(t, why: str) -> None:
+        study._storage.set_trial_user_attr(t._trial_id, "requeued", why)
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.enqueue_trial({})
+
     n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in running():
         if t.user_attrs.get("claimed_by") in dead:
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-            study.enqueue_trial({})
+            fail(t, f"worker {t.user_attrs['claimed_by']} died while running it")
+            n += 1
+    unowned = {t._trial_id for t in running() if "claimed_by" not in t.user_attrs}
+    deadline = time.monotonic() + claim_ceiling_s
+    while unowned and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling a condition (an owner appears), not waiting a fixed time
+        unowned &= {t._trial_id for t in running() if "claimed_by" not in t.user_attrs}
+    for t in running():
+        if t._trial_id in unowned:
+            fail(t, f"claimed by a worker that died before writing its name (dead: {', '.join(sorted(dead))})")
             n += 1
     return n
 
