@@ -410,6 +410,13 @@ class Engine:
             self._snapshot(now, force=True)
         except BaseException as e:  # noqa: BLE001
             self._shutdown_failed("the final PnL snapshot", e)
+        return self.end_run(status)
+
+    def end_run(self, status: str) -> dict:
+        """The run's summary with its final status ("failed" when a shutdown step failed) and
+        stop reason, written as the run's end; the last step of every shutdown (the engine's
+        and the compiled backtest loop's), each part in its own guard."""
+        summary: dict = {"run_id": self.store.run_id}
         try:
             summary = self.summary()
         except BaseException as e:  # noqa: BLE001
@@ -419,7 +426,7 @@ class Engine:
         summary["status"] = status
         summary["stop_reason"] = self.stop_reason
         try:
-            status = self.store.end_run(status, summary)  # may add the final commit's failure
+            self.store.end_run(status, summary)  # may add the final commit's failure
         except BaseException as e:  # noqa: BLE001
             self._shutdown_failed("writing the run's end", e)
         return summary

@@ -172,6 +172,21 @@ class TableForecaster:
                        t.has_drift[b0:b1].tolist(), t.sigma[b0:b1].tolist(), t.has_sigma[b0:b1].tolist(),
                        t.horizon_s[b0:b1].tolist(), t.inputs_ns[b0:b1].tolist()]
 
+    def read_through(self, last: int) -> None:
+        """As if every row up to ``last`` (-1: none) had been read: the next read is row
+        ``last + 1``; the guard switches of those rows are in :attr:`switches` and their log
+        lines are logged (the compiled backtest loop reads the table itself, then calls this)."""
+        self._i = last + 1
+        k = len(self.switches)
+        while k < len(self._sw_row) and self._sw_row[k] <= last:
+            self.switches.append(self._all_switches[k])
+            k += 1
+        j = self._logged
+        while j < len(self._log_row) and self._log_row[j] <= last:
+            self._log.log(int(self.table.log_level[j]), "%s", self.table.log_msg[j])
+            j += 1
+        self._logged = j
+
     def update(self, book, now_ns: int, trades=()):
         i = self._i
         j = i - self._b0
@@ -186,16 +201,7 @@ class TableForecaster:
             if not (0 <= i - self._b0 < self.BLOCK):
                 self._load_block(i - i % self.BLOCK)
             j = i - self._b0
-        self._i = i + 1
-        k = len(self.switches)
-        while k < len(self._sw_row) and self._sw_row[k] <= i:
-            self.switches.append(self._all_switches[k])
-            k += 1
-        j = self._logged
-        while j < len(self._log_row) and self._log_row[j] <= i:
-            self._log.log(int(self.table.log_level[j]), "%s", self.table.log_msg[j])
-            j += 1
-        self._logged = j
+        self.read_through(i)
         _, src, d, hd, sg, hs, hor, t_in = self._block
         r = i - self._b0
         k = src[r]

@@ -340,21 +340,11 @@ def run_compiled(engine: Engine, cfg, on_progress=None) -> dict:
 
 def _forecaster_caught_up(fc, t_last: int) -> None:
     """A precomputed forecaster as if the engine had read it up to the decision at ``t_last``
-    (ns): its guard switches and log lines of the decisions reached (TableForecaster.update)."""
+    (ns): its guard switches and log lines of the decisions reached (TableForecaster.read_through)."""
     if fc is None or not hasattr(fc, "table"):
         return
     t = fc.table
-    last = int(np.searchsorted(t.ts_ns, t_last, side="right")) - 1 if t_last else -1
-    fc._i = last + 1
-    k = len(fc.switches)
-    while k < len(fc._sw_row) and fc._sw_row[k] <= last:
-        fc.switches.append(fc._all_switches[k])
-        k += 1
-    j = fc._logged
-    while j < len(fc._log_row) and fc._log_row[j] <= last:
-        fc._log.log(int(t.log_level[j]), "%s", t.log_msg[j])
-        j += 1
-    fc._logged = j
+    fc.read_through(int(np.searchsorted(t.ts_ns, t_last, side="right")) - 1 if t_last else -1)
 
 
 def _shutdown(engine: Engine, loop: _Loop | None, rec: Recorder | None, strategy, status: str) -> dict:
@@ -387,17 +377,4 @@ def _shutdown(engine: Engine, loop: _Loop | None, rec: Recorder | None, strategy
             st.pnl = rec.pnl
     except BaseException as e:  # noqa: BLE001
         engine._shutdown_failed("the final PnL snapshot", e)
-    summary: dict = {"run_id": engine.store.run_id}
-    try:
-        summary = engine.summary()
-    except BaseException as e:  # noqa: BLE001
-        engine._shutdown_failed("the summary", e)
-    if engine.shutdown_errors and status == "completed":
-        status = "failed"
-    summary["status"] = status
-    summary["stop_reason"] = engine.stop_reason
-    try:
-        engine.store.end_run(status, summary)
-    except BaseException as e:  # noqa: BLE001
-        engine._shutdown_failed("writing the run's end", e)
-    return summary
+    return engine.end_run(status)
