@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import dm as dm_  # noqa: E402
 from models import multimarket as mm  # noqa: E402
 from models.features import FeatureConfig  # noqa: E402
+from models.multitrain import train_config_of  # noqa: E402
 from models.train import FitResult, Scales, TrainConfig  # noqa: E402
 
 
@@ -52,13 +53,8 @@ def current_forecasts(path: Path, model: Path, warmup: int, calib_ts: np.ndarray
 
     module, pmeta = load_model(model)
     fcfg = FeatureConfig.from_dict(pmeta["features"]["config"])
-    known = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in (pmeta.get("train") or {}).items() if k in known})
+    cfg = train_config_of(pmeta)
     a = pmeta["arch"]
-    cfg.arch = a.get("kind", "plain")
-    spec_old = (pmeta.get("baseline_inputs") or {}).get("spec")
-    if spec_old is not None:
-        cfg.base = spec_old["best"]
     m = mm.load_market(path, fcfg, pmeta["horizon"], warmup)
     ds = m.ds
     calib = np.isin(ds.ff.ts_ns, calib_ts) & ds.usable()

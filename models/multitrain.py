@@ -253,6 +253,21 @@ def write_report(vdir: Path, meta: dict, command: str, note: str, table: str, ca
     return p
 
 
+def train_config_of(pmeta: dict):
+    """The :class:`~models.train.TrainConfig` a saved model was trained with: its metadata's
+    ``train`` settings, its architecture and (correction arch) the baseline its correction was
+    learnt on."""
+    from models.train import TrainConfig
+
+    known = set(TrainConfig.__dataclass_fields__)
+    cfg = TrainConfig(**{k: v for k, v in (pmeta.get("train") or {}).items() if k in known})
+    cfg.arch = pmeta["arch"].get("kind", "plain")
+    spec = (pmeta.get("baseline_inputs") or {}).get("spec")
+    if spec is not None:
+        cfg.base = spec["best"]
+    return cfg
+
+
 def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registry: Path, say, json_out: bool,
                 command: str, out: Path | None = None, name: str = "model") -> dict:
     """A registered model, recalibrated for a new market: the same network, with the market's
@@ -273,7 +288,7 @@ def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registr
     from models.multimarket import _standardise, calib_rows
     from models.registry import Registry
     from models.targets import Horizon
-    from models.train import FitResult, Scales, TrainConfig
+    from models.train import FitResult, Scales
 
     t_all = time.perf_counter()
     reg = Registry(registry)
@@ -281,13 +296,8 @@ def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registr
     module, pmeta = load_model(p)
     fcfg = FeatureConfig.from_dict(pmeta["features"]["config"])
     hz = Horizon.parse(pmeta["horizon"])
-    known = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in (pmeta.get("train") or {}).items() if k in known})
+    cfg = train_config_of(pmeta)
     a = pmeta["arch"]
-    cfg.arch = a.get("kind", "plain")
-    spec_old = (pmeta.get("baseline_inputs") or {}).get("spec")
-    if spec_old is not None:
-        cfg.base = spec_old["best"]  # the baseline the network's correction was learnt on
     warmup = int(pmeta["warmup_steps"])
     tmp = Path(tempfile.mkdtemp(prefix="mmbot-recal-"))
     try:
