@@ -142,7 +142,6 @@ def main() -> None:
         ts += 10_000_000
         trades = [Trade(ts - 1_000_000, ask_px if steps[i] >= 0 else bid_px, 0.01, "buy" if steps[i] >= 0 else "sell")] if (
             fc is not None and trade_at[i]) else ()
-        rows0 = fc.rows if fc is not None else 0
         if pace_ns:
             t_arrive += pace_ns
             wait = t_arrive - pc() - spin_ns
@@ -159,7 +158,7 @@ def main() -> None:
         quotes = strat.on_update(book, q, ts, forecast)
         t1 = pc()
         if fc is not None:
-            grid[i] = fc.rows != rows0
+            grid[i] = (ts // fc.S) != ((ts - 10_000_000) // fc.S)  # this update crossed a grid time
             ts_all[i] = ts
             if forecast is not None and forecast.inputs_ns is not None:
                 age_ns[i] = ts - forecast.inputs_ns
