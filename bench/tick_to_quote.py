@@ -199,6 +199,8 @@ def main() -> None:
         extra = {"backend": args.backend, "sample_s": fc.fcfg.sample_s, "grid_steps": int(grid.sum()),
                  "grid_step_p50_us": round(us(g, 50), 2) if len(g) else None,
                  "grid_step_p99_us": round(us(g, 99), 2) if len(g) else None,
+                 "regular_p50_us": round(us(t_quote[~grid], 50), 2), "regular_p99_us": round(us(t_quote[~grid], 99), 2),
+                 "grid_step_with_order_diff_p99_us": round(us(t_orders[grid], 99), 2) if len(g) else None,
                  "forecast_source": forecast.source if forecast is not None else None,
                  "forecast_age_steps_at_grid_rows": st["forecast_age_steps"],
                  "forecast_age_rows_share": {"0": round(float((rows_old == 0).sum()) / n_all, 4),

@@ -21,33 +21,47 @@ data went through); its output is already the corrected baseline. A model whose 
 include ``tick_rv`` (:class:`models.features.FeatureConfig`) has the book's mid observed on
 every ``update`` (:meth:`models.features.OnlineFeatures.observe`), not only at grid times.
 
-Backends (``backend=``): ``numba`` and ``torchscript`` run the step inline, in ``update``;
-``torchscript_async`` runs it on a worker thread (:class:`models.step_worker.StepWorker`):
+Backends (``backend=``): ``numba`` and ``torchscript`` run the grid step inline, in ``update``
+(:class:`LstmForecaster`); ``torchscript_async`` runs the *whole* grid step -- feature row,
+baseline inputs, EWMA baseline, the TorchScript step, the guard, the forecast -- on a worker
+thread (:class:`AsyncLstmForecaster`, :class:`models.step_worker.StepWorker`), so that the
+quoting path does not pay for it (the grid step is the p99 of tick to quote: one update in
+a hundred, run with cold caches):
 
-* at each grid row the engine thread computes the feature row (and the EWMA baseline), hands
-  it to the worker and takes the newest model output the worker has published -- it never
-  waits. The forecast is built from that output with the *current* grid row's mid and
-  baseline; ``Forecast.inputs_ns`` is the grid time of the row the output was computed from,
-  so the forecast's age at a decision is ``now_ns - inputs_ns`` (ns). Ages in grid rows at
-  each grid row's decision are counted in ``status()["forecast_age_steps"]`` (``"0"``, ``"1"``,
-  ``"2+"``, ``"none"`` = no model output in use).
-* rows go to the worker in time order, none skipped (the LSTM state depends on all of them).
-  An output older than ``max_age_steps`` grid rows is *stale*: the forecast then has
-  drift=None, sigma=None (source ``lstm-stale``: the strategy uses its own estimator and no
-  drift) until a fresh one arrives.
+* at a grid time the engine thread only snapshots what the features need: the top
+  ``n_levels`` levels of each side (:class:`BookSnapshot`, a copy), the public trades received
+  since the previous grid row (the batches as received, the containers copied), and with
+  ``tick_rv`` the interval's sum of squared mid changes (observed on this thread on every
+  update). That job goes to the worker, which runs exactly :meth:`LstmForecaster.update`'s
+  grid step on its own :class:`LstmForecaster` (``core``). Jobs run in the order made and carry
+  every trade and every grid row, so the worker's rows are those the inline path computes
+  from the same events, bit for bit (tested, also while the worker lags); nothing the engine
+  thread does after the snapshot reaches a row already handed over.
+* the engine thread never waits: it uses the newest forecast the worker has published (each
+  forecast exactly as the inline path made it at its own grid row, with that row's mid).
+  ``Forecast.inputs_ns`` is that row's grid time, so the forecast's age at a decision is
+  ``now_ns - inputs_ns`` (ns; the engine records it). Ages in grid rows at each grid row's
+  decision are counted in ``status()["forecast_age_steps"]`` (``"0"``, ``"1"``, ``"2+"``,
+  ``"none"`` = no forecast published yet); at a grid row's own decision the age is usually 1
+  (the row was just handed over), a few ms later 0.
+* a published forecast older than ``max_age_steps`` grid rows is *stale*: the strategy gets
+  drift=None, sigma=None (source ``lstm-stale``: its own estimator, no drift) until a newer one
+  arrives.
+* the guard runs on the worker and scores each row's forecast as the inline path does (what
+  the model said at that row, whether or not the strategy got it in time).
+* a feed gap (more than ``max_gap_rows`` rows) resets the state as inline; the reset travels
+  in order with the next row (rows handed over before it still run; their forecasts are not
+  used).
 * bound: when ``max_queue`` rows are waiting (the worker is that far behind) the forecaster
-  drops them, resets the LSTM state and warms up again (``warmup_steps`` rows, source
-  ``lstm-warmup``), like after a gap; counted in ``status()["worker_overruns"]`` and logged.
-  A failed model call stops the worker; forecasts are then ``lstm-stale`` (logged once).
-* the guard scores, for each grid row, the forecast the strategy was handed at that row's last
-  decision (a newer output arriving between grid times replaces the row's entry), against
-  what happened over the next ``H`` rows; with a worker that keeps up (age 0) this is exactly
-  what the inline backends score.
-* :meth:`LstmForecaster.close` stops the thread (the engine calls it at shutdown); it never
-  waits more than ``close_timeout_s`` for a model call in flight. A later ``update`` starts
-  a new worker from a zero state (warm-up again).
-* ``before_decision``: a test-only hook, called after each row is handed to the worker and
-  before its output is read (e.g. ``lambda: f.worker.wait_idle(60)`` for a deterministic drive).
+  takes them back, keeps their trades and restarts from the current row as after a gap
+  (warm-up again, source ``lstm-warmup``); counted in ``status()["worker_overruns"]`` and
+  logged. A failed grid step stops the worker; forecasts are then ``lstm-stale`` (logged once).
+* :meth:`AsyncLstmForecaster.close` stops the thread (the engine calls it at shutdown); it
+  never waits more than ``close_timeout_s`` for a step in flight. A later ``update`` starts a
+  new worker whose LSTM state starts from zero (warm-up again).
+* ``before_decision``: a test-only hook, called after the rows of an update are handed to the
+  worker and before its output is read (e.g. ``lambda: f.worker.wait_idle(60)`` for a
+  deterministic drive).
 
 Misspecification guard (:class:`GuardConfig`). Each forecast is scored ``H`` grid rows
 later, when its outcome is known: the variance forecast by QLIKE against the EWMA baseline
@@ -80,7 +94,7 @@ from models.forecast import Forecast
 from models.inference import StatefulPredictor
 
 #: the forecaster's backends: the two inline ones of :class:`StatefulPredictor` and the worker thread
-BACKENDS = ("numba", "torchscript", "torchscript_async")
+BACKENDS = ("numba", "torchscript", "torchscript_async", "numba_async")
 INLINE_BACKENDS = ("numba", "torchscript")
 
 log = logging.getLogger("mmbot.forecaster")
@@ -439,18 +453,20 @@ class BookSnapshot:
 
 class AsyncLstmForecaster:
     """The ``torchscript_async`` backend: the whole grid step on a worker thread (see the
-    module docstring). Holds an inline :class:`LstmForecaster` (backend ``torchscript``),
-    :attr:`core`, which only the worker thread runs; attributes not defined here (``feats``,
-    ``guard``, ``pending``, ``last_model``, ``switches``, ...) are the core's."""
-
-    backend = "torchscript_async"
+    module docstring). Holds an inline :class:`LstmForecaster` (backend ``inner``:
+    ``torchscript``, or ``numba`` for the ``numba_async`` variant), :attr:`core`, which only
+    the worker thread runs; attributes not defined here (``feats``, ``guard``, ``pending``,
+    ``last_model``, ``switches``, ...) are the core's."""
 
     def __init__(self, module, meta: dict, path: str | Path = "", guard: GuardConfig | None = None,
                  max_gap_rows: int | None = None, max_age_steps: int = 2, max_queue: int | None = None,
-                 close_timeout_s: float = 1.0) -> None:
-        if module is None:
+                 close_timeout_s: float = 1.0, inner: str = "torchscript", packed=None) -> None:
+        if inner not in INLINE_BACKENDS:
+            raise ValueError(f"inner must be one of {INLINE_BACKENDS}, got {inner!r}")
+        if module is None and inner == "torchscript":
             raise ValueError("backend torchscript_async needs the TorchScript module")
-        self._args = (module, meta, path, guard, max_gap_rows)
+        self.backend = f"{inner}_async"
+        self._args = (module, meta, path, guard, max_gap_rows, inner, packed)
         self.core = self._new_core()
         c = self.core
         self.meta, self.path, self.name, self.fcfg = meta, c.path, c.name, c.fcfg
@@ -473,8 +489,8 @@ class AsyncLstmForecaster:
         self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
 
     def _new_core(self) -> LstmForecaster:
-        module, meta, path, guard, max_gap_rows = self._args
-        core = LstmForecaster(module, meta, path, backend="torchscript", guard=guard, max_gap_rows=max_gap_rows)
+        module, meta, path, guard, max_gap_rows, inner, packed = self._args
+        core = LstmForecaster(module, meta, path, backend=inner, guard=guard, max_gap_rows=max_gap_rows, packed=packed)
         # TorchScript profiles and optimizes a method on its first calls (tens to hundreds of ms,
         # holding the GIL): do it here, at load, not on the worker while the engine quotes
         for _ in range(3):
@@ -642,17 +658,19 @@ def load_forecaster(path_or_default: str | Path = "default", *, backend: str = "
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     path = resolve_model_path(path_or_default)
-    if backend == "numba" and path.is_file():
+    if backend in ("numba", "numba_async") and path.is_file():
         # the packed weights of this very file (keyed by its hash), read without torch
         from models.weights_cache import load_packed
 
         cached = load_packed(path)
         if cached is not None:
             meta, W, layout = cached
+            if backend == "numba_async":
+                return AsyncLstmForecaster(None, meta, path, guard=guard, inner="numba", packed=(W, layout), **kw)
             return LstmForecaster(None, meta, path, backend=backend, guard=guard, packed=(W, layout), **kw)
     module, meta = load_model(path)
-    if backend == "torchscript_async":
-        return AsyncLstmForecaster(module, meta, path, guard=guard, **kw)
+    if backend in ("torchscript_async", "numba_async"):
+        return AsyncLstmForecaster(module, meta, path, guard=guard, inner=backend[:-6], **kw)
     fc = LstmForecaster(module, meta, path, backend=backend, guard=guard, **kw)
     if backend == "numba":
         from models.weights_cache import store_packed

@@ -241,13 +241,14 @@ def test_a_worker_that_falls_behind_the_bound_restarts_and_warms_up(tmp_path):
 
 
 def test_forecast_units_and_age_are_the_same_for_every_backend(tmp_path):
-    """The sigma/drift units and inputs_ns hold for the inline and async backends alike."""
+    """The sigma/drift units and inputs_ns hold for the inline and async backends alike (the
+    numba step run on the worker thread included)."""
     path, _, _ = make_model(tmp_path)
     t0 = 1_700_000_000 * 10**9
     res = {}
-    for b in ("numba", "torchscript", "torchscript_async"):
+    for b in ("numba", "torchscript", "torchscript_async", "numba_async"):
         fc = load_forecaster(path, backend=b, guard=GuardConfig(enabled=False))
-        if b == "torchscript_async":
+        if b.endswith("_async"):
             fc.before_decision = lambda fc=fc: fc.worker.wait_idle(CEILING_S)
         m2 = SyntheticMarket(seed=5)
         fs = []
@@ -261,6 +262,7 @@ def test_forecast_units_and_age_are_the_same_for_every_backend(tmp_path):
         fc.close()
         res[b] = fs
     assert res["torchscript"] == res["torchscript_async"]
+    assert res["numba"] == res["numba_async"]  # the numba step on the worker thread: the same rows, bit for bit
 
 
 def test_torch_thread_count_is_left_alone(tmp_path):
