@@ -13,13 +13,17 @@ passed to the strategy. Updates come every 10 ms of simulated time, so with the 
 also reported separately (``grid_step_p50_us``/``grid_step_p99_us``). About one update in
 ten carries a synthetic public trade (made outside the timed region).
 
-With ``--backend torchscript_async`` the TorchScript step runs on the forecaster's worker
-thread (models/step_worker.py): the timed region holds the feature row and the hand-over, not
-the model call; the forecast used is the newest output the worker has published. Reported
-too: ``forecast_age_steps`` (at each grid row's decision, the age in grid rows of the model
-output in use: "0" fresh, "1", "2+", "none" = no output yet), ``forecast_age_ms_p50/p99``
-(event time minus the inputs' grid time, over all updates, ms) and the load average
-(1/5/15 min, ``os.getloadavg``) before and after the run, since the worker competes for a core.
+With ``--backend torchscript_async`` (or ``numba_async``) the whole grid step -- feature row,
+baselines, the model step, the guard -- runs on the forecaster's worker thread
+(models/step_worker.py, models/forecaster.py ``AsyncLstmForecaster``): at a grid time the
+timed region holds only the snapshot of the top book levels, the hand-over of the trades
+received since the previous grid row, and reading the newest forecast the worker has
+published. Reported apart: ``regular_p50_us``/``regular_p99_us`` (updates without a grid
+time) and ``grid_step_*`` (updates that cross one). Reported too: ``forecast_age_steps``
+(at each grid row's decision, the age in grid rows of the forecast in use: "0" fresh, "1",
+"2+", "none" = none published yet), ``forecast_age_ms_p50/p99`` (event time minus the
+inputs' grid time, over all updates, ms) and the load average (1/5/15 min,
+``os.getloadavg``) before and after the run, since the worker competes for a core.
 
 With ``--pace-us P`` the updates arrive every P us of wall time (time compression 10 ms / P)
 instead of back to back: the thread sleeps between them (without the GIL, as the engine does
@@ -38,7 +42,8 @@ effect on the decision itself; ``observer_p50_us``/``observer_p99_us`` give its 
 
 Prints one JSON line: {"n": ..., "model": ..., "p50_us": ..., "p99_us": ..., ...}.
 Usage: python bench/tick_to_quote.py [--n 200000] [--model avellaneda_stoikov|glft]
-       [--forecaster PATH|default] [--backend numba|torchscript|torchscript_async] [--metrics]
+       [--forecaster PATH|default] [--backend numba|torchscript|torchscript_async|numba_async] [--metrics]
+       [--pace-us P]
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ def main() -> None:
     ap.add_argument("--model", default="avellaneda_stoikov")
     ap.add_argument("--levels", type=int, default=1)
     ap.add_argument("--forecaster", default=None, help="model file or 'default' (the shipped model): time the forecaster too")
-    ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript | torchscript_async")
+    ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript | torchscript_async | numba_async")
     ap.add_argument("--metrics", action="store_true", help="run the Prometheus metrics observer after every update")
     ap.add_argument("--pace-us", type=float, default=0.0,
                     help="wall-clock spacing of the updates, us (0: back to back); the thread sleeps between them "
@@ -166,6 +171,8 @@ def main() -> None:
         t2 = pc()
         t_quote[i] = t1 - t0
         t_orders[i] = t2 - t0
+        if fc is not None and hasattr(fc, "after_decision"):  # as Engine.step does, after the decision
+            fc.after_decision()  # the async backends' hand-over to the worker thread
         if obs is not None:  # as Engine.step does after the decision: state, then the observer
             st = eng.state
             st.tick_to_quote_ns, st.mid, st.quotes = t1 - t0, quotes.mid, quotes

@@ -306,6 +306,10 @@ class Engine:
             self.on_tick(self)
         if self.observer is not None:
             self.observer.tick(self)
+        if forecast is not None:  # the forecaster's hand-over to its worker thread, after the decision
+            after = getattr(self.forecaster, "after_decision", None)
+            if after is not None:
+                after()
 
     async def pull_quotes(self, reason: str) -> None:
         """Cancel this market's working orders now (its feed went stale); the next market

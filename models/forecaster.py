@@ -368,6 +368,9 @@ class LstmForecaster:
             return None
         return gen, t_ns, self.forecast
 
+    def after_decision(self) -> None:
+        """Nothing to hand over (inline backends); see :meth:`AsyncLstmForecaster.after_decision`."""
+
     def close(self) -> None:
         """Nothing to stop (inline backends); the engine calls it at shutdown."""
 
@@ -484,6 +487,8 @@ class AsyncLstmForecaster:
         self._gen = 0  # outputs of an older generation (before a reset) are not used
         self._restart = False  # the next row starts a new LSTM state (after close)
         self._reset_next = False  # the next row starts from a zero state (after a gap or an overrun)
+        self._outbox: list = []  # rows snapshotted, not yet handed to the worker (see after_decision)
+        self._deferred = False  # the caller calls after_decision: hand rows over there, not in update
         self._pub: tuple | None = None  # the newest output of this generation: (t_ns of its inputs, Forecast)
         self.last_g: int | None = None
         self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
@@ -531,6 +536,8 @@ class AsyncLstmForecaster:
 
     # -- the Forecaster interface (the engine thread) -----------------------------------------------
     def update(self, book, now_ns: int, trades: Sequence = ()) -> Forecast | None:
+        if self._outbox:  # rows of an earlier update not handed over (after_decision not called): first, in order
+            self.after_decision()
         if trades:  # kept (the container copied) for the next row handed over: none lost, none early
             self._trades.append(trades if isinstance(trades, TradeArrays) else tuple(trades))
         S = self.S
@@ -557,10 +564,11 @@ class AsyncLstmForecaster:
             if obs is not None:
                 tick, obs.tick_acc = obs.tick_acc, 0
             batches, self._trades = self._trades, []
-            job = (self._gen, j * S, snap, batches, tick, self._reset_next, self._restart)
+            self._outbox.append((self._gen, j * S, snap, batches, tick, self._reset_next, self._restart))
             self._reset_next = self._restart = False
-            self._submit(job)
         self.last_g = g
+        if not self._deferred or self.before_decision is not None:
+            self.after_decision(_from_update=True)
         if self.before_decision is not None:
             self.before_decision()
         self._take(g * S)
@@ -571,6 +579,22 @@ class AsyncLstmForecaster:
             age = (g * S - pub[0]) // S
             self.age_counts["0" if age <= 0 else "1" if age == 1 else "2+"] += 1
         return self.forecast
+
+    def after_decision(self, _from_update: bool = False) -> None:
+        """Hand the rows snapshotted by the last :meth:`update` to the worker. The engine calls
+        it once its decision is made and the orders are sent (:meth:`bot.engine.Engine.step`):
+        waking the worker thread can get the waker preempted for a scheduler slice on a loaded
+        machine (the woken thread runs first), which must not land inside tick to quote. Once a
+        caller has called it, :meth:`update` leaves the hand-over to it (and still hands over,
+        first and in order, any rows left from an earlier update); until then, and with the
+        ``before_decision`` test hook, :meth:`update` hands the rows over itself."""
+        if not _from_update:
+            self._deferred = True
+        box = self._outbox
+        if box:
+            self._outbox = []
+            for job in box:
+                self._submit(job)
 
     def _submit(self, job: tuple) -> None:
         w = self.worker

@@ -172,6 +172,8 @@ def test_engine_keeps_quoting_while_the_model_call_is_blocked(binance, tmp_path)
     buf = io.StringIO()
     Console(file=buf, width=120).print(status_table(engine))
     assert f"lstm-stale  (inputs {engine.state.forecast_age_ns / 1e9:.3f} s old)" in buf.getvalue()
+    # the engine handed the rows over after its decisions (Engine.step -> after_decision)
+    assert fc._deferred
     # the engine closed the forecaster without waiting for the blocked call; released, the thread ends
     assert fc.worker is None
     assert worker_thread_ended(fc, gate)
@@ -387,3 +389,43 @@ def test_auto_backend_runs_torchscript_off_path_on_live_feeds_and_numba_on_simul
             if close is not None:
                 close()
         store.close()
+
+
+def test_rows_are_handed_over_after_the_decision_in_order(tmp_path):
+    """Once the caller calls ``after_decision`` (the engine does, after its orders), ``update``
+    only snapshots: nothing reaches the worker inside the decision (waking it can cost the
+    quoting thread a scheduler slice on a loaded machine); ``after_decision`` hands the row
+    over. A row left over (no ``after_decision``) is handed over first by the next ``update``,
+    in order. The forecasts equal the inline path's rows throughout."""
+    path, _, _ = make_model(tmp_path)  # 1 s grid, warm-up 20 rows
+    fs = load_forecaster(path, backend="torchscript", guard=GuardConfig(window=50, min_obs=10))
+    fa = load_forecaster(path, backend="torchscript_async", guard=GuardConfig(window=50, min_obs=10))
+    mkt = SyntheticMarket(seed=8)
+    t0 = 1_700_000_000 * 10**9
+    inline_at = {}
+    fa.after_decision()  # the caller hands over after its decisions
+    skipped = 0
+    for k in range(240):  # 4 decisions per grid row, 60 rows
+        trades = mkt.step(0.5)
+        now = t0 + k * (fa.S // 4)
+        f_in = fs.update(mkt.book, now, trades)
+        inline_at.setdefault(f_in.inputs_ns, f_in)
+        w = fa.worker
+        sub0 = w.submitted if w is not None else 0
+        left = len(fa._outbox)
+        f_a = fa.update(mkt.book, now, trades)
+        grid = k % 4 == 0
+        assert (fa.worker.submitted if fa.worker is not None else 0) == sub0 + left  # only leftovers, first
+        assert len(fa._outbox) == (1 if grid else 0)
+        if f_a.inputs_ns is not None:
+            assert f_a == inline_at[f_a.inputs_ns]  # the forecast of an earlier row, as the inline path made it
+        if grid and k % 40 == 0:
+            skipped += 1  # no hand-over after this decision: the next update does it
+            continue
+        fa.after_decision()
+        assert not fa._outbox and fa.worker.submitted == sub0 + left + (1 if grid else 0)
+        assert fa.worker.wait_idle(CEILING_S)
+    assert skipped == 6 and fa.rows == fs.rows == 60
+    assert list(fa.guard.vol.q) == list(fs.guard.vol.q) and fa.status()["guard_switches"] == fs.status()["guard_switches"]
+    assert fa.forecast == f_in and f_in.sigma is not None
+    fa.close()
