@@ -25,6 +25,21 @@ time) and ``grid_step_*`` (updates that cross one). Reported too: ``forecast_age
 inputs' grid time, over all updates, ms) and the load average (1/5/15 min,
 ``os.getloadavg``) before and after the run, since the worker competes for a core.
 
+Measured 2026-12-05 (2 cores shared with other jobs; paced ``--n 30000 --pace-us 1000``; old =
+before the grid step moved to the worker, interleaved, medians of 2 runs each; "loaded" = two
+extra ``sh -c 'while :; do :; done'`` spinners, load average 1.4-2.8 against 0.5-1.8 without):
+p99 / p99 incl. order diff / grid-step p50 and p99, us:
+
+    backend              idle: p99  diff  grid p50/p99    loaded: p99  diff  grid p50/p99
+    numba                      50    67    85 / 162               45    52    61 / 161
+    numba_async                34    49    23 /  60               21    28    18 /  51
+    torchscript_async          41    76    27 /  66               24    33    20 /  44
+    (old) numba                46    59    70 / 145               56    61    68 / 224
+    (old) torchscript_async    74    85    99 / 156               54    60    83 / 2888
+
+The regular updates' p99 (20-40 us) now bounds the async backends' p99; the numba backend's
+p99 is still its grid steps (one update in 100, cold caches).
+
 With ``--pace-us P`` the updates arrive every P us of wall time (time compression 10 ms / P)
 instead of back to back: the thread sleeps between them (without the GIL, as the engine does
 while it awaits its feed; the last 300 us are spun, holding the GIL, to limit sleep overshoot).

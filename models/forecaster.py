@@ -597,6 +597,7 @@ class AsyncLstmForecaster:
                 self._submit(job)
 
     def _submit(self, job: tuple) -> None:
+        job = (self._gen,) + job[1:]  # the generation now (an overrun earlier in the same hand-over started a new one)
         w = self.worker
         if w is None:
             from models.step_worker import StepWorker
@@ -651,7 +652,11 @@ class AsyncLstmForecaster:
         self._pub = None
         self.forecast = Forecast(None, None, self.horizon_s, "lstm-warmup")
         if ended:
-            self._restart = True
+            box = self._outbox
+            if box:  # a row snapshotted, not yet handed over: the new state starts there
+                box[0] = box[0][:6] + (True,)
+            else:
+                self._restart = True
         else:
             self.core = self._new_core()
             self.last_g = None
