@@ -13,13 +13,32 @@ passed to the strategy. Updates come every 10 ms of simulated time, so with the 
 also reported separately (``grid_step_p50_us``/``grid_step_p99_us``). About one update in
 ten carries a synthetic public trade (made outside the timed region).
 
-With ``--backend torchscript_async`` the TorchScript step runs on the forecaster's worker
-thread (models/step_worker.py): the timed region holds the feature row and the hand-over, not
-the model call; the forecast used is the newest output the worker has published. Reported
-too: ``forecast_age_steps`` (at each grid row's decision, the age in grid rows of the model
-output in use: "0" fresh, "1", "2+", "none" = no output yet), ``forecast_age_ms_p50/p99``
-(event time minus the inputs' grid time, over all updates, ms) and the load average
-(1/5/15 min, ``os.getloadavg``) before and after the run, since the worker competes for a core.
+With ``--backend torchscript_async`` (or ``numba_async``) the whole grid step -- feature row,
+baselines, the model step, the guard -- runs on the forecaster's worker thread
+(models/step_worker.py, models/forecaster.py ``AsyncLstmForecaster``): at a grid time the
+timed region holds only the snapshot of the top book levels, the hand-over of the trades
+received since the previous grid row, and reading the newest forecast the worker has
+published. Reported apart: ``regular_p50_us``/``regular_p99_us`` (updates without a grid
+time) and ``grid_step_*`` (updates that cross one). Reported too: ``forecast_age_steps``
+(at each grid row's decision, the age in grid rows of the forecast in use: "0" fresh, "1",
+"2+", "none" = none published yet), ``forecast_age_ms_p50/p99`` (event time minus the
+inputs' grid time, over all updates, ms) and the load average (1/5/15 min,
+``os.getloadavg``) before and after the run, since the worker competes for a core.
+
+Measured 2026-12-05 (2 cores shared with other jobs; paced ``--n 30000 --pace-us 1000``; old =
+before the grid step moved to the worker, interleaved, medians of 2 runs each; "loaded" = two
+extra ``sh -c 'while :; do :; done'`` spinners, load average 1.4-2.8 against 0.5-1.8 without):
+p99 / p99 incl. order diff / grid-step p50 and p99, us:
+
+    backend              idle: p99  diff  grid p50/p99    loaded: p99  diff  grid p50/p99
+    numba                      50    67    85 / 162               45    52    61 / 161
+    numba_async                34    49    23 /  60               21    28    18 /  51
+    torchscript_async          41    76    27 /  66               24    33    20 /  44
+    (old) numba                46    59    70 / 145               56    61    68 / 224
+    (old) torchscript_async    74    85    99 / 156               54    60    83 / 2888
+
+The regular updates' p99 (20-40 us) now bounds the async backends' p99; the numba backend's
+p99 is still its grid steps (one update in 100, cold caches).
 
 With ``--pace-us P`` the updates arrive every P us of wall time (time compression 10 ms / P)
 instead of back to back: the thread sleeps between them (without the GIL, as the engine does
@@ -38,7 +57,8 @@ effect on the decision itself; ``observer_p50_us``/``observer_p99_us`` give its 
 
 Prints one JSON line: {"n": ..., "model": ..., "p50_us": ..., "p99_us": ..., ...}.
 Usage: python bench/tick_to_quote.py [--n 200000] [--model avellaneda_stoikov|glft]
-       [--forecaster PATH|default] [--backend numba|torchscript|torchscript_async] [--metrics]
+       [--forecaster PATH|default] [--backend numba|torchscript|torchscript_async|numba_async] [--metrics]
+       [--pace-us P]
 """
 
 from __future__ import annotations
@@ -72,7 +92,7 @@ def main() -> None:
     ap.add_argument("--model", default="avellaneda_stoikov")
     ap.add_argument("--levels", type=int, default=1)
     ap.add_argument("--forecaster", default=None, help="model file or 'default' (the shipped model): time the forecaster too")
-    ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript | torchscript_async")
+    ap.add_argument("--backend", default="numba", help="forecaster backend: numba | torchscript | torchscript_async | numba_async")
     ap.add_argument("--metrics", action="store_true", help="run the Prometheus metrics observer after every update")
     ap.add_argument("--pace-us", type=float, default=0.0,
                     help="wall-clock spacing of the updates, us (0: back to back); the thread sleeps between them "
@@ -142,7 +162,6 @@ def main() -> None:
         ts += 10_000_000
         trades = [Trade(ts - 1_000_000, ask_px if steps[i] >= 0 else bid_px, 0.01, "buy" if steps[i] >= 0 else "sell")] if (
             fc is not None and trade_at[i]) else ()
-        rows0 = fc.rows if fc is not None else 0
         if pace_ns:
             t_arrive += pace_ns
             wait = t_arrive - pc() - spin_ns
@@ -159,7 +178,7 @@ def main() -> None:
         quotes = strat.on_update(book, q, ts, forecast)
         t1 = pc()
         if fc is not None:
-            grid[i] = fc.rows != rows0
+            grid[i] = (ts // fc.S) != ((ts - 10_000_000) // fc.S)  # this update crossed a grid time
             ts_all[i] = ts
             if forecast is not None and forecast.inputs_ns is not None:
                 age_ns[i] = ts - forecast.inputs_ns
@@ -167,6 +186,8 @@ def main() -> None:
         t2 = pc()
         t_quote[i] = t1 - t0
         t_orders[i] = t2 - t0
+        if fc is not None and hasattr(fc, "after_decision"):  # as Engine.step does, after the decision
+            fc.after_decision()  # the async backends' hand-over to the worker thread
         if obs is not None:  # as Engine.step does after the decision: state, then the observer
             st = eng.state
             st.tick_to_quote_ns, st.mid, st.quotes = t1 - t0, quotes.mid, quotes
@@ -200,6 +221,8 @@ def main() -> None:
         extra = {"backend": args.backend, "sample_s": fc.fcfg.sample_s, "grid_steps": int(grid.sum()),
                  "grid_step_p50_us": round(us(g, 50), 2) if len(g) else None,
                  "grid_step_p99_us": round(us(g, 99), 2) if len(g) else None,
+                 "regular_p50_us": round(us(t_quote[~grid], 50), 2), "regular_p99_us": round(us(t_quote[~grid], 99), 2),
+                 "grid_step_with_order_diff_p99_us": round(us(t_orders[grid], 99), 2) if len(g) else None,
                  "forecast_source": forecast.source if forecast is not None else None,
                  "forecast_age_steps_at_grid_rows": st["forecast_age_steps"],
                  "forecast_age_rows_share": {"0": round(float((rows_old == 0).sum()) / n_all, 4),

@@ -9,6 +9,9 @@ Per market event::
                   -> order manager diff -> cancels, then placements
                   -> PnL snapshot every ``pnl_interval_s`` of market time
                   -> database commit
+                  -> forecaster.after_decision()  (if it has one: the async backends hand the
+                     grid rows snapshotted in ``update`` to their worker thread here, after
+                     the decision and the orders, not inside tick to quote)
 
 The clock is the event's timestamp (simulated time in simulation and replay, exchange
 time live), so a strategy sees the same time base in every mode.
@@ -33,7 +36,7 @@ notes; without one, the first shutdown failure is raised after the run was close
 Closing the source and the exchange comes after the record is written: a failure there is
 logged and noted in the returned summary only. So does closing the forecaster (``close()``,
 if it has one: the ``torchscript_async`` backend's worker thread; it never waits long for a
-model call in flight), whose failure is logged only.
+grid step in flight), whose failure is logged only.
 """
 
 from __future__ import annotations
@@ -306,6 +309,10 @@ class Engine:
             self.on_tick(self)
         if self.observer is not None:
             self.observer.tick(self)
+        if forecast is not None:  # the forecaster's hand-over to its worker thread, after the decision
+            after = getattr(self.forecaster, "after_decision", None)
+            if after is not None:
+                after()
 
     async def pull_quotes(self, reason: str) -> None:
         """Cancel this market's working orders now (its feed went stale); the next market

@@ -11,8 +11,9 @@ Backends (same artifact, a TorchScript file; see docs/forecaster.md for the meas
   ``batch`` calls the same compiled step row by row, so it too is bit-identical to ``step``;
   against the TorchScript backend it agrees to float32 rounding (~1e-6 relative).
 
-The forecaster's third backend, ``"torchscript_async"`` (:mod:`models.step_worker`), runs this
-module's ``torchscript`` step on a worker thread; it is not a backend of this class.
+The forecaster's ``"torchscript_async"`` and ``"numba_async"`` backends
+(:class:`models.forecaster.AsyncLstmForecaster`, :mod:`models.step_worker`) run the whole grid
+step, this module's step included, on a worker thread; they are not backends of this class.
 
 Threads: torch's intra-op thread count is process-wide (``torch.set_num_threads``), so this
 module does not set it unless asked (``threads=`` given): the user's setting (or torch's

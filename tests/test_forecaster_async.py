@@ -1,9 +1,13 @@
-"""The ``torchscript_async`` forecaster backend: the TorchScript step on a worker thread.
+"""The ``torchscript_async`` forecaster backend: the whole grid step on a worker thread.
 
 * Driven deterministically (the test waits for the worker to drain before each decision,
   through the ``before_decision`` hook), its forecasts on a real Binance recording equal the
   inline TorchScript backend's exactly and the numba backend's to float32 rounding, guard
   decisions included.
+* With the worker held up for 40 grid rows (books and trades keep arriving, a feed gap
+  included), nothing is lost or taken early between the engine thread's snapshot and the
+  worker: once it has caught up, every grid row's forecast and guard score equal the inline
+  path's; while it lags the strategy gets older forecasts (their age recorded) or stale ones.
 * The quoting path never waits for the worker: with the model call blocked on an Event, the
   engine keeps quoting over a real recording, the forecast goes stale (the strategy on its own
   estimator) and the recorded forecast age grows; the engine's stop returns while the worker is
@@ -23,8 +27,6 @@ import pytest
 
 from models.features import grid_times
 from models.forecaster import GuardConfig, load_forecaster
-from models.inference import StatefulPredictor
-from models.step_worker import StepWorker
 from models_helpers import BINANCE_SPOT, SyntheticMarket, binance_recording, replay_online
 from real_data import needs
 from test_models_export import make_model
@@ -45,7 +47,7 @@ class GatedPredictor:
     """The real TorchScript predictor, whose step blocks on ``release`` after ``open_steps``
     calls (the test's stand-in for a model call that takes forever)."""
 
-    def __init__(self, real: StatefulPredictor, open_steps: int) -> None:
+    def __init__(self, real, open_steps: int) -> None:
         self.real = real
         self.open_steps = open_steps
         self.calls = 0
@@ -63,9 +65,10 @@ class GatedPredictor:
         self.real.reset()
 
 
-def gated_worker(fc, open_steps: int, max_queue: int | None = None) -> GatedPredictor:
-    gate = GatedPredictor(StatefulPredictor(fc.module, fc.meta["arch"], fc.clip, "torchscript"), open_steps)
-    fc.worker = StepWorker(gate, max_queue=max_queue or fc.max_queue)
+def gated_worker(fc, open_steps: int) -> GatedPredictor:
+    """The forecaster's own TorchScript predictor (run by its worker thread), gated."""
+    gate = GatedPredictor(fc.predictor, open_steps)
+    fc.predictor = gate
     return gate
 
 
@@ -169,6 +172,8 @@ def test_engine_keeps_quoting_while_the_model_call_is_blocked(binance, tmp_path)
     buf = io.StringIO()
     Console(file=buf, width=120).print(status_table(engine))
     assert f"lstm-stale  (inputs {engine.state.forecast_age_ns / 1e9:.3f} s old)" in buf.getvalue()
+    # the engine handed the rows over after its decisions (Engine.step -> after_decision)
+    assert fc._deferred
     # the engine closed the forecaster without waiting for the blocked call; released, the thread ends
     assert fc.worker is None
     assert worker_thread_ended(fc, gate)
@@ -183,19 +188,22 @@ def worker_thread_ended(fc, gate) -> bool:
 
 def test_close_with_a_busy_worker_returns_and_the_thread_ends(tmp_path):
     """close() on a worker blocked in its model call returns (False: still in the call)
-    without hanging; the waiting jobs are dropped, and the thread ends after the call."""
+    without hanging; the waiting rows are dropped, and the thread ends after the call."""
     path, _, _ = make_model(tmp_path)
     fc = load_forecaster(path, backend="torchscript_async")
     gate = gated_worker(fc, open_steps=0)
-    w = fc.worker
+    mkt = SyntheticMarket(seed=3)
+    t0 = 1_700_000_000 * 10**9
     for k in range(5):
-        assert w.submit(k, np.zeros(fc.meta["arch"]["n_features"]), k + 1)
+        mkt.step(0.5)
+        fc.update(mkt.book, t0 + k * fc.S, [])
+    w = fc.worker
     assert gate.blocked.wait(CEILING_S)
-    assert w.close(timeout_s=0.05) is False  # still in the blocked call: not waited for
-    assert w.queued == 1  # the four waiting jobs were dropped; the one in flight remains
+    assert fc.close() is None and fc.worker is None
+    assert w.queued == 1  # the four waiting rows were dropped; the one in flight remains
     gate.release.set()
     assert w.join(CEILING_S)
-    assert gate.calls == 1 and w.steps_done == 1 and not w.submit(9, np.zeros(3), 1)
+    assert gate.calls == 1 and w.steps_done == 1 and not w.submit(None)
 
 
 def test_a_worker_that_falls_behind_the_bound_restarts_and_warms_up(tmp_path):
@@ -203,7 +211,7 @@ def test_a_worker_that_falls_behind_the_bound_restarts_and_warms_up(tmp_path):
     (warm-up again on the baseline); once the worker runs again the forecasts come back."""
     path, _, _ = make_model(tmp_path)  # warm-up 20 rows, 1 s grid
     fc = load_forecaster(path, backend="torchscript_async", guard=GuardConfig(enabled=False), max_queue=8)
-    gate = gated_worker(fc, open_steps=30, max_queue=8)
+    gate = gated_worker(fc, open_steps=30)
     mkt = SyntheticMarket(seed=4)
     t0 = 1_700_000_000 * 10**9
     k = 0
@@ -235,13 +243,14 @@ def test_a_worker_that_falls_behind_the_bound_restarts_and_warms_up(tmp_path):
 
 
 def test_forecast_units_and_age_are_the_same_for_every_backend(tmp_path):
-    """The sigma/drift units and inputs_ns hold for the inline and async backends alike."""
+    """The sigma/drift units and inputs_ns hold for the inline and async backends alike (the
+    numba step run on the worker thread included)."""
     path, _, _ = make_model(tmp_path)
     t0 = 1_700_000_000 * 10**9
     res = {}
-    for b in ("numba", "torchscript", "torchscript_async"):
+    for b in ("numba", "torchscript", "torchscript_async", "numba_async"):
         fc = load_forecaster(path, backend=b, guard=GuardConfig(enabled=False))
-        if b == "torchscript_async":
+        if b.endswith("_async"):
             fc.before_decision = lambda fc=fc: fc.worker.wait_idle(CEILING_S)
         m2 = SyntheticMarket(seed=5)
         fs = []
@@ -255,6 +264,7 @@ def test_forecast_units_and_age_are_the_same_for_every_backend(tmp_path):
         fc.close()
         res[b] = fs
     assert res["torchscript"] == res["torchscript_async"]
+    assert res["numba"] == res["numba_async"]  # the numba step on the worker thread: the same rows, bit for bit
 
 
 def test_torch_thread_count_is_left_alone(tmp_path):
@@ -280,45 +290,73 @@ def test_torch_thread_count_is_left_alone(tmp_path):
         torch.set_num_threads(before)
 
 
-def test_the_guard_scores_the_forecast_that_was_used(tmp_path):
-    """With the worker held up, a row whose decision used an older output is scored with that
-    output, a row on the stale fallback (no model output used) is not scored at all, and an
-    output that arrives later within the row replaces the row's entry."""
-    path, _, _ = make_model(tmp_path)  # H = 5 rows, warm-up 20
-    fc = load_forecaster(path, backend="torchscript_async", guard=GuardConfig(window=1000, min_obs=1000))
-    gate = gated_worker(fc, open_steps=30)
-    mkt = SyntheticMarket(seed=7)
-    t0 = 1_700_000_000 * 10**9
-    for k in range(30):
-        mkt.step(0.5)
-        fc.before_decision = lambda: fc.worker.wait_idle(CEILING_S)
-        fc.update(mkt.book, t0 + k * fc.S, [])
-    used_29 = fc.last_model  # (drift bp, variance bp^2) of row 29's output
-    scored = len(fc.guard.vol)
-    assert scored == 30 - fc.H
-    fc.before_decision = None
-    entries = []
-    for k in range(30, 36):  # row 30's call blocks: rows 30, 31 use row 29's output, 32.. are stale
-        mkt.step(0.5)
-        f = fc.update(mkt.book, t0 + k * fc.S, [])
-        entries.append((f.source, fc.pending[-1][0], fc.pending[-1][2]))
-    assert gate.blocked.wait(CEILING_S)
-    assert entries[:2] == [("lstm", used_29[1], used_29[0])] * 2
-    assert all(e == ("lstm-stale", None, None) for e in entries[2:])
-    assert len(fc.guard.vol) == scored + 6  # rows 25..30 scored (the drained rows' forecasts)
-    gate.release.set()
-    assert fc.worker.wait_idle(CEILING_S)
-    mkt.step(0.0)
-    f = fc.update(mkt.book, t0 + 35 * fc.S + fc.S // 2, [])  # same row (35), between grid times
-    assert f.source == "lstm" and f.inputs_ns == t0 + 35 * fc.S  # the row's own output, arrived late ...
-    assert fc.pending[-1][0] == fc.last_model[1]  # ... replaces the row's entry (the forecast now in use)
-    for k in range(36, 36 + fc.H):
-        mkt.step(0.5)
-        fc.before_decision = lambda: fc.worker.wait_idle(CEILING_S)
-        fc.update(mkt.book, t0 + k * fc.S, [])
-    # rows 31 (age 2, scored), 32..34 (stale: not scored), 35 (scored with its own output)
-    assert len(fc.guard.vol) == scored + 6 + 2
-    fc.close()
+@needs(*BINANCE_SPOT)
+def test_a_lagging_worker_loses_nothing_and_catches_up_to_the_inline_forecasts(binance):
+    """Decisions every 0.25 s over 560 s of the capture. The worker's model call is held up
+    for 40 grid rows from row 330 while books and trades keep arriving; then it runs free, and
+    from then on is drained before each decision; at row ~420 a 12 s feed gap (beyond
+    ``max_gap_rows``) resets both paths. After the release every decision's forecast, and at
+    the end the guard's scored losses of every row since the reset and the feature state, equal
+    the inline TorchScript path's fed the same events: no book state or trade was lost, taken early
+    or reordered between the engine thread's snapshot and the worker. While it lagged, the
+    strategy got an older row's forecast (equal to the inline one of that row, its age
+    recorded) or, beyond ``max_age_steps`` rows, the stale fallback."""
+    rec, ev, meta = binance
+    guard = GuardConfig(window=100_000, min_obs=100_000)  # keep every scored row
+    fs = load_forecaster("default", backend="torchscript", guard=guard, max_gap_rows=5)
+    fa = load_forecaster("default", backend="torchscript_async", guard=guard, max_gap_rows=5, max_queue=1000)
+    gate = gated_worker(fa, open_steps=330)
+    fa.before_decision = lambda: fa.worker.submitted <= gate.open_steps and fa.worker.wait_idle(CEILING_S)
+    t = grid_times(ev["local_ts"][0], ev["local_ts"][0] + 560 * 10**9, fa.S // 4)
+    times = np.concatenate([t[:1680], t[1728:]])  # 12 s without a decision (row ~420): a reset
+    inline_at = {}  # grid time -> the inline forecast made at that row
+    lagging = []  # (decision time, async forecast) while the worker was held up
+    state = {"released": False, "at": None}
+
+    def step(book, now, trades):
+        f_in = fs.update(book, now, list(trades))
+        if f_in.inputs_ns is not None:
+            inline_at.setdefault(f_in.inputs_ns, f_in)
+        if not state["released"] and gate.calls > gate.open_steps and fa.worker.submitted >= gate.open_steps + 40:
+            gate.release.set()
+            state["released"] = True
+            state["at"] = len(inline_at)
+            fa.before_decision = lambda: fa.worker.wait_idle(CEILING_S)
+            assert fa.worker.wait_idle(CEILING_S)  # caught up before this decision (not a grid row's)
+        f_a = fa.update(book, now, list(trades))
+        if gate.blocked.is_set() and not state["released"]:
+            lagging.append((now, f_a))
+        return f_in, f_a, state["released"]
+
+    try:
+        out = replay_online(ev, meta["tick_size"], meta["lot_size"], times, step)
+    finally:
+        gate.release.set()
+        fa.close()
+    assert state["released"] and len(lagging) > 150  # ~40 rows of decisions while held up
+    # caught up: the same forecasts, state and scores as the inline path
+    after = [(a, b) for a, b, rel in out if rel]
+    bad = [(i, a, b) for i, (a, b) in enumerate(after) if a != b]
+    assert len(after) > 4 * 150 and not bad, bad[:3]
+    assert sum(a.sigma is not None for a, _ in after) > 4 * 40  # real forecasts before the gap
+    assert fa.rows == fs.rows > 100  # rows since the reset
+    assert list(fa.guard.vol.q) == list(fs.guard.vol.q) and len(fs.guard.vol.q) > 100
+    assert list(fa.guard.drift.q) == list(fs.guard.drift.q)
+    assert fa.feats.sums == fs.feats.sums and fa.feats.last_trade_ns == fs.feats.last_trade_ns
+    assert list(fa.feats.pending) == list(fs.feats.pending) and fa.feats.prev_top == fs.feats.prev_top
+    # while held up: an older row's own forecast (age recorded), then the stale fallback
+    srcs = set()
+    for now, f in lagging:
+        assert f.inputs_ns is not None and f.inputs_ns <= now
+        age_rows = now // fa.S - f.inputs_ns // fa.S
+        if f.source == "lstm-stale":
+            assert age_rows > fa.max_age_steps
+        else:
+            assert age_rows <= fa.max_age_steps and f == inline_at[f.inputs_ns]
+        srcs.add(f.source)
+    assert "lstm-stale" in srcs and len(srcs) >= 2
+    st = fa.status()
+    assert st["forecast_age_steps"]["2+"] >= 35 and st["worker_overruns"] == 0
 
 
 def test_auto_backend_runs_torchscript_off_path_on_live_feeds_and_numba_on_simulated_time(tmp_path):
@@ -351,3 +389,43 @@ def test_auto_backend_runs_torchscript_off_path_on_live_feeds_and_numba_on_simul
             if close is not None:
                 close()
         store.close()
+
+
+def test_rows_are_handed_over_after_the_decision_in_order(tmp_path):
+    """Once the caller calls ``after_decision`` (the engine does, after its orders), ``update``
+    only snapshots: nothing reaches the worker inside the decision (waking it can cost the
+    quoting thread a scheduler slice on a loaded machine); ``after_decision`` hands the row
+    over. A row left over (no ``after_decision``) is handed over first by the next ``update``,
+    in order. The forecasts equal the inline path's rows throughout."""
+    path, _, _ = make_model(tmp_path)  # 1 s grid, warm-up 20 rows
+    fs = load_forecaster(path, backend="torchscript", guard=GuardConfig(window=50, min_obs=10))
+    fa = load_forecaster(path, backend="torchscript_async", guard=GuardConfig(window=50, min_obs=10))
+    mkt = SyntheticMarket(seed=8)
+    t0 = 1_700_000_000 * 10**9
+    inline_at = {}
+    fa.after_decision()  # the caller hands over after its decisions
+    skipped = 0
+    for k in range(240):  # 4 decisions per grid row, 60 rows
+        trades = mkt.step(0.5)
+        now = t0 + k * (fa.S // 4)
+        f_in = fs.update(mkt.book, now, trades)
+        inline_at.setdefault(f_in.inputs_ns, f_in)
+        w = fa.worker
+        sub0 = w.submitted if w is not None else 0
+        left = len(fa._outbox)
+        f_a = fa.update(mkt.book, now, trades)
+        grid = k % 4 == 0
+        assert (fa.worker.submitted if fa.worker is not None else 0) == sub0 + left  # only leftovers, first
+        assert len(fa._outbox) == (1 if grid else 0)
+        if f_a.inputs_ns is not None:
+            assert f_a == inline_at[f_a.inputs_ns]  # the forecast of an earlier row, as the inline path made it
+        if grid and k % 40 == 0:
+            skipped += 1  # no hand-over after this decision: the next update does it
+            continue
+        fa.after_decision()
+        assert not fa._outbox and fa.worker.submitted == sub0 + left + (1 if grid else 0)
+        assert fa.worker.wait_idle(CEILING_S)
+    assert skipped == 6 and fa.rows == fs.rows == 60
+    assert list(fa.guard.vol.q) == list(fs.guard.vol.q) and fa.status()["guard_switches"] == fs.status()["guard_switches"]
+    assert fa.forecast == f_in and f_in.sigma is not None
+    fa.close()

@@ -196,8 +196,10 @@ def test_tick_correction_model_online_equals_batch(binance, tmp_path):
     path = save_model(mod, mmeta, tmp_path / "tick.pt")
     module, m2 = load_model(path)
     assert check_schema(m2, "tick.pt").tick_rv
-    for backend in ("numba", "torchscript"):
+    for backend in ("numba", "torchscript", "torchscript_async"):  # async: observed on the engine thread, rows on the worker
         f = load_forecaster(path, guard=GuardConfig(enabled=False), backend=backend)
+        if backend == "torchscript_async":
+            f.before_decision = lambda: f.worker.wait_idle(120.0)
         seen = []
 
         def on_event(book, t, trades, g):
@@ -207,6 +209,7 @@ def test_tick_correction_model_online_equals_batch(binance, tmp_path):
                 seen.append(f.last_model)
 
         drive(ev, meta, ds.ff.ts_ns, on_event)
+        f.close()
         online = np.array(seen)
         off = predict_batch(module, m2["arch"], 10.0, X, "numba")
         assert online.shape == (len(X), 2), backend
