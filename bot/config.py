@@ -345,7 +345,8 @@ def forecaster_backend(cfg: "Config", live_feed: bool = False) -> str:
 def build_forecaster(cfg: "Config", live_feed: bool = False):
     """The configured forecaster, or None for ``forecaster.model: none``. A missing or
     mismatched model file raises DataError naming it. ``live_feed``: see
-    :func:`forecaster_backend`."""
+    :func:`forecaster_backend`; with ``forecaster.adapt`` on, ``auto`` resolves to ``numba``
+    on live feeds too (the hot swap happens on the quoting path)."""
     f = cfg.forecaster
     if f.model.lower() == "none":
         return None
@@ -353,7 +354,15 @@ def build_forecaster(cfg: "Config", live_feed: bool = False):
 
     guard = GuardConfig(enabled=f.guard, window=f.guard_window, min_obs=f.guard_min_obs, enter=f.guard_enter,
                         exit=f.guard_exit, drift=f.guard_drift)
-    fc = load_forecaster(f.model, backend=forecaster_backend(cfg, live_feed), guard=guard)
+    backend = forecaster_backend(cfg, live_feed)
+    if f.adapt.enabled and backend.endswith("_async"):
+        # the adaptive wrapper swaps the predictor and guard of the forecaster it holds, between
+        # two of its steps: a forecaster stepping on a worker thread has them on that thread
+        if f.backend != "auto":
+            raise ConfigError(f"forecaster.backend {f.backend} cannot be used with forecaster.adapt.enabled: "
+                              "the hot swap needs the forecaster on the quoting path (use numba, torchscript or auto)")
+        backend = "numba"
+    fc = load_forecaster(f.model, backend=backend, guard=guard)
     if f.adapt.enabled:
         from models.adapt.swap import wrap_from_config
 

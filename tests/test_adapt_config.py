@@ -51,3 +51,21 @@ def test_bad_values_are_named(tmp_path, text, field):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert field in str(e.value) and str(p) in str(e.value)
+
+
+def test_adaptation_on_a_live_feed_steps_on_the_quoting_path(tmp_path):
+    """auto runs the TorchScript module on a worker thread on live feeds; the hot swap replaces
+    the predictor and guard of the forecaster it wraps between two steps, so with adaptation
+    on, auto resolves to the synchronous numba backend, and an explicit async backend is a
+    one-line config error."""
+    cfg = Config.model_validate({"forecaster": {"adapt": {"enabled": True, "registry": str(tmp_path / "reg")}}})
+    fc = build_forecaster(cfg, live_feed=True)
+    try:
+        assert isinstance(fc, AdaptiveForecaster) and isinstance(fc.fc, LstmForecaster)
+        assert fc.fc.predictor.backend == "numba"
+    finally:
+        fc.close()
+    bad = Config.model_validate({"forecaster": {"backend": "torchscript_async",
+                                                "adapt": {"enabled": True, "registry": str(tmp_path / "reg")}}})
+    with pytest.raises(ConfigError, match="forecaster.backend torchscript_async cannot be used with forecaster.adapt"):
+        build_forecaster(bad, live_feed=True)
