@@ -29,6 +29,17 @@ def binance_recording(out: Path) -> Path:
     return out
 
 
+def binance_slice(tmp: Path, seconds: int = 150) -> tuple[Path, np.ndarray, dict]:
+    """(recording dir, its first ``seconds`` of events, meta) of the Binance spot capture,
+    imported into ``tmp``."""
+    from bot.recording.io import open_recording
+
+    rec = binance_recording(tmp / "rec")
+    r = open_recording(rec)
+    ev = r.events()
+    return rec, ev[ev["local_ts"] <= ev["local_ts"][0] + seconds * 10**9], r.meta
+
+
 def bitstamp_recording(out: Path, max_lines: int = 60_000) -> Path:
     need(BITSTAMP)
     from bot.importers.bitstamp import import_bitstamp

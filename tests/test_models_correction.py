@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from bot.errors import DataError, MmbotError
-from bot.recording.io import open_recording
 from models import baseline_inputs as bi
 from models.calibrate import build_dataset, load_events, model_inputs
 from models.cli import train
@@ -26,18 +25,14 @@ from models.inference import predict_batch
 from models.lstm import LSTMNet, StepModule
 from models.targets import variance_floor
 from models.train import TrainConfig, fit
-from models_helpers import binance_recording, replay_online
+from models_helpers import binance_slice, replay_online
 
 CFG = FeatureConfig(sample_s=0.1, n_levels=5, rv_windows=(5, 20, 50))
 
 
 @pytest.fixture(scope="module")
 def binance(tmp_path_factory):
-    rec = binance_recording(tmp_path_factory.mktemp("bn") / "rec")
-    r = open_recording(rec)
-    ev = r.events()
-    ev = ev[ev["local_ts"] <= ev["local_ts"][0] + 150 * 10**9]  # 2.5 minutes
-    return rec, ev, r.meta
+    return binance_slice(tmp_path_factory.mktemp("bn"))  # 2.5 minutes
 
 
 def _dataset(ev, meta):

@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from bot.errors import DataError
-from bot.recording.io import open_recording
 from models import baseline_inputs as bi
 from models.batch_forecast import batch_forward
 from models.calibrate import build_dataset, model_inputs
@@ -32,23 +31,20 @@ from models.lstm import LSTMNet, StepModule, net_from_params
 from models.multimarket import load_market, lomo, lomo_table
 from models.targets import variance_floor
 from models.train import TrainConfig, fit
-from models_helpers import binance_recording, replay_online
+from models_helpers import binance_slice, replay_online
 
 CFG = FeatureConfig(sample_s=0.1, n_levels=5, rv_windows=(5, 20, 50))
 
 
 @pytest.fixture(scope="module")
 def binance(tmp_path_factory):
-    rec = binance_recording(tmp_path_factory.mktemp("bn") / "rec")
-    r = open_recording(rec)
-    ev = r.events()
-    ev = ev[ev["local_ts"] <= ev["local_ts"][0] + 150 * 10**9]  # 2.5 minutes
-    ds = build_dataset(ev, r.meta, CFG, "1s", 50)
+    rec, ev, meta = binance_slice(tmp_path_factory.mktemp("bn"))  # 2.5 minutes
+    ds = build_dataset(ev, meta, CFG, "1s", 50)
     use = ds.usable()
     tr = use.copy()
     tr[int(ds.n * 0.6):] = False
     tr &= ds.end_row < int(ds.n * 0.6)
-    return rec, ev, r.meta, ds, tr
+    return rec, ev, meta, ds, tr
 
 
 def _model(ds, tr, path: Path, drift_head: str, trained: bool = True, seed: int = 0):
