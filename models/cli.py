@@ -183,6 +183,8 @@ def train(
         raise MmbotError(f"--arch must be 'plain' or 'correction', got {arch!r}")
     if drift_head and drift_head not in ("correction", "plain"):
         raise MmbotError(f"--drift-head must be 'correction' or 'plain', got {drift_head!r}")
+    if drift_head and arch != "correction":
+        raise MmbotError(f"--drift-head applies to --arch correction only (the {arch} arch's drift head is always plain)")
     try:
         hz = Horizon.parse(horizon)
         hz_list = [str(Horizon.parse(h)) for h in horizons.split(",") if h.strip()] or [str(hz)]

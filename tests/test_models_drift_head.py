@@ -196,6 +196,10 @@ def test_unknown_drift_head_is_one_line_exit_2(tmp_path):
                         "--drift-head", "deep"], cwd=root, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2
     assert p.stderr.strip() == "error: --drift-head must be 'correction' or 'plain', got 'deep'"
+    p = subprocess.run([sys.executable, "-m", "models.cli", "train", str(tmp_path), "--arch", "plain",
+                        "--drift-head", "correction"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "error: --drift-head applies to --arch correction only (the plain arch's drift head is always plain)"
 
 
 def test_plain_drift_head_l2_pulls_towards_zero_drift(binance):
