@@ -23,7 +23,10 @@ Each path runs twice per size, in a fresh forecast cache (``MMBOT_CACHE_DIR`` in
 directory): the first process computes the forecasts (imports torch, runs the batch forward;
 its peak is ``forecast_miss_peak_rss_mib``), the second, measured, reads them from the cache.
 The figures above were measured before this (the child then stepped the forecaster in the
-engine loop); the compiled loop's are below.
+engine loop); the compiled loop's: measured 2026-12-05 (``--chunk-rows 250000``, load 1.3 ->
+2.8 while a test suite ran), streamed 350/355/358/367 MiB at 1x/2x/4x/8x (8x/1x 1.05), in
+memory 395/453/551/768 MiB (1.94); the forecast-miss runs (torch imported) 545/557/559/545 MiB
+streamed.
 
 Prints one JSON line: per size, rows, peak RSS MiB and wall seconds of each path, the ratio of
 the 8x to the 1x peak, and the load average (1, 5, 15 min) at start and end.
