@@ -242,6 +242,43 @@ def test_a_worker_that_falls_behind_the_bound_restarts_and_warms_up(tmp_path):
     assert worker_thread_ended(fc, gate)
 
 
+def test_trades_of_rows_dropped_at_the_bound_reach_the_worker_with_the_restart_row(tmp_path):
+    """When the worker falls max_queue rows behind, the waiting rows are dropped, but not
+    their public trades: they travel, in order, with the row that restarts the state. Every
+    trade handed to ``update`` reaches the worker's features exactly once, in order."""
+    path, _, _ = make_model(tmp_path)  # warm-up 20 rows, 1 s grid
+    fc = load_forecaster(path, backend="torchscript_async", guard=GuardConfig(enabled=False), max_queue=8)
+    gate = gated_worker(fc, open_steps=30)
+    ran = []
+    run_job = fc.core._run_job
+
+    def recording_run_job(job):  # what the worker thread runs: the trades it is given
+        ran.extend(tr for b in job[3] for tr in b)
+        return run_job(job)
+
+    fc.core._run_job = recording_run_job
+    mkt = SyntheticMarket(seed=5)
+    t0 = 1_700_000_000 * 10**9
+    given = []
+    for k in range(60):
+        mkt.step(0.5)
+        trade = (t0 + k * fc.S - 1, 100.0 + k, 1.0, 1 if k % 2 else -1)
+        given.append(trade)
+        drain = k < 30 or k >= 45
+        fc.before_decision = (lambda: fc.worker.wait_idle(CEILING_S)) if drain else None
+        fc.update(mkt.book, t0 + k * fc.S, [trade])
+        if k == 30:
+            assert gate.blocked.wait(CEILING_S)  # the worker is stuck in row 30's model call
+        if k == 44:
+            assert fc.worker_overruns == 1  # the bound was hit while the worker was stuck
+            gate.release.set()
+    fc.worker.wait_idle(CEILING_S)
+    assert fc.worker_overruns == 1
+    assert ran == given  # none lost, none twice, in order
+    fc.close()
+    assert worker_thread_ended(fc, gate)
+
+
 def test_forecast_units_and_age_are_the_same_for_every_backend(tmp_path):
     """The sigma/drift units and inputs_ns hold for the inline and async backends alike (the
     numba step run on the worker thread included)."""
