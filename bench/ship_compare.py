@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -39,17 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import dm as dm_  # noqa: E402
 from models import multimarket as mm  # noqa: E402
 from models.features import FeatureConfig  # noqa: E402
-from models.multitrain import train_config_of  # noqa: E402
+from models.multitrain import train_config_of, unscaled_net  # noqa: E402
 from models.train import FitResult, Scales, TrainConfig  # noqa: E402
 
 
 def current_forecasts(path: Path, model: Path, warmup: int, calib_ts: np.ndarray):
     """(grid ts_ns, drift bp, variance bp^2) of ``model`` recalibrated on the grid rows whose
     times are ``calib_ts`` (as :func:`models.multitrain.recalibrate`)."""
-    import torch
-
     from models.export import load_model
-    from models.lstm import net_from_params
 
     module, pmeta = load_model(model)
     fcfg = FeatureConfig.from_dict(pmeta["features"]["config"])
@@ -59,15 +55,7 @@ def current_forecasts(path: Path, model: Path, warmup: int, calib_ts: np.ndarray
     ds = m.ds
     calib = np.isin(ds.ff.ts_ns, calib_ts) & ds.usable()
     st = mm._standardise(ds, cfg, calib)
-    net, _, _ = net_from_params(list(module.params()), copy.deepcopy(a))
-    sc_old = pmeta.get("scales") or {"drift_scale": 1.0, "var_scale": 1.0}
-    with torch.no_grad():
-        net.head.weight[0] /= sc_old["drift_scale"]
-        net.head.bias[0] /= sc_old["drift_scale"]
-        if net.skip is not None:
-            net.skip.weight[0] /= sc_old["drift_scale"]
-        if net.offset_cols is None:
-            net.head.bias[1] -= math.log(sc_old["var_scale"])
+    net = unscaled_net(module, {**pmeta, "arch": copy.deepcopy(a)})
     fr = FitResult(net, st.norm, Scales(st.scales.drift_scale, st.scales.var_scale, st.floor), cfg)
     mu, var = fr.predict(st.X)
     return ds.ff.ts_ns, mu, var

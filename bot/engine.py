@@ -252,13 +252,18 @@ class Engine:
                     self.forecaster.close()
                 except Exception as e:  # noqa: BLE001 - the run is recorded: log only
                     log.warning("shutdown: closing the forecaster failed: %s: %s", type(e).__name__, e)
+        self.raise_failures(error)
+        return summary
+
+    def raise_failures(self, error: BaseException | None) -> None:
+        """After the run is recorded: raise the run's error with every shutdown failure as a
+        note, or else the first shutdown failure (the engine's and the compiled loop's end)."""
         if error is not None:
             for what, e in self.shutdown_errors:
                 error.add_note(f"during shutdown, {what} failed too: {type(e).__name__}: {e}")
             raise error
         if self.shutdown_errors:
             raise self.shutdown_errors[0][1]
-        return summary
 
     def exchange_name(self) -> str:
         return getattr(self.exchange, "name", "exchange")

@@ -268,6 +268,29 @@ def train_config_of(pmeta: dict):
     return cfg
 
 
+def unscaled_net(module, pmeta: dict):
+    """The trainable network of an exported model (``module``, its metadata ``pmeta``) with the
+    market's output scaling that export folds into the heads unfolded again (drift divided by
+    its scale, log-variance less the log of its scale), so another market's scales can be
+    applied: what recalibration starts from."""
+    import math
+
+    import torch
+
+    from models.lstm import net_from_params
+
+    net, _, _ = net_from_params(list(module.params()), pmeta["arch"])
+    sc = pmeta.get("scales") or {"drift_scale": 1.0, "var_scale": 1.0}
+    with torch.no_grad():
+        net.head.weight[0] /= sc["drift_scale"]
+        net.head.bias[0] /= sc["drift_scale"]
+        if net.skip is not None:
+            net.skip.weight[0] /= sc["drift_scale"]
+        if net.offset_cols is None:
+            net.head.bias[1] -= math.log(sc["var_scale"])
+    return net
+
+
 def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registry: Path, say, json_out: bool,
                 command: str, out: Path | None = None, name: str = "model") -> dict:
     """A registered model, recalibrated for a new market: the same network, with the market's
@@ -277,14 +300,10 @@ def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registr
     result is a new registry version whose parent is ``init_from``."""
     import copy
     import json
-    import math
-
-    import torch
 
     from models import baselines as bl
     from models.export import iso, load_model, save_model
     from models.features import FeatureConfig
-    from models.lstm import net_from_params
     from models.multimarket import _standardise, calib_rows
     from models.registry import Registry
     from models.targets import Horizon
@@ -297,7 +316,6 @@ def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registr
     fcfg = FeatureConfig.from_dict(pmeta["features"]["config"])
     hz = Horizon.parse(pmeta["horizon"])
     cfg = train_config_of(pmeta)
-    a = pmeta["arch"]
     warmup = int(pmeta["warmup_steps"])
     tmp = Path(tempfile.mkdtemp(prefix="mmbot-recal-"))
     try:
@@ -308,15 +326,7 @@ def recalibrate(init_from: str, group: list[Path], *, calib_frac: float, registr
             raise DataError(f"{', '.join(map(str, group))}: too few calibration rows ({int(calib.sum())}) in the first "
                             f"{calib_frac:.0%}; use more data or a larger --calib-frac")
         st = _standardise(ds, cfg, calib)
-        net, _, _ = net_from_params(list(module.params()), a)
-        sc_old = pmeta.get("scales") or {"drift_scale": 1.0, "var_scale": 1.0}
-        with torch.no_grad():  # unfold the old market's output scaling (StepModule folds it in)
-            net.head.weight[0] /= sc_old["drift_scale"]
-            net.head.bias[0] /= sc_old["drift_scale"]
-            if net.skip is not None:
-                net.skip.weight[0] /= sc_old["drift_scale"]
-            if net.offset_cols is None:
-                net.head.bias[1] -= math.log(sc_old["var_scale"])
+        net = unscaled_net(module, pmeta)
         sc = Scales(st.scales.drift_scale, st.scales.var_scale, st.floor)
         fr = FitResult(net, st.norm, sc, cfg)
         H, horizon_s = ds.horizon(calib)

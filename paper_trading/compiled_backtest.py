@@ -63,7 +63,7 @@ def unsupported(engine: Engine, cfg) -> str | None:
 
 
 def _params(cfg, engine: Engine, strategy: MarketMaker, source, venue, lot: Fraction) -> tuple[np.ndarray, np.ndarray]:
-    p, c, r = strategy.p, strategy.c, cfg.replay
+    p, c = strategy.p, strategy.c
     ip = np.zeros(CL.N_IP, np.int64)
     fp = np.zeros(CL.N_FP, np.float64)
     ip[CL.P_INTERVAL] = source.interval_ns
@@ -329,12 +329,7 @@ def run_compiled(engine: Engine, cfg, on_progress=None) -> dict:
         loop.sync_venue()
         if on_progress is not None:
             on_progress(venue.i)
-    if error is not None:
-        for what, e in engine.shutdown_errors:
-            error.add_note(f"during shutdown, {what} failed too: {type(e).__name__}: {e}")
-        raise error
-    if engine.shutdown_errors:
-        raise engine.shutdown_errors[0][1]
+    engine.raise_failures(error)
     return summary
 
 
